@@ -1,0 +1,1 @@
+//! Streaming Linux console parser (TODO(owner)).

@@ -1,0 +1,118 @@
+//! Host prerequisites: which Debian packages provide the programs and files we use, a check
+//! for each, and one place that installs what is missing (as root on Debian/Ubuntu) or prints
+//! the exact command to run.
+
+use std::path::Path;
+use std::process::Command;
+
+use anyhow::{bail, Context, Result};
+
+/// How to tell whether a requirement is already met.
+#[derive(Debug, Clone, Copy)]
+pub enum Probe {
+    /// An executable found on `PATH`.
+    Command(&'static str),
+    /// A file at a fixed path.
+    File(&'static str),
+}
+
+/// A Debian package and how to check it is installed.
+#[derive(Debug, Clone, Copy)]
+pub struct Requirement {
+    pub package: &'static str,
+    pub probe: Probe,
+}
+
+impl Requirement {
+    pub const fn command(package: &'static str, command: &'static str) -> Self {
+        Requirement { package, probe: Probe::Command(command) }
+    }
+    pub const fn file(package: &'static str, path: &'static str) -> Self {
+        Requirement { package, probe: Probe::File(path) }
+    }
+
+    fn is_met(&self) -> bool {
+        match self.probe {
+            Probe::Command(cmd) => which(cmd).is_some(),
+            Probe::File(path) => Path::new(path).exists(),
+        }
+    }
+}
+
+/// Packages needed to boot VMs.
+pub const QEMU: &[Requirement] = &[
+    Requirement::command("qemu-system-x86", "qemu-system-x86_64"),
+    Requirement::file("qemu-system-x86", "/usr/share/qemu/qboot.rom"),
+];
+
+/// Packages needed to build the initramfs.
+pub const IMAGE: &[Requirement] = &[Requirement::file("busybox-static", "/bin/busybox")];
+
+/// Finds an executable on `PATH`.
+pub fn which(cmd: &str) -> Option<std::path::PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path).map(|dir| dir.join(cmd)).find(|p| is_executable(p))
+}
+
+fn is_executable(p: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    p.metadata().map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0).unwrap_or(false)
+}
+
+/// Makes sure every requirement is met. Missing packages are installed with apt-get when we run
+/// as root on a Debian-like host (saying what is installed); otherwise the error names the exact
+/// command to run.
+pub fn ensure(reqs: &[Requirement]) -> Result<()> {
+    let mut missing: Vec<&str> = reqs.iter().filter(|r| !r.is_met()).map(|r| r.package).collect();
+    missing.sort_unstable();
+    missing.dedup();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let command = format!(
+        "apt-get update && apt-get install -y --no-install-recommends {}",
+        missing.join(" ")
+    );
+    let is_root = nix::unistd::Uid::effective().is_root();
+    if !is_root || which("apt-get").is_none() {
+        bail!("missing host packages: {}\nInstall them with:\n  sudo {command}", missing.join(" "));
+    }
+    eprintln!("unplug-torture: installing host packages: {} ({command})", missing.join(" "));
+    run_apt(&["update", "-qq"])?;
+    let mut args = vec!["install", "-y", "-qq", "--no-install-recommends"];
+    args.extend(missing.iter().copied());
+    run_apt(&args)?;
+    let still: Vec<&str> = reqs.iter().filter(|r| !r.is_met()).map(|r| r.package).collect();
+    if !still.is_empty() {
+        bail!("installed {} but these are still not usable: {}", missing.join(" "), still.join(" "));
+    }
+    Ok(())
+}
+
+fn run_apt(args: &[&str]) -> Result<()> {
+    let status = Command::new("apt-get")
+        .args(args)
+        .env("DEBIAN_FRONTEND", "noninteractive")
+        .status()
+        .context("running apt-get")?;
+    if !status.success() {
+        bail!("apt-get {} failed with {status}", args.join(" "));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn which_finds_sh_and_not_nonsense() {
+        assert!(which("sh").is_some());
+        assert!(which("definitely-not-a-command-unplug-torture").is_none());
+    }
+
+    #[test]
+    fn ensure_passes_when_everything_is_present() {
+        ensure(&[Requirement::command("dash", "sh")]).unwrap();
+    }
+}

@@ -1,0 +1,18 @@
+//! unplug-torture harness: everything reusable behind `cargo xtask`.
+//!
+//! Rooms (see ARCHITECTURE.md): build (`kernel`, `image`), run (`vm`, `qmp`, `console`,
+//! `agent`, `plug`), devices (re-exported from the `devices` crate), judge (`report`,
+//! `results`) and drive (`scenario`, `schedule`).
+
+pub mod agent;
+pub mod console;
+pub mod host;
+pub mod image;
+pub mod kernel;
+pub mod paths;
+pub mod qmp;
+pub mod results;
+pub mod vm;
+
+pub use devices::{at24, cp2112, i2c, usbredir};
+pub use report;

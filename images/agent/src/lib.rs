@@ -1,0 +1,1 @@
+//! Guest agent wire protocol (TODO(owner)).

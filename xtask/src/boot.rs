@@ -1,0 +1,8 @@
+//! `cargo xtask boot` (TODO(owner)).
+
+#[derive(clap::Args)]
+pub struct Args {}
+
+pub fn run(_args: Args) -> anyhow::Result<std::process::ExitCode> {
+    anyhow::bail!("`boot` is not built yet")
+}

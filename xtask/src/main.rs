@@ -1,0 +1,53 @@
+//! `cargo xtask`: the unplug-torture command line (rust-analyzer-style xtask).
+//!
+//! Each subcommand lives in its own module with its own `Args`; this file only dispatches.
+
+mod boot;
+mod image;
+mod kernel;
+mod report;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "QEMU-driven hot-unplug torture suite for Linux resource-lifetime bugs")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Build (or reuse from the cache) a kernel.
+    Kernel(kernel::Args),
+    /// Build (or reuse from the cache) the initramfs with the guest agent.
+    Image(image::Args),
+    /// Boot the VM, plug devices, run a command in the guest (or open a shell).
+    Boot(boot::Args),
+    /// Parse console logs and show results.
+    #[command(subcommand)]
+    Report(report::Command),
+}
+
+fn main() -> std::process::ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("UNPLUG_LOG").unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Kernel(args) => kernel::run(args),
+        Command::Image(args) => image::run(args),
+        Command::Boot(args) => boot::run(args),
+        Command::Report(cmd) => report::run(cmd),
+    };
+    match result {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
