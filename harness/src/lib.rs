@@ -12,6 +12,8 @@ pub mod kernel;
 pub mod paths;
 pub mod qmp;
 pub mod results;
+pub mod scenario;
+pub mod schedule;
 pub mod vm;
 
 pub use devices::{at24, cp2112, i2c, usbredir};

@@ -1,0 +1,374 @@
+//! Torture scenarios: what to plug, which handles to hold, how to unplug, what to observe.
+//!
+//! A scenario is a YAML file in `scenarios/`. It lists steps; randomness (delays, choices of
+//! unplug method) is written as ranges and alternatives that the seeded `schedule` turns into
+//! one concrete, replayable list of steps. Errors name the file, line and column.
+//!
+//! ```yaml
+//! name: usb-kbd-cycle
+//! description: hot-add and remove a QEMU usb-kbd (control for the xHCI/usbhid path)
+//! iterations: 3
+//! steps:
+//!   - plug: { device: usb-kbd, id: kbd }
+//!   - wait_console: "input: QEMU QEMU USB Keyboard"
+//!   - delay: 0ms..300ms
+//!   - unplug: { id: kbd, how: graceful }
+//!   - observe
+//! ```
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Scenario {
+    pub name: String,
+    #[serde(default)]
+    pub description: String,
+    /// How many times the steps run in one VM.
+    #[serde(default = "one")]
+    pub iterations: u32,
+    /// Extra kernel command-line words this scenario needs.
+    #[serde(default)]
+    pub cmdline: Vec<String>,
+    /// Steps run once before the iterations (setup).
+    // Steps are written as one-key maps (`- plug: {...}`), not YAML tags (`- !plug {...}`).
+    #[serde(default, with = "serde_yaml_ng::with::singleton_map_recursive")]
+    pub setup: Vec<Step>,
+    #[serde(with = "serde_yaml_ng::with::singleton_map_recursive")]
+    pub steps: Vec<Step>,
+}
+
+fn one() -> u32 {
+    1
+}
+
+/// One step, as written. Ranges and alternatives are resolved by the schedule.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum Step {
+    /// Plug a device through QMP (`usb-kbd`, `cp2112`, ...).
+    Plug(Plug),
+    /// Remove a plugged device.
+    Unplug(Unplug),
+    /// Run a command in the guest; a nonzero exit fails the step unless `check: false`.
+    Exec(Exec),
+    /// Write a file in the guest (sysfs, configfs, debugfs).
+    Write { path: String, value: String },
+    /// Create a directory in the guest (configfs objects).
+    Mkdir(String),
+    /// Remove a directory in the guest.
+    Rmdir(String),
+    /// Wait for a console line containing this text.
+    WaitConsole(String),
+    /// Sleep for a fixed or seeded-random time: `250ms` or `0ms..300ms`.
+    Delay(DelaySpec),
+    /// Run the observers (taint, /proc/interrupts, gpio debugfs, leftover files).
+    Observe,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Plug {
+    pub device: String,
+    pub id: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Unplug {
+    pub id: String,
+    /// One method, or several for the schedule to choose from.
+    #[serde(default = "graceful")]
+    pub how: OneOrMany<UnplugHow>,
+}
+
+fn graceful() -> OneOrMany<UnplugHow> {
+    OneOrMany::One(UnplugHow::Graceful)
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum UnplugHow {
+    /// QMP `device_del`, waiting for `DEVICE_DELETED`.
+    Graceful,
+    /// The emulator closes its socket (usb-redir devices only).
+    Surprise,
+    /// The emulator sends usbredir `device_disconnect` on the live link.
+    Disconnect,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(untagged)]
+pub enum OneOrMany<T> {
+    One(T),
+    Many(Vec<T>),
+}
+
+impl<T: Clone> OneOrMany<T> {
+    pub fn choices(&self) -> Vec<T> {
+        match self {
+            OneOrMany::One(t) => vec![t.clone()],
+            OneOrMany::Many(v) => v.clone(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Exec {
+    pub argv: Vec<String>,
+    #[serde(default = "check_default")]
+    pub check: bool,
+    #[serde(default, with = "opt_duration")]
+    pub timeout: Option<Duration>,
+}
+
+fn check_default() -> bool {
+    true
+}
+
+/// A delay: a fixed duration or a range the schedule draws from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DelaySpec {
+    pub min: Duration,
+    pub max: Duration,
+}
+
+impl std::str::FromStr for DelaySpec {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (min, max) = match s.split_once("..") {
+            Some((a, b)) => (parse_duration(a)?, parse_duration(b)?),
+            None => {
+                let d = parse_duration(s)?;
+                (d, d)
+            }
+        };
+        if min > max {
+            return Err(format!("delay range {s:?} has its minimum above its maximum"));
+        }
+        Ok(DelaySpec { min, max })
+    }
+}
+
+impl std::fmt::Display for DelaySpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.min == self.max {
+            write!(f, "{}", humantime::format_duration(self.min))
+        } else {
+            write!(f, "{}..{}", humantime::format_duration(self.min), humantime::format_duration(self.max))
+        }
+    }
+}
+
+impl Serialize for DelaySpec {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for DelaySpec {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s.trim()).map_err(|e| format!("bad duration {s:?}: {e} (examples: 250ms, 2s)"))
+}
+
+mod opt_duration {
+    use super::*;
+    pub fn serialize<S: serde::Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+        match d {
+            Some(d) => s.collect_str(&humantime::format_duration(*d)),
+            None => s.serialize_none(),
+        }
+    }
+    pub fn deserialize<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        let s: Option<String> = Option::deserialize(d)?;
+        s.map(|s| parse_duration(&s).map_err(serde::de::Error::custom)).transpose()
+    }
+}
+
+/// A scenario file that could not be used, with where the problem is.
+#[derive(Debug, thiserror::Error)]
+pub enum ScenarioError {
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("{path}:{line}:{column}: {message}")]
+    Syntax { path: PathBuf, line: usize, column: usize, message: String },
+    #[error("{path}: {message}")]
+    Invalid { path: PathBuf, message: String },
+}
+
+impl Scenario {
+    pub fn load(path: &Path) -> Result<Scenario, ScenarioError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ScenarioError::Io { path: path.into(), source })?;
+        Self::parse(&text, path)
+    }
+
+    /// Parses and validates; `origin` names the source in errors.
+    pub fn parse(text: &str, origin: &Path) -> Result<Scenario, ScenarioError> {
+        let scenario: Scenario = serde_yaml_ng::from_str(text).map_err(|e| {
+            let (line, column) = e.location().map(|l| (l.line(), l.column())).unwrap_or((0, 0));
+            ScenarioError::Syntax { path: origin.into(), line, column, message: e.to_string() }
+        })?;
+        scenario.validate().map_err(|message| ScenarioError::Invalid { path: origin.into(), message })?;
+        Ok(scenario)
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        if self.name.is_empty() || !self.name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+            return Err(format!("name {:?} must be non-empty and use only letters, digits, '-' and '_'", self.name));
+        }
+        if self.steps.is_empty() {
+            return Err("a scenario needs at least one step".into());
+        }
+        if self.iterations == 0 || self.iterations > 100_000 {
+            return Err(format!("iterations must be between 1 and 100000, not {}", self.iterations));
+        }
+        // A plug id must exist before it is unplugged, and stay unique while plugged.
+        let mut plugged: Vec<&str> = Vec::new();
+        let all = self.setup.iter().map(|s| ("setup", s)).chain(self.steps.iter().map(|s| ("steps", s)));
+        for (index, (section, step)) in all.enumerate() {
+            let at = format!("{section} step {}", index + 1 - if section == "steps" { self.setup.len() } else { 0 });
+            match step {
+                Step::Plug(p) => {
+                    if plugged.contains(&p.id.as_str()) {
+                        return Err(format!("{at}: id {:?} is already plugged", p.id));
+                    }
+                    plugged.push(&p.id);
+                }
+                Step::Unplug(u) => {
+                    let Some(pos) = plugged.iter().position(|id| *id == u.id) else {
+                        return Err(format!("{at}: unplug of {:?}, which no earlier step plugged", u.id));
+                    };
+                    plugged.remove(pos);
+                    if u.how.choices().is_empty() {
+                        return Err(format!("{at}: `how` lists no unplug method"));
+                    }
+                }
+                Step::Exec(e) if e.argv.is_empty() => return Err(format!("{at}: exec with an empty argv")),
+                _ => {}
+            }
+        }
+        // Steps repeat, so whatever they plug they must also unplug.
+        if self.iterations > 1 {
+            let in_steps: Vec<&str> = self
+                .steps
+                .iter()
+                .filter_map(|s| if let Step::Plug(p) = s { Some(p.id.as_str()) } else { None })
+                .filter(|id| plugged.contains(id))
+                .collect();
+            if let Some(id) = in_steps.first() {
+                return Err(format!("steps plug {id:?} without unplugging it, so iteration 2 would plug it twice"));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Scenario files in `dir` whose name (without `.yaml`) matches the glob (`*` and `?`).
+pub fn find(dir: &Path, pattern: &str) -> Result<Vec<PathBuf>, ScenarioError> {
+    let entries = std::fs::read_dir(dir).map_err(|source| ScenarioError::Io { path: dir.into(), source })?;
+    let mut found: Vec<PathBuf> = entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml" || e == "yml"))
+        .filter(|p| p.file_stem().and_then(|s| s.to_str()).is_some_and(|stem| glob_match(pattern, stem)))
+        .collect();
+    found.sort();
+    Ok(found)
+}
+
+fn glob_match(pattern: &str, text: &str) -> bool {
+    fn go(p: &[char], t: &[char]) -> bool {
+        match (p.first(), t.first()) {
+            (None, None) => true,
+            (Some('*'), _) => go(&p[1..], t) || (!t.is_empty() && go(p, &t[1..])),
+            (Some('?'), Some(_)) => go(&p[1..], &t[1..]),
+            (Some(a), Some(b)) if a == b => go(&p[1..], &t[1..]),
+            _ => false,
+        }
+    }
+    let p: Vec<char> = pattern.chars().collect();
+    let t: Vec<char> = text.chars().collect();
+    go(&p, &t)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+name: usb-kbd-cycle
+iterations: 2
+steps:
+  - plug: { device: usb-kbd, id: kbd }
+  - wait_console: "USB Keyboard"
+  - delay: 0ms..300ms
+  - unplug: { id: kbd, how: [graceful, graceful] }
+  - exec: { argv: [cat, /proc/interrupts], check: false, timeout: 5s }
+  - observe
+"#;
+
+    #[test]
+    fn parses_a_good_scenario() {
+        let s = Scenario::parse(GOOD, Path::new("good.yaml")).unwrap();
+        assert_eq!(s.iterations, 2);
+        assert_eq!(s.steps.len(), 6);
+        assert_eq!(s.steps[2], Step::Delay(DelaySpec { min: Duration::ZERO, max: Duration::from_millis(300) }));
+        assert_eq!(s.steps[5], Step::Observe);
+        match &s.steps[4] {
+            Step::Exec(e) => assert_eq!((e.check, e.timeout), (false, Some(Duration::from_secs(5)))),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn syntax_errors_carry_file_line_and_column() {
+        let text = "name: x\nsteps:\n  - plug: { device: usb-kbd, id: k }\n  - frobnicate: 3\n";
+        let err = Scenario::parse(text, Path::new("scenarios/bad.yaml")).unwrap_err().to_string();
+        assert!(err.starts_with("scenarios/bad.yaml:4:"), "{err}");
+        assert!(err.contains("frobnicate"), "{err}");
+    }
+
+    #[test]
+    fn bad_values_are_errors_not_panics() {
+        for (text, needle) in [
+            ("name: x\nsteps:\n  - delay: 5 parsecs\n", "bad duration"),
+            ("name: x\nsteps:\n  - delay: 3s..1s\n", "minimum above its maximum"),
+            ("name: x\nsteps:\n  - unplug: { id: ghost }\n", "which no earlier step plugged"),
+            ("name: x\niterations: 3\nsteps:\n  - plug: { device: usb-kbd, id: k }\n", "plug it twice"),
+            ("name: 'a b'\nsteps:\n  - observe\n", "only letters"),
+            ("name: x\nsteps: []\n", "at least one step"),
+            ("name: x\nsteps:\n  - exec: { argv: [] }\n", "empty argv"),
+            ("name: x\nsteps:\n  - unplug: { id: k, how: sideways }\n", "scenarios/t.yaml:"),
+            ("\u{0}\u{1}garbage: [", "scenarios/t.yaml:"),
+        ] {
+            let err = Scenario::parse(text, Path::new("scenarios/t.yaml")).unwrap_err().to_string();
+            assert!(err.contains(needle), "{text:?} gave {err}");
+        }
+    }
+
+    #[test]
+    fn glob_selects_scenarios() {
+        assert!(glob_match("*", "anything"));
+        assert!(glob_match("usb-*", "usb-kbd-cycle"));
+        assert!(glob_match("*kbd*", "usb-kbd-cycle"));
+        assert!(glob_match("gpio-?im", "gpio-sim"));
+        assert!(!glob_match("usb-*", "gpio-sim"));
+    }
+
+    #[test]
+    fn shipped_scenarios_all_parse() {
+        let dir = crate::paths::repo_root().join("scenarios");
+        for path in find(&dir, "*").unwrap() {
+            Scenario::load(&path).unwrap_or_else(|e| panic!("{e}"));
+        }
+    }
+}
