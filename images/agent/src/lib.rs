@@ -1,1 +1,455 @@
-//! Guest agent wire protocol (TODO(owner)).
+//! Wire protocol between the host (`harness::agent`) and the guest agent (`unplug-agent`).
+//!
+//! Transport: JSON lines over the virtio-serial port named [`PORT_NAME`]. Each line is one
+//! JSON object. The host sends [`Request`]s; the guest sends [`GuestMessage`]s:
+//!
+//! ```text
+//! host  → {"id":7,"op":"read","path":"/sys/bus/i2c/devices/0-0050/name","offset":0,"max_len":4096}
+//! guest ← {"response":{"id":7,"ok":{"kind":"data","data":"24c02\n","eof":true}}}
+//! guest ← {"response":{"id":8,"err":{"errno":19,"message":"read /sys/...: No such device"}}}
+//! guest ← {"ready":{"protocol":1,"agent":"0.1.0","kernel_release":"6.12.117"}}
+//! guest ← {"event":{"source":"agent","kind":"bad_request","data":{...}}}
+//! ```
+//!
+//! Requests run concurrently in the guest, so responses come back in any order; `id` ties a
+//! response to its request. `ready` is sent once at start (the host may connect later and
+//! miss it, so hosts poll with `ping`, which answers the same [`Hello`]). `event` lines are not
+//! tied to a request: the generic [`Event`] (source, kind, JSON data) lets later consumers
+//! (GPIO, nvmem, i2c handles held open across an unplug) stream without a protocol change.
+//!
+//! Byte strings ([`Bytes`]: file contents, process output) must round-trip exactly, yet stay
+//! readable in transcripts: valid UTF-8 is sent as a JSON string (JSON escapes keep it exact),
+//! anything else as `{"hex":"..."}`. Hex rather than base64 keeps the guest free of extra
+//! dependencies; the data is small (sysfs attributes, bounded command output).
+
+use std::fmt;
+
+use serde::de::{self, MapAccess, Visitor};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// Name of the virtio-serial port (`virtserialport,name=...`) the agent talks on.
+pub const PORT_NAME: &str = "org.unplug.agent";
+
+/// Bumped on incompatible changes; reported in [`Hello`].
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// Longest line either side accepts. Output captured by `exec` is bounded well below this.
+pub const MAX_LINE: usize = 16 << 20;
+
+/// Default cap on each of stdout and stderr captured by `exec`.
+pub const DEFAULT_MAX_OUTPUT: u64 = 1 << 20;
+
+/// Largest `read` the agent serves in one request (hex encoding may double it on the wire).
+pub const MAX_READ: u64 = 4 << 20;
+
+/// A request from the host. `id` is echoed in the response.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Request {
+    pub id: u64,
+    #[serde(flatten)]
+    pub op: Op,
+}
+
+/// What the host asks for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Op {
+    /// Liveness and identity; answered with [`Reply::Hello`].
+    Ping,
+    /// Run a program; answered with [`Reply::Exec`].
+    Exec(ExecRequest),
+    /// `pread` up to `max_len` bytes at `offset`; answered with [`Reply::Data`].
+    Read { path: String, offset: u64, max_len: u64 },
+    /// Write `data` in one `write(2)` (sysfs and configfs stores expect a single write), at
+    /// `offset` if given. With `create`, the file is created/truncated (tmpfs); without, it
+    /// must exist (attributes). Answered with [`Reply::Written`].
+    Write {
+        path: String,
+        data: Bytes,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        offset: Option<u64>,
+        #[serde(default, skip_serializing_if = "is_false")]
+        create: bool,
+    },
+    /// `mkdir(2)` (configfs groups); answered with [`Reply::Done`].
+    Mkdir {
+        path: String,
+        #[serde(default = "default_dir_mode")]
+        mode: u32,
+    },
+    /// `rmdir(2)`; answered with [`Reply::Done`].
+    Rmdir { path: String },
+    /// `symlink(2)` creating `link` pointing at `target` (configfs links); [`Reply::Done`].
+    Symlink { target: String, link: String },
+    /// `unlink(2)` (removes configfs links); answered with [`Reply::Done`].
+    Unlink { path: String },
+    /// Sync, answer [`Reply::Done`], then `reboot(2)`.
+    Reboot,
+    /// Sync, answer [`Reply::Done`], then power off.
+    Poweroff,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
+fn default_dir_mode() -> u32 {
+    0o755
+}
+
+/// A program to run in the guest.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExecRequest {
+    /// Program and arguments; `argv[0]` is looked up on `PATH` (busybox applets live there).
+    pub argv: Vec<String>,
+    /// Variables added to (or overriding) the agent's environment.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub env: Vec<(String, String)>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cwd: Option<String>,
+    /// Bytes fed to stdin, which is then closed; without it stdin is `/dev/null`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stdin: Option<Bytes>,
+    /// After this long the whole process group is killed with SIGKILL.
+    pub timeout_ms: u64,
+    /// Cap on each of stdout and stderr kept; the rest is read and dropped.
+    #[serde(default = "default_max_output")]
+    pub max_output: u64,
+}
+
+fn default_max_output() -> u64 {
+    DEFAULT_MAX_OUTPUT
+}
+
+/// How a program ended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExecResult {
+    /// Exit code, if it exited.
+    pub status: Option<i32>,
+    /// Terminating signal, if it was killed (SIGKILL after a timeout).
+    pub signal: Option<i32>,
+    /// The deadline passed before the program exited and closed its output; the process
+    /// group was killed.
+    pub timed_out: bool,
+    pub stdout: Bytes,
+    pub stderr: Bytes,
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub stdout_truncated: bool,
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub stderr_truncated: bool,
+    pub duration_ms: u64,
+}
+
+/// The agent's identity: sent as `ready` on start and as the answer to `ping`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hello {
+    pub protocol: u32,
+    /// The agent's crate version.
+    pub agent: String,
+    /// `uname -r` of the guest kernel.
+    pub kernel_release: String,
+}
+
+/// A line from the guest.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GuestMessage {
+    Ready(Hello),
+    Response(Response),
+    Event(Event),
+}
+
+/// The answer to one request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Response {
+    pub id: u64,
+    #[serde(flatten)]
+    pub outcome: Outcome,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    Ok(Reply),
+    Err(ErrorReply),
+}
+
+/// A successful result; the variant matches the request's [`Op`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Reply {
+    Hello(Hello),
+    Exec(ExecResult),
+    /// Bytes read; `eof` when fewer than `max_len` were available.
+    Data { data: Bytes, eof: bool },
+    /// Bytes accepted by the write.
+    Written { len: u64 },
+    Done,
+}
+
+/// A failed request: the errno when a system call failed, and a message naming the call and
+/// path.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorReply {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub errno: Option<i32>,
+    pub message: String,
+}
+
+impl ErrorReply {
+    /// Wraps an I/O error with context, keeping its errno.
+    pub fn io(context: impl fmt::Display, err: &std::io::Error) -> Self {
+        ErrorReply { errno: err.raw_os_error(), message: format!("{context}: {err}") }
+    }
+
+    /// An error with no errno (bad request, unsupported operation).
+    pub fn msg(message: impl Into<String>) -> Self {
+        ErrorReply { errno: None, message: message.into() }
+    }
+}
+
+impl fmt::Display for ErrorReply {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.errno {
+            Some(errno) => write!(f, "{} (errno {errno})", self.message),
+            None => f.write_str(&self.message),
+        }
+    }
+}
+
+/// Something the guest reports on its own, not as an answer. `source` names the emitter
+/// (`agent`, later a consumer handle id), `kind` what happened; `data` is kind-specific.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Event {
+    pub source: String,
+    pub kind: String,
+    #[serde(default)]
+    pub data: serde_json::Value,
+}
+
+/// A byte string that survives JSON exactly: a JSON string when it is valid UTF-8,
+/// `{"hex":"..."}` otherwise.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Bytes(pub Vec<u8>);
+
+impl fmt::Debug for Bytes {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}", String::from_utf8_lossy(&self.0))
+    }
+}
+
+impl From<Vec<u8>> for Bytes {
+    fn from(v: Vec<u8>) -> Self {
+        Bytes(v)
+    }
+}
+
+impl From<&[u8]> for Bytes {
+    fn from(v: &[u8]) -> Self {
+        Bytes(v.to_vec())
+    }
+}
+
+impl From<&str> for Bytes {
+    fn from(v: &str) -> Self {
+        Bytes(v.as_bytes().to_vec())
+    }
+}
+
+impl Serialize for Bytes {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match std::str::from_utf8(&self.0) {
+            Ok(text) => s.serialize_str(text),
+            Err(_) => {
+                use serde::ser::SerializeMap;
+                let mut map = s.serialize_map(Some(1))?;
+                map.serialize_entry("hex", &to_hex(&self.0))?;
+                map.end()
+            }
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Bytes {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct BytesVisitor;
+        impl<'de> Visitor<'de> for BytesVisitor {
+            type Value = Bytes;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a string or {\"hex\": \"...\"}")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Bytes, E> {
+                Ok(Bytes(v.as_bytes().to_vec()))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Bytes, A::Error> {
+                let mut out = None;
+                while let Some(key) = map.next_key::<String>()? {
+                    if key != "hex" || out.is_some() {
+                        return Err(de::Error::custom(format!("unexpected key {key:?} in bytes")));
+                    }
+                    let hex: String = map.next_value()?;
+                    out = Some(from_hex(&hex).map_err(de::Error::custom)?);
+                }
+                out.map(Bytes).ok_or_else(|| de::Error::missing_field("hex"))
+            }
+        }
+        d.deserialize_any(BytesVisitor)
+    }
+}
+
+fn to_hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for &b in bytes {
+        s.push(DIGITS[usize::from(b >> 4)] as char);
+        s.push(DIGITS[usize::from(b & 0xf)] as char);
+    }
+    s
+}
+
+fn from_hex(s: &str) -> Result<Vec<u8>, String> {
+    fn nibble(c: u8) -> Result<u8, String> {
+        match c {
+            b'0'..=b'9' => Ok(c - b'0'),
+            b'a'..=b'f' => Ok(c - b'a' + 10),
+            b'A'..=b'F' => Ok(c - b'A' + 10),
+            _ => Err(format!("invalid hex digit {:?}", c as char)),
+        }
+    }
+    let s = s.as_bytes();
+    if s.len() % 2 != 0 {
+        return Err(format!("odd-length hex string ({} digits)", s.len()));
+    }
+    s.chunks_exact(2).map(|pair| Ok(nibble(pair[0])? << 4 | nibble(pair[1])?)).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn round_trip<T>(value: &T) -> String
+    where
+        T: Serialize + for<'de> Deserialize<'de> + PartialEq + fmt::Debug,
+    {
+        let line = serde_json::to_string(value).unwrap();
+        assert!(!line.contains('\n'), "one message per line: {line}");
+        let back: T = serde_json::from_str(&line).unwrap();
+        assert_eq!(&back, value, "{line}");
+        line
+    }
+
+    fn req(op: Op) -> Request {
+        Request { id: 42, op }
+    }
+
+    #[test]
+    fn every_request_round_trips() {
+        let ops = vec![
+            Op::Ping,
+            Op::Exec(ExecRequest {
+                argv: vec!["uname".into(), "-r".into()],
+                env: vec![("LANG".into(), "C".into())],
+                cwd: Some("/tmp".into()),
+                stdin: Some(Bytes(vec![0, 1, 0xff])),
+                timeout_ms: 5000,
+                max_output: 10,
+            }),
+            Op::Exec(ExecRequest {
+                argv: vec!["true".into()],
+                env: vec![],
+                cwd: None,
+                stdin: None,
+                timeout_ms: 1,
+                max_output: DEFAULT_MAX_OUTPUT,
+            }),
+            Op::Read { path: "/sys/x".into(), offset: 3, max_len: 4096 },
+            Op::Write { path: "/sys/x".into(), data: "1\n".into(), offset: None, create: false },
+            Op::Write { path: "/tmp/x".into(), data: Bytes(vec![0x80]), offset: Some(9), create: true },
+            Op::Mkdir { path: "/sys/kernel/config/x".into(), mode: 0o700 },
+            Op::Rmdir { path: "/sys/kernel/config/x".into() },
+            Op::Symlink { target: "/a".into(), link: "/b".into() },
+            Op::Unlink { path: "/b".into() },
+            Op::Reboot,
+            Op::Poweroff,
+        ];
+        for op in ops {
+            round_trip(&req(op));
+        }
+    }
+
+    #[test]
+    fn every_guest_message_round_trips() {
+        let hello = Hello { protocol: PROTOCOL_VERSION, agent: "0.1.0".into(), kernel_release: "6.12.117".into() };
+        let replies = vec![
+            Reply::Hello(hello.clone()),
+            Reply::Exec(ExecResult {
+                status: Some(0),
+                signal: None,
+                timed_out: false,
+                stdout: "6.12.117\n".into(),
+                stderr: Bytes(vec![0xc3]),
+                stdout_truncated: false,
+                stderr_truncated: true,
+                duration_ms: 12,
+            }),
+            Reply::Data { data: Bytes(vec![1, 2, 3]), eof: true },
+            Reply::Written { len: 2 },
+            Reply::Done,
+        ];
+        let mut messages: Vec<GuestMessage> = replies
+            .into_iter()
+            .map(|r| GuestMessage::Response(Response { id: 1, outcome: Outcome::Ok(r) }))
+            .collect();
+        messages.push(GuestMessage::Response(Response {
+            id: u64::MAX,
+            outcome: Outcome::Err(ErrorReply { errno: Some(19), message: "no such device".into() }),
+        }));
+        messages.push(GuestMessage::Response(Response { id: 2, outcome: Outcome::Err(ErrorReply::msg("bad")) }));
+        messages.push(GuestMessage::Ready(hello));
+        messages.push(GuestMessage::Event(Event {
+            source: "agent".into(),
+            kind: "bad_request".into(),
+            data: json!({"line": "x"}),
+        }));
+        for m in messages {
+            round_trip(&m);
+        }
+    }
+
+    #[test]
+    fn wire_format_is_stable() {
+        let line = serde_json::to_string(&req(Op::Read { path: "/p".into(), offset: 0, max_len: 8 })).unwrap();
+        assert_eq!(line, r#"{"id":42,"op":"read","path":"/p","offset":0,"max_len":8}"#);
+        let resp = GuestMessage::Response(Response { id: 3, outcome: Outcome::Ok(Reply::Done) });
+        assert_eq!(serde_json::to_string(&resp).unwrap(), r#"{"response":{"id":3,"ok":{"kind":"done"}}}"#);
+        // Optional fields may be omitted by hand-written requests.
+        let parsed: Request = serde_json::from_str(r#"{"id":1,"op":"exec","argv":["ls"],"timeout_ms":5}"#).unwrap();
+        let Op::Exec(exec) = parsed.op else { panic!("not exec") };
+        assert_eq!(exec.max_output, DEFAULT_MAX_OUTPUT);
+    }
+
+    #[test]
+    fn bytes_round_trip_exactly() {
+        let cases: Vec<Vec<u8>> = vec![
+            vec![],
+            b"hello\n".to_vec(),
+            "\u{2028} \0 \"quoted\" \\ \t é".as_bytes().to_vec(),
+            (0..=255).collect(),
+            vec![0xff; 3],
+        ];
+        for bytes in cases {
+            let line = round_trip(&Bytes(bytes.clone()));
+            let is_text = std::str::from_utf8(&bytes).is_ok();
+            assert_eq!(line.starts_with('"'), is_text, "{line}");
+        }
+    }
+
+    #[test]
+    fn bad_bytes_are_errors_not_panics() {
+        for bad in [r#"{"hex":"abc"}"#, r#"{"hex":"zz"}"#, r#"{"b64":"00"}"#, r#"{}"#, "12", r#"{"hex":"00","hex":"00"}"#] {
+            assert!(serde_json::from_str::<Bytes>(bad).is_err(), "{bad}");
+        }
+        assert_eq!(serde_json::from_str::<Bytes>(r#"{"hex":"00fF"}"#).unwrap(), Bytes(vec![0, 0xff]));
+    }
+}

@@ -1,1 +1,499 @@
-fn main() {}
+//! `unplug-agent`: the guest side of the control channel.
+//!
+//! Started (and restarted if it dies) by `/init`, which stays PID 1 and reaps orphans. The
+//! agent finds the virtio-serial port named [`agent::PORT_NAME`], announces itself with a
+//! `ready` line and then serves JSON-line requests, each on its own thread so that a request
+//! stuck in the kernel (a hung sysfs read during an unplug) never blocks `ping` or the others.
+//!
+//! virtio-serial semantics shape the I/O loop: while no host is connected to the chardev,
+//! `read(2)` on the port returns 0 (not a real EOF) and `write(2)` blocks until one connects.
+//! So EOF means "wait and read again", and all writes go through one lock-protected writer
+//! that may block; requests queued by the host before we opened the port are delivered once
+//! we do.
+//!
+//! The agent never writes to the console: ttyS0 carries only the kernel log. Its own
+//! diagnostics go to `/dev/kmsg` as single records prefixed `unplug-agent:`.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt};
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{mpsc, Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use agent::{
+    Bytes, ErrorReply, Event, ExecRequest, ExecResult, GuestMessage, Hello, Op, Outcome, Reply, Request, Response,
+    MAX_LINE, MAX_READ, PORT_NAME, PROTOCOL_VERSION,
+};
+
+/// How long to wait between looks for the port (the virtio driver may probe after us) and
+/// between reads while no host is connected.
+const POLL: Duration = Duration::from_millis(100);
+/// After SIGKILL, how long to wait for the process to die and its pipes to close. A process
+/// in uninterruptible sleep (stuck in the kernel) does neither; we report what we have.
+const KILL_GRACE: Duration = Duration::from_secs(2);
+
+fn main() {
+    let port = find_port();
+    kmsg(&format!("serving on {}", port.display()));
+    let file = match OpenOptions::new().read(true).write(true).open(&port) {
+        Ok(f) => f,
+        Err(e) => {
+            kmsg(&format!("cannot open {}: {e}", port.display()));
+            std::process::exit(1);
+        }
+    };
+    let writer = Writer(Arc::new(Mutex::new(file.try_clone().unwrap_or_else(|e| {
+        kmsg(&format!("cannot dup {}: {e}", port.display()));
+        std::process::exit(1)
+    }))));
+    {
+        // Announce from a thread: the write blocks until the host connects, and requests may
+        // already be waiting to be read.
+        let writer = writer.clone();
+        thread::spawn(move || writer.send(&GuestMessage::Ready(hello())));
+    }
+    serve(file, writer);
+}
+
+/// Waits for the virtio-serial port named `PORT_NAME` and returns its `/dev` node.
+fn find_port() -> PathBuf {
+    let mut complained = false;
+    loop {
+        if let Ok(entries) = std::fs::read_dir("/sys/class/virtio-ports") {
+            for entry in entries.flatten() {
+                let name = std::fs::read_to_string(entry.path().join("name")).unwrap_or_default();
+                if name.trim() == PORT_NAME {
+                    let dev = Path::new("/dev").join(entry.file_name());
+                    if dev.exists() {
+                        return dev;
+                    }
+                }
+            }
+        }
+        if !complained {
+            kmsg(&format!("waiting for virtio-serial port {PORT_NAME}"));
+            complained = true;
+        }
+        thread::sleep(POLL);
+    }
+}
+
+fn hello() -> Hello {
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    Hello {
+        protocol: PROTOCOL_VERSION,
+        agent: env!("CARGO_PKG_VERSION").to_string(),
+        kernel_release: release.trim().to_string(),
+    }
+}
+
+/// Writes one record to the kernel log (a single `write(2)` is a single record).
+fn kmsg(msg: &str) {
+    let line = format!("unplug-agent: {msg}\n");
+    let written = OpenOptions::new().write(true).open("/dev/kmsg").and_then(|mut f| f.write(line.as_bytes()));
+    if written.is_err() {
+        // Outside a guest (or before devtmpfs): stderr is all we have.
+        eprint!("{line}");
+    }
+}
+
+/// The one path to the host. Lines are written whole under the lock so concurrent responses
+/// never interleave.
+#[derive(Clone)]
+struct Writer(Arc<Mutex<File>>);
+
+impl Writer {
+    fn send(&self, msg: &GuestMessage) {
+        let mut line = match serde_json::to_vec(msg) {
+            Ok(line) => line,
+            Err(e) => {
+                kmsg(&format!("cannot encode a message: {e}"));
+                return;
+            }
+        };
+        line.push(b'\n');
+        let mut port = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        // Blocks while no host is connected. Errors are transient (a signal) or final (the
+        // port was unplugged); retry a few times, then drop the message: the host's request
+        // deadline reports it.
+        for attempt in 0..5 {
+            match port.write_all(&line) {
+                Ok(()) => return,
+                Err(e) if attempt == 4 => kmsg(&format!("dropping a message after write errors: {e}")),
+                Err(_) => thread::sleep(POLL),
+            }
+        }
+    }
+
+    fn respond(&self, id: u64, outcome: Outcome) {
+        self.send(&GuestMessage::Response(Response { id, outcome }));
+    }
+}
+
+/// Reads request lines forever, one thread per request.
+fn serve(mut port: File, writer: Writer) -> ! {
+    let mut buf: Vec<u8> = Vec::with_capacity(64 * 1024);
+    let mut chunk = vec![0u8; 64 * 1024];
+    // Set while skipping the rest of an over-long line.
+    let mut discarding = false;
+    loop {
+        let n = match port.read(&mut chunk) {
+            // No host connected (or it went away): not an end, wait for the next one.
+            Ok(0) => {
+                thread::sleep(POLL);
+                continue;
+            }
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => {
+                kmsg(&format!("reading the port failed: {e}"));
+                thread::sleep(POLL);
+                continue;
+            }
+        };
+        let mut rest = &chunk[..n];
+        while let Some(pos) = rest.iter().position(|&b| b == b'\n') {
+            if discarding {
+                discarding = false;
+            } else {
+                buf.extend_from_slice(&rest[..pos]);
+                handle_line(&buf, &writer);
+            }
+            buf.clear();
+            rest = &rest[pos + 1..];
+        }
+        if !discarding {
+            buf.extend_from_slice(rest);
+            if buf.len() > MAX_LINE {
+                bad_request(&writer, format!("request line longer than {MAX_LINE} bytes dropped"), &buf);
+                buf.clear();
+                discarding = true;
+            }
+        }
+    }
+}
+
+fn bad_request(writer: &Writer, message: String, line: &[u8]) {
+    let excerpt = String::from_utf8_lossy(&line[..line.len().min(200)]).into_owned();
+    writer.send(&GuestMessage::Event(Event {
+        source: "agent".into(),
+        kind: "bad_request".into(),
+        data: serde_json::json!({ "message": message, "line": excerpt }),
+    }));
+}
+
+fn handle_line(line: &[u8], writer: &Writer) {
+    if line.iter().all(u8::is_ascii_whitespace) {
+        return;
+    }
+    match serde_json::from_slice::<Request>(line) {
+        Ok(Request { id, op }) => {
+            let writer = writer.clone();
+            thread::spawn(move || {
+                let power = match op {
+                    Op::Reboot => Some(libc::RB_AUTOBOOT),
+                    Op::Poweroff => Some(libc::RB_POWER_OFF),
+                    _ => None,
+                };
+                let outcome = match run(op) {
+                    Ok(reply) => Outcome::Ok(reply),
+                    Err(err) => Outcome::Err(err),
+                };
+                writer.respond(id, outcome);
+                if let Some(cmd) = power {
+                    power_off(cmd);
+                }
+            });
+        }
+        Err(e) => {
+            // Answer the request if we can tell which one it was; otherwise report an event.
+            let id = serde_json::from_slice::<serde_json::Value>(line)
+                .ok()
+                .and_then(|v| v.get("id").and_then(serde_json::Value::as_u64));
+            match id {
+                Some(id) => writer.respond(id, Outcome::Err(ErrorReply::msg(format!("bad request: {e}")))),
+                None => bad_request(writer, format!("unparseable request: {e}"), line),
+            }
+        }
+    }
+}
+
+fn run(op: Op) -> Result<Reply, ErrorReply> {
+    match op {
+        Op::Ping => Ok(Reply::Hello(hello())),
+        Op::Exec(req) => exec(req).map(Reply::Exec),
+        Op::Read { path, offset, max_len } => read(&path, offset, max_len),
+        Op::Write { path, data, offset, create } => write(&path, &data.0, offset, create),
+        Op::Mkdir { path, mode } => std::fs::DirBuilder::new()
+            .mode(mode)
+            .create(&path)
+            .map(|()| Reply::Done)
+            .map_err(|e| ErrorReply::io(format!("mkdir {path}"), &e)),
+        Op::Rmdir { path } => {
+            std::fs::remove_dir(&path).map(|()| Reply::Done).map_err(|e| ErrorReply::io(format!("rmdir {path}"), &e))
+        }
+        Op::Symlink { target, link } => std::os::unix::fs::symlink(&target, &link)
+            .map(|()| Reply::Done)
+            .map_err(|e| ErrorReply::io(format!("symlink {link} -> {target}"), &e)),
+        Op::Unlink { path } => {
+            std::fs::remove_file(&path).map(|()| Reply::Done).map_err(|e| ErrorReply::io(format!("unlink {path}"), &e))
+        }
+        Op::Reboot | Op::Poweroff => {
+            // SAFETY: sync(2) has no preconditions.
+            unsafe { libc::sync() };
+            Ok(Reply::Done)
+        }
+    }
+}
+
+/// Called after the response was written: give QEMU a moment to pass it to the host, then
+/// reboot or power off (with `-no-reboot`, QEMU exits either way).
+fn power_off(cmd: libc::c_int) {
+    thread::sleep(Duration::from_millis(200));
+    // SAFETY: reboot(2) takes a plain command constant; it only returns on failure.
+    unsafe { libc::reboot(cmd) };
+    kmsg(&format!("reboot({cmd:#x}) failed: {}", io::Error::last_os_error()));
+}
+
+fn read(path: &str, offset: u64, max_len: u64) -> Result<Reply, ErrorReply> {
+    let file = File::open(path).map_err(|e| ErrorReply::io(format!("open {path}"), &e))?;
+    let want = max_len.min(MAX_READ) as usize;
+    let mut data = vec![0u8; want];
+    let mut got = 0;
+    // sysfs attributes answer in one read; regular files may need several.
+    while got < want {
+        match file.read_at(&mut data[got..], offset + got as u64) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(ErrorReply::io(format!("read {path}"), &e)),
+        }
+    }
+    data.truncate(got);
+    Ok(Reply::Data { data: Bytes(data), eof: (got as u64) < max_len })
+}
+
+fn write(path: &str, data: &[u8], offset: Option<u64>, create: bool) -> Result<Reply, ErrorReply> {
+    let mut options = OpenOptions::new();
+    options.write(true);
+    if create {
+        options.create(true).truncate(offset.is_none()).mode(0o644);
+    }
+    let mut file = options.open(path).map_err(|e| ErrorReply::io(format!("open {path}"), &e))?;
+    // One write(2): a sysfs store sees exactly these bytes, and a short count is reported
+    // rather than retried (for an attribute, retrying the tail would be a second store).
+    let written = loop {
+        let result = match offset {
+            Some(off) => file.write_at(data, off),
+            None => file.write(data),
+        };
+        match result {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            other => break other,
+        }
+    };
+    let len = written.map_err(|e| ErrorReply::io(format!("write {path}"), &e))?;
+    Ok(Reply::Written { len: len as u64 })
+}
+
+/// What the helper threads of one `exec` report.
+enum ExecEvent {
+    Exited(io::Result<ExitStatus>),
+    OutputClosed,
+}
+
+/// Output kept from one pipe; shared so a pipe held open by an escaped process does not keep
+/// us from answering with what was read so far.
+#[derive(Default)]
+struct Capture {
+    data: Vec<u8>,
+    truncated: bool,
+}
+
+fn exec(req: ExecRequest) -> Result<ExecResult, ErrorReply> {
+    let started = Instant::now();
+    let deadline = started + Duration::from_millis(req.timeout_ms);
+    let Some((program, args)) = req.argv.split_first() else {
+        return Err(ErrorReply::msg("exec: empty argv"));
+    };
+    let mut cmd = Command::new(program);
+    cmd.args(args)
+        .envs(req.env.iter().map(|(k, v)| (k, v)))
+        .stdin(if req.stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        // Its own process group, so a timeout kills everything it started.
+        .process_group(0);
+    if let Some(cwd) = &req.cwd {
+        cmd.current_dir(cwd);
+    }
+    let mut child: Child = cmd.spawn().map_err(|e| ErrorReply::io(format!("exec {program}"), &e))?;
+    let pid = child.id() as libc::pid_t;
+
+    let (tx, rx) = mpsc::channel();
+    if let (Some(mut stdin), Some(input)) = (child.stdin.take(), req.stdin) {
+        // A program that exits without reading its input makes this fail with EPIPE; that is
+        // the program's business, not an agent error.
+        thread::spawn(move || {
+            let _ = stdin.write_all(&input.0);
+        });
+    }
+    let max = req.max_output as usize;
+    let stdout = spawn_capture(child.stdout.take(), max, tx.clone());
+    let stderr = spawn_capture(child.stderr.take(), max, tx.clone());
+    thread::spawn(move || {
+        let _ = tx.send(ExecEvent::Exited(child.wait()));
+    });
+
+    let mut status = None;
+    let mut open_pipes = 2;
+    let mut timed_out = false;
+    let mut wait_until = deadline;
+    while status.is_none() || open_pipes > 0 {
+        let now = Instant::now();
+        let event = if now < wait_until { rx.recv_timeout(wait_until - now).ok() } else { None };
+        match event {
+            Some(ExecEvent::Exited(result)) => {
+                status = Some(result.map_err(|e| ErrorReply::io(format!("wait for {program}"), &e))?)
+            }
+            Some(ExecEvent::OutputClosed) => open_pipes -= 1,
+            None if !timed_out => {
+                timed_out = true;
+                // SAFETY: kill(2) on our child's process group; no memory is involved.
+                unsafe { libc::kill(-pid, libc::SIGKILL) };
+                wait_until = Instant::now() + KILL_GRACE;
+            }
+            // Unkillable (stuck in the kernel) or output held by a process that left the
+            // group: answer with what we have.
+            None => break,
+        }
+    }
+    let (stdout, stdout_truncated) = take(&stdout);
+    let (stderr, stderr_truncated) = take(&stderr);
+    Ok(ExecResult {
+        status: status.and_then(|s| s.code()),
+        signal: status.and_then(|s| s.signal()),
+        timed_out,
+        stdout: Bytes(stdout),
+        stderr: Bytes(stderr),
+        stdout_truncated,
+        stderr_truncated,
+        duration_ms: started.elapsed().as_millis() as u64,
+    })
+}
+
+fn spawn_capture<R: Read + Send + 'static>(
+    pipe: Option<R>,
+    max: usize,
+    done: mpsc::Sender<ExecEvent>,
+) -> Arc<Mutex<Capture>> {
+    let capture = Arc::new(Mutex::new(Capture::default()));
+    let shared = capture.clone();
+    thread::spawn(move || {
+        if let Some(mut pipe) = pipe {
+            let mut chunk = [0u8; 16 * 1024];
+            loop {
+                match pipe.read(&mut chunk) {
+                    Ok(0) => break,
+                    Ok(n) => {
+                        let mut c = shared.lock().unwrap_or_else(|p| p.into_inner());
+                        let room = max.saturating_sub(c.data.len());
+                        c.data.extend_from_slice(&chunk[..n.min(room)]);
+                        // Keep draining past the cap so the program never blocks on a full pipe.
+                        c.truncated |= n > room;
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(_) => break,
+                }
+            }
+        }
+        let _ = done.send(ExecEvent::OutputClosed);
+    });
+    capture
+}
+
+fn take(capture: &Mutex<Capture>) -> (Vec<u8>, bool) {
+    let mut c = capture.lock().unwrap_or_else(|p| p.into_inner());
+    (std::mem::take(&mut c.data), c.truncated)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn exec_req(argv: &[&str], timeout_ms: u64) -> ExecRequest {
+        ExecRequest {
+            argv: argv.iter().map(|s| s.to_string()).collect(),
+            env: vec![],
+            cwd: None,
+            stdin: None,
+            timeout_ms,
+            max_output: agent::DEFAULT_MAX_OUTPUT,
+        }
+    }
+
+    #[test]
+    fn exec_captures_status_output_env_cwd_and_stdin() {
+        let mut req = exec_req(&["sh", "-c", "cat; echo \"$FOO\" >&2; pwd; exit 3"], 10_000);
+        req.env = vec![("FOO".into(), "bar".into())];
+        req.cwd = Some("/".into());
+        req.stdin = Some(Bytes(vec![0xff, b'\n']));
+        let r = exec(req).unwrap();
+        assert_eq!((r.status, r.signal, r.timed_out), (Some(3), None, false));
+        assert_eq!(r.stdout.0, b"\xff\n/\n");
+        assert_eq!(r.stderr.0, b"bar\n");
+    }
+
+    #[test]
+    fn exec_timeout_kills_the_whole_group() {
+        // The background sleep keeps stdout open; only killing the group ends it.
+        let r = exec(exec_req(&["sh", "-c", "sleep 30 & sleep 30"], 300)).unwrap();
+        assert!(r.timed_out);
+        assert_eq!(r.signal, Some(libc::SIGKILL));
+        assert!(r.duration_ms < 5_000, "{}", r.duration_ms);
+    }
+
+    #[test]
+    fn exec_output_is_bounded() {
+        let mut req = exec_req(&["sh", "-c", "yes | head -c 100000"], 10_000);
+        req.max_output = 10;
+        let r = exec(req).unwrap();
+        assert_eq!(r.stdout.0, b"y\ny\ny\ny\ny\n");
+        assert!(r.stdout_truncated && !r.stderr_truncated);
+        assert_eq!(r.status, Some(0));
+    }
+
+    #[test]
+    fn exec_errors_carry_errno() {
+        let err = exec(exec_req(&["/nonexistent/program"], 1000)).unwrap_err();
+        assert_eq!(err.errno, Some(libc::ENOENT));
+        assert!(exec(exec_req(&[], 1000)).unwrap_err().errno.is_none());
+    }
+
+    #[test]
+    fn file_ops_round_trip_binary_data() {
+        let dir = std::env::temp_dir().join(format!("unplug-agent-test-{}", std::process::id()));
+        let dir_s = dir.to_str().unwrap().to_string();
+        let file = format!("{dir_s}/f");
+        let data: Vec<u8> = (0..=255).collect();
+        assert_eq!(run(Op::Mkdir { path: dir_s.clone(), mode: 0o700 }).unwrap(), Reply::Done);
+        let w = run(Op::Write { path: file.clone(), data: Bytes(data.clone()), offset: None, create: true }).unwrap();
+        assert_eq!(w, Reply::Written { len: 256 });
+        let r = run(Op::Read { path: file.clone(), offset: 0, max_len: 4096 }).unwrap();
+        assert_eq!(r, Reply::Data { data: Bytes(data.clone()), eof: true });
+        let r = run(Op::Read { path: file.clone(), offset: 250, max_len: 3 }).unwrap();
+        assert_eq!(r, Reply::Data { data: Bytes(vec![250, 251, 252]), eof: false });
+        let link = format!("{dir_s}/l");
+        run(Op::Symlink { target: file.clone(), link: link.clone() }).unwrap();
+        run(Op::Unlink { path: link }).unwrap();
+        run(Op::Unlink { path: file.clone() }).unwrap();
+        let err = run(Op::Read { path: file, offset: 0, max_len: 1 }).unwrap_err();
+        assert_eq!(err.errno, Some(libc::ENOENT));
+        assert!(err.message.contains("open "), "{}", err.message);
+        run(Op::Rmdir { path: dir_s }).unwrap();
+    }
+}
