@@ -317,7 +317,7 @@ fn from_hex(s: &str) -> Result<Vec<u8>, String> {
         }
     }
     let s = s.as_bytes();
-    if s.len() % 2 != 0 {
+    if s.len() & 1 == 1 {
         return Err(format!("odd-length hex string ({} digits)", s.len()));
     }
     s.chunks_exact(2).map(|pair| Ok(nibble(pair[0])? << 4 | nibble(pair[1])?)).collect()
