@@ -141,6 +141,28 @@ impl Console {
         }
     }
 
+    /// Resolves only when the guest is lost: a kernel panic after `cursor`, or the end of the
+    /// stream (QEMU exited). Race it against an operation to fail that operation early.
+    pub async fn wait_until_lost(&self, cursor: LineCursor) -> ConsoleError {
+        let mut tick = self.tick.clone();
+        let mut scanned = cursor.0;
+        loop {
+            tick.borrow_and_update();
+            {
+                let ring = lock(&self.shared.ring);
+                if let Some(line) = ring.iter().find(|l| l.index >= scanned && l.text.contains(PANIC_MARKER)) {
+                    return ConsoleError::KernelPanic { what: "the guest".into(), line: line.text.clone() };
+                }
+                scanned = ring.back().map_or(scanned, |l| l.index + 1);
+            }
+            if self.has_ended() {
+                return ConsoleError::Ended { what: "the guest".into(), last: self.last_line() };
+            }
+            // The sender lives in `shared`, which we hold, so this only wakes on new lines.
+            let _ = tick.changed().await;
+        }
+    }
+
     fn last_line(&self) -> Option<String> {
         lock(&self.shared.ring).back().map(|l| l.text.clone())
     }
@@ -305,6 +327,22 @@ mod tests {
         w.write_all(b"[    1.0] Kernel panic - not syncing: No working init found.\n").await.unwrap();
         let err = console.wait_for(cursor, "agent starting", Duration::from_secs(30)).await.unwrap_err();
         assert!(matches!(err, ConsoleError::KernelPanic { .. }), "{err}");
+    }
+
+    #[tokio::test]
+    async fn wait_until_lost_reports_panic_then_end() {
+        let (console, mut w, _dir, _) = console_with_pipe().await;
+        let cursor = console.cursor();
+        w.write_all(b"fine\n").await.unwrap();
+        let c = console.clone();
+        let lost = tokio::spawn(async move { c.wait_until_lost(cursor).await });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!lost.is_finished());
+        w.write_all(b"Kernel panic - not syncing: Attempted to kill init!\n").await.unwrap();
+        assert!(matches!(lost.await.unwrap(), ConsoleError::KernelPanic { .. }));
+        let after = console.cursor();
+        drop(w);
+        assert!(matches!(console.wait_until_lost(after).await, ConsoleError::Ended { .. }));
     }
 
     #[tokio::test]

@@ -14,6 +14,7 @@ pub mod qmp;
 pub mod results;
 pub mod scenario;
 pub mod schedule;
+pub mod testbed;
 pub mod vm;
 
 pub use devices::{at24, cp2112, i2c, usbredir};

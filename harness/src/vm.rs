@@ -145,16 +145,12 @@ impl Vm {
             .context("connecting to the agent port")?;
 
         let cursor = console.cursor();
-        let deadline = config.boot_timeout;
         tokio::select! {
-            ready = agent.wait_ready(deadline) => {
+            ready = agent.wait_ready(config.boot_timeout) => {
                 ready.with_context(|| format!("guest agent did not become ready ({})", qemu_failure_hint(&log_dir)))?;
             }
-            // Fails early on a kernel panic or QEMU exit; never succeeds (the needle is not
-            // printable), so only its errors matter.
-            err = console.wait_for(cursor, "\u{0}", deadline) => {
-                let err = err.err().map(anyhow::Error::from).unwrap_or_else(|| anyhow!("impossible console match"));
-                return Err(err.context(format!("boot failed ({})", qemu_failure_hint(&log_dir))));
+            lost = console.wait_until_lost(cursor) => {
+                return Err(anyhow::Error::from(lost).context(format!("boot failed ({})", qemu_failure_hint(&log_dir))));
             }
         }
         Ok(Vm {

@@ -2,10 +2,12 @@
 //!
 //! Each subcommand lives in its own module with its own `Args`; this file only dispatches.
 
+mod artifacts;
 mod boot;
 mod image;
 mod kernel;
 mod report;
+mod terminal;
 
 use clap::{Parser, Subcommand};
 
@@ -27,6 +29,12 @@ enum Command {
     /// Parse console logs and show results.
     #[command(subcommand)]
     Report(report::Command),
+}
+
+/// The async runtime for commands that drive VMs. Multi-threaded so a slow console or
+/// emulator task never starves QMP and the agent.
+pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?)
 }
 
 fn main() -> std::process::ExitCode {

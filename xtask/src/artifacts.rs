@@ -1,0 +1,49 @@
+//! Choosing the kernel and image a command boots: our cached build by default, a kernel
+//! tree of the user's (`--src`), a patch series (`--series`), or a prebuilt `--bzimage`.
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Result};
+
+#[derive(clap::Args, Clone, Debug, Default)]
+pub struct KernelChoice {
+    /// Boot this prebuilt bzImage instead of building one (no modules are added to the image).
+    #[arg(long, value_name = "PATH", conflicts_with_all = ["src", "series"])]
+    pub bzimage: Option<PathBuf>,
+    /// Kernel tree to build (never written to: builds go to the cache with O=).
+    #[arg(long, value_name = "DIR")]
+    pub src: Option<PathBuf>,
+    /// Patch series from kernels/patches/NAME applied on a private copy of the source.
+    #[arg(long, value_name = "NAME")]
+    pub series: Option<String>,
+}
+
+/// The kernel a command boots.
+#[derive(Debug, Clone)]
+pub struct Kernel {
+    pub bzimage: PathBuf,
+    /// `INSTALL_MOD_PATH` tree to put in the image.
+    pub modules: Option<PathBuf>,
+    pub label: String,
+}
+
+impl Kernel {
+    pub fn describe(&self) -> String {
+        format!("{} ({})", self.label, self.bzimage.display())
+    }
+}
+
+/// Builds (or reuses) the kernel and the image that matches it.
+pub fn kernel_and_image(choice: &KernelChoice) -> Result<(Kernel, PathBuf)> {
+    let kernel = match &choice.bzimage {
+        Some(path) => {
+            if !path.is_file() {
+                bail!("--bzimage {}: no such file", path.display());
+            }
+            Kernel { bzimage: path.clone(), modules: None, label: "prebuilt kernel".into() }
+        }
+        None => bail!("building kernels is not wired into xtask yet; pass --bzimage"),
+    };
+    let image = harness::image::build(&harness::image::ImageRequest { modules: kernel.modules.clone() })?;
+    Ok((kernel, image.path))
+}
