@@ -36,7 +36,8 @@ pub struct ConsoleLine {
     pub text: String,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+/// Position in the console's lines; the default is the very first line.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord)]
 pub struct LineCursor(u64);
 
 #[derive(Debug, thiserror::Error)]

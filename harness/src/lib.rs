@@ -15,6 +15,7 @@ pub mod results;
 pub mod scenario;
 pub mod schedule;
 pub mod testbed;
+pub mod testenv;
 pub mod vm;
 
 pub use devices::{at24, cp2112, i2c, usbredir};

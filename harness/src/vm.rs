@@ -230,6 +230,11 @@ impl Vm {
         Ok(())
     }
 
+    /// QEMU's process id while it runs.
+    pub fn qemu_pid(&self) -> Option<u32> {
+        self.child.id()
+    }
+
     /// True while QEMU is still running.
     pub fn is_running(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))

@@ -8,6 +8,7 @@ mod image;
 mod kernel;
 mod report;
 mod terminal;
+mod test;
 
 use clap::{Parser, Subcommand};
 
@@ -26,6 +27,8 @@ enum Command {
     Image(image::Args),
     /// Boot the VM, plug devices, run a command in the guest (or open a shell).
     Boot(boot::Args),
+    /// Run the whole test suite (unit and end-to-end) with nextest.
+    Test(test::Args),
     /// Parse console logs and show results.
     #[command(subcommand)]
     Report(report::Command),
@@ -50,6 +53,7 @@ fn main() -> std::process::ExitCode {
         Command::Image(args) => image::run(args),
         Command::Boot(args) => boot::run(args),
         Command::Report(cmd) => report::run(cmd),
+        Command::Test(args) => test::run(args),
     };
     match result {
         Ok(code) => code,

@@ -1,0 +1,30 @@
+//! What end-to-end tests boot: the kernel and image `cargo xtask test` built for them.
+//!
+//! `xtask test` builds (or reuses) both with progress output and passes their paths in the
+//! environment; a test run without them fails with the command to use, never skips.
+
+use std::path::PathBuf;
+
+pub const ENV_BZIMAGE: &str = "UNPLUG_TORTURE_BZIMAGE";
+pub const ENV_INITRD: &str = "UNPLUG_TORTURE_INITRD";
+
+/// The bzImage and initramfs to boot in end-to-end tests.
+pub fn artifacts() -> (PathBuf, PathBuf) {
+    let get = |name: &str| {
+        std::env::var_os(name).map(PathBuf::from).unwrap_or_else(|| {
+            panic!("{name} is not set: run end-to-end tests through `cargo xtask test` (it builds the kernel and image)")
+        })
+    };
+    (get(ENV_BZIMAGE), get(ENV_INITRD))
+}
+
+/// A VM configuration for tests: TCG unless the host probe says KVM works, logs kept in a
+/// per-test folder under `target/e2e-logs/<test>` so a failure can be inspected.
+pub fn vm_config(test: &str) -> crate::vm::VmConfig {
+    let (bzimage, initrd) = artifacts();
+    let mut config = crate::vm::VmConfig::new(bzimage, vec![initrd]);
+    let dir = crate::paths::repo_root().join("target").join("e2e-logs").join(test);
+    let _ = std::fs::remove_dir_all(&dir);
+    config.log_dir = Some(dir);
+    config
+}
