@@ -192,8 +192,8 @@ fn handle_line(line: &[u8], writer: &Writer) {
     }
     match serde_json::from_slice::<Request>(line) {
         Ok(Request { id, op }) => {
-            let writer = writer.clone();
-            thread::spawn(move || {
+            let worker = writer.clone();
+            let spawned = thread::Builder::new().name(format!("req-{id}")).spawn(move || {
                 let power = match op {
                     Op::Reboot => Some(libc::RB_AUTOBOOT),
                     Op::Poweroff => Some(libc::RB_POWER_OFF),
@@ -203,11 +203,15 @@ fn handle_line(line: &[u8], writer: &Writer) {
                     Ok(reply) => Outcome::Ok(reply),
                     Err(err) => Outcome::Err(err),
                 };
-                writer.respond(id, outcome);
+                worker.respond(id, outcome);
                 if let Some(cmd) = power {
                     power_off(cmd);
                 }
             });
+            if let Err(e) = spawned {
+                // Out of threads or memory: say so instead of leaving the host to time out.
+                writer.respond(id, Outcome::Err(ErrorReply::io("starting a request thread", &e)));
+            }
         }
         Err(e) => {
             // Answer the request if we can tell which one it was; otherwise report an event.
