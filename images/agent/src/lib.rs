@@ -50,7 +50,7 @@ pub struct Request {
     pub op: Op,
 }
 
-/// What the host asks for.
+/// What the host asks for. Paths of file operations must be absolute.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum Op {
@@ -100,7 +100,8 @@ fn default_dir_mode() -> u32 {
 /// A program to run in the guest.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ExecRequest {
-    /// Program and arguments; `argv[0]` is looked up on `PATH` (busybox applets live there).
+    /// Program and arguments; `argv[0]` without a `/` is looked up on `PATH` (the one in
+    /// `env` if given; busybox applets live there).
     pub argv: Vec<String>,
     /// Variables added to (or overriding) the agent's environment.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

@@ -230,21 +230,21 @@ fn run(op: Op) -> Result<Reply, ErrorReply> {
     match op {
         Op::Ping => Ok(Reply::Hello(hello())),
         Op::Exec(req) => exec(req).map(Reply::Exec),
-        Op::Read { path, offset, max_len } => read(&path, offset, max_len),
-        Op::Write { path, data, offset, create } => write(&path, &data.0, offset, create),
+        Op::Read { path, offset, max_len } => read(absolute(&path)?, offset, max_len),
+        Op::Write { path, data, offset, create } => write(absolute(&path)?, &data.0, offset, create),
         Op::Mkdir { path, mode } => std::fs::DirBuilder::new()
             .mode(mode)
-            .create(&path)
+            .create(absolute(&path)?)
             .map(|()| Reply::Done)
             .map_err(|e| ErrorReply::io(format!("mkdir {path}"), &e)),
         Op::Rmdir { path } => {
-            std::fs::remove_dir(&path).map(|()| Reply::Done).map_err(|e| ErrorReply::io(format!("rmdir {path}"), &e))
+            std::fs::remove_dir(absolute(&path)?).map(|()| Reply::Done).map_err(|e| ErrorReply::io(format!("rmdir {path}"), &e))
         }
-        Op::Symlink { target, link } => std::os::unix::fs::symlink(&target, &link)
+        Op::Symlink { target, link } => std::os::unix::fs::symlink(&target, absolute(&link)?)
             .map(|()| Reply::Done)
             .map_err(|e| ErrorReply::io(format!("symlink {link} -> {target}"), &e)),
         Op::Unlink { path } => {
-            std::fs::remove_file(&path).map(|()| Reply::Done).map_err(|e| ErrorReply::io(format!("unlink {path}"), &e))
+            std::fs::remove_file(absolute(&path)?).map(|()| Reply::Done).map_err(|e| ErrorReply::io(format!("unlink {path}"), &e))
         }
         Op::Reboot | Op::Poweroff => {
             // SAFETY: sync(2) has no preconditions.
@@ -324,7 +324,9 @@ fn exec(req: ExecRequest) -> Result<ExecResult, ErrorReply> {
     let Some((program, args)) = req.argv.split_first() else {
         return Err(ErrorReply::msg("exec: empty argv"));
     };
-    let mut cmd = Command::new(program);
+    let env_path = req.env.iter().rev().find(|(k, _)| k == "PATH").map(|(_, v)| v.clone());
+    let program = resolve(program, env_path).map_err(|e| ErrorReply::io(format!("exec {program}"), &e))?;
+    let mut cmd = Command::new(&program);
     cmd.args(args)
         .envs(req.env.iter().map(|(k, v)| (k, v)))
         .stdin(if req.stdin.is_some() { Stdio::piped() } else { Stdio::null() })
@@ -332,10 +334,7 @@ fn exec(req: ExecRequest) -> Result<ExecResult, ErrorReply> {
         .stderr(Stdio::piped())
         // Its own process group, so a timeout kills everything it started.
         .process_group(0);
-    if let Some(cwd) = &req.cwd {
-        cmd.current_dir(cwd);
-    }
-    let mut child: Child = cmd.spawn().map_err(|e| ErrorReply::io(format!("exec {program}"), &e))?;
+    let mut child: Child = spawn_in(&mut cmd, req.cwd.as_deref())?;
     let pid = child.id() as libc::pid_t;
 
     let (tx, rx) = mpsc::channel();
@@ -362,7 +361,7 @@ fn exec(req: ExecRequest) -> Result<ExecResult, ErrorReply> {
         let event = if now < wait_until { rx.recv_timeout(wait_until - now).ok() } else { None };
         match event {
             Some(ExecEvent::Exited(result)) => {
-                status = Some(result.map_err(|e| ErrorReply::io(format!("wait for {program}"), &e))?)
+                status = Some(result.map_err(|e| ErrorReply::io(format!("wait for {}", program.display()), &e))?)
             }
             Some(ExecEvent::OutputClosed) => open_pipes -= 1,
             None if !timed_out => {
@@ -388,6 +387,57 @@ fn exec(req: ExecRequest) -> Result<ExecResult, ErrorReply> {
         stderr_truncated,
         duration_ms: started.elapsed().as_millis() as u64,
     })
+}
+
+/// Serialises process creation with changes of the agent's working directory.
+///
+/// std spawns through `posix_spawn` unless asked for something it cannot express, such as a
+/// working directory in a static binary or a `PATH` lookup with a changed `PATH`; it then
+/// falls back to fork+exec, which reports exec errors over an `AF_UNIX` socketpair and so
+/// fails with ENOSYS on kernels without `CONFIG_NET`, like ours. So we resolve the program
+/// ourselves and apply `cwd` by changing the agent's own directory around the spawn (the child
+/// inherits it). Every spawn takes this lock so none starts in another request's directory;
+/// file operations take absolute paths only, so they do not depend on it either.
+static SPAWN: Mutex<()> = Mutex::new(());
+
+fn spawn_in(cmd: &mut Command, cwd: Option<&str>) -> Result<Child, ErrorReply> {
+    let _spawning = SPAWN.lock().unwrap_or_else(|p| p.into_inner());
+    let Some(cwd) = cwd else {
+        return cmd.spawn().map_err(|e| ErrorReply::io(format!("exec {}", Path::new(cmd.get_program()).display()), &e));
+    };
+    let home = std::env::current_dir().map_err(|e| ErrorReply::io("getcwd", &e))?;
+    std::env::set_current_dir(cwd).map_err(|e| ErrorReply::io(format!("chdir {cwd}"), &e))?;
+    let spawned = cmd.spawn().map_err(|e| ErrorReply::io(format!("exec {}", Path::new(cmd.get_program()).display()), &e));
+    if let Err(e) = std::env::set_current_dir(&home) {
+        kmsg(&format!("cannot return to {}: {e}", home.display()));
+    }
+    spawned
+}
+
+/// Finds `program` on `PATH` (the request's, else ours) like execvp would, so std can use
+/// `posix_spawn` with a full path (see [`SPAWN`]).
+fn resolve(program: &str, path: Option<String>) -> io::Result<PathBuf> {
+    if program.contains('/') {
+        return Ok(PathBuf::from(program));
+    }
+    let path = path.or_else(|| std::env::var("PATH").ok()).unwrap_or_else(|| "/bin:/sbin:/usr/bin:/usr/sbin".into());
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(program))
+        .find(|candidate| {
+            use std::os::unix::fs::PermissionsExt;
+            candidate.metadata().is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        })
+        .ok_or_else(|| io::Error::from_raw_os_error(libc::ENOENT))
+}
+
+/// File operations take absolute paths: the agent's working directory is not the caller's
+/// business (and briefly changes during spawns with a `cwd`).
+fn absolute(path: &str) -> Result<&str, ErrorReply> {
+    if path.starts_with('/') {
+        Ok(path)
+    } else {
+        Err(ErrorReply { errno: Some(libc::EINVAL), message: format!("{path}: not an absolute path") })
+    }
 }
 
 fn spawn_capture<R: Read + Send + 'static>(
@@ -476,6 +526,28 @@ mod tests {
         let err = exec(exec_req(&["/nonexistent/program"], 1000)).unwrap_err();
         assert_eq!(err.errno, Some(libc::ENOENT));
         assert!(exec(exec_req(&[], 1000)).unwrap_err().errno.is_none());
+    }
+
+    #[test]
+    fn programs_are_found_on_the_requests_path() {
+        let mut req = exec_req(&["sh", "-c", "echo $PATH"], 10_000);
+        req.env = vec![("PATH".into(), "/nonexistent:/bin:/usr/bin".into())];
+        let r = exec(req).unwrap();
+        assert_eq!(r.stdout.0, b"/nonexistent:/bin:/usr/bin\n");
+        let mut req = exec_req(&["sh"], 10_000);
+        req.env = vec![("PATH".into(), "/nonexistent".into())];
+        assert_eq!(exec(req).unwrap_err().errno, Some(libc::ENOENT));
+        let mut req = exec_req(&["true"], 10_000);
+        req.cwd = Some("/nonexistent".into());
+        let err = exec(req).unwrap_err();
+        assert!(err.errno == Some(libc::ENOENT) && err.message.starts_with("chdir /nonexistent"), "{err}");
+    }
+
+    #[test]
+    fn relative_paths_are_refused() {
+        let err = run(Op::Read { path: "etc/passwd".into(), offset: 0, max_len: 1 }).unwrap_err();
+        assert_eq!(err.errno, Some(libc::EINVAL));
+        assert!(run(Op::Symlink { target: "relative/is/fine".into(), link: "x".into() }).is_err());
     }
 
     #[test]
