@@ -67,10 +67,11 @@ impl Testbed {
         vm.ensure_usb_controller().await?;
         let cursor = vm.console().cursor();
         vm.qmp().device_add(driver, id, Some(USB_BUS), &[]).await.with_context(|| format!("plugging {device}"))?;
-        // QEMU's USB devices use vendor 0627.
+        // QEMU's USB devices are HID devices of vendor 0627: the HID core names the bound
+        // device `0003:0627:PPPP.NNNN` (bus 3 = USB) once a driver has taken it.
         let line = vm
             .console()
-            .wait_for(cursor, "idVendor=0627", ENUMERATE_TIMEOUT)
+            .wait_for(cursor, "0003:0627:", ENUMERATE_TIMEOUT)
             .await
             .with_context(|| format!("the guest did not enumerate {device} ({id})"))?;
         self.plugged.insert(id.to_string(), Plugged::QemuUsb { driver });
