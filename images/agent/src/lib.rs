@@ -19,7 +19,7 @@
 //!
 //! Byte strings ([`Bytes`]: file contents, process output) must round-trip exactly, yet stay
 //! readable in transcripts: valid UTF-8 is sent as a JSON string (JSON escapes keep it exact),
-//! anything else as `{"hex":"..."}`. Hex rather than base64 keeps the guest free of extra
+//! anything else (or text that is mostly control characters) as `{"hex":"..."}`. Hex rather than base64 keeps the guest free of extra
 //! dependencies; the data is small (sysfs attributes, bounded command output).
 
 use std::fmt;
@@ -33,13 +33,17 @@ pub const PORT_NAME: &str = "org.unplug.agent";
 /// Bumped on incompatible changes; reported in [`Hello`].
 pub const PROTOCOL_VERSION: u32 = 1;
 
-/// Longest line either side accepts. Output captured by `exec` is bounded well below this.
+/// Longest line either side accepts. [`Bytes`] take at most twice their size on the wire, so
+/// the caps below keep every message well under it.
 pub const MAX_LINE: usize = 16 << 20;
 
 /// Default cap on each of stdout and stderr captured by `exec`.
 pub const DEFAULT_MAX_OUTPUT: u64 = 1 << 20;
 
-/// Largest `read` the agent serves in one request (hex encoding may double it on the wire).
+/// Largest `max_output` the agent honours (larger requests are clamped).
+pub const MAX_OUTPUT: u64 = 2 << 20;
+
+/// Largest `read` the agent serves in one request (larger requests return less, not EOF).
 pub const MAX_READ: u64 = 4 << 20;
 
 /// A request from the host. `id` is echoed in the response.
@@ -113,7 +117,8 @@ pub struct ExecRequest {
     pub stdin: Option<Bytes>,
     /// After this long the whole process group is killed with SIGKILL.
     pub timeout_ms: u64,
-    /// Cap on each of stdout and stderr kept; the rest is read and dropped.
+    /// Cap on each of stdout and stderr kept (at most [`MAX_OUTPUT`]); the rest is read and
+    /// dropped.
     #[serde(default = "default_max_output")]
     pub max_output: u64,
 }
@@ -228,8 +233,8 @@ pub struct Event {
     pub data: serde_json::Value,
 }
 
-/// A byte string that survives JSON exactly: a JSON string when it is valid UTF-8,
-/// `{"hex":"..."}` otherwise.
+/// A byte string that survives JSON exactly: a JSON string when it is valid UTF-8 (and not
+/// mostly control characters), `{"hex":"..."}` otherwise.
 #[derive(Clone, Default, PartialEq, Eq)]
 pub struct Bytes(pub Vec<u8>);
 
@@ -257,11 +262,29 @@ impl From<&str> for Bytes {
     }
 }
 
+impl Bytes {
+    /// Text unless JSON escaping would make it longer than hex (control characters cost six
+    /// bytes each), so the wire size stays within twice the data and the caps below hold.
+    fn as_text(&self) -> Option<&str> {
+        let text = std::str::from_utf8(&self.0).ok()?;
+        let escaped: usize = self
+            .0
+            .iter()
+            .map(|&b| match b {
+                b'\n' | b'\r' | b'\t' | b'"' | b'\\' => 2,
+                0..=0x1f => 6,
+                _ => 1,
+            })
+            .sum();
+        (escaped <= 2 * self.0.len()).then_some(text)
+    }
+}
+
 impl Serialize for Bytes {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        match std::str::from_utf8(&self.0) {
-            Ok(text) => s.serialize_str(text),
-            Err(_) => {
+        match self.as_text() {
+            Some(text) => s.serialize_str(text),
+            None => {
                 use serde::ser::SerializeMap;
                 let mut map = s.serialize_map(Some(1))?;
                 map.serialize_entry("hex", &to_hex(&self.0))?;
@@ -441,9 +464,12 @@ mod tests {
         ];
         for bytes in cases {
             let line = round_trip(&Bytes(bytes.clone()));
-            let is_text = std::str::from_utf8(&bytes).is_ok();
-            assert_eq!(line.starts_with('"'), is_text, "{line}");
+            assert!(line.len() <= 2 * bytes.len() + 12, "{line}");
         }
+        assert_eq!(serde_json::to_string(&Bytes(b"1\n".to_vec())).unwrap(), r#""1\n""#);
+        assert_eq!(serde_json::to_string(&Bytes(vec![0xff])).unwrap(), r#"{"hex":"ff"}"#);
+        // Valid UTF-8 that would escape to six bytes per byte goes as hex.
+        assert_eq!(serde_json::to_string(&Bytes(vec![0; 4])).unwrap(), r#"{"hex":"00000000"}"#);
     }
 
     #[test]

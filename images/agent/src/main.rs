@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 
 use agent::{
     Bytes, ErrorReply, Event, ExecRequest, ExecResult, GuestMessage, Hello, Op, Outcome, Reply, Request, Response,
-    MAX_LINE, MAX_READ, PORT_NAME, PROTOCOL_VERSION,
+    MAX_LINE, MAX_OUTPUT, MAX_READ, PORT_NAME, PROTOCOL_VERSION,
 };
 
 /// How long to wait between looks for the port (the virtio driver may probe after us) and
@@ -117,14 +117,31 @@ impl Writer {
         };
         line.push(b'\n');
         let mut port = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        // Blocks while no host is connected. Errors are transient (a signal) or final (the
-        // port was unplugged); retry a few times, then drop the message: the host's request
-        // deadline reports it.
-        for attempt in 0..5 {
-            match port.write_all(&line) {
-                Ok(()) => return,
-                Err(e) if attempt == 4 => kmsg(&format!("dropping a message after write errors: {e}")),
-                Err(_) => thread::sleep(POLL),
+        // write(2) blocks while no host is connected. It returns 0 when the virtqueue filled
+        // up between the driver's check and the send: wait and continue with the rest (never
+        // restart, the prefix is already out). Other errors mean the port is gone; the rest
+        // is dropped and the host's request deadline reports it.
+        let mut rest = &line[..];
+        let mut stalls = 0;
+        while !rest.is_empty() {
+            match port.write(rest) {
+                Ok(0) if stalls < 100 => {
+                    stalls += 1;
+                    thread::sleep(POLL);
+                }
+                Ok(0) => {
+                    kmsg("dropping a message: the port accepts no data");
+                    return;
+                }
+                Ok(n) => {
+                    rest = &rest[n..];
+                    stalls = 0;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    kmsg(&format!("dropping a message: {e}"));
+                    return;
+                }
             }
         }
     }
@@ -270,7 +287,7 @@ fn read(path: &str, offset: u64, max_len: u64) -> Result<Reply, ErrorReply> {
     let mut got = 0;
     // sysfs attributes answer in one read; regular files may need several.
     while got < want {
-        match file.read_at(&mut data[got..], offset + got as u64) {
+        match file.read_at(&mut data[got..], offset.saturating_add(got as u64)) {
             Ok(0) => break,
             Ok(n) => got += n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -278,7 +295,7 @@ fn read(path: &str, offset: u64, max_len: u64) -> Result<Reply, ErrorReply> {
         }
     }
     data.truncate(got);
-    Ok(Reply::Data { data: Bytes(data), eof: (got as u64) < max_len })
+    Ok(Reply::Data { data: Bytes(data), eof: got < want })
 }
 
 fn write(path: &str, data: &[u8], offset: Option<u64>, create: bool) -> Result<Reply, ErrorReply> {
@@ -345,7 +362,7 @@ fn exec(req: ExecRequest) -> Result<ExecResult, ErrorReply> {
             let _ = stdin.write_all(&input.0);
         });
     }
-    let max = req.max_output as usize;
+    let max = req.max_output.min(MAX_OUTPUT) as usize;
     let stdout = spawn_capture(child.stdout.take(), max, tx.clone());
     let stderr = spawn_capture(child.stderr.take(), max, tx.clone());
     thread::spawn(move || {
@@ -563,6 +580,9 @@ mod tests {
         assert_eq!(r, Reply::Data { data: Bytes(data.clone()), eof: true });
         let r = run(Op::Read { path: file.clone(), offset: 250, max_len: 3 }).unwrap();
         assert_eq!(r, Reply::Data { data: Bytes(vec![250, 251, 252]), eof: false });
+        // Oversized requests are capped, not refused.
+        let r = run(Op::Read { path: file.clone(), offset: 0, max_len: u64::MAX }).unwrap();
+        assert_eq!(r, Reply::Data { data: Bytes(data.clone()), eof: true });
         let link = format!("{dir_s}/l");
         run(Op::Symlink { target: file.clone(), link: link.clone() }).unwrap();
         run(Op::Unlink { path: link }).unwrap();
