@@ -405,10 +405,9 @@ impl Agent {
     /// for operations without a helper.
     pub async fn call(&self, op: Op, timeout: Duration) -> Result<Reply, AgentError> {
         let what = describe(&op);
-        let name = op_name(&op);
         match tokio::time::timeout(timeout, self.call_inner(op)).await {
             Ok(Ok(Outcome::Ok(reply))) => Ok(reply),
-            Ok(Ok(Outcome::Err(error))) => Err(AgentError::Guest { op: format!("{name} ({what})"), error }),
+            Ok(Ok(Outcome::Err(error))) => Err(AgentError::Guest { op: what, error }),
             Ok(Err(e)) => Err(e),
             Err(_) => Err(AgentError::Timeout { what, waited: timeout }),
         }

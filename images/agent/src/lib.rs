@@ -115,7 +115,9 @@ pub struct ExecRequest {
     /// Bytes fed to stdin, which is then closed; without it stdin is `/dev/null`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stdin: Option<Bytes>,
-    /// After this long the whole process group is killed with SIGKILL.
+    /// After this long the whole process group is killed with SIGKILL. The program counts as
+    /// running until it has exited and its stdout/stderr are closed, so background children
+    /// should redirect their output.
     pub timeout_ms: u64,
     /// Cap on each of stdout and stderr kept (at most [`MAX_OUTPUT`]); the rest is read and
     /// dropped.

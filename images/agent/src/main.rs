@@ -216,9 +216,11 @@ fn handle_line(line: &[u8], writer: &Writer) {
                     Op::Poweroff => Some(libc::RB_POWER_OFF),
                     _ => None,
                 };
-                let outcome = match run(op) {
-                    Ok(reply) => Outcome::Ok(reply),
-                    Err(err) => Outcome::Err(err),
+                // A panic is a bug in the agent; answering keeps it from looking like a hang.
+                let outcome = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(op))) {
+                    Ok(Ok(reply)) => Outcome::Ok(reply),
+                    Ok(Err(err)) => Outcome::Err(err),
+                    Err(_) => Outcome::Err(ErrorReply::msg("the agent panicked serving this request (see the kernel log)")),
                 };
                 worker.respond(id, outcome);
                 if let Some(cmd) = power {
@@ -337,7 +339,8 @@ struct Capture {
 
 fn exec(req: ExecRequest) -> Result<ExecResult, ErrorReply> {
     let started = Instant::now();
-    let deadline = started + Duration::from_millis(req.timeout_ms);
+    // A timeout too far to represent means none.
+    let deadline = started.checked_add(Duration::from_millis(req.timeout_ms));
     let Some((program, args)) = req.argv.split_first() else {
         return Err(ErrorReply::msg("exec: empty argv"));
     };
@@ -375,7 +378,11 @@ fn exec(req: ExecRequest) -> Result<ExecResult, ErrorReply> {
     let mut wait_until = deadline;
     while status.is_none() || open_pipes > 0 {
         let now = Instant::now();
-        let event = if now < wait_until { rx.recv_timeout(wait_until - now).ok() } else { None };
+        let event = match wait_until {
+            Some(until) if now < until => rx.recv_timeout(until - now).ok(),
+            Some(_) => None,
+            None => rx.recv().ok(),
+        };
         match event {
             Some(ExecEvent::Exited(result)) => {
                 status = Some(result.map_err(|e| ErrorReply::io(format!("wait for {}", program.display()), &e))?)
@@ -385,7 +392,7 @@ fn exec(req: ExecRequest) -> Result<ExecResult, ErrorReply> {
                 timed_out = true;
                 // SAFETY: kill(2) on our child's process group; no memory is involved.
                 unsafe { libc::kill(-pid, libc::SIGKILL) };
-                wait_until = Instant::now() + KILL_GRACE;
+                wait_until = Some(Instant::now() + KILL_GRACE);
             }
             // Unkillable (stuck in the kernel) or output held by a process that left the
             // group: answer with what we have.
@@ -526,6 +533,12 @@ mod tests {
         assert!(r.timed_out);
         assert_eq!(r.signal, Some(libc::SIGKILL));
         assert!(r.duration_ms < 5_000, "{}", r.duration_ms);
+    }
+
+    #[test]
+    fn exec_without_a_representable_deadline_runs_to_completion() {
+        let r = exec(exec_req(&["true"], u64::MAX)).unwrap();
+        assert_eq!((r.status, r.timed_out), (Some(0), false));
     }
 
     #[test]
