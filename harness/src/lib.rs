@@ -9,6 +9,7 @@ pub mod console;
 pub mod host;
 pub mod image;
 pub mod kernel;
+pub mod observe;
 pub mod paths;
 pub mod qmp;
 pub mod results;
@@ -16,6 +17,7 @@ pub mod scenario;
 pub mod schedule;
 pub mod testbed;
 pub mod testenv;
+pub mod torture;
 pub mod vm;
 
 pub use devices::{at24, cp2112, i2c, usbredir};
