@@ -554,7 +554,12 @@ async fn route_incoming<R: AsyncBufRead + Unpin>(mut reader: R, shared: Arc<Shar
                 let _ = shared.events.send(event);
             }
             GuestMessage::Ready(hello) => {
-                shared.ready.send_replace(Some(hello));
+                // `ready` is sent once per agent start: a second one means /init restarted a
+                // dead agent, and whatever it was running is lost. Subscribers hear about it.
+                if shared.ready.send_replace(Some(hello.clone())).is_some() {
+                    let data = serde_json::to_value(&hello).unwrap_or_default();
+                    let _ = shared.events.send(Event { source: "agent".into(), kind: "restarted".into(), data });
+                }
             }
         }
     };
@@ -745,6 +750,17 @@ mod tests {
         let event = Event { source: "gpio0".into(), kind: "edge".into(), data: serde_json::json!({"line": 3}) };
         guest.send(&GuestMessage::Event(event.clone())).await;
         assert_eq!(events.recv().await.unwrap(), event);
+    }
+
+    #[tokio::test]
+    async fn a_second_ready_is_reported_as_a_restart() {
+        let (agent, mut guest) = pair();
+        let mut events = agent.subscribe();
+        guest.send(&GuestMessage::Ready(hello())).await;
+        agent.wait_ready(Duration::from_secs(10)).await.unwrap();
+        guest.send(&GuestMessage::Ready(hello())).await;
+        let event = events.recv().await.unwrap();
+        assert_eq!((event.source.as_str(), event.kind.as_str()), ("agent", "restarted"));
     }
 
     #[tokio::test]

@@ -69,6 +69,24 @@ async fn e2e_agent_protocol_in_the_guest() {
     assert!(text.contains("unplug-torture: agent starting"), "{text}");
     assert!(text.contains("unplug-agent: serving on /dev/vport"), "{text}");
 
+    // /init restarts an agent that dies; the host hears of it as an event and carries on.
+    let mut events = agent.subscribe();
+    let kill = ExecRequest {
+        argv: vec!["sh".into(), "-c".into(), "kill -9 $PPID".into()],
+        env: vec![],
+        cwd: None,
+        stdin: None,
+        timeout_ms: 1_000,
+        max_output: 1024,
+    };
+    let lost = agent.call(Op::Exec(kill), Duration::from_secs(3)).await.unwrap_err();
+    assert!(matches!(lost, AgentError::Timeout { .. }), "{lost}");
+    let event = tokio::time::timeout(Duration::from_secs(60), events.recv()).await.unwrap().unwrap();
+    assert_eq!((event.source.as_str(), event.kind.as_str()), ("agent", "restarted"));
+    agent.ping().await.unwrap();
+    let text = std::fs::read_to_string(&console).unwrap();
+    assert!(text.contains("unplug-torture: agent exited with status 137, restarting"), "{text}");
+
     // poweroff answers, then QEMU (-no-reboot) exits and the link reports the loss.
     agent.poweroff().await.unwrap();
     let mut exited = false;
