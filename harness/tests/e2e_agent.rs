@@ -39,6 +39,18 @@ async fn e2e_agent_protocol_in_the_guest() {
     agent.unlink("/tmp/d/link").await.unwrap();
     agent.rmdir("/tmp/d").await.unwrap();
 
+    // configfs round trip through the file operations (gpio-sim is in our kernel config).
+    let chip = "/sys/kernel/config/gpio-sim/agent-e2e";
+    agent.mkdir(chip).await.unwrap();
+    agent.mkdir(&format!("{chip}/bank0")).await.unwrap();
+    agent.write_file(&format!("{chip}/bank0/num_lines"), b"4").await.unwrap();
+    agent.write_file(&format!("{chip}/live"), b"1").await.unwrap();
+    let name = agent.read_file(&format!("{chip}/bank0/chip_name")).await.unwrap();
+    assert!(name.starts_with(b"gpiochip"), "{}", String::from_utf8_lossy(&name));
+    agent.write_file(&format!("{chip}/live"), b"0").await.unwrap();
+    agent.rmdir(&format!("{chip}/bank0")).await.unwrap();
+    agent.rmdir(chip).await.unwrap();
+
     // A long-running command does not hold up pings; its timeout kills the whole group.
     let slow = {
         let agent = agent.clone();
