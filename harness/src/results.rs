@@ -1,1 +1,336 @@
-//! TODO(owner): results
+//! `results/<run-id>/`: everything a maintainer needs to act on one torture run.
+//!
+//! ```text
+//! meta.json          reproducer command, kernel identity, QEMU version, accelerator, seed
+//! schedule.json      the concrete schedule (what `xtask replay` runs)
+//! console.log        serial console, host-timestamped (written by `console`)
+//! qmp.log            all QMP traffic (written by `qmp`)
+//! agent.log          all agent traffic (written by `agent`)
+//! steps.jsonl        one line per finished step
+//! crashes/<hash>/    report.txt, title, alt_titles, type, count (and symbolized.txt when available)
+//! summary.md, junit.xml, ktap.txt   written at the end (and rewritten after every crash)
+//! ```
+//!
+//! Whole files are written to a temporary name and renamed, so a reader never sees half a
+//! file; `steps.jsonl` gets one complete line per step, flushed and synced before the next
+//! step starts. A run killed at any point leaves only valid files behind.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+/// What identifies a run and how to repeat it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Meta {
+    pub run_id: String,
+    pub scenario: String,
+    pub seed: u64,
+    /// Command line that reruns this scenario with this seed.
+    pub reproducer: String,
+    /// Command line that replays exactly this schedule.
+    pub replay: String,
+    pub kernel: KernelMeta,
+    pub qemu_version: Option<String>,
+    pub accel: Option<String>,
+    pub started: String,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct KernelMeta {
+    pub label: String,
+    pub bzimage: PathBuf,
+    pub vmlinux: Option<PathBuf>,
+    pub release: Option<String>,
+    pub source_id: Option<String>,
+    pub series: Option<String>,
+    pub config_hash: Option<String>,
+}
+
+/// A crash report to file under `crashes/`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Crash {
+    pub title: String,
+    pub alt_titles: Vec<String>,
+    /// syzkaller-style type, e.g. `KASAN-USE-AFTER-FREE-READ`, `UNPLUG-STUCK`.
+    pub kind: String,
+    pub corrupted: bool,
+    pub report: String,
+    pub symbolized: Option<String>,
+    /// The step that was running when it appeared, when known.
+    pub step: Option<usize>,
+}
+
+/// The end state of a run, for summary.md, junit.xml and ktap.txt.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Summary {
+    pub scenario: String,
+    pub steps: Vec<StepLine>,
+    /// Why the run stopped early, if it did.
+    pub aborted: Option<String>,
+}
+
+/// What the summary needs of one step.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StepLine {
+    pub index: usize,
+    pub description: String,
+    pub ok: bool,
+    pub detail: Option<String>,
+    pub elapsed_ms: f64,
+}
+
+/// An open run folder.
+pub struct RunDir {
+    path: PathBuf,
+    steps: std::fs::File,
+    /// Filed crashes (title hash, crash, count), in order of first appearance.
+    crashes: Vec<(String, Crash, u32)>,
+}
+
+impl RunDir {
+    /// Creates `root/<timestamp>-<name>` (with a numeric suffix if it exists).
+    pub fn create(root: &Path, name: &str) -> Result<RunDir> {
+        std::fs::create_dir_all(root).with_context(|| format!("creating {}", root.display()))?;
+        let stamp = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string().replace([':', '-'], "");
+        let base = format!("{}-{name}", stamp.trim_end_matches('Z'));
+        let mut path = root.join(&base);
+        let mut n = 1;
+        while let Err(e) = std::fs::create_dir(&path) {
+            if e.kind() != std::io::ErrorKind::AlreadyExists || n > 1000 {
+                return Err(e).with_context(|| format!("creating {}", path.display()));
+            }
+            n += 1;
+            path = root.join(format!("{base}-{n}"));
+        }
+        let steps = std::fs::OpenOptions::new().create(true).append(true).open(path.join("steps.jsonl"))?;
+        Ok(RunDir { path, steps, crashes: Vec::new() })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The run id (the folder's name).
+    pub fn id(&self) -> String {
+        self.path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
+    }
+
+    /// Writes `name` (e.g. `meta.json`) atomically.
+    pub fn write_json(&self, name: &str, value: &impl Serialize) -> Result<()> {
+        let text = serde_json::to_string_pretty(value)?;
+        write_atomic(&self.path.join(name), text.as_bytes())
+    }
+
+    /// Appends one step as a JSON line and syncs it to disk.
+    pub fn append_step(&mut self, step: &impl Serialize) -> Result<()> {
+        let mut line = serde_json::to_string(step)?;
+        line.push('\n');
+        self.steps.write_all(line.as_bytes())?;
+        self.steps.sync_data()?;
+        Ok(())
+    }
+
+    /// Files a crash under `crashes/<hash of its title>/`; a repeat only bumps `count`.
+    pub fn add_crash(&mut self, crash: &Crash) -> Result<PathBuf> {
+        let hash = title_hash(&crash.title);
+        let dir = self.path.join("crashes").join(&hash);
+        let count = match self.crashes.iter_mut().find(|(h, _, _)| *h == hash) {
+            Some((_, _, count)) => {
+                *count += 1;
+                *count
+            }
+            None => {
+                std::fs::create_dir_all(&dir)?;
+                write_atomic(&dir.join("report.txt"), crash.report.as_bytes())?;
+                write_atomic(&dir.join("title"), format!("{}\n", crash.title).as_bytes())?;
+                let alts: String = crash.alt_titles.iter().map(|t| format!("{t}\n")).collect();
+                write_atomic(&dir.join("alt_titles"), alts.as_bytes())?;
+                write_atomic(&dir.join("type"), format!("{}\n", crash.kind).as_bytes())?;
+                if let Some(sym) = &crash.symbolized {
+                    write_atomic(&dir.join("symbolized.txt"), sym.as_bytes())?;
+                }
+                self.crashes.push((hash, crash.clone(), 1));
+                1
+            }
+        };
+        write_atomic(&dir.join("count"), format!("{count}\n").as_bytes())?;
+        Ok(dir)
+    }
+
+    /// Titles of the crashes filed so far, with their counts.
+    pub fn crash_titles(&self) -> Vec<(String, u32)> {
+        self.crashes.iter().map(|(_, c, n)| (c.title.clone(), *n)).collect()
+    }
+
+    /// Writes summary.md, junit.xml and ktap.txt for the current state.
+    pub fn write_summary(&self, summary: &Summary) -> Result<()> {
+        write_atomic(&self.path.join("summary.md"), self.summary_markdown(summary).as_bytes())?;
+        write_atomic(&self.path.join("junit.xml"), self.junit(summary)?.as_bytes())?;
+        write_atomic(&self.path.join("ktap.txt"), self.ktap(summary).as_bytes())?;
+        Ok(())
+    }
+
+    fn summary_markdown(&self, s: &Summary) -> String {
+        let failed = s.steps.iter().filter(|st| !st.ok).count();
+        let mut md = format!("# {} — {}\n\n", s.scenario, self.id());
+        let verdict = if self.crashes.is_empty() && failed == 0 && s.aborted.is_none() { "clean" } else { "FINDINGS" };
+        md.push_str(&format!("verdict: **{verdict}**; {} steps, {failed} not ok", s.steps.len()));
+        if let Some(why) = &s.aborted {
+            md.push_str(&format!("; stopped early: {why}"));
+        }
+        md.push_str("\n\n");
+        if !self.crashes.is_empty() {
+            md.push_str("## Crashes\n\n| title | type | count | first seen in step | folder |\n|---|---|---|---|---|\n");
+            for (hash, c, n) in &self.crashes {
+                let step = c.step.map(|s| s.to_string()).unwrap_or_else(|| "-".into());
+                let corrupted = if c.corrupted { " (corrupted)" } else { "" };
+                md.push_str(&format!("| {}{corrupted} | {} | {n} | {step} | crashes/{hash} |\n", c.title, c.kind));
+            }
+            md.push('\n');
+        }
+        let not_ok: Vec<&StepLine> = s.steps.iter().filter(|st| !st.ok).collect();
+        if !not_ok.is_empty() {
+            md.push_str("## Steps not ok\n\n");
+            for st in not_ok {
+                md.push_str(&format!("- step {}: {} — {}\n", st.index, st.description, st.detail.as_deref().unwrap_or("")));
+            }
+            md.push('\n');
+        }
+        md.push_str("Files: meta.json (reproducer), schedule.json, steps.jsonl, console.log, qmp.log, agent.log, crashes/\n");
+        md
+    }
+
+    fn junit(&self, s: &Summary) -> Result<String> {
+        use quick_junit::{NonSuccessKind, Report, TestCase, TestCaseStatus, TestSuite};
+        let mut suite = TestSuite::new(s.scenario.as_str());
+        for st in &s.steps {
+            let status = if st.ok {
+                TestCaseStatus::success()
+            } else {
+                let mut f = TestCaseStatus::non_success(NonSuccessKind::Failure);
+                f.set_message(st.detail.clone().unwrap_or_default());
+                f
+            };
+            let mut case = TestCase::new(format!("step {:03}: {}", st.index, st.description), status);
+            case.set_time(std::time::Duration::from_secs_f64(st.elapsed_ms / 1e3));
+            suite.add_test_case(case);
+        }
+        for (hash, c, n) in &self.crashes {
+            let mut f = TestCaseStatus::non_success(NonSuccessKind::Failure);
+            f.set_message(format!("{} (seen {n} times)", c.title)).set_type(c.kind.as_str());
+            let mut case = TestCase::new(format!("crash {hash}: {}", c.title), f);
+            case.set_system_out(c.report.as_str());
+            suite.add_test_case(case);
+        }
+        if let Some(why) = &s.aborted {
+            let mut f = TestCaseStatus::non_success(NonSuccessKind::Error);
+            f.set_message(why.as_str());
+            suite.add_test_case(TestCase::new("run completed", f));
+        }
+        let mut report = Report::new("unplug-torture");
+        report.add_test_suite(suite);
+        Ok(report.to_string()?)
+    }
+
+    fn ktap(&self, s: &Summary) -> String {
+        let total = s.steps.len() + self.crashes.len() + usize::from(s.aborted.is_some());
+        let mut out = format!("KTAP version 1\n# {}\n1..{total}\n", s.scenario);
+        let mut n = 0;
+        for st in &s.steps {
+            n += 1;
+            let ok = if st.ok { "ok" } else { "not ok" };
+            out.push_str(&format!("{ok} {n} step {}: {}\n", st.index, ktap_text(&st.description)));
+        }
+        for (_, c, count) in &self.crashes {
+            n += 1;
+            out.push_str(&format!("not ok {n} crash: {} # count {count}\n", ktap_text(&c.title)));
+        }
+        if let Some(why) = &s.aborted {
+            out.push_str(&format!("not ok {} run completed # {}\n", n + 1, ktap_text(why)));
+        }
+        out
+    }
+}
+
+/// KTAP lines are single lines and `#` starts a directive.
+fn ktap_text(s: &str) -> String {
+    s.replace(['\n', '\r'], " ").replace('#', "%23")
+}
+
+/// Short stable id of a crash title (the folder name under `crashes/`).
+pub fn title_hash(title: &str) -> String {
+    let digest = Sha256::digest(title.as_bytes());
+    hex::encode(&digest[..8])
+}
+
+/// Writes `bytes` to `path` via a temporary file in the same folder and a rename.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let mut tmp = tempfile::NamedTempFile::new_in(dir).with_context(|| format!("writing into {}", dir.display()))?;
+    tmp.write_all(bytes)?;
+    tmp.as_file().sync_data()?;
+    tmp.persist(path).with_context(|| format!("replacing {}", path.display()))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn crash(title: &str) -> Crash {
+        Crash {
+            title: title.into(),
+            alt_titles: vec!["bad-access in at24_read".into()],
+            kind: "KASAN-USE-AFTER-FREE-READ".into(),
+            corrupted: false,
+            report: "BUG: KASAN: slab-use-after-free in at24_read\n".into(),
+            symbolized: None,
+            step: Some(3),
+        }
+    }
+
+    #[test]
+    fn run_folder_layout_and_dedup() {
+        let root = tempfile::tempdir().unwrap();
+        let mut run = RunDir::create(root.path(), "demo").unwrap();
+        let again = RunDir::create(root.path(), "demo").unwrap();
+        assert_ne!(run.path(), again.path(), "two runs in the same second get distinct folders");
+        run.append_step(&serde_json::json!({"index": 1})).unwrap();
+        run.append_step(&serde_json::json!({"index": 2})).unwrap();
+        let dir = run.add_crash(&crash("KASAN: slab-use-after-free Read in at24_read")).unwrap();
+        run.add_crash(&crash("KASAN: slab-use-after-free Read in at24_read")).unwrap();
+        run.add_crash(&crash("INFO: task hung in i2c_del_adapter")).unwrap();
+        assert_eq!(std::fs::read_to_string(dir.join("count")).unwrap(), "2\n");
+        assert_eq!(run.crash_titles().len(), 2);
+        let summary = Summary {
+            scenario: "demo".into(),
+            steps: vec![
+                StepLine { index: 1, description: "plug cp2112".into(), ok: true, detail: None, elapsed_ms: 5.0 },
+                StepLine { index: 2, description: "unplug # x".into(), ok: false, detail: Some("unplug stuck".into()), elapsed_ms: 1.0 },
+            ],
+            aborted: None,
+        };
+        run.write_summary(&summary).unwrap();
+        let steps = std::fs::read_to_string(run.path().join("steps.jsonl")).unwrap();
+        assert_eq!(steps.lines().count(), 2);
+        let ktap = std::fs::read_to_string(run.path().join("ktap.txt")).unwrap();
+        assert!(ktap.starts_with("KTAP version 1\n# demo\n1..4\nok 1 step 1: plug cp2112\nnot ok 2 step 2: unplug %23 x\n"), "{ktap}");
+        let junit = std::fs::read_to_string(run.path().join("junit.xml")).unwrap();
+        assert!(junit.contains("tests=\"4\"") && junit.contains("failures=\"3\""), "{junit}");
+        let md = std::fs::read_to_string(run.path().join("summary.md")).unwrap();
+        assert!(md.contains("verdict: **FINDINGS**") && md.contains("| KASAN: slab-use-after-free Read in at24_read | KASAN-USE-AFTER-FREE-READ | 2 | 3 |"), "{md}");
+    }
+
+    #[test]
+    fn atomic_write_leaves_no_temporaries() {
+        let dir = tempfile::tempdir().unwrap();
+        write_atomic(&dir.path().join("a.json"), b"{}").unwrap();
+        write_atomic(&dir.path().join("a.json"), b"{\"x\":1}").unwrap();
+        let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(names, vec!["a.json"]);
+        assert_eq!(std::fs::read_to_string(dir.path().join("a.json")).unwrap(), "{\"x\":1}");
+    }
+}
