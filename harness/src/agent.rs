@@ -25,8 +25,8 @@ use tokio::net::unix::OwnedWriteHalf;
 use tokio::net::UnixStream;
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
-pub use agent::{ErrorReply, Event, ExecRequest, Hello, Op, Reply};
 use agent::{Bytes, GuestMessage, Outcome, Request, MAX_LINE};
+pub use agent::{ErrorReply, Event, ExecRequest, Hello, Op, Reply};
 
 /// Deadline of requests other than `exec` unless changed with [`Agent::with_timeout`].
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
@@ -216,12 +216,7 @@ impl Agent {
         tokio::spawn(route_incoming(BufReader::new(read), shared.clone()));
         let (lines, queue) = mpsc::unbounded_channel();
         tokio::spawn(write_requests(write, queue, shared.clone()));
-        Ok(Agent {
-            shared,
-            lines,
-            next_id: Arc::new(AtomicU64::new(1)),
-            timeout: DEFAULT_TIMEOUT,
-        })
+        Ok(Agent { shared, lines, next_id: Arc::new(AtomicU64::new(1)), timeout: DEFAULT_TIMEOUT })
     }
 
     /// The same connection with a different deadline for non-exec requests.
@@ -427,7 +422,9 @@ impl Agent {
             .map_err(|e| AgentError::Protocol(format!("cannot encode request: {e}")))?;
         self.shared.log("->", &line);
         if self.lines.send(line).is_err() {
-            return Err(AgentError::ConnectionLost(self.shared.closed_reason().unwrap_or_else(|| "writer ended".into())));
+            return Err(AgentError::ConnectionLost(
+                self.shared.closed_reason().unwrap_or_else(|| "writer ended".into()),
+            ));
         }
         rx.await.unwrap_or_else(|_| {
             Err(AgentError::ConnectionLost(self.shared.closed_reason().unwrap_or_else(|| "reader ended".into())))
@@ -740,7 +737,10 @@ mod tests {
         };
         guest.reply(req.id, Reply::Exec(result)).await;
         let text = pending.await.unwrap().unwrap_err().to_string();
-        assert!(text.contains("`modprobe nope` exited with status 1") && text.contains("module nope not found"), "{text}");
+        assert!(
+            text.contains("`modprobe nope` exited with status 1") && text.contains("module nope not found"),
+            "{text}"
+        );
     }
 
     #[tokio::test]

@@ -105,10 +105,7 @@ impl Archive {
 
     fn insert(&mut self, path: &str, perm: u32, kind: Kind) -> Result<()> {
         let path = path.trim_start_matches('/');
-        if path.is_empty()
-            || path.split('/').any(|c| c.is_empty() || c == "." || c == "..")
-            || path.contains('\0')
-        {
+        if path.is_empty() || path.split('/').any(|c| c.is_empty() || c == "." || c == "..") || path.contains('\0') {
             bail!("invalid archive path {path:?}");
         }
         let mut parent = path;
@@ -297,11 +294,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("a.cpio");
         std::fs::write(&path, sample().to_bytes()).unwrap();
-        let out = std::process::Command::new("cpio")
-            .args(["-itv", "--quiet", "-F"])
-            .arg(&path)
-            .output()
-            .unwrap();
+        let out = std::process::Command::new("cpio").args(["-itv", "--quiet", "-F"]).arg(&path).output().unwrap();
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         let listing = String::from_utf8(out.stdout).unwrap();
         let lines: Vec<&str> = listing.lines().collect();

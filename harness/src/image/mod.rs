@@ -56,7 +56,8 @@ pub fn build(req: &ImageRequest) -> Result<Image> {
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         // Write aside and rename so a concurrent or interrupted build never leaves a partial
         // image under the final name.
-        let mut tmp = tempfile::NamedTempFile::new_in(&dir).with_context(|| format!("creating a file in {}", dir.display()))?;
+        let mut tmp =
+            tempfile::NamedTempFile::new_in(&dir).with_context(|| format!("creating a file in {}", dir.display()))?;
         tmp.write_all(&bytes).context("writing the initramfs")?;
         tmp.persist(&path).with_context(|| format!("storing {}", path.display()))?;
     }
@@ -74,10 +75,7 @@ fn key_of(archive: &[u8]) -> String {
 fn assemble(agent: &Path, req: &ImageRequest) -> Result<cpio::Archive> {
     if let Some(modules) = &req.modules {
         if !modules.join("lib/modules").is_dir() {
-            bail!(
-                "modules tree {} has no lib/modules/ (pass the INSTALL_MOD_PATH directory)",
-                modules.display()
-            );
+            bail!("modules tree {} has no lib/modules/ (pass the INSTALL_MOD_PATH directory)", modules.display());
         }
     }
     let mut a = cpio::Archive::new();
@@ -176,11 +174,7 @@ fn build_agent() -> Result<PathBuf> {
     if !status.success() {
         let text = std::fs::read_to_string(&log_path).unwrap_or_default();
         let tail: Vec<&str> = text.lines().rev().take(20).collect::<Vec<_>>().into_iter().rev().collect();
-        bail!(
-            "building the guest agent failed ({status}); full log: {}\n{}",
-            log_path.display(),
-            tail.join("\n")
-        );
+        bail!("building the guest agent failed ({status}); full log: {}\n{}", log_path.display(), tail.join("\n"));
     }
     Ok(target_dir.join(GUEST_TARGET).join("release").join("unplug-agent"))
 }

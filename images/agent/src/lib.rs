@@ -189,9 +189,14 @@ pub enum Reply {
     Hello(Hello),
     Exec(ExecResult),
     /// Bytes read; `eof` when fewer than `max_len` were available.
-    Data { data: Bytes, eof: bool },
+    Data {
+        data: Bytes,
+        eof: bool,
+    },
     /// Bytes accepted by the write.
-    Written { len: u64 },
+    Written {
+        len: u64,
+    },
     Done,
 }
 
@@ -423,10 +428,8 @@ mod tests {
             Reply::Written { len: 2 },
             Reply::Done,
         ];
-        let mut messages: Vec<GuestMessage> = replies
-            .into_iter()
-            .map(|r| GuestMessage::Response(Response { id: 1, outcome: Outcome::Ok(r) }))
-            .collect();
+        let mut messages: Vec<GuestMessage> =
+            replies.into_iter().map(|r| GuestMessage::Response(Response { id: 1, outcome: Outcome::Ok(r) })).collect();
         messages.push(GuestMessage::Response(Response {
             id: u64::MAX,
             outcome: Outcome::Err(ErrorReply { errno: Some(19), message: "no such device".into() }),
@@ -476,7 +479,9 @@ mod tests {
 
     #[test]
     fn bad_bytes_are_errors_not_panics() {
-        for bad in [r#"{"hex":"abc"}"#, r#"{"hex":"zz"}"#, r#"{"b64":"00"}"#, r#"{}"#, "12", r#"{"hex":"00","hex":"00"}"#] {
+        for bad in
+            [r#"{"hex":"abc"}"#, r#"{"hex":"zz"}"#, r#"{"b64":"00"}"#, r#"{}"#, "12", r#"{"hex":"00","hex":"00"}"#]
+        {
             assert!(serde_json::from_str::<Bytes>(bad).is_err(), "{bad}");
         }
         assert_eq!(serde_json::from_str::<Bytes>(r#"{"hex":"00fF"}"#).unwrap(), Bytes(vec![0, 0xff]));

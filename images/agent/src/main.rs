@@ -220,7 +220,9 @@ fn handle_line(line: &[u8], writer: &Writer) {
                 let outcome = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(op))) {
                     Ok(Ok(reply)) => Outcome::Ok(reply),
                     Ok(Err(err)) => Outcome::Err(err),
-                    Err(_) => Outcome::Err(ErrorReply::msg("the agent panicked serving this request (see the kernel log)")),
+                    Err(_) => {
+                        Outcome::Err(ErrorReply::msg("the agent panicked serving this request (see the kernel log)"))
+                    }
                 };
                 worker.respond(id, outcome);
                 if let Some(cmd) = power {
@@ -256,15 +258,15 @@ fn run(op: Op) -> Result<Reply, ErrorReply> {
             .create(absolute(&path)?)
             .map(|()| Reply::Done)
             .map_err(|e| ErrorReply::io(format!("mkdir {path}"), &e)),
-        Op::Rmdir { path } => {
-            std::fs::remove_dir(absolute(&path)?).map(|()| Reply::Done).map_err(|e| ErrorReply::io(format!("rmdir {path}"), &e))
-        }
+        Op::Rmdir { path } => std::fs::remove_dir(absolute(&path)?)
+            .map(|()| Reply::Done)
+            .map_err(|e| ErrorReply::io(format!("rmdir {path}"), &e)),
         Op::Symlink { target, link } => std::os::unix::fs::symlink(&target, absolute(&link)?)
             .map(|()| Reply::Done)
             .map_err(|e| ErrorReply::io(format!("symlink {link} -> {target}"), &e)),
-        Op::Unlink { path } => {
-            std::fs::remove_file(absolute(&path)?).map(|()| Reply::Done).map_err(|e| ErrorReply::io(format!("unlink {path}"), &e))
-        }
+        Op::Unlink { path } => std::fs::remove_file(absolute(&path)?)
+            .map(|()| Reply::Done)
+            .map_err(|e| ErrorReply::io(format!("unlink {path}"), &e)),
         Op::Reboot | Op::Poweroff => {
             // SAFETY: sync(2) has no preconditions.
             unsafe { libc::sync() };
@@ -431,7 +433,8 @@ fn spawn_in(cmd: &mut Command, cwd: Option<&str>) -> Result<Child, ErrorReply> {
     };
     let home = std::env::current_dir().map_err(|e| ErrorReply::io("getcwd", &e))?;
     std::env::set_current_dir(cwd).map_err(|e| ErrorReply::io(format!("chdir {cwd}"), &e))?;
-    let spawned = cmd.spawn().map_err(|e| ErrorReply::io(format!("exec {}", Path::new(cmd.get_program()).display()), &e));
+    let spawned =
+        cmd.spawn().map_err(|e| ErrorReply::io(format!("exec {}", Path::new(cmd.get_program()).display()), &e));
     if let Err(e) = std::env::set_current_dir(&home) {
         kmsg(&format!("cannot return to {}: {e}", home.display()));
     }
