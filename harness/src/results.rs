@@ -70,6 +70,8 @@ pub struct Summary {
     pub steps: Vec<StepLine>,
     /// Why the run stopped early, if it did.
     pub aborted: Option<String>,
+    /// Findings the parser does not see: taint gained in a step, stuck unplugs, a lost guest.
+    pub signals: Vec<String>,
 }
 
 /// What the summary needs of one step.
@@ -176,7 +178,8 @@ impl RunDir {
     fn summary_markdown(&self, s: &Summary) -> String {
         let failed = s.steps.iter().filter(|st| !st.ok).count();
         let mut md = format!("# {} — {}\n\n", s.scenario, self.id());
-        let verdict = if self.crashes.is_empty() && failed == 0 && s.aborted.is_none() { "clean" } else { "FINDINGS" };
+        let clean = self.crashes.is_empty() && failed == 0 && s.aborted.is_none() && s.signals.is_empty();
+        let verdict = if clean { "clean" } else { "FINDINGS" };
         md.push_str(&format!("verdict: **{verdict}**; {} steps, {failed} not ok", s.steps.len()));
         if let Some(why) = &s.aborted {
             md.push_str(&format!("; stopped early: {why}"));
@@ -188,6 +191,13 @@ impl RunDir {
                 let step = c.step.map(|s| s.to_string()).unwrap_or_else(|| "-".into());
                 let corrupted = if c.corrupted { " (corrupted)" } else { "" };
                 md.push_str(&format!("| {}{corrupted} | {} | {n} | {step} | crashes/{hash} |\n", c.title, c.kind));
+            }
+            md.push('\n');
+        }
+        if !s.signals.is_empty() {
+            md.push_str("## Signals\n\n");
+            for signal in &s.signals {
+                md.push_str(&format!("- {signal}\n"));
             }
             md.push('\n');
         }
@@ -312,6 +322,7 @@ mod tests {
                 StepLine { index: 2, description: "unplug # x".into(), ok: false, detail: Some("unplug stuck".into()), elapsed_ms: 1.0 },
             ],
             aborted: None,
+            signals: vec!["step 2: kernel taint gained B".into()],
         };
         run.write_summary(&summary).unwrap();
         let steps = std::fs::read_to_string(run.path().join("steps.jsonl")).unwrap();
@@ -321,6 +332,7 @@ mod tests {
         let junit = std::fs::read_to_string(run.path().join("junit.xml")).unwrap();
         assert!(junit.contains("tests=\"4\"") && junit.contains("failures=\"3\""), "{junit}");
         let md = std::fs::read_to_string(run.path().join("summary.md")).unwrap();
+        assert!(md.contains("- step 2: kernel taint gained B"), "{md}");
         assert!(md.contains("verdict: **FINDINGS**") && md.contains("| KASAN: slab-use-after-free Read in at24_read | KASAN-USE-AFTER-FREE-READ | 2 | 3 |"), "{md}");
     }
 

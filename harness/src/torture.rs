@@ -217,3 +217,140 @@ async fn check_alive(vm: &mut Vm) -> Result<(), Abort> {
         Err(_) => Err(Abort::AgentUnresponsive("no answer to ping within 10 s".into())),
     }
 }
+
+/// Everything one recorded run needs.
+#[derive(Debug, Clone)]
+pub struct RunRequest {
+    pub kernel: crate::results::KernelMeta,
+    pub initrd: std::path::PathBuf,
+    pub schedule: Schedule,
+    pub accel: crate::vm::Accel,
+    pub options: RunOptions,
+    pub results_root: std::path::PathBuf,
+    /// Command line that reruns the scenario with the same seed.
+    pub reproducer: String,
+}
+
+/// How a recorded run ended.
+#[derive(Debug, Clone)]
+pub struct RunVerdict {
+    pub scenario: String,
+    pub dir: std::path::PathBuf,
+    /// Crash titles, stuck unplugs, a lost guest: everything a maintainer should look at.
+    pub findings: Vec<String>,
+    pub interrupted: bool,
+}
+
+/// Boots a VM for `request.schedule`, runs it and records everything under a new run folder.
+/// Ctrl-C stops the run between steps, kills QEMU and still writes the summary.
+pub async fn run_recorded(request: RunRequest) -> anyhow::Result<RunVerdict> {
+    use crate::results::{Meta, RunDir, StepLine, Summary};
+
+    let schedule = &request.schedule;
+    let mut run = RunDir::create(&request.results_root, &schedule.scenario)?;
+    let mut meta = Meta {
+        run_id: run.id(),
+        scenario: schedule.scenario.clone(),
+        seed: schedule.seed,
+        reproducer: request.reproducer.clone(),
+        replay: format!("cargo xtask replay {}", run.path().display()),
+        kernel: request.kernel.clone(),
+        qemu_version: None,
+        accel: None,
+        started: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
+    };
+    run.write_json("meta.json", &meta)?;
+    run.write_json("schedule.json", schedule)?;
+    let mut summary = Summary { scenario: schedule.scenario.clone(), ..Default::default() };
+    run.write_summary(&summary)?;
+
+    let mut config = crate::vm::VmConfig::new(request.kernel.bzimage.clone(), vec![request.initrd.clone()]);
+    config.accel = request.accel;
+    config.cmdline = schedule.cmdline.clone();
+    config.log_dir = Some(run.path().to_path_buf());
+    let progress = indicatif::ProgressBar::new(schedule.actions.len() as u64).with_style(
+        indicatif::ProgressStyle::with_template("{prefix:.bold} [{bar:30}] {pos}/{len} {msg}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    progress.set_prefix(schedule.scenario.clone());
+    progress.set_message("booting");
+
+    let mut findings = Vec::new();
+    let mut interrupted = false;
+    match crate::vm::Vm::boot(&config, Vec::new()).await {
+        Err(e) => {
+            summary.aborted = Some(format!("boot failed: {e:#}"));
+            findings.push(format!("boot failed: {e:#}"));
+        }
+        Ok(mut vm) => {
+            meta.qemu_version = Some(vm.qemu_version().to_string());
+            meta.accel = Some(vm.accel().to_string());
+            run.write_json("meta.json", &meta)?;
+            let mut testbed = Testbed::new();
+            let mut write_error = None;
+            let mut taint_before = 0u64;
+            let outcome = {
+                let steps = run_schedule(&mut vm, &mut testbed, schedule, &request.options, |step| {
+                    progress.inc(1);
+                    progress.set_message(step.description.clone());
+                    if let Err(e) = run.append_step(step) {
+                        write_error.get_or_insert(e);
+                    }
+                    summary.steps.push(StepLine {
+                        index: step.index,
+                        description: step.description.clone(),
+                        ok: step.status == StepStatus::Ok,
+                        detail: match &step.status {
+                            StepStatus::Ok => None,
+                            StepStatus::Failed(d) | StepStatus::UnplugStuck(d) | StepStatus::TimedOut(d) => Some(d.clone()),
+                        },
+                        elapsed_ms: step.elapsed_ms,
+                    });
+                    if let StepStatus::UnplugStuck(d) = &step.status {
+                        findings.push(format!("step {}: {d}", step.index));
+                        summary.signals.push(format!("step {}: {d}", step.index));
+                    }
+                    if let Some(taint) = step.taint {
+                        let gained = taint & !taint_before;
+                        if gained != 0 {
+                            let signal = format!(
+                                "step {} ({}): kernel taint gained {} (now {taint:#x})",
+                                step.index,
+                                step.description,
+                                crate::observe::taint_letters(gained)
+                            );
+                            findings.push(signal.clone());
+                            summary.signals.push(signal);
+                        }
+                        taint_before = taint;
+                    }
+                });
+                tokio::select! {
+                    r = steps => r,
+                    _ = tokio::signal::ctrl_c() => Err(Abort::Interrupted),
+                }
+            };
+            if let Some(e) = write_error {
+                return Err(e.context("recording a step"));
+            }
+            match outcome {
+                Ok(()) => {}
+                Err(Abort::Interrupted) => {
+                    interrupted = true;
+                    summary.aborted = Some("interrupted by the user".into());
+                }
+                Err(abort) => {
+                    let why = serde_json::to_string(&abort).unwrap_or_default();
+                    findings.push(format!("run stopped: {why}"));
+                    summary.signals.push(format!("run stopped: {why}"));
+                    summary.aborted = Some(why);
+                }
+            }
+            // Best effort: the VM may be the thing that broke.
+            let _ = vm.shutdown(std::time::Duration::from_secs(10)).await;
+        }
+    }
+    progress.finish_and_clear();
+    run.write_summary(&summary)?;
+    Ok(RunVerdict { scenario: schedule.scenario.clone(), dir: run.path().to_path_buf(), findings, interrupted })
+}

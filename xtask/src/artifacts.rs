@@ -35,6 +35,11 @@ impl Kernel {
     pub fn describe(&self) -> String {
         format!("{} ({})", self.label, self.bzimage.display())
     }
+
+    /// What a run folder records about this kernel.
+    pub fn meta(&self) -> harness::results::KernelMeta {
+        harness::results::KernelMeta { label: self.label.clone(), bzimage: self.bzimage.clone(), ..Default::default() }
+    }
 }
 
 /// Builds (or reuses) the kernel and the image that matches it.

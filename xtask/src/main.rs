@@ -9,6 +9,7 @@ mod kernel;
 mod report;
 mod terminal;
 mod test;
+mod torture;
 
 use clap::{Parser, Subcommand};
 
@@ -27,6 +28,8 @@ enum Command {
     Image(image::Args),
     /// Boot the VM, plug devices, run a command in the guest (or open a shell).
     Boot(boot::Args),
+    /// The main job: run scenarios against kernels under seeded unplug schedules.
+    Torture(torture::Args),
     /// Run the whole test suite (unit and end-to-end) with nextest.
     Test(test::Args),
     /// Parse console logs and show results.
@@ -54,6 +57,7 @@ fn main() -> std::process::ExitCode {
         Command::Boot(args) => boot::run(args),
         Command::Report(cmd) => report::run(cmd),
         Command::Test(args) => test::run(args),
+        Command::Torture(args) => torture::run(args),
     };
     match result {
         Ok(code) => code,
