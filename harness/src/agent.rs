@@ -271,15 +271,7 @@ impl Agent {
     /// Runs `argv` in the guest with stdin from `/dev/null`; the process group is killed
     /// after `timeout`. A nonzero exit is not an error here (see [`Agent::exec_ok`]).
     pub async fn exec(&self, argv: &[&str], timeout: Duration) -> Result<ExecOutput, AgentError> {
-        self.exec_with(ExecRequest {
-            argv: argv.iter().map(|s| s.to_string()).collect(),
-            env: Vec::new(),
-            cwd: None,
-            stdin: None,
-            timeout_ms: millis(timeout),
-            max_output: agent::DEFAULT_MAX_OUTPUT,
-        })
-        .await
+        self.exec_with(ExecRequest::new(argv, timeout)).await
     }
 
     /// Like [`Agent::exec`], but a program that does not exit with status 0 in time is an
@@ -463,10 +455,6 @@ fn describe(op: &Op) -> String {
         Op::Symlink { target, link } => format!("symlink {link} -> {target}"),
         Op::Ping | Op::Reboot | Op::Poweroff => op_name(op).to_string(),
     }
-}
-
-fn millis(d: Duration) -> u64 {
-    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 fn excerpt(line: &[u8]) -> Cow<'_, str> {

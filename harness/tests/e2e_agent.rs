@@ -61,14 +61,10 @@ async fn e2e_agent_protocol_in_the_guest() {
     let slow = slow.await.unwrap().unwrap();
     assert!(slow.timed_out && slow.signal == Some(9), "{slow:?}");
 
-    let mut req = ExecRequest {
-        argv: vec!["sh".into(), "-c".into(), "cat; pwd >&2; exit 3".into()],
-        env: vec![],
-        cwd: Some("/sys".into()),
-        stdin: Some(vec![0u8, 1, 2].into()),
-        timeout_ms: 10_000,
-        max_output: 2,
-    };
+    let mut req = ExecRequest::new(&["sh", "-c", "cat; pwd >&2; exit 3"], Duration::from_secs(10));
+    req.cwd = Some("/sys".into());
+    req.stdin = Some(vec![0u8, 1, 2].into());
+    req.max_output = 2;
     let out = agent.exec_with(req.clone()).await.unwrap();
     assert_eq!((out.status, out.stdout.as_slice(), out.stdout_truncated), (Some(3), &[0u8, 1][..], true));
     assert_eq!(out.stderr_text(), "/s", "stderr is capped too");
@@ -83,14 +79,7 @@ async fn e2e_agent_protocol_in_the_guest() {
 
     // /init restarts an agent that dies; the host hears of it as an event and carries on.
     let mut events = agent.subscribe();
-    let kill = ExecRequest {
-        argv: vec!["sh".into(), "-c".into(), "kill -9 $PPID".into()],
-        env: vec![],
-        cwd: None,
-        stdin: None,
-        timeout_ms: 1_000,
-        max_output: 1024,
-    };
+    let kill = ExecRequest::new(&["sh", "-c", "kill -9 $PPID"], Duration::from_secs(1));
     let lost = agent.call(Op::Exec(kill), Duration::from_secs(3)).await.unwrap_err();
     assert!(matches!(lost, AgentError::Timeout { .. }), "{lost}");
     let event = tokio::time::timeout(Duration::from_secs(60), events.recv()).await.unwrap().unwrap();

@@ -13,13 +13,16 @@ pub mod cpio;
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use anyhow::{bail, Context, Result};
 use sha2::{Digest, Sha256};
 
 use crate::{host, paths};
 
+/// Images kept in the cache (see [`prune`]).
+const KEEP_IMAGES: usize = 8;
+const PRUNE_AFTER: Duration = Duration::from_secs(24 * 3600);
 /// Bump when the layout of the image changes in a way the archive bytes would not show
 /// (none today; kept so the key can be invalidated deliberately).
 const RECIPE_VERSION: u32 = 1;
@@ -60,8 +63,37 @@ pub fn build(req: &ImageRequest) -> Result<Image> {
             tempfile::NamedTempFile::new_in(&dir).with_context(|| format!("creating a file in {}", dir.display()))?;
         tmp.write_all(&bytes).context("writing the initramfs")?;
         tmp.persist(&path).with_context(|| format!("storing {}", path.display()))?;
+    } else {
+        // Reuse counts as use: pruning goes by modification time.
+        let touched = std::fs::File::options().write(true).open(&path).and_then(|f| f.set_modified(SystemTime::now()));
+        if let Err(e) = touched {
+            tracing::debug!("cannot touch {}: {e}", path.display());
+        }
     }
+    prune(&paths::cache_dir().join("images"), KEEP_IMAGES);
     Ok(Image { path, key })
+}
+
+/// Removes images that are neither among the `keep` most recently built or reused nor used in
+/// the last [`PRUNE_AFTER`], so iterating on the agent does not fill the disk while a long test
+/// run elsewhere still finds the image it started with. Directories without a finished image
+/// (a build in progress) stay.
+fn prune(images: &Path, keep: usize) {
+    let Some(cutoff) = SystemTime::now().checked_sub(PRUNE_AFTER) else { return };
+    let Ok(entries) = std::fs::read_dir(images) else { return };
+    let mut built: Vec<(SystemTime, PathBuf)> = entries
+        .flatten()
+        .filter_map(|e| Some((e.path().join("initramfs.cpio").metadata().ok()?.modified().ok()?, e.path())))
+        .collect();
+    built.sort();
+    let excess = built.len().saturating_sub(keep);
+    for (_, dir) in built.into_iter().take(excess).filter(|(used, _)| *used < cutoff) {
+        // Best effort: a concurrent build may be pruning too. A running QEMU read its initrd
+        // at start, so removing the file under it is harmless.
+        if let Err(e) = std::fs::remove_dir_all(&dir) {
+            tracing::debug!("cannot prune {}: {e}", dir.display());
+        }
+    }
 }
 
 fn key_of(archive: &[u8]) -> String {
@@ -182,6 +214,27 @@ fn build_agent() -> Result<PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn prune_keeps_the_most_recently_used_images() {
+        let cache = tempfile::tempdir().unwrap();
+        let epoch = SystemTime::UNIX_EPOCH;
+        let now = SystemTime::now();
+        let used = [("old", epoch), ("newest", now), ("middle", epoch + Duration::from_secs(1)), ("recent", now)];
+        for (name, time) in used {
+            let dir = cache.path().join(name);
+            std::fs::create_dir(&dir).unwrap();
+            let f = std::fs::File::create(dir.join("initramfs.cpio")).unwrap();
+            f.set_modified(time).unwrap();
+        }
+        std::fs::create_dir(cache.path().join("in-progress")).unwrap();
+        prune(cache.path(), 1);
+        let mut left: Vec<String> =
+            std::fs::read_dir(cache.path()).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+        left.sort();
+        // Only the newest counts towards `keep`, but "recent" was used today.
+        assert_eq!(left, ["in-progress", "newest", "recent"]);
+    }
 
     #[test]
     fn static_elf_detection() {

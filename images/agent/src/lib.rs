@@ -129,6 +129,21 @@ fn default_max_output() -> u64 {
     DEFAULT_MAX_OUTPUT
 }
 
+impl ExecRequest {
+    /// `argv` with stdin from `/dev/null`, the agent's environment and directory, and the
+    /// default output cap; set the public fields for more.
+    pub fn new<S: AsRef<str>>(argv: &[S], timeout: std::time::Duration) -> Self {
+        ExecRequest {
+            argv: argv.iter().map(|s| s.as_ref().to_string()).collect(),
+            env: Vec::new(),
+            cwd: None,
+            stdin: None,
+            timeout_ms: u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX),
+            max_output: DEFAULT_MAX_OUTPUT,
+        }
+    }
+}
+
 /// How a program ended.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ExecResult {

@@ -507,14 +507,7 @@ mod tests {
     use super::*;
 
     fn exec_req(argv: &[&str], timeout_ms: u64) -> ExecRequest {
-        ExecRequest {
-            argv: argv.iter().map(|s| s.to_string()).collect(),
-            env: vec![],
-            cwd: None,
-            stdin: None,
-            timeout_ms,
-            max_output: agent::DEFAULT_MAX_OUTPUT,
-        }
+        ExecRequest::new(argv, Duration::from_millis(timeout_ms))
     }
 
     #[test]
