@@ -43,6 +43,8 @@ pub struct KernelMeta {
     pub label: String,
     pub bzimage: PathBuf,
     pub vmlinux: Option<PathBuf>,
+    /// `INSTALL_MOD_PATH` tree packed into the image.
+    pub modules: Option<PathBuf>,
     pub release: Option<String>,
     pub source_id: Option<String>,
     pub series: Option<String>,

@@ -38,7 +38,12 @@ impl Kernel {
 
     /// What a run folder records about this kernel.
     pub fn meta(&self) -> harness::results::KernelMeta {
-        harness::results::KernelMeta { label: self.label.clone(), bzimage: self.bzimage.clone(), ..Default::default() }
+        harness::results::KernelMeta {
+            label: self.label.clone(),
+            bzimage: self.bzimage.clone(),
+            modules: self.modules.clone(),
+            ..Default::default()
+        }
     }
 }
 

@@ -6,6 +6,7 @@ mod artifacts;
 mod boot;
 mod image;
 mod kernel;
+mod replay;
 mod report;
 mod terminal;
 mod test;
@@ -30,6 +31,8 @@ enum Command {
     Boot(boot::Args),
     /// The main job: run scenarios against kernels under seeded unplug schedules.
     Torture(torture::Args),
+    /// Run a recorded schedule (results/RUN/schedule.json) again.
+    Replay(replay::Args),
     /// Run the whole test suite (unit and end-to-end) with nextest.
     Test(test::Args),
     /// Parse console logs and show results.
@@ -58,6 +61,7 @@ fn main() -> std::process::ExitCode {
         Command::Report(cmd) => report::run(cmd),
         Command::Test(args) => test::run(args),
         Command::Torture(args) => torture::run(args),
+        Command::Replay(args) => replay::run(args),
     };
     match result {
         Ok(code) => code,
