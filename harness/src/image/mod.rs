@@ -2,7 +2,7 @@
 //! (`images/init`), plus optionally a kernel modules tree, packed as a reproducible cpio.
 //!
 //! [`build`] compiles the agent for the guest (glibc, `+crt-static`, its own target dir
-//! `target/guest` so host builds are not invalidated by the different `RUSTFLAGS`), assembles
+//! `target/guest` so host builds are not invalidated by the different rustflags), assembles
 //! the archive in memory and stores it content-addressed under
 //! `cache/images/<key>/initramfs.cpio`: the key hashes the recipe version and the archive
 //! itself, so it covers the agent binary, busybox, the init script and the modules tree, and
@@ -164,6 +164,25 @@ fn is_static_elf(bytes: &[u8]) -> bool {
     })
 }
 
+/// Flags for the guest build, passed 0x1f-separated (`CARGO_ENCODED_RUSTFLAGS`) so paths with
+/// spaces survive: static glibc; no debug info (it would triple the image; symbols stay for
+/// panic backtraces); and the checkout and cargo home mapped to fixed names, so the binary, and
+/// with it the image key, does not depend on where they are.
+fn guest_rustflags(root: &Path) -> Vec<String> {
+    let cargo_home = std::env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")));
+    let mut flags = vec![
+        "-Ctarget-feature=+crt-static".to_string(),
+        "-Cstrip=debuginfo".to_string(),
+        format!("--remap-path-prefix={}=/unplug-torture", root.display()),
+    ];
+    if let Some(home) = cargo_home {
+        flags.push(format!("--remap-path-prefix={}=/cargo", home.display()));
+    }
+    flags
+}
+
 /// Builds `unplug-agent` for the guest and returns the binary's path. Cargo's output goes to
 /// `target/guest/build.log`; a spinner shows the crate being compiled.
 fn build_agent() -> Result<PathBuf> {
@@ -177,10 +196,8 @@ fn build_agent() -> Result<PathBuf> {
         .args(["build", "--release", "--package", "agent", "--bin", "unplug-agent", "--target", GUEST_TARGET])
         .current_dir(&root)
         .env("CARGO_TARGET_DIR", &target_dir)
-        // Debug info would triple the image; symbols stay for panic backtraces.
-        .env("RUSTFLAGS", "-C target-feature=+crt-static -C strip=debuginfo")
-        // Would override RUSTFLAGS if inherited from an outer cargo.
-        .env_remove("CARGO_ENCODED_RUSTFLAGS")
+        .env("CARGO_ENCODED_RUSTFLAGS", guest_rustflags(&root).join("\x1f"))
+        .env_remove("RUSTFLAGS")
         .stdin(Stdio::null())
         .stdout(log.try_clone().context("duplicating the build log handle")?)
         .stderr(Stdio::piped())
