@@ -7,7 +7,8 @@
 //! [`AgentError::Timeout`] rather than a hung harness.
 //!
 //! Guest output is untrusted: lines are bounded ([`agent::MAX_LINE`]) and anything that is
-//! not a protocol message ends the connection with an error naming the bad line; a corrupt
+//! not a protocol message (past a partial first line, see `route_incoming`) ends the
+//! connection with an error naming the bad line; a corrupt
 //! stream cannot be resynchronised reliably, and a lost response would otherwise only show up
 //! as a timeout. When the link ends (EOF, garbage, I/O error), every pending and later request
 //! fails with [`AgentError::ConnectionLost`] saying why.
@@ -512,6 +513,10 @@ async fn write_requests(mut w: OwnedWriteHalf, mut queue: mpsc::UnboundedReceive
 
 /// Routes the guest's lines until the link ends, then closes it with the reason.
 async fn route_incoming<R: AsyncBufRead + Unpin>(mut reader: R, shared: Arc<Shared>) {
+    // QEMU keeps guest output it could not deliver for the next client, so a connection made
+    // after an earlier one went away may begin with the tail of a line: the first line may be
+    // skipped; later garbage ends the connection.
+    let mut first = true;
     let reason = loop {
         let line = match read_line(&mut reader).await {
             Ok(Some(line)) => line,
@@ -525,8 +530,14 @@ async fn route_incoming<R: AsyncBufRead + Unpin>(mut reader: R, shared: Arc<Shar
         shared.log("<-", &text);
         let msg = match serde_json::from_slice::<GuestMessage>(&line) {
             Ok(msg) => msg,
+            Err(e) if first => {
+                first = false;
+                shared.log("!!", &format!("skipped a partial first line ({e})"));
+                continue;
+            }
             Err(e) => break format!("garbage from the agent ({e}): {}", excerpt(&line)),
         };
+        first = false;
         match msg {
             GuestMessage::Response(resp) => {
                 // No waiter: it timed out or was dropped; the answer is only logged.
@@ -626,8 +637,25 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_partial_first_line_is_skipped() {
+        let (agent, mut guest) = pair();
+        let a = agent.clone();
+        let pending = tokio::spawn(async move { a.ping().await });
+        let req = guest.request().await;
+        // The tail of a line meant for an earlier client.
+        guest.send_raw(b"_release\":\"6.12.117\"}}}\n").await;
+        guest.reply(req.id, Reply::Hello(hello())).await;
+        assert_eq!(pending.await.unwrap().unwrap(), hello());
+    }
+
+    #[tokio::test]
     async fn garbage_line_is_a_clear_error() {
         let (agent, mut guest) = pair();
+        let a = agent.clone();
+        let pending = tokio::spawn(async move { a.ping().await });
+        let req = guest.request().await;
+        guest.reply(req.id, Reply::Hello(hello())).await;
+        pending.await.unwrap().unwrap();
         let a = agent.clone();
         let pending = tokio::spawn(async move { a.ping().await });
         guest.request().await;
