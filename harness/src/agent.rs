@@ -2,16 +2,17 @@
 //!
 //! One [`Agent`] per virtio-serial socket. A reader task routes the guest's lines: responses
 //! by request id to the caller waiting on them (requests run concurrently in the guest and
-//! may answer in any order), `event` lines to subscribers, `ready` to [`Agent::wait_ready`].
+//! may answer in any order), `event` lines to subscribers, `ready` to [`Agent::wait_ready`]
+//! (a later `ready` means /init restarted the agent and becomes an `agent`/`restarted` event).
 //! Every request has a deadline, so a guest stuck in the kernel shows up as a
 //! [`AgentError::Timeout`] rather than a hung harness.
 //!
 //! Guest output is untrusted: lines are bounded ([`agent::MAX_LINE`]) and anything that is
 //! not a protocol message (past a partial first line, see `route_incoming`) ends the
-//! connection with an error naming the bad line; a corrupt
-//! stream cannot be resynchronised reliably, and a lost response would otherwise only show up
-//! as a timeout. When the link ends (EOF, garbage, I/O error), every pending and later request
-//! fails with [`AgentError::ConnectionLost`] saying why.
+//! connection with an error naming the bad line: a corrupt stream cannot be resynchronised
+//! reliably, and a lost response would otherwise only show up as a timeout. When the link
+//! ends (EOF, garbage, I/O error), every pending and later request fails with
+//! [`AgentError::ConnectionLost`] saying why.
 
 use std::borrow::Cow;
 use std::collections::HashMap;
