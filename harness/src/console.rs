@@ -109,11 +109,17 @@ impl Console {
 
     /// Waits for a line at or after `cursor` containing `needle`. A kernel panic or the end of
     /// the stream before that is an error, reported at once.
-    pub async fn wait_for(
+    pub async fn wait_for(&self, cursor: LineCursor, needle: &str, timeout: Duration) -> Result<ConsoleLine, ConsoleError> {
+        self.wait_until(cursor, needle, timeout, |line| line.contains(needle)).await
+    }
+
+    /// Waits for a line at or after `cursor` that satisfies `matches`; `what` names it in errors.
+    pub async fn wait_until(
         &self,
         cursor: LineCursor,
-        needle: &str,
+        what: &str,
         timeout: Duration,
+        matches: impl Fn(&str) -> bool,
     ) -> Result<ConsoleLine, ConsoleError> {
         let deadline = tokio::time::Instant::now() + timeout;
         let mut tick = self.tick.clone();
@@ -124,20 +130,20 @@ impl Console {
                 let ring = lock(&self.shared.ring);
                 let from = scanned;
                 for line in ring.iter().filter(|l| l.index >= from) {
-                    if line.text.contains(needle) {
+                    if matches(&line.text) {
                         return Ok(line.clone());
                     }
                     if line.text.contains(PANIC_MARKER) {
-                        return Err(ConsoleError::KernelPanic { what: needle.to_string(), line: line.text.clone() });
+                        return Err(ConsoleError::KernelPanic { what: what.to_string(), line: line.text.clone() });
                     }
                     scanned = line.index + 1;
                 }
             }
             if self.has_ended() {
-                return Err(ConsoleError::Ended { what: needle.to_string(), last: self.last_line() });
+                return Err(ConsoleError::Ended { what: what.to_string(), last: self.last_line() });
             }
             if tokio::time::timeout_at(deadline, tick.changed()).await.is_err() {
-                return Err(ConsoleError::Timeout { what: needle.to_string(), waited: timeout, last: self.last_line() });
+                return Err(ConsoleError::Timeout { what: what.to_string(), waited: timeout, last: self.last_line() });
             }
         }
     }

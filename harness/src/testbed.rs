@@ -67,11 +67,14 @@ impl Testbed {
         vm.ensure_usb_controller().await?;
         let cursor = vm.console().cursor();
         vm.qmp().device_add(driver, id, Some(USB_BUS), &[]).await.with_context(|| format!("plugging {device}"))?;
-        // QEMU's USB devices are HID devices of vendor 0627: the HID core names the bound
-        // device `0003:0627:PPPP.NNNN` (bus 3 = USB) once a driver has taken it.
+        // QEMU's USB devices are HID devices of vendor 0627. The HID core prints one
+        // "<driver> 0003:0627:PPPP.NNNN: ... USB HID vX.YY ... [QEMU ...]" line when a driver
+        // has bound (hid_connect); earlier lines with the same id (input:) come before binding.
         let line = vm
             .console()
-            .wait_for(cursor, "0003:0627:", ENUMERATE_TIMEOUT)
+            .wait_until(cursor, "the HID bind of a QEMU USB device", ENUMERATE_TIMEOUT, |l| {
+                l.contains("0003:0627:") && l.contains(" USB HID v")
+            })
             .await
             .with_context(|| format!("the guest did not enumerate {device} ({id})"))?;
         self.plugged.insert(id.to_string(), Plugged::QemuUsb { driver });

@@ -3,6 +3,7 @@
 //! Each subcommand lives in its own module with its own `Args`; this file only dispatches.
 
 mod artifacts;
+mod bench;
 mod boot;
 mod image;
 mod kernel;
@@ -33,6 +34,8 @@ enum Command {
     Torture(torture::Args),
     /// Run a recorded schedule (results/RUN/schedule.json) again.
     Replay(replay::Args),
+    /// Measure the pipeline: builds, boot, plug/unplug rates.
+    Bench(bench::Args),
     /// Run the whole test suite (unit and end-to-end) with nextest.
     Test(test::Args),
     /// Parse console logs and show results.
@@ -62,6 +65,7 @@ fn main() -> std::process::ExitCode {
         Command::Test(args) => test::run(args),
         Command::Torture(args) => torture::run(args),
         Command::Replay(args) => replay::run(args),
+        Command::Bench(args) => bench::run(args),
     };
     match result {
         Ok(code) => code,
