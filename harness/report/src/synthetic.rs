@@ -1,0 +1,89 @@
+//! Verdicts the harness files itself, when the failure is the absence of something rather
+//! than a console report: a silent machine, a dead QEMU, a mute guest agent, an unplug that
+//! never completed. They are ordinary [`Report`]s so results, dedup and summaries treat them
+//! like kernel crashes; their titles are stable (numbers normalised) so repeats dedup.
+
+use std::time::Duration;
+
+use crate::{title, CrashType, Report};
+
+/// Title prefixes; the first two are syzkaller's, so dashboards agree.
+pub const NO_OUTPUT: &str = "no output from test machine";
+pub const LOST_CONNECTION: &str = "lost connection to test machine";
+pub const AGENT_UNRESPONSIVE: &str = "guest agent unresponsive";
+pub const UNPLUG_STUCK: &str = "unplug stuck";
+
+fn synthetic(title: String, crash_type: CrashType, text: String) -> Report {
+    let title = title::sanitize(&title::normalize(&title));
+    Report {
+        title,
+        alt_titles: Vec::new(),
+        crash_type,
+        frame: None,
+        corrupted: None,
+        panicked: false,
+        caller: None,
+        start_line: 0,
+        end_line: 0,
+        timestamp: None,
+        text,
+    }
+}
+
+/// The console stayed silent for `silence` while the guest was expected to make progress.
+pub fn no_output(silence: Duration) -> Report {
+    synthetic(
+        NO_OUTPUT.to_string(),
+        CrashType::NoOutput,
+        format!("no console output for {}\n", humanize(silence)),
+    )
+}
+
+/// QEMU exited or its sockets closed unexpectedly; `detail` is what the harness saw
+/// (exit status, last QMP error).
+pub fn vm_died(detail: &str) -> Report {
+    synthetic(LOST_CONNECTION.to_string(), CrashType::LostConnection, format!("{detail}\n"))
+}
+
+/// The guest agent did not answer `request` within `deadline` while the VM still ran.
+pub fn agent_unresponsive(request: &str, deadline: Duration) -> Report {
+    synthetic(
+        AGENT_UNRESPONSIVE.to_string(),
+        CrashType::AgentUnresponsive,
+        format!("no answer to {request} within {}\n", humanize(deadline)),
+    )
+}
+
+/// `device_del` of `device` was not followed by `DEVICE_DELETED` within `deadline`: the
+/// guest never released the device (typically a remove() blocked on a reference holder).
+/// The title names the device id, so stuck unplugs of different devices stay apart.
+pub fn unplug_stuck(device: &str, deadline: Duration) -> Report {
+    synthetic(
+        format!("{UNPLUG_STUCK}: no DEVICE_DELETED for {device}"),
+        CrashType::UnplugStuck,
+        format!("device_del {device}: no DEVICE_DELETED event within {}\n", humanize(deadline)),
+    )
+}
+
+fn humanize(d: Duration) -> String {
+    format!("{:.1}s", d.as_secs_f64())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn synthetic_titles_are_stable() {
+        let a = unplug_stuck("cp2112-1", Duration::from_secs(10));
+        let b = unplug_stuck("cp2112-1", Duration::from_secs(30));
+        assert_eq!(a.title, "unplug stuck: no DEVICE_DELETED for cp2112-NUM");
+        assert!(a.same_bug(&b));
+        assert_eq!(a.crash_type, CrashType::UnplugStuck);
+        assert_eq!(crate::title_to_type(&a.title), CrashType::UnplugStuck);
+        assert_eq!(no_output(Duration::from_secs(300)).crash_type, CrashType::NoOutput);
+        assert_eq!(crate::title_to_type(&vm_died("qemu exited with 1").title), CrashType::LostConnection);
+        assert_eq!(agent_unresponsive("ping", Duration::from_secs(5)).title, "guest agent unresponsive");
+        assert!(a.crash_type.is_synthetic());
+    }
+}
