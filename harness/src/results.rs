@@ -65,6 +65,29 @@ pub struct Crash {
     pub step: Option<usize>,
 }
 
+impl Crash {
+    /// A crash from a parsed console report or a synthetic verdict (`report::synthetic`).
+    pub fn from_report(report: &report::Report, step: Option<usize>, symbolized: Option<String>) -> Crash {
+        Crash {
+            title: report.title.clone(),
+            alt_titles: report.alt_titles.clone(),
+            kind: report.crash_type.as_str().to_string(),
+            corrupted: report.is_corrupted(),
+            report: report.text.clone(),
+            symbolized,
+            step,
+        }
+    }
+
+    /// syzkaller's dedup rule: the same bug when the title sets intersect, so a crash
+    /// titled after `__x64_sys_read` in one run and `sys_read` in another files once.
+    fn same_bug(&self, other: &Crash) -> bool {
+        let titles = |c: &'_ Crash| std::iter::once(c.title.clone()).chain(c.alt_titles.iter().cloned()).collect::<Vec<_>>();
+        let mine = titles(self);
+        titles(other).iter().any(|t| mine.contains(t))
+    }
+}
+
 /// The end state of a run, for summary.md, junit.xml and ktap.txt.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Summary {
@@ -137,11 +160,13 @@ impl RunDir {
         Ok(())
     }
 
-    /// Files a crash under `crashes/<hash of its title>/`; a repeat only bumps `count`.
+    /// Files a crash under `crashes/<hash of its title>/`; a repeat of the same bug (equal
+    /// title, or intersecting alternate titles) only bumps `count` in the first one's folder.
     pub fn add_crash(&mut self, crash: &Crash) -> Result<PathBuf> {
-        let hash = title_hash(&crash.title);
+        let existing = self.crashes.iter_mut().find(|(_, c, _)| c.same_bug(crash));
+        let hash = existing.as_ref().map_or_else(|| title_hash(&crash.title), |(h, _, _)| h.clone());
         let dir = self.path.join("crashes").join(&hash);
-        let count = match self.crashes.iter_mut().find(|(h, _, _)| *h == hash) {
+        let count = match existing {
             Some((_, _, count)) => {
                 *count += 1;
                 *count
@@ -162,6 +187,11 @@ impl RunDir {
         };
         write_atomic(&dir.join("count"), format!("{count}\n").as_bytes())?;
         Ok(dir)
+    }
+
+    /// Files a parsed report (see [`Crash::from_report`]).
+    pub fn add_report(&mut self, report: &report::Report, step: Option<usize>, symbolized: Option<String>) -> Result<PathBuf> {
+        self.add_crash(&Crash::from_report(report, step, symbolized))
     }
 
     /// Titles of the crashes filed so far, with their counts.
@@ -267,6 +297,123 @@ impl RunDir {
     }
 }
 
+/// A run folder as found on disk, possibly from a run that was killed half-way: every file
+/// is optional, a torn last line of `steps.jsonl` is skipped, and unreadable pieces are
+/// reported in `problems` instead of failing the whole view.
+#[derive(Debug, Default)]
+pub struct RunView {
+    pub path: PathBuf,
+    /// `meta.json`, kept as JSON so folders from older versions still show.
+    pub meta: Option<serde_json::Value>,
+    pub steps: Vec<serde_json::Value>,
+    pub crashes: Vec<CrashView>,
+    /// `summary.md`, absent until the run wrote its first summary.
+    pub summary: Option<String>,
+    pub problems: Vec<String>,
+}
+
+/// One `crashes/<hash>/` folder.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CrashView {
+    pub hash: String,
+    pub title: String,
+    pub alt_titles: Vec<String>,
+    pub kind: String,
+    pub count: u32,
+}
+
+impl RunView {
+    /// Reads `path`; fails only if it is not a readable directory.
+    pub fn load(path: &Path) -> Result<RunView> {
+        let entries = std::fs::read_dir(path).with_context(|| format!("{}: not a readable run folder", path.display()))?;
+        drop(entries);
+        let mut view = RunView { path: path.to_path_buf(), ..RunView::default() };
+        let read = |name: &str| -> Option<String> { std::fs::read_to_string(path.join(name)).ok() };
+        if let Some(text) = read("meta.json") {
+            match serde_json::from_str(&text) {
+                Ok(v) => view.meta = Some(v),
+                Err(e) => view.problems.push(format!("meta.json: {e}")),
+            }
+        }
+        if let Some(text) = read("steps.jsonl") {
+            let lines: Vec<&str> = text.split('\n').collect();
+            for (i, line) in lines.iter().enumerate() {
+                if line.trim().is_empty() {
+                    continue;
+                }
+                match serde_json::from_str(line) {
+                    Ok(v) => view.steps.push(v),
+                    // Only the last line can be torn by a kill; anything else is damage.
+                    Err(_) if i + 1 == lines.len() => view.problems.push("steps.jsonl: torn last line skipped".into()),
+                    Err(e) => view.problems.push(format!("steps.jsonl line {}: {e}", i + 1)),
+                }
+            }
+        }
+        view.summary = read("summary.md");
+        if let Ok(dirs) = std::fs::read_dir(path.join("crashes")) {
+            for dir in dirs.flatten() {
+                let hash = dir.file_name().to_string_lossy().into_owned();
+                let file = |name: &str| std::fs::read_to_string(dir.path().join(name)).ok();
+                let Some(title) = file("title") else {
+                    view.problems.push(format!("crashes/{hash}: no title (filing was interrupted)"));
+                    continue;
+                };
+                view.crashes.push(CrashView {
+                    hash,
+                    title: title.trim().to_string(),
+                    alt_titles: file("alt_titles").unwrap_or_default().lines().map(str::to_string).collect(),
+                    kind: file("type").unwrap_or_default().trim().to_string(),
+                    count: file("count").and_then(|c| c.trim().parse().ok()).unwrap_or(1),
+                });
+            }
+        }
+        view.crashes.sort_by(|a, b| b.count.cmp(&a.count).then_with(|| a.title.cmp(&b.title)));
+        Ok(view)
+    }
+
+    /// Human-readable overview for `cargo xtask report show`.
+    pub fn render(&self) -> String {
+        let mut out = format!("run {}\n", self.path.display());
+        if let Some(meta) = &self.meta {
+            for key in ["scenario", "seed", "reproducer", "replay", "qemu_version", "accel", "started"] {
+                if let Some(v) = meta.get(key).filter(|v| !v.is_null()) {
+                    let v = v.as_str().map_or_else(|| v.to_string(), str::to_string);
+                    out.push_str(&format!("  {key}: {v}\n"));
+                }
+            }
+            if let Some(kernel) = meta.get("kernel") {
+                for key in ["label", "release", "source_id", "series", "config_hash"] {
+                    if let Some(v) = kernel.get(key).and_then(|v| v.as_str()) {
+                        out.push_str(&format!("  kernel.{key}: {v}\n"));
+                    }
+                }
+            }
+        } else {
+            out.push_str("  (no meta.json)\n");
+        }
+        out.push_str(&format!("  steps recorded: {}\n", self.steps.len()));
+        if self.crashes.is_empty() {
+            out.push_str("crashes: none\n");
+        } else {
+            out.push_str("crashes:\n");
+            for c in &self.crashes {
+                out.push_str(&format!("  {:>4}x  {:<28} {}  (crashes/{})\n", c.count, c.kind, c.title, c.hash));
+            }
+        }
+        for p in &self.problems {
+            out.push_str(&format!("note: {p}\n"));
+        }
+        match &self.summary {
+            Some(md) => {
+                out.push('\n');
+                out.push_str(md);
+            }
+            None => out.push_str("note: no summary.md: the run did not get to write one\n"),
+        }
+        out
+    }
+}
+
 /// KTAP lines are single lines and `#` starts a directive.
 fn ktap_text(s: &str) -> String {
     s.replace(['\n', '\r'], " ").replace('#', "%23")
@@ -314,7 +461,8 @@ mod tests {
         run.append_step(&serde_json::json!({"index": 2})).unwrap();
         let dir = run.add_crash(&crash("KASAN: slab-use-after-free Read in at24_read")).unwrap();
         run.add_crash(&crash("KASAN: slab-use-after-free Read in at24_read")).unwrap();
-        run.add_crash(&crash("INFO: task hung in i2c_del_adapter")).unwrap();
+        let hang = Crash { alt_titles: vec!["hang in i2c_del_adapter".into()], kind: "HANG".into(), ..crash("INFO: task hung in i2c_del_adapter") };
+        run.add_crash(&hang).unwrap();
         assert_eq!(std::fs::read_to_string(dir.join("count")).unwrap(), "2\n");
         assert_eq!(run.crash_titles().len(), 2);
         let summary = Summary {
@@ -336,6 +484,51 @@ mod tests {
         let md = std::fs::read_to_string(run.path().join("summary.md")).unwrap();
         assert!(md.contains("- step 2: kernel taint gained B"), "{md}");
         assert!(md.contains("verdict: **FINDINGS**") && md.contains("| KASAN: slab-use-after-free Read in at24_read | KASAN-USE-AFTER-FREE-READ | 2 | 3 |"), "{md}");
+    }
+
+    #[test]
+    fn reports_dedup_by_alternate_titles() {
+        let root = tempfile::tempdir().unwrap();
+        let mut run = RunDir::create(root.path(), "dedup").unwrap();
+        let a = crash("KASAN: use-after-free Read in __x64_sys_read");
+        let mut b = crash("KASAN: use-after-free Read in sys_read");
+        b.alt_titles.push("KASAN: use-after-free Read in __x64_sys_read".into());
+        let first = run.add_crash(&a).unwrap();
+        assert_eq!(run.add_crash(&b).unwrap(), first);
+        assert_eq!(run.crash_titles(), vec![(a.title.clone(), 2)]);
+        let stuck = report::synthetic::unplug_stuck("cp2112-0", std::time::Duration::from_secs(10));
+        let dir = run.add_report(&stuck, Some(4), None).unwrap();
+        assert_eq!(std::fs::read_to_string(dir.join("type")).unwrap(), "UNPLUG_STUCK\n");
+    }
+
+    #[test]
+    fn partially_written_run_is_readable() {
+        let root = tempfile::tempdir().unwrap();
+        let mut run = RunDir::create(root.path(), "killed").unwrap();
+        run.write_json("meta.json", &serde_json::json!({"scenario": "s1", "seed": 7, "reproducer": "cargo xtask torture s1 --seed 7"}))
+            .unwrap();
+        run.append_step(&serde_json::json!({"index": 1})).unwrap();
+        let log = b"[   30.1][  T120] BUG: KASAN: slab-use-after-free in at24_read+0x1b/0x40\n\
+                    [   30.1][  T120] Read of size 8 at addr ffff888003b1c400 by task cat/120\n\
+                    [   30.1][  T120] Call Trace:\n[   30.1][  T120]  at24_read+0x1b/0x40\n\
+                    [   30.1][  T120]  nvmem_reg_read+0x1/0x2\n[   30.1][  T120]  vfs_read+0x1/0x2\n";
+        for r in report::parse(log) {
+            run.add_report(&r, Some(1), None).unwrap();
+        }
+        // Simulate a kill: a torn step line and a crash folder whose files were never written.
+        std::fs::OpenOptions::new().append(true).open(run.path().join("steps.jsonl")).unwrap().write_all(b"{\"ind").unwrap();
+        std::fs::create_dir_all(run.path().join("crashes/deadbeef")).unwrap();
+        let view = RunView::load(run.path()).unwrap();
+        assert_eq!(view.steps.len(), 1);
+        assert_eq!(view.crashes.len(), 1);
+        assert_eq!(view.crashes[0].title, "KASAN: slab-use-after-free Read in at24_read");
+        assert_eq!(view.crashes[0].kind, "KASAN-USE-AFTER-FREE-READ");
+        assert!(view.summary.is_none());
+        assert_eq!(view.problems.len(), 2, "{:?}", view.problems);
+        let text = view.render();
+        assert!(text.contains("scenario: s1") && text.contains("1x  KASAN-USE-AFTER-FREE-READ"), "{text}");
+        assert!(text.contains("did not get to write one"), "{text}");
+        assert!(RunView::load(&root.path().join("missing")).is_err());
     }
 
     #[test]

@@ -115,9 +115,23 @@ fn skip_escape(chars: &mut std::iter::Peekable<std::str::Chars<'_>>) {
     }
 }
 
+/// Strips the `<host seconds>|` column the harness's `console.log` puts before each line
+/// (`    2.041234|[    1.873401][    T1] …`), so our own logs parse like raw consoles.
+fn strip_host_time(raw: &[u8]) -> &[u8] {
+    let Some(bar) = raw.iter().take(24).position(|&b| b == b'|') else { return raw };
+    let stamp = &raw[..bar];
+    let digits = stamp.iter().filter(|b| b.is_ascii_digit()).count();
+    let valid = digits > 0 && stamp.iter().all(|&b| b.is_ascii_digit() || b == b' ' || b == b'.');
+    if valid {
+        &raw[bar + 1..]
+    } else {
+        raw
+    }
+}
+
 /// Cleans a raw console line and parses its printk prefix.
 pub fn parse(raw: &[u8]) -> Line {
-    let cleaned = clean(raw);
+    let cleaned = clean(strip_host_time(raw));
     let Some(caps) = prefix_re().captures(&cleaned) else {
         return Line { timestamp: None, caller: Caller::Unknown, text: cleaned };
     };
@@ -146,6 +160,8 @@ mod tests {
         assert_eq!(l.text, "rcu: INFO");
         let l = parse(b"[  284.144921] INFO: task x");
         assert_eq!(l.caller, Caller::Console);
+        let l = parse(b"    2.041234|[    1.873401][    T1] Run /init as init process");
+        assert_eq!((l.caller, l.text.as_str()), (Caller::Task(1), "Run /init as init process"));
         let l = parse(b" dump_stack+0x1/0x2");
         assert_eq!(l.caller, Caller::Unknown);
         assert_eq!(l.text, " dump_stack+0x1/0x2");
