@@ -29,6 +29,8 @@ pub struct Kernel {
     /// `INSTALL_MOD_PATH` tree to put in the image.
     pub modules: Option<PathBuf>,
     pub label: String,
+    /// Present when we built it (not for a prebuilt `--bzimage`).
+    pub built: Option<harness::kernel::Kernel>,
 }
 
 impl Kernel {
@@ -38,11 +40,16 @@ impl Kernel {
 
     /// What a run folder records about this kernel.
     pub fn meta(&self) -> harness::results::KernelMeta {
+        let built = self.built.as_ref();
         harness::results::KernelMeta {
             label: self.label.clone(),
             bzimage: self.bzimage.clone(),
+            vmlinux: built.map(|k| k.vmlinux.clone()),
             modules: self.modules.clone(),
-            ..Default::default()
+            release: built.map(|k| k.release.clone()),
+            source_id: built.map(|k| k.source_id.clone()),
+            series: built.and_then(|k| k.series.clone()),
+            config_hash: built.map(|k| k.config_hash.clone()),
         }
     }
 }
@@ -54,9 +61,16 @@ pub fn kernel_and_image(choice: &KernelChoice) -> Result<(Kernel, PathBuf)> {
             if !path.is_file() {
                 bail!("--bzimage {}: no such file", path.display());
             }
-            Kernel { bzimage: path.clone(), modules: None, label: "prebuilt kernel".into() }
+            Kernel { bzimage: path.clone(), modules: None, label: "prebuilt kernel".into(), built: None }
         }
-        None => bail!("building kernels is not wired into xtask yet; pass --bzimage"),
+        None => {
+            let built = harness::kernel::build(&harness::kernel::KernelRequest {
+                src: choice.src.clone(),
+                series: choice.series.clone(),
+                force: false,
+            })?;
+            Kernel { bzimage: built.bzimage.clone(), modules: built.modules.clone(), label: built.describe(), built: Some(built) }
+        }
     };
     let image = harness::image::build(&harness::image::ImageRequest { modules: kernel.modules.clone() })?;
     Ok((kernel, image.path))
