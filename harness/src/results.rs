@@ -45,6 +45,9 @@ pub struct KernelMeta {
     pub vmlinux: Option<PathBuf>,
     /// `INSTALL_MOD_PATH` tree packed into the image.
     pub modules: Option<PathBuf>,
+    /// The source tree it was built from (symbolized paths are made relative to it).
+    #[serde(default)]
+    pub source_tree: Option<PathBuf>,
     pub release: Option<String>,
     pub source_id: Option<String>,
     pub series: Option<String>,

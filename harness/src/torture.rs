@@ -277,7 +277,17 @@ pub async fn run_recorded(request: RunRequest) -> anyhow::Result<RunVerdict> {
 
     let mut findings = Vec::new();
     let mut interrupted = false;
-    match crate::vm::Vm::boot(&config, Vec::new()).await {
+    let parser = std::sync::Arc::new(std::sync::Mutex::new(report::Parser::new()));
+    let sink = {
+        let parser = parser.clone();
+        move |line: &crate::console::ConsoleLine| {
+            let mut p = parser.lock().unwrap_or_else(|e| e.into_inner());
+            p.feed(line.text.as_bytes());
+            p.feed(b"\n");
+        }
+    };
+    let mut filer = CrashFiler::new(&request.kernel);
+    match crate::vm::Vm::boot(&config, vec![Box::new(sink)]).await {
         Err(e) => {
             summary.aborted = Some(format!("boot failed: {e:#}"));
             findings.push(format!("boot failed: {e:#}"));
@@ -306,9 +316,24 @@ pub async fn run_recorded(request: RunRequest) -> anyhow::Result<RunVerdict> {
                         },
                         elapsed_ms: step.elapsed_ms,
                     });
-                    if let StepStatus::UnplugStuck(d) = &step.status {
+                    let reports = parser.lock().unwrap_or_else(|e| e.into_inner()).take_reports();
+                    for r in &reports {
+                        findings.push(format!("step {}: {}", step.index, r.title));
+                        if let Err(e) = filer.file(&mut run, r, Some(step.index)) {
+                            write_error.get_or_insert(e);
+                        }
+                    }
+                    if let (StepStatus::UnplugStuck(d), Action::Unplug { id, .. }) = (&step.status, &step.action) {
                         findings.push(format!("step {}: {d}", step.index));
-                        summary.signals.push(format!("step {}: {d}", step.index));
+                        let stuck = report::synthetic::unplug_stuck(id, request.options.unplug_timeout);
+                        if let Err(e) = filer.file(&mut run, &stuck, Some(step.index)) {
+                            write_error.get_or_insert(e);
+                        }
+                    }
+                    if !reports.is_empty() || matches!(step.status, StepStatus::UnplugStuck(_)) {
+                        if let Err(e) = run.write_summary(&summary) {
+                            write_error.get_or_insert(e);
+                        }
                     }
                     if let Some(taint) = step.taint {
                         let gained = taint & !taint_before;
@@ -344,6 +369,11 @@ pub async fn run_recorded(request: RunRequest) -> anyhow::Result<RunVerdict> {
                     findings.push(format!("run stopped: {why}"));
                     summary.signals.push(format!("run stopped: {why}"));
                     summary.aborted = Some(why);
+                    let synthetic = match &abort {
+                        Abort::GuestLost(detail) => report::synthetic::vm_died(detail),
+                        _ => report::synthetic::agent_unresponsive("ping", std::time::Duration::from_secs(10)),
+                    };
+                    filer.file(&mut run, &synthetic, summary.steps.last().map(|s| s.index))?;
                 }
             }
             // Best effort: the VM may be the thing that broke.
@@ -351,6 +381,53 @@ pub async fn run_recorded(request: RunRequest) -> anyhow::Result<RunVerdict> {
         }
     }
     progress.finish_and_clear();
+    // Whatever the console printed after the last step (or during a failed boot).
+    let rest = std::sync::Arc::try_unwrap(parser)
+        .map(|m| m.into_inner().unwrap_or_else(|e| e.into_inner()).finish())
+        .unwrap_or_else(|shared| shared.lock().unwrap_or_else(|e| e.into_inner()).take_reports());
+    for r in &rest {
+        findings.push(r.title.clone());
+        filer.file(&mut run, r, None)?;
+    }
     run.write_summary(&summary)?;
     Ok(RunVerdict { scenario: schedule.scenario.clone(), dir: run.path().to_path_buf(), findings, interrupted })
+}
+
+/// Files reports into a run folder, symbolizing them with the kernel's vmlinux when there is
+/// one (loaded on the first report: a debug vmlinux is ~100 MiB).
+struct CrashFiler {
+    vmlinux: Option<std::path::PathBuf>,
+    source_tree: Option<std::path::PathBuf>,
+    symbolizer: Option<report::symbolize::Symbolizer>,
+}
+
+impl CrashFiler {
+    fn new(kernel: &crate::results::KernelMeta) -> CrashFiler {
+        CrashFiler { vmlinux: kernel.vmlinux.clone(), source_tree: kernel.source_tree.clone(), symbolizer: None }
+    }
+
+    fn file(&mut self, run: &mut crate::results::RunDir, r: &report::Report, step: Option<usize>) -> anyhow::Result<()> {
+        let symbolized = if r.crash_type.is_synthetic() { None } else { self.symbolize(&r.text) };
+        run.add_report(r, step, symbolized)?;
+        Ok(())
+    }
+
+    fn symbolize(&mut self, text: &str) -> Option<String> {
+        if self.symbolizer.is_none() {
+            let vmlinux = self.vmlinux.take()?;
+            match report::symbolize::Symbolizer::new(&vmlinux) {
+                Ok(mut s) => {
+                    if let Some(root) = &self.source_tree {
+                        s.strip_root(root);
+                    }
+                    self.symbolizer = Some(s);
+                }
+                Err(e) => {
+                    tracing::warn!("cannot symbolize with {}: {e}", vmlinux.display());
+                    return None;
+                }
+            }
+        }
+        self.symbolizer.as_ref().map(|s| s.symbolize_text(text))
+    }
 }

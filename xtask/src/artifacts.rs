@@ -46,6 +46,7 @@ impl Kernel {
             bzimage: self.bzimage.clone(),
             vmlinux: built.map(|k| k.vmlinux.clone()),
             modules: self.modules.clone(),
+            source_tree: built.map(|k| k.source_tree.clone()),
             release: built.map(|k| k.release.clone()),
             source_id: built.map(|k| k.source_id.clone()),
             series: built.and_then(|k| k.series.clone()),
