@@ -141,7 +141,8 @@ pub(crate) const OOPSES: &[OopsSpec] = &[
                 alt: &["bad-access in {3}"],
                 stack: Some(spec(
                     &[Part::Trace, Part::Line("(Local variable .* created at:|Uninit was created at:)"), Part::Trace],
-                    &["alloc_skb", "netlink_ack", "netlink_rcv_skb"],
+                    // Crypto primitives are where uninit data is used, not where it came from.
+                    &["alloc_skb", "netlink_ack", "netlink_rcv_skb", "_encrypt$", "^(?:crypto|cipher|drbg|rng)_"],
                 )),
                 no_stack: true,
                 ..fmt("BUG: KMSAN:", "KMSAN: {1} in {3}")
@@ -151,6 +152,11 @@ pub(crate) const OOPSES: &[OopsSpec] = &[
                 alt: BAD_ACCESS_4,
                 stack: Some(spec(&[Part::Line(r"BUG: KFENCE: (?:[a-z\- ]+) in {{FUNC}}"), Part::Trace], &[])),
                 ..fmt(r"BUG: KFENCE: (use-after-free|out-of-bounds) (read|write) in {{FUNC}}", "KFENCE: {1} {2} in {4}")
+            },
+            FormatSpec {
+                alt: BAD_ACCESS_3,
+                stack: Some(spec(&[Part::Line(r"BUG: KFENCE: (?:[a-z\- ]+) in {{FUNC}}"), Part::Trace], &[])),
+                ..fmt(r"BUG: KFENCE: invalid (read|write) in {{FUNC}}", "KFENCE: invalid {1} in {3}")
             },
             FormatSpec {
                 alt: &["invalid-free in {2}"],
@@ -215,6 +221,13 @@ pub(crate) const OOPSES: &[OopsSpec] = &[
                 ..fmt("BUG: held lock freed!", "BUG: held lock freed in {1}")
             },
             FormatSpec { no_stack: true, ..fmt("BUG: Bad rss-counter state", "BUG: Bad rss-counter state") },
+            FormatSpec {
+                // The block device and filesystem in the message split one bug into many.
+                report: Some(r"BUG: Dentry .* still in use \([0-9]+\) \[(unmount) of ([^\]]+)\]"),
+                alt: &["BUG: Dentry still in use [{1} of {2}]"],
+                ..fmt("BUG: Dentry .* still in use", "BUG: Dentry still in use in {1}")
+            },
+            fmt("BUG: Bad page map", "BUG: Bad page map"),
             FormatSpec {
                 stack: Some(spec(
                     &[Part::Line("page last allocated"), Part::Trace],
@@ -338,6 +351,8 @@ pub(crate) const OOPSES: &[OopsSpec] = &[
                 no_stack: true,
                 ..fmt("WARNING: kernel stack frame pointer at [0-9a-f]+ in [^ ]* has bad value", "WARNING: kernel stack frame pointer has bad value")
             },
+            FormatSpec { no_stack: true, ..fmt("WARNING: kernel stack regs .* has bad 'bp' value", "WARNING: kernel stack regs has bad value") },
+            FormatSpec { no_stack: true, ..fmt("WARNING: kernel stack frame pointer .* has bad value", "WARNING: kernel stack regs has bad value") },
             FormatSpec { corrupted: true, ..fmt(r"WARNING:[[:space:]]*(?:\n|$)", "WARNING: corrupted") },
         ],
         suppressions: &[
@@ -358,6 +373,14 @@ pub(crate) const OOPSES: &[OopsSpec] = &[
             FormatSpec {
                 report: Some(r"INFO: possible circular locking dependency detected \](?:.*\n)+?.*is trying to acquire lock(?:.*\n)+?.*at: {{PC}} +{{FUNC}}"),
                 ..fmt("INFO: possible circular locking dependency detected", "possible deadlock in {1}")
+            },
+            FormatSpec {
+                report: Some(r"INFO: possible irq lock inversion dependency detected \](?:.*\n)+?.*just changed the state of lock(?:.*\n)+?.*at: {{PC}} +{{FUNC}}"),
+                ..fmt("INFO: possible irq lock inversion dependency detected", "possible deadlock in {1}")
+            },
+            FormatSpec {
+                report: Some(r"INFO: SOFTIRQ-safe -> SOFTIRQ-unsafe lock order detected \](?:.*\n)+?.*is trying to acquire(?:.*\n)+?.*at: {{PC}} +{{FUNC}}"),
+                ..fmt("INFO: SOFTIRQ-safe -> SOFTIRQ-unsafe lock order detected", "possible deadlock in {1}")
             },
             FormatSpec {
                 report: Some(r"INFO: possible recursive locking detected \](?:.*\n)+?.*is trying to acquire lock(?:.*\n)+?.*at: {{PC}} +{{FUNC}}"),
@@ -446,6 +469,11 @@ pub(crate) const OOPSES: &[OopsSpec] = &[
                 ..fmt("Kernel panic - not syncing: stack-protector:", "kernel panic: stack is corrupted in {1}")
             },
             FormatSpec {
+                report: Some("Kernel panic - not syncing: stack-protector: Kernel stack is corrupted in: [a-f0-9]+"),
+                stack: Some(spec(TRACE, &["stack_chk"])),
+                ..fmt("Kernel panic - not syncing: stack-protector:", "kernel panic: stack is corrupted in {1}")
+            },
+            FormatSpec {
                 alt: &["stack-overflow in {1}"],
                 stack: Some(StackSpec { parts: TRACE, parts2: &[], skip: &["schedule", "retint_kernel"], extractor: Extractor::Stall }),
                 ..fmt("Kernel panic - not syncing: corrupted stack end", "kernel panic: corrupted stack end in {1}")
@@ -456,6 +484,7 @@ pub(crate) const OOPSES: &[OopsSpec] = &[
                 ..fmt("Kernel panic - not syncing: kernel stack overflow", "kernel stack overflow in {1}")
             },
             fmt("Kernel panic - not syncing: Attempted to kill init!", "kernel panic: Attempted to kill init!"),
+            fmt("Kernel panic - not syncing: Couldn't open N_TTY ldisc for [^ ]+ --- error -[0-9]+", "kernel panic: Couldn't open N_TTY ldisc"),
             // These follow another report; seeing them as the title means we missed its start.
             FormatSpec { corrupted: true, ..fmt("Kernel panic - not syncing: Fatal exception", "kernel panic: Fatal exception") },
             FormatSpec { corrupted: true, ..fmt("Kernel panic - not syncing: panic_on_warn set", "kernel panic: panic_on_warn set") },
@@ -498,6 +527,17 @@ pub(crate) const OOPSES: &[OopsSpec] = &[
         formats: &[FormatSpec { stack: Some(spec(&[Part::Line(RIP)], &[])), ..fmt("divide error: ", "divide error in {1}") }],
         suppressions: &[],
     },
+    // A misspelling introduced by "x86/entry: Convert Divide Error to IDTENTRY".
+    OopsSpec {
+        header: "divide_error:",
+        formats: &[FormatSpec { stack: Some(spec(&[Part::Line(RIP)], &[])), ..fmt("divide_error: ", "divide error in {1}") }],
+        suppressions: &[],
+    },
+    OopsSpec {
+        header: "int3:",
+        formats: &[FormatSpec { stack: Some(spec(RIP_TRACE, &[])), ..fmt("int3: ", "int3 in {1}") }],
+        suppressions: &[],
+    },
     OopsSpec {
         header: "invalid opcode:",
         formats: &[FormatSpec { stack: Some(spec(&[Part::Line(RIP)], &[])), ..fmt("invalid opcode: ", "invalid opcode in {1}") }],
@@ -506,6 +546,11 @@ pub(crate) const OOPSES: &[OopsSpec] = &[
     OopsSpec {
         header: "UBSAN:",
         formats: &[
+            FormatSpec {
+                report: Some("UBSAN: Undefined behaviour in"),
+                stack: Some(spec(TRACE, &["ubsan", "overflow"])),
+                ..fmt("UBSAN:", "UBSAN: undefined-behaviour in {1}")
+            },
             FormatSpec {
                 alt: BAD_ACCESS,
                 stack: Some(spec(TRACE, &["ubsan", "overflow"])),
@@ -530,6 +575,28 @@ pub(crate) const OOPSES: &[OopsSpec] = &[
         suppressions: &[],
     },
     OopsSpec {
+        header: "Alignment trap:",
+        formats: &[FormatSpec { stack: Some(spec(RIP_TRACE, &[])), ..fmt("Alignment trap:", "Alignment trap in {1}") }],
+        suppressions: &[],
+    },
+    OopsSpec {
+        header: "Booting the kernel.",
+        formats: &[FormatSpec { no_stack: true, ..fmt("^Booting the kernel", "unexpected kernel reboot") }],
+        // Boot messages echoed back by a program (e.g. as a bad mount option).
+        suppressions: &["Parsing ELF|Decompressing Linux|Unknown parameter '"],
+    },
+    // Older kernels' custom VFS use-after-free checks.
+    OopsSpec {
+        header: "VFS: Close: file count is 0",
+        formats: &[FormatSpec { no_stack: true, ..fmt("VFS: Close: file count is 0", "VFS: Close: file count is zero (use-after-free)") }],
+        suppressions: &[],
+    },
+    OopsSpec {
+        header: "VFS: Busy inodes after unmount",
+        formats: &[FormatSpec { no_stack: true, ..fmt("VFS: Busy inodes after unmount", "VFS: Busy inodes after unmount (use-after-free)") }],
+        suppressions: &[],
+    },
+    OopsSpec {
         header: "unregister_netdevice: waiting for",
         formats: &[FormatSpec {
             no_stack: true,
@@ -539,6 +606,7 @@ pub(crate) const OOPSES: &[OopsSpec] = &[
     },
 ];
 
+const BAD_ACCESS_3: &[&str] = &["bad-access in {3}"];
 const BAD_ACCESS_4: &[&str] = &["bad-access in {4}"];
 
 /// Lines that contain a report header but, inside a report, continue it rather than start a
@@ -612,11 +680,12 @@ pub(crate) const SKIP: &[&str] = &[
     "xas_(?:start|load|find)", "find_lock_entries", "truncate_inode_pages_range", "__phys_addr",
     "__fortify_report", "cleanup_srcu_struct", "rhashtable_lookup", "drop_nlink",
     "^get_taint$", "^put_device$", "lock_timer_base", "__timer_delete_sync", "__mod_timer",
-    "fast_dput", "dput",
+    "fast_dput", "dput", "mark_buffer_dirty", "seqprop_assert", "__alloc_frozen_pages_noprof",
+    "sk_stop_timer_sync", "extract_(user|iter)_to_sg", "folio_(?:alloc|unlock)",
 ];
 
 /// A frame of the fault-injection machinery: its stack got mixed into the report.
-pub(crate) const CORRUPTED_FRAME: &str = r"^( \[\<?(?:0x)?[0-9a-f]+\>?\])? should_fail(slab)?(\.[a-z0-9.]+)?\+0x";
+pub(crate) const CORRUPTED_FRAME: &str = r"^( \[<?(?:0x)?[0-9a-f]+>?\])? should_fail(slab)?(\.[a-z0-9.]+)?\+0x";
 
 /// Syscall wrapper prefixes: `__x64_sys_ioctl` and `ksys_ioctl` are the same frame to a
 /// human and across architectures.

@@ -93,7 +93,6 @@ pub struct Parser {
     limits: Limits,
     partial: Vec<u8>,
     line_no: u64,
-    last_caller: Caller,
     ring: VecDeque<Recent>,
     active: Vec<Active>,
     done: VecDeque<Report>,
@@ -119,7 +118,6 @@ impl Parser {
             limits,
             partial: Vec::new(),
             line_no: 0,
-            last_caller: Caller::Unknown,
             ring: VecDeque::new(),
             active: Vec::new(),
             done: VecDeque::new(),
@@ -206,13 +204,16 @@ impl Parser {
     fn process(&mut self, raw: &[u8]) {
         self.line_no += 1;
         let t = tables();
-        let mut l = line::parse(raw);
-        // A line without prefix in a prefixed log is a wrapped continuation (or user-space
-        // noise printed in between); attribute it to whoever printed last.
-        if l.caller == Caller::Unknown {
-            l.caller = self.last_caller;
-        } else {
-            self.last_caller = l.caller;
+        // A line without a prefix in a prefixed log is user-space output printed in between
+        // (syzkaller programs, shell echo); it stays out of kernel reports, which only take
+        // lines of their own caller. Logs without any prefix are one Unknown context.
+        let l = line::parse(raw);
+        // printk replays a line that an interrupting message cut short; a report started
+        // by the cut-off line ("INFO: t") is a fragment of the replayed one.
+        if l.text.contains("** replaying previous printk message **") {
+            let cut = self.line_no - 1;
+            self.active.retain(|a| !(a.start_line == cut && a.lines.len() == 1));
+            return;
         }
         let questionable = t.is_questionable(&l.text);
         let oops = t.match_oops(&l.text);

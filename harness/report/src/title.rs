@@ -258,7 +258,7 @@ fn format_title(fmt: &str, args: &[String]) -> String {
 /// and whether a fault-injection frame was seen on the way.
 fn extract_frame(t: &Tables, stack: &Stack, text: &str) -> (Option<(String, String)>, bool) {
     let (frame, fi) = walk_parts(t, stack, &stack.parts, text);
-    if frame.is_some() || stack.parts2.is_empty() {
+    if (frame.is_some() && !fi) || stack.parts2.is_empty() {
         return (frame, fi);
     }
     let (frame, fi2) = walk_parts(t, stack, &stack.parts2, text);
