@@ -48,6 +48,35 @@ pub const QEMU: &[Requirement] = &[
 /// Packages needed to build the initramfs.
 pub const IMAGE: &[Requirement] = &[Requirement::file("busybox-static", "/bin/busybox")];
 
+/// Packages needed to build kernels: LLVM (KASAN together with Rust needs clang on 6.12),
+/// Debian's Rust (`rustc-web` with the `core` sources from `rust-web-src`; the kernel must not
+/// use a rustup `rustc`), libclang for bindgen, the usual Kbuild tools, git for `--src`
+/// identities and patch series, and depmod so `modprobe` works in the guest.
+pub const KERNEL: &[Requirement] = &[
+    Requirement::command("make", "make"),
+    Requirement::command("clang", "clang"),
+    Requirement::command("lld", "ld.lld"),
+    Requirement::command("llvm", "llvm-ar"),
+    Requirement::file("libclang-dev", "/usr/lib/llvm-14/lib/libclang.so"),
+    Requirement::file("rustc-web", "/usr/bin/rustc"),
+    Requirement::file("rustc-web", "/usr/bin/rustdoc"),
+    Requirement::file("rust-web-src", "/usr/lib/rustlib/src/rust/library/core/src/lib.rs"),
+    Requirement::command("bc", "bc"),
+    Requirement::command("bison", "bison"),
+    Requirement::command("flex", "flex"),
+    Requirement::file("libelf-dev", "/usr/include/libelf.h"),
+    Requirement::file("libssl-dev", "/usr/include/openssl/ssl.h"),
+    Requirement::command("cpio", "cpio"),
+    Requirement::command("xz-utils", "xz"),
+    Requirement::command("python3", "python3"),
+    Requirement::command("git", "git"),
+    Requirement::command("kmod", "depmod"),
+];
+
+/// Debian's kernel source, the default tree to build.
+pub const KERNEL_SOURCE: &[Requirement] =
+    &[Requirement::file("linux-source-6.12", "/usr/src/linux-source-6.12.tar.xz")];
+
 /// Finds an executable on `PATH`.
 pub fn which(cmd: &str) -> Option<std::path::PathBuf> {
     let path = std::env::var_os("PATH")?;

@@ -1,29 +1,35 @@
-//! `cargo xtask kernel [--src DIR] [--series NAME]`: build (or reuse) a kernel and say where
-//! it is.
+//! `cargo xtask kernel [--src DIR] [--series NAME] [--force]`: build (or reuse) a kernel and
+//! say where its artifacts are.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Instant;
 
 use harness::kernel::{self, KernelRequest};
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// Kernel tree to build (never written to: the build goes to the cache with O=).
+    /// Kernel tree to build instead of Debian's 6.12 (never written to: objects go to the
+    /// cache with O=; the tree must be `make mrproper` clean).
     #[arg(long, value_name = "DIR")]
     src: Option<PathBuf>,
-    /// Apply kernels/patches/NAME/series on a private copy of the source first.
+    /// Apply the series in kernels/patches/NAME/ on a private copy of the source first.
     #[arg(long, value_name = "NAME")]
     series: Option<String>,
-    /// Rebuild even when the cache has this exact build.
+    /// Run make even when the cache has this exact build (incremental in the object tree).
     #[arg(long)]
     force: bool,
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let start = std::time::Instant::now();
+    let start = Instant::now();
     let k = kernel::build(&KernelRequest { src: args.src, series: args.series, force: args.force })?;
-    let elapsed = start.elapsed().as_secs_f64();
-    eprintln!("kernel {} ({:.1} s{})", k.describe(), elapsed, if elapsed < k.build_seconds { ", cached" } else { "" });
+    let how = if k.cached {
+        format!("cached, checked in {:.2} s; built in {:.0} s", start.elapsed().as_secs_f64(), k.build_seconds)
+    } else {
+        format!("built in {:.0} s", k.build_seconds)
+    };
+    eprintln!("kernel {} ({how})", k.describe());
     println!("bzImage  {}", k.bzimage.display());
     println!("vmlinux  {}", k.vmlinux.display());
     println!("config   {}", k.config.display());
@@ -31,5 +37,6 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     if let Some(m) = &k.modules {
         println!("modules  {}", m.display());
     }
+    println!("source   {} ({})", k.source_tree.display(), k.source_id);
     Ok(ExitCode::SUCCESS)
 }

@@ -7,6 +7,36 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 
+/// The fragment files in `dir`, in merge order (by file name, hence the numeric prefixes).
+pub fn fragment_files(dir: &Path) -> Result<Vec<PathBuf>> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
+        let path = entry.with_context(|| format!("reading {}", dir.display()))?.path();
+        if path.extension().is_some_and(|e| e == "config") {
+            files.push(path);
+        }
+    }
+    files.sort();
+    if files.is_empty() {
+        bail!("no *.config fragments in {}", dir.display());
+    }
+    Ok(files)
+}
+
+/// Sets every fragment option in `.config` the way `scripts/kconfig/merge_config.sh` does: the
+/// symbol's old line goes, the requested one is appended, and olddefconfig resolves the rest.
+pub fn apply(dot_config: &Path, fragment: &Fragment) -> Result<()> {
+    let text = std::fs::read_to_string(dot_config).with_context(|| format!("reading {}", dot_config.display()))?;
+    let mut out: Vec<&str> = text
+        .lines()
+        .filter(|line| !parse_line(line).ok().flatten().is_some_and(|(name, _)| fragment.options.contains_key(&name)))
+        .collect();
+    let ours = fragment.to_kconfig();
+    out.extend(ours.lines());
+    std::fs::write(dot_config, out.join("\n") + "\n").with_context(|| format!("writing {}", dot_config.display()))?;
+    Ok(())
+}
+
 /// Where an option was requested.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Origin {
@@ -57,7 +87,8 @@ impl Fragment {
         Ok(())
     }
 
-    /// The fragment as Kconfig text (for merge_config.sh), in a stable order.
+    /// The fragment as Kconfig text in a stable order: what [`apply`] appends, and the cache
+    /// key's view of the requested config.
     pub fn to_kconfig(&self) -> String {
         let mut out = String::new();
         for (name, (value, _)) in &self.options {
@@ -142,11 +173,16 @@ mod tests {
 
     #[test]
     fn parses_values_and_not_set() {
-        let f = frag("# comment\n\nCONFIG_KASAN=y\n# CONFIG_SLUB_TINY is not set\nCONFIG_NR_CPUS=4\nCONFIG_X=\"a b\"\n").unwrap();
+        let f =
+            frag("# comment\n\nCONFIG_KASAN=y\n# CONFIG_SLUB_TINY is not set\nCONFIG_NR_CPUS=4\nCONFIG_X=\"a b\"\n")
+                .unwrap();
         assert_eq!(f.options["KASAN"].0, "y");
         assert_eq!(f.options["SLUB_TINY"].0, "n");
         assert_eq!(f.options["NR_CPUS"].0, "4");
-        assert_eq!(f.to_kconfig(), "CONFIG_KASAN=y\nCONFIG_NR_CPUS=4\n# CONFIG_SLUB_TINY is not set\nCONFIG_X=\"a b\"\n");
+        assert_eq!(
+            f.to_kconfig(),
+            "CONFIG_KASAN=y\nCONFIG_NR_CPUS=4\n# CONFIG_SLUB_TINY is not set\nCONFIG_X=\"a b\"\n"
+        );
     }
 
     #[test]
@@ -184,9 +220,41 @@ mod tests {
     }
 
     #[test]
+    fn apply_replaces_old_lines() {
+        let dir = tempfile::tempdir().unwrap();
+        let dot = dir.path().join(".config");
+        std::fs::write(&dot, "CONFIG_A=y\n# CONFIG_KASAN is not set\nCONFIG_SLUB_TINY=y\nCONFIG_B=m\n").unwrap();
+        let f = frag("CONFIG_KASAN=y\n# CONFIG_SLUB_TINY is not set\n").unwrap();
+        apply(&dot, &f).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(&dot).unwrap(),
+            "CONFIG_A=y\nCONFIG_B=m\nCONFIG_KASAN=y\n# CONFIG_SLUB_TINY is not set\n"
+        );
+    }
+
+    #[test]
+    fn load_merges_files_in_order_and_locates_conflicts() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("10-b.config"), "CONFIG_B=y\n").unwrap();
+        std::fs::write(dir.path().join("00-a.config"), "CONFIG_A=y\n").unwrap();
+        std::fs::write(dir.path().join("README"), "not a fragment\n").unwrap();
+        let files = fragment_files(dir.path()).unwrap();
+        assert_eq!(
+            files.iter().map(|f| f.file_name().unwrap().to_str().unwrap()).collect::<Vec<_>>(),
+            ["00-a.config", "10-b.config"]
+        );
+        assert_eq!(Fragment::load(&files).unwrap().to_kconfig(), "CONFIG_A=y\nCONFIG_B=y\n");
+        std::fs::write(dir.path().join("20-c.config"), "# more\n# CONFIG_A is not set\n").unwrap();
+        let err = Fragment::load(&fragment_files(dir.path()).unwrap()).unwrap_err().to_string();
+        assert!(err.contains("00-a.config:1") && err.contains("20-c.config:2"), "{err}");
+        let empty = tempfile::tempdir().unwrap();
+        assert!(fragment_files(empty.path()).unwrap_err().to_string().contains("no *.config fragments"));
+    }
+
+    #[test]
     fn shipped_fragments_merge() {
         let dir = crate::paths::repo_root().join("kernels").join("configs");
-        let f = Fragment::load(&super::super::fragment_files(&dir).unwrap()).unwrap();
+        let f = Fragment::load(&fragment_files(&dir).unwrap()).unwrap();
         assert_eq!(f.options["KASAN"].0, "y");
         assert_eq!(f.options["HID_CP2112"].0, "y");
     }

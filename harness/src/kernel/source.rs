@@ -5,9 +5,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{bail, Context, Result};
-use sha2::{Digest, Sha256};
 
-use super::lock_exclusive;
+use super::cache::{hash, lock_exclusive};
 
 /// The tarball Debian's `linux-source-6.12` package installs.
 pub const DEBIAN_TARBALL: &str = "/usr/src/linux-source-6.12.tar.xz";
@@ -22,57 +21,46 @@ pub struct Source {
     pub label: String,
 }
 
-fn short_hash(parts: &[&[u8]]) -> String {
-    let mut h = Sha256::new();
-    for p in parts {
-        h.update((p.len() as u64).to_le_bytes());
-        h.update(p);
-    }
-    hex::encode(&h.finalize()[..8])
-}
-
-/// Debian's tarball, unpacked once into `cache/src/<id>/`. The id covers the tarball's path,
-/// size and mtime (a package upgrade replaces the file), so hashing 150 MB is not needed.
+/// Debian's tarball, unpacked once into `cache/src/debian-<id>/`, atomically (into a temporary
+/// directory, then renamed). The id covers the tarball's path, size and mtime (a package
+/// upgrade replaces the file), so the no-op check need not hash 150 MB.
 pub fn debian(cache: &Path) -> Result<Source> {
     let tarball = Path::new(DEBIAN_TARBALL);
-    let meta = std::fs::metadata(tarball).with_context(|| format!("{DEBIAN_TARBALL} is missing (package linux-source-6.12)"))?;
+    let meta = std::fs::metadata(tarball)
+        .with_context(|| format!("{DEBIAN_TARBALL} is missing (package linux-source-6.12)"))?;
     let mtime = meta.modified()?.duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_secs();
-    let id = short_hash(&[DEBIAN_TARBALL.as_bytes(), &meta.len().to_le_bytes(), &mtime.to_le_bytes()]);
+    let id = hash(&[DEBIAN_TARBALL.as_bytes(), &meta.len().to_le_bytes(), &mtime.to_le_bytes()]);
     let root = cache.join("src");
     std::fs::create_dir_all(&root)?;
     let dest = root.join(format!("debian-{id}"));
     let tree = dest.join("linux-source-6.12");
-    let _lock = lock_exclusive(&root.join(format!("debian-{id}.lock")))?;
+    let _lock = lock_exclusive(&root.join(format!("debian-{id}.lock")), "another unpack of the Debian source")?;
     if !tree.join("Makefile").exists() {
         eprintln!("unplug-torture: unpacking {DEBIAN_TARBALL} into {}", dest.display());
         let tmp = tempfile::Builder::new().prefix(".unpack-").tempdir_in(&root)?;
-        let status = Command::new("tar")
-            .arg("-xJf")
-            .arg(tarball)
-            .arg("-C")
-            .arg(tmp.path())
-            .status()
-            .context("running tar")?;
+        let status =
+            Command::new("tar").arg("-xJf").arg(tarball).arg("-C").arg(tmp.path()).status().context("running tar")?;
         if !status.success() {
             bail!("unpacking {DEBIAN_TARBALL} failed ({status})");
         }
         if dest.exists() {
             std::fs::remove_dir_all(&dest)?;
         }
-        std::fs::rename(tmp.keep(), &dest)?;
+        std::fs::rename(tmp.keep(), &dest)
+            .with_context(|| format!("renaming the unpacked tree to {}", dest.display()))?;
     }
     Ok(Source { tree, id: format!("debian-{id}"), label: "Debian linux-source-6.12".into() })
 }
 
-/// A user's kernel tree. It must be clean enough for `make O=`: Kbuild refuses a source
-/// tree with in-tree build output, and we never clean it for them.
+/// A user's kernel tree. It must be clean enough for `make O=`: Kbuild refuses a source tree
+/// with in-tree build output (the same three paths checked here), and we never clean it.
 pub fn user_tree(dir: &Path) -> Result<Source> {
     let tree = dir.canonicalize().with_context(|| format!("--src {}", dir.display()))?;
     let makefile = std::fs::read_to_string(tree.join("Makefile")).unwrap_or_default();
     if !makefile.lines().any(|l| l.starts_with("VERSION =")) || !tree.join("Kconfig").exists() {
         bail!("--src {}: not a Linux kernel tree (no top-level Makefile with VERSION = and Kconfig)", tree.display());
     }
-    for leftover in [".config", "include/config"] {
+    for leftover in [".config", "include/config", "arch/x86/include/generated"] {
         if tree.join(leftover).exists() {
             bail!(
                 "--src {}: the tree has in-tree build output ({leftover}), which `make O=` refuses.\n\
@@ -86,10 +74,18 @@ pub fn user_tree(dir: &Path) -> Result<Source> {
     Ok(Source { tree, id, label })
 }
 
-/// HEAD plus a hash of uncommitted changes (tracked diffs and the list of untracked files).
+/// HEAD plus a hash of uncommitted changes (`git diff HEAD` and the list of untracked files;
+/// an untracked file's edits are not seen, only its appearance). `--no-optional-locks` keeps
+/// git from refreshing the index: the tree is never written, not even `.git/index`.
 fn git_identity(tree: &Path) -> Result<(String, String)> {
     let git = |args: &[&str]| -> Result<Vec<u8>> {
-        let out = Command::new("git").arg("-C").arg(tree).args(args).output().context("running git")?;
+        let out = Command::new("git")
+            .arg("--no-optional-locks")
+            .arg("-C")
+            .arg(tree)
+            .args(args)
+            .output()
+            .context("running git")?;
         if !out.status.success() {
             bail!("git {} in {}: {}", args.join(" "), tree.display(), String::from_utf8_lossy(&out.stderr).trim());
         }
@@ -99,100 +95,206 @@ fn git_identity(tree: &Path) -> Result<(String, String)> {
     let diff = git(&["diff", "HEAD"])?;
     let untracked = git(&["ls-files", "--others", "--exclude-standard"])?;
     let dirty = !diff.is_empty() || !untracked.is_empty();
-    let id = format!("git-{}-{}", &head[..12.min(head.len())], short_hash(&[&diff, &untracked]));
+    let id = format!("git-{}-{}", &head[..12.min(head.len())], hash(&[&diff, &untracked]));
     let label = format!("git {}{}", &head[..12.min(head.len())], if dirty { " + local changes" } else { "" });
     Ok((id, label))
 }
 
-/// Without git, hashing every file is too slow for a no-op check; the tree's path, its
-/// version lines and the newest modification time anywhere in it stand in for the contents.
+/// Without git, hashing ~90k files (1.5 GB) is too slow for a no-op check, so the identity is
+/// cheaper: the tree's path, the Makefile's version lines and the newest modification time
+/// of any file or directory in it (an edit, a new or a deleted file all bump one). An edit
+/// that keeps its old mtime (`cp -p`, `touch -r`) is not seen; `--force` rebuilds then.
 fn plain_identity(tree: &Path) -> Result<(String, String)> {
-    let mut newest = 0u64;
+    let mut newest = 0u128;
     let mut stack = vec![tree.to_path_buf()];
     while let Some(dir) = stack.pop() {
-        for entry in std::fs::read_dir(&dir)?.flatten() {
+        for entry in std::fs::read_dir(&dir).with_context(|| format!("reading {}", dir.display()))?.flatten() {
+            // DirEntry::metadata does not follow symlinks: no loops, no escaping the tree.
             let Ok(meta) = entry.metadata() else { continue };
             if meta.is_dir() {
                 stack.push(entry.path());
             }
-            let m = meta.modified().ok().and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok());
-            newest = newest.max(m.map(|d| d.as_secs()).unwrap_or(0));
+            let mtime = meta.modified().ok().and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok());
+            newest = newest.max(mtime.map(|d| d.as_nanos()).unwrap_or(0));
         }
     }
     let makefile = std::fs::read_to_string(tree.join("Makefile")).unwrap_or_default();
     let version: String = makefile.lines().take(6).collect::<Vec<_>>().join("\n");
-    let id = format!("tree-{}", short_hash(&[tree.as_os_str().as_encoded_bytes(), version.as_bytes(), &newest.to_le_bytes()]));
+    let id =
+        format!("tree-{}", hash(&[tree.as_os_str().as_encoded_bytes(), version.as_bytes(), &newest.to_le_bytes()]));
     Ok((id, format!("tree {}", tree.display())))
 }
 
-/// The patch files of `kernels/patches/NAME/series`, in order, with a hash of their contents.
-pub fn series_patches(patches_dir: &Path, name: &str) -> Result<(Vec<PathBuf>, String)> {
-    let dir = patches_dir.join(name);
-    let list = dir.join("series");
-    let text = std::fs::read_to_string(&list).map_err(|e| {
-        let known: Vec<String> = std::fs::read_dir(patches_dir)
-            .map(|rd| rd.flatten().filter(|e| e.path().join("series").exists()).map(|e| e.file_name().to_string_lossy().into_owned()).collect())
-            .unwrap_or_default();
-        anyhow::anyhow!(
-            "no patch series {name:?}: {} ({e}); series available: {}",
-            list.display(),
-            if known.is_empty() { "none".to_string() } else { known.join(", ") }
-        )
-    })?;
-    let mut patches = Vec::new();
-    let mut hasher = Sha256::new();
-    for (i, line) in text.lines().enumerate() {
-        let line = line.trim();
-        if line.is_empty() || line.starts_with('#') {
-            continue;
-        }
-        let patch = dir.join(line);
-        let bytes = std::fs::read(&patch).with_context(|| format!("{}:{}: patch {line}", list.display(), i + 1))?;
-        hasher.update(line.as_bytes());
-        hasher.update(&bytes);
-        patches.push(patch);
-    }
-    if patches.is_empty() {
-        bail!("{} lists no patches", list.display());
-    }
-    Ok((patches, hex::encode(&hasher.finalize()[..8])))
+/// A patch series: `kernels/patches/NAME/series` lists `git format-patch` files, one per
+/// line, applied in order (blank lines and `#` comments are skipped).
+#[derive(Debug, Clone)]
+pub struct Series {
+    pub name: String,
+    pub patches: Vec<PathBuf>,
+    /// Covers the patch names and contents, in order.
+    pub hash: String,
 }
 
-/// A private copy of `base` with the series applied, cached per (source, series contents).
-pub fn patched(cache: &Path, base: &Source, name: &str, patches: &[PathBuf], series_hash: &str) -> Result<Source> {
+impl Series {
+    pub fn load(patches_dir: &Path, name: &str) -> Result<Series> {
+        let valid = !name.is_empty()
+            && !name.starts_with('.')
+            && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+        if !valid {
+            bail!(
+                "--series {name:?}: a series is a directory name in {} (letters, digits, - _ .)",
+                patches_dir.display()
+            );
+        }
+        let dir = patches_dir.join(name);
+        let list = dir.join("series");
+        let text = std::fs::read_to_string(&list).map_err(|e| {
+            let mut known: Vec<String> = std::fs::read_dir(patches_dir)
+                .map(|rd| {
+                    rd.flatten()
+                        .filter(|e| e.path().join("series").is_file())
+                        .map(|e| e.file_name().to_string_lossy().into_owned())
+                        .collect()
+                })
+                .unwrap_or_default();
+            known.sort();
+            anyhow::anyhow!(
+                "no patch series {name:?}: {} ({e}); series available: {}",
+                list.display(),
+                if known.is_empty() { "none".to_string() } else { known.join(", ") }
+            )
+        })?;
+        let mut patches = Vec::new();
+        let mut parts: Vec<Vec<u8>> = Vec::new();
+        for (i, line) in text.lines().enumerate() {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let patch = dir.join(line);
+            let bytes = std::fs::read(&patch).with_context(|| format!("{}:{}: patch {line}", list.display(), i + 1))?;
+            parts.push(line.as_bytes().to_vec());
+            parts.push(bytes);
+            patches.push(patch);
+        }
+        if patches.is_empty() {
+            bail!("{} lists no patches", list.display());
+        }
+        let hash = hash(&parts.iter().map(Vec::as_slice).collect::<Vec<_>>());
+        Ok(Series { name: name.to_string(), patches, hash })
+    }
+}
+
+/// A private copy of `base` with `series` applied, made once per (source, series contents)
+/// in `cache/src/`, atomically. The base tree is only read: vanilla and patched builds
+/// coexist, and a `--src` tree stays untouched.
+pub fn patched(cache: &Path, base: &Source, series: &Series) -> Result<Source> {
     let root = cache.join("src");
-    std::fs::create_dir_all(&root)?;
-    let key = format!("{}+{name}-{series_hash}", base.id);
+    std::fs::create_dir_all(&root).with_context(|| format!("creating {}", root.display()))?;
+    let key = format!("{}+{}-{}", base.id, series.name, series.hash);
     let dest = root.join(&key);
-    let _lock = lock_exclusive(&root.join(format!("{key}.lock")))?;
+    let _lock = lock_exclusive(&root.join(format!("{key}.lock")), &format!("another copy for series {}", series.name))?;
     if !dest.join("Makefile").exists() {
-        eprintln!("unplug-torture: applying series {name} ({} patches) to a copy of {}", patches.len(), base.label);
+        eprintln!(
+            "unplug-torture: applying series {} ({} patches) to a copy of {}",
+            series.name,
+            series.patches.len(),
+            base.label
+        );
         let tmp = tempfile::Builder::new().prefix(".patch-").tempdir_in(&root)?;
         let copy = tmp.path().join("tree");
-        // --reflink=auto makes the copy nearly free where the filesystem supports it.
-        let status = Command::new("cp").args(["-a", "--reflink=auto"]).arg(&base.tree).arg(&copy).status()?;
-        if !status.success() {
-            bail!("copying {} failed ({status})", base.tree.display());
+        copy_tree(&base.tree, &copy)?;
+        for patch in &series.patches {
+            apply_patch(&copy, patch).with_context(|| format!("series {} on {}", series.name, base.label))?;
         }
-        for patch in patches {
-            let out = Command::new("git")
-                .args(["apply", "--verbose", "--whitespace=nowarn"])
-                .arg(patch)
-                .current_dir(&copy)
-                .output()
-                .context("running git apply")?;
-            if !out.status.success() {
-                bail!(
-                    "patch {} does not apply to {}:\n{}",
-                    patch.display(),
-                    base.label,
-                    String::from_utf8_lossy(&out.stderr).trim()
-                );
+        if dest.exists() {
+            std::fs::remove_dir_all(&dest).with_context(|| format!("removing the partial {}", dest.display()))?;
+        }
+        std::fs::rename(&copy, &dest).with_context(|| format!("renaming the patched tree to {}", dest.display()))?;
+    }
+    Ok(Source { tree: dest, id: key, label: format!("{} + series {}", base.label, series.name) })
+}
+
+/// Copies a source tree without its `.git` (a maintainer's object store can be gigabytes and
+/// the build does not need it). `--reflink=auto` makes it nearly free where the filesystem
+/// shares extents.
+fn copy_tree(from: &Path, to: &Path) -> Result<()> {
+    std::fs::create_dir(to).with_context(|| format!("creating {}", to.display()))?;
+    let mut entries: Vec<PathBuf> = std::fs::read_dir(from)
+        .with_context(|| format!("reading {}", from.display()))?
+        .flatten()
+        .filter(|e| e.file_name() != ".git")
+        .map(|e| e.path())
+        .collect();
+    entries.sort();
+    let out = Command::new("cp")
+        .args(["-a", "--reflink=auto", "--"])
+        .args(&entries)
+        .arg(to)
+        .output()
+        .context("running cp")?;
+    if !out.status.success() {
+        bail!("copying {} to {} failed: {}", from.display(), to.display(), String::from_utf8_lossy(&out.stderr).trim());
+    }
+    Ok(())
+}
+
+/// `git apply` one patch in `tree`. On failure the error names the patch, quotes git's
+/// complaint and the hunk it could not place.
+fn apply_patch(tree: &Path, patch: &Path) -> Result<()> {
+    let out = Command::new("git")
+        .args(["apply", "--verbose", "--whitespace=nowarn"])
+        .arg(patch)
+        .current_dir(tree)
+        // The copy is not a repository; do not let git find one above it (a cache inside a
+        // checkout) and apply paths relative to that.
+        .env("GIT_CEILING_DIRECTORIES", tree.parent().unwrap_or(tree))
+        .output()
+        .context("running git apply")?;
+    if out.status.success() {
+        return Ok(());
+    }
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let text = std::fs::read_to_string(patch).unwrap_or_default();
+    let hunk = failed_hunk(&stderr, &text).map(|h| format!("\nthe hunk that failed:\n{h}")).unwrap_or_default();
+    bail!("patch {} does not apply:\n{}{hunk}", patch.display(), stderr.trim());
+}
+
+/// The hunk git apply names in "error: patch failed: FILE:LINE", from the patch text
+/// (at most 40 lines of it).
+fn failed_hunk(stderr: &str, patch: &str) -> Option<String> {
+    let spot = stderr.lines().find_map(|l| l.trim().strip_prefix("error: patch failed: "))?;
+    let (file, line) = spot.rsplit_once(':')?;
+    let line: usize = line.trim().parse().ok()?;
+    let mut in_file = false;
+    let mut hunk: Vec<&str> = Vec::new();
+    for l in patch.lines() {
+        if let Some(path) = l.strip_prefix("+++ ") {
+            in_file = path.trim().strip_prefix("b/").unwrap_or(path.trim()) == file;
+            if !hunk.is_empty() {
+                break;
+            }
+            continue;
+        }
+        if !hunk.is_empty() {
+            if l.starts_with("@@") || l.starts_with("diff ") || l == "-- " {
+                break;
+            }
+            hunk.push(l);
+            continue;
+        }
+        if in_file && l.starts_with("@@ -") {
+            let start = l[4..].split([',', ' ']).next()?.parse::<usize>().ok()?;
+            if start == line {
+                hunk.push(l);
             }
         }
-        std::fs::rename(&copy, &dest)?;
     }
-    Ok(Source { tree: dest, id: key, label: format!("{} + series {name}", base.label) })
+    if hunk.is_empty() {
+        return None;
+    }
+    hunk.truncate(40);
+    Some(hunk.join("\n"))
 }
 
 #[cfg(test)]
@@ -219,53 +321,109 @@ mod tests {
     }
 
     #[test]
-    fn git_identity_changes_with_local_edits() {
+    fn git_identity_changes_with_local_edits_and_new_files() {
         let dir = tempfile::tempdir().unwrap();
         fake_tree(dir.path());
-        let git = |args: &[&str]| {
-            let ok = Command::new("git").arg("-C").arg(dir.path()).args(args).output().unwrap().status.success();
-            assert!(ok, "git {args:?}");
-        };
-        git(&["init", "-q"]);
-        git(&["-c", "user.name=t", "-c", "user.email=t@t", "add", "."]);
-        git(&["-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "x"]);
+        git(dir.path(), &["init", "-q"]);
+        git(dir.path(), &["add", "."]);
+        git(dir.path(), &["commit", "-qm", "x"]);
         let clean = user_tree(dir.path()).unwrap();
-        assert!(!clean.label.contains("local changes"));
+        assert!(clean.id.starts_with("git-") && !clean.label.contains("local changes"), "{clean:?}");
         std::fs::write(dir.path().join("hello.c"), "int x = 2;\n").unwrap();
         let dirty = user_tree(dir.path()).unwrap();
         assert_ne!(clean.id, dirty.id);
         assert!(dirty.label.contains("local changes"));
+        std::fs::write(dir.path().join("new.c"), "").unwrap();
+        assert_ne!(user_tree(dir.path()).unwrap().id, dirty.id);
     }
 
+    #[test]
+    fn plain_identity_follows_the_newest_change() {
+        let dir = tempfile::tempdir().unwrap();
+        fake_tree(dir.path());
+        std::fs::create_dir(dir.path().join("drivers")).unwrap();
+        let before = user_tree(dir.path()).unwrap().id;
+        assert_eq!(before, user_tree(dir.path()).unwrap().id, "stable");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        std::fs::write(dir.path().join("drivers/new.c"), "").unwrap();
+        assert_ne!(before, user_tree(dir.path()).unwrap().id);
+    }
+
+    fn git(dir: &Path, args: &[&str]) -> String {
+        let out = Command::new("git")
+            .arg("-C")
+            .arg(dir)
+            .args(["-c", "user.name=t", "-c", "user.email=t@t", "-c", "init.defaultBranch=main"])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    /// A real `git format-patch` series made from a scratch repository, applied to a copy of
+    /// a (git) kernel tree; then a patch whose context does not match.
     #[test]
     fn series_applies_on_a_private_copy_and_reports_failures() {
         let cache = tempfile::tempdir().unwrap();
         let base_dir = tempfile::tempdir().unwrap();
         fake_tree(base_dir.path());
-        let base = Source { tree: base_dir.path().to_path_buf(), id: "base".into(), label: "base".into() };
+        git(base_dir.path(), &["init", "-q"]);
+        git(base_dir.path(), &["add", "."]);
+        git(base_dir.path(), &["commit", "-qm", "base"]);
+        let base = user_tree(base_dir.path()).unwrap();
+
         let patches = tempfile::tempdir().unwrap();
         let good = patches.path().join("good");
-        std::fs::create_dir(&good).unwrap();
-        std::fs::write(
-            good.join("0001-x.patch"),
-            "--- a/hello.c\n+++ b/hello.c\n@@ -1 +1 @@\n-int x = 1;\n+int x = 42;\n",
-        )
-        .unwrap();
-        std::fs::write(good.join("series"), "# our series\n0001-x.patch\n").unwrap();
-        let (list, hash) = series_patches(patches.path(), "good").unwrap();
-        let src = patched(cache.path(), &base, "good", &list, &hash).unwrap();
+        std::fs::write(base_dir.path().join("hello.c"), "int x = 42;\n").unwrap();
+        git(base_dir.path(), &["commit", "-qam", "hello: answer"]);
+        let made = git(base_dir.path(), &["format-patch", "-1", "-o", good.to_str().unwrap()]);
+        git(base_dir.path(), &["reset", "-q", "--hard", "HEAD~1"]);
+        let file = Path::new(made.trim()).file_name().unwrap().to_str().unwrap().to_string();
+        assert_eq!(file, "0001-hello-answer.patch");
+        std::fs::write(good.join("series"), format!("# our series\n\n{file}\n")).unwrap();
+
+        let series = Series::load(patches.path(), "good").unwrap();
+        let src = patched(cache.path(), &base, &series).unwrap();
         assert_eq!(std::fs::read_to_string(src.tree.join("hello.c")).unwrap(), "int x = 42;\n");
-        assert_eq!(std::fs::read_to_string(base.tree.join("hello.c")).unwrap(), "int x = 1;\n", "base untouched");
+        assert!(!src.tree.join(".git").exists(), "the copy leaves .git behind");
+        assert_eq!(std::fs::read_to_string(base_dir.path().join("hello.c")).unwrap(), "int x = 1;\n", "base untouched");
+        assert_eq!(git(base_dir.path(), &["status", "--porcelain"]), "", "base tree still clean");
+        assert_ne!(src.id, base.id);
+        assert_eq!(patched(cache.path(), &base, &series).unwrap().tree, src.tree, "made once");
 
         let bad = patches.path().join("bad");
         std::fs::create_dir(&bad).unwrap();
-        std::fs::write(bad.join("0001-y.patch"), "--- a/hello.c\n+++ b/hello.c\n@@ -1 +1 @@\n-int y = 7;\n+int y = 8;\n").unwrap();
+        std::fs::write(
+            bad.join("0001-y.patch"),
+            "--- a/hello.c\n+++ b/hello.c\n@@ -1 +1 @@\n-int y = 7;\n+int y = 8;\n",
+        )
+        .unwrap();
         std::fs::write(bad.join("series"), "0001-y.patch\n").unwrap();
-        let (list, hash) = series_patches(patches.path(), "bad").unwrap();
-        let err = patched(cache.path(), &base, "bad", &list, &hash).unwrap_err().to_string();
-        assert!(err.contains("0001-y.patch does not apply") && err.contains("hello.c"), "{err}");
+        let series = Series::load(patches.path(), "bad").unwrap();
+        let err = format!("{:#}", patched(cache.path(), &base, &series).unwrap_err());
+        assert!(err.contains("0001-y.patch does not apply"), "{err}");
+        assert!(err.contains("patch failed: hello.c:1"), "{err}");
+        assert!(err.contains("the hunk that failed:\n@@ -1 +1 @@\n-int y = 7;\n+int y = 8;"), "{err}");
 
-        let err = series_patches(patches.path(), "resmgr").unwrap_err().to_string();
-        assert!(err.contains("no patch series \"resmgr\"") && err.contains("bad, good") || err.contains("good, bad"), "{err}");
+        let err = Series::load(patches.path(), "resmgr").unwrap_err().to_string();
+        assert!(err.contains("no patch series \"resmgr\"") && err.contains("bad, good"), "{err}");
+        let err = Series::load(patches.path(), "../good").unwrap_err().to_string();
+        assert!(err.contains("a series is a directory name"), "{err}");
+        std::fs::write(bad.join("series"), "0002-missing.patch\n").unwrap();
+        let err = format!("{:#}", Series::load(patches.path(), "bad").unwrap_err());
+        assert!(err.contains("series:1: patch 0002-missing.patch"), "{err}");
+    }
+
+    #[test]
+    fn series_hash_follows_patch_contents() {
+        let patches = tempfile::tempdir().unwrap();
+        let dir = patches.path().join("s");
+        std::fs::create_dir(&dir).unwrap();
+        std::fs::write(dir.join("series"), "a.patch\n").unwrap();
+        std::fs::write(dir.join("a.patch"), "one").unwrap();
+        let one = Series::load(patches.path(), "s").unwrap().hash;
+        std::fs::write(dir.join("a.patch"), "two").unwrap();
+        assert_ne!(one, Series::load(patches.path(), "s").unwrap().hash);
     }
 }

@@ -1,0 +1,170 @@
+//! Running Kbuild: `make -C <source> O=<objects>` with the pinned toolchain, every line into
+//! the build log, a spinner with the elapsed time and the last object built, and on failure
+//! the tail of make's errors plus the log's path.
+
+use std::collections::VecDeque;
+use std::fs::File;
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+
+use super::config::{self, Fragment};
+use super::toolchain::Toolchain;
+
+/// How many lines of errors a failure shows (the log has them all).
+const TAIL_LINES: usize = 25;
+
+/// make for one source tree and object tree, appending to one build log.
+pub struct Make<'a> {
+    pub source: &'a Path,
+    pub objects: &'a Path,
+    pub toolchain: &'a Toolchain,
+    pub log: PathBuf,
+}
+
+impl Make<'_> {
+    /// Runs make with `targets`; `what` names the step on the spinner and in errors.
+    pub fn run(&self, targets: &[&str], what: &str) -> Result<()> {
+        let mut log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .with_context(|| format!("opening build log {}", self.log.display()))?;
+        log.write_all(format!("\n# {what}: make {}\n", targets.join(" ")).as_bytes())?;
+        let mut child = Command::new("make")
+            .arg("-C")
+            .arg(self.source)
+            .arg(format!("O={}", self.objects.display()))
+            .args(self.toolchain.make_vars())
+            .args(targets)
+            .envs(self.toolchain.make_env())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("running make")?;
+
+        let progress = indicatif::ProgressBar::new_spinner().with_style(
+            indicatif::ProgressStyle::with_template("{spinner} [{elapsed_precise}] kernel: {prefix} {wide_msg:.dim}")
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
+        );
+        progress.set_prefix(what.to_string());
+        progress.enable_steady_tick(Duration::from_millis(200));
+
+        // stderr on its own thread so neither pipe can fill up and stall make. Each line is
+        // one write to the O_APPEND log, so lines from the two streams never tear.
+        let stderr = child.stderr.take().context("make stderr")?;
+        let mut err_log = log.try_clone()?;
+        let errors = std::thread::spawn(move || {
+            let mut tail = VecDeque::with_capacity(TAIL_LINES);
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let _ = err_log.write_all(format!("{line}\n").as_bytes());
+                if tail.len() == TAIL_LINES {
+                    tail.pop_front();
+                }
+                tail.push_back(line);
+            }
+            tail
+        });
+        let mut built = 0usize;
+        for line in BufReader::new(child.stdout.take().context("make stdout")?).lines().map_while(Result::ok) {
+            log.write_all(format!("{line}\n").as_bytes())?;
+            // Kbuild's quiet lines: "  CC      kernel/fork.o", "  RUSTC L rust/kernel.o", ...
+            let step = line.trim_start();
+            if ["CC ", "RUSTC ", "AS ", "LD ", "AR "].iter().any(|p| step.starts_with(p)) {
+                built += 1;
+                progress
+                    .set_message(format!("{built} steps, {}", step.split_whitespace().collect::<Vec<_>>().join(" ")));
+            }
+        }
+        let status = child.wait().context("waiting for make")?;
+        let tail = errors.join().unwrap_or_default();
+        progress.finish_and_clear();
+        if !status.success() {
+            let tail = if tail.is_empty() { log_tail(&self.log) } else { tail.into_iter().collect() };
+            bail!(
+                "kernel {what} failed (make {}: {status}); last lines:\n  {}\nfull log: {}",
+                targets.join(" "),
+                tail.join("\n  "),
+                self.log.display()
+            );
+        }
+        Ok(())
+    }
+}
+
+fn log_tail(log: &Path) -> Vec<String> {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let lines: Vec<String> = text.lines().map(String::from).collect();
+    lines[lines.len().saturating_sub(TAIL_LINES)..].to_vec()
+}
+
+/// `make rustavailable`: Kbuild's own check of rustc, bindgen, libclang and the `core`
+/// sources. Without it a missing piece shows up as `CONFIG_RUST` silently dropping out.
+pub fn check_rust(make: &Make) -> Result<()> {
+    make.run(&["rustavailable"], "Rust toolchain check (make rustavailable)").context(
+        "the kernel cannot build Rust with this toolchain; the lines above say what is missing \
+         (rustc-web, rust-web-src, libclang-dev or bindgen)",
+    )
+}
+
+/// tinyconfig + `fragment` + olddefconfig, then checks that every requested option survived.
+/// Returns the final `.config`.
+pub fn configure(make: &Make, fragment: &Fragment) -> Result<String> {
+    make.run(&["tinyconfig"], "tinyconfig")?;
+    let dot_config = make.objects.join(".config");
+    config::apply(&dot_config, fragment)?;
+    make.run(&["olddefconfig"], "olddefconfig")?;
+    let text = std::fs::read_to_string(&dot_config).with_context(|| format!("reading {}", dot_config.display()))?;
+    let lost = fragment.missing_in(&text);
+    if !lost.is_empty() {
+        bail!(
+            "{} requested option(s) did not survive olddefconfig (unmet dependencies or a choice \
+             resolved otherwise):\n  {}\nresulting config: {}",
+            lost.len(),
+            lost.join("\n  "),
+            dot_config.display()
+        );
+    }
+    Ok(text)
+}
+
+/// bzImage, vmlinux and modules; modules installed into `modules_dir` when there are any.
+/// Returns whether there were.
+pub fn compile(make: &Make, jobs: usize, modules_dir: &Path) -> Result<bool> {
+    let jobs = format!("-j{jobs}");
+    make.run(&[&jobs, "bzImage", "modules"], "build")?;
+    if modules_dir.exists() {
+        std::fs::remove_dir_all(modules_dir).with_context(|| format!("removing {}", modules_dir.display()))?;
+    }
+    let order = make.objects.join("modules.order");
+    let has_modules = std::fs::read_to_string(&order).is_ok_and(|t| !t.trim().is_empty());
+    if has_modules {
+        let path = format!("INSTALL_MOD_PATH={}", modules_dir.display());
+        // Stripped: the image carries these; symbolization reads the unstripped .ko files in
+        // the object tree.
+        make.run(&["modules_install", &path, "INSTALL_MOD_STRIP=1"], "modules_install")?;
+    }
+    Ok(has_modules)
+}
+
+/// `make kernelrelease`'s answer, as Kbuild wrote it during the build.
+pub fn release(objects: &Path) -> Result<String> {
+    let path = objects.join("include/config/kernel.release");
+    let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    let release = text.trim();
+    if release.is_empty() {
+        bail!("{} is empty", path.display());
+    }
+    Ok(release.to_string())
+}
+
+/// The log file for a build, started fresh with a header saying what is being built.
+pub fn start_log(path: &Path, header: &str) -> Result<()> {
+    let mut f = File::create(path).with_context(|| format!("creating build log {}", path.display()))?;
+    f.write_all(header.as_bytes())?;
+    Ok(())
+}
