@@ -79,6 +79,8 @@ struct Active {
     skip_rest: bool,
     panicked: bool,
     truncated: bool,
+    /// Ended because its caller started another report.
+    cut_by_next: bool,
     is_kasan: bool,
 }
 
@@ -226,6 +228,7 @@ impl Parser {
                     self.append(i, l.text, false);
                 }
                 Some(i) => {
+                    self.active[i].cut_by_next = true;
                     self.finish_active(i);
                     self.start(oops, l.caller, l.timestamp, l.text);
                 }
@@ -284,6 +287,7 @@ impl Parser {
             skip_rest: false,
             panicked: false,
             truncated: false,
+            cut_by_next: false,
             is_kasan,
         });
     }
@@ -367,6 +371,10 @@ fn build_report(a: Active) -> Report {
     let desc = title::describe(&body, oops);
     let corrupted = if a.truncated {
         Some(format!("report truncated at {} lines", a.lines.len()))
+    } else if a.cut_by_next && !a.caller.is_precise() {
+        // Without PRINTK_CALLER a second report in the middle usually means two CPUs
+        // printed at once; say so, it tells the reader what to enable.
+        desc.corrupted.map(|r| format!("{r} (cut short by another report; PRINTK_CALLER would separate them)"))
     } else {
         desc.corrupted
     };
