@@ -168,3 +168,50 @@ pub fn start_log(path: &Path, header: &str) -> Result<()> {
     f.write_all(header.as_bytes())?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A stand-in kernel Makefile: Kbuild's quiet lines on stdout, errors on stderr.
+    fn fake_make(dir: &Path) -> (PathBuf, PathBuf, Toolchain) {
+        let source = dir.join("src");
+        std::fs::create_dir(&source).unwrap();
+        std::fs::write(
+            source.join("Makefile"),
+            "ok:\n\t@echo '  CC      kernel/fork.o'\n\
+             rustavailable:\n\t@echo '***' >&2; echo \"*** Rust compiler '$(RUSTC)' could not be found.\" >&2; exit 1\n",
+        )
+        .unwrap();
+        let objects = dir.join("obj");
+        std::fs::create_dir(&objects).unwrap();
+        (source, objects, Toolchain { bindgen: "/nonexistent/bindgen".into(), versions: String::new() })
+    }
+
+    #[test]
+    fn make_output_goes_to_the_log_and_failures_quote_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let (source, objects, toolchain) = fake_make(dir.path());
+        let log = dir.path().join("build.log");
+        start_log(&log, "# header\n").unwrap();
+        let make = Make { source: &source, objects: &objects, toolchain: &toolchain, log: log.clone() };
+        make.run(&["ok"], "ok step").unwrap();
+        let err = format!("{:#}", check_rust(&make).unwrap_err());
+        assert!(err.contains("cannot build Rust with this toolchain"), "{err}");
+        assert!(err.contains("*** Rust compiler '/usr/bin/rustc' could not be found."), "{err}");
+        assert!(err.contains(&format!("full log: {}", log.display())), "{err}");
+        let text = std::fs::read_to_string(&log).unwrap();
+        assert!(text.starts_with("# header\n"), "{text}");
+        assert!(text.contains("# ok step: make ok\n") && text.contains("  CC      kernel/fork.o\n"), "{text}");
+        assert!(text.contains("could not be found"), "stderr is logged too: {text}");
+    }
+
+    #[test]
+    fn release_comes_from_kbuild() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(release(dir.path()).is_err());
+        std::fs::create_dir_all(dir.path().join("include/config")).unwrap();
+        std::fs::write(dir.path().join("include/config/kernel.release"), "6.12.117\n").unwrap();
+        assert_eq!(release(dir.path()).unwrap(), "6.12.117");
+    }
+}
