@@ -50,13 +50,13 @@ pub struct Line {
     pub text: String,
 }
 
-/// The printk prefix, optionally preceded by the markers that syzkaller also tolerates: a
-/// "messages dropped" note, a login prompt the console merged in, and the `<level>` field.
+/// The printk prefix, optionally preceded by a "messages dropped" note and the `<level>`
+/// field. (A login prompt merged into the line is handled in [`parse`], off the hot path.)
 fn prefix_re() -> &'static Regex {
     static RE: OnceLock<Regex> = OnceLock::new();
     RE.get_or_init(|| {
         Regex::new(
-            r"^(?:\*\* \d+ printk messages dropped \*\* )?(?:.{0,200}? login: )?(?:<\d{1,2}>)?\[ *(\d{1,10}\.\d{1,9})\](?:\[ *([CT])(\d{1,10})\])? ?",
+            r"^(?:\*\* \d+ printk messages dropped \*\* )?(?:<\d{1,2}>)?\[ *(\d{1,10}\.\d{1,9})\](?:\[ *([CT])(\d{1,10})\])? ?",
         )
         .expect("static regex")
     })
@@ -132,7 +132,16 @@ fn strip_host_time(raw: &[u8]) -> &[u8] {
 /// Cleans a raw console line and parses its printk prefix.
 pub fn parse(raw: &[u8]) -> Line {
     let cleaned = clean(strip_host_time(raw));
-    let Some(caps) = prefix_re().captures(&cleaned) else {
+    let mut start = 0;
+    let mut caps = prefix_re().captures(&cleaned);
+    if caps.is_none() {
+        // A getty prompt the kernel line was printed into: "syzkaller login: [ 1.2] ...".
+        if let Some(pos) = cleaned.find(" login: ") {
+            start = pos + " login: ".len();
+            caps = prefix_re().captures(&cleaned[start..]);
+        }
+    }
+    let Some(caps) = caps else {
         return Line { timestamp: None, caller: Caller::Unknown, text: cleaned };
     };
     let timestamp = caps.get(1).and_then(|m| m.as_str().parse::<f64>().ok());
@@ -141,7 +150,7 @@ pub fn parse(raw: &[u8]) -> Line {
         (Some("C"), Some(n)) => Caller::Cpu(n),
         _ => Caller::Console,
     };
-    let end = caps.get(0).map_or(0, |m| m.end());
+    let end = start + caps.get(0).map_or(0, |m| m.end());
     Line { timestamp, caller, text: cleaned[end..].to_string() }
 }
 
@@ -162,6 +171,8 @@ mod tests {
         assert_eq!(l.caller, Caller::Console);
         let l = parse(b"    2.041234|[    1.873401][    T1] Run /init as init process");
         assert_eq!((l.caller, l.text.as_str()), (Caller::Task(1), "Run /init as init process"));
+        let l = parse(b"syzkaller login: [   10.1][  T9] BUG: x");
+        assert_eq!((l.caller, l.text.as_str()), (Caller::Task(9), "BUG: x"));
         let l = parse(b" dump_stack+0x1/0x2");
         assert_eq!(l.caller, Caller::Unknown);
         assert_eq!(l.text, " dump_stack+0x1/0x2");

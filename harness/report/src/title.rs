@@ -16,6 +16,8 @@ const MAX_TITLE_LEN: usize = 120;
 
 pub(crate) struct Tables {
     pub oopses: Vec<Oops>,
+    /// All headers as one literal set: one pass over a line instead of one per header.
+    headers: RegexSet,
     pub stack_start: RegexSet,
     frame: Vec<Regex>,
     corrupted_frame: Regex,
@@ -101,6 +103,7 @@ pub(crate) fn tables() -> &'static Tables {
             })
             .collect();
         Tables {
+            headers: RegexSet::new(formats::OOPSES.iter().map(|o| regex::escape(o.header))).expect("static headers"),
             oopses,
             stack_start: RegexSet::new(formats::STACK_START).expect("static stack starts"),
             frame: formats::FRAME.iter().map(|f| compile(f)).collect(),
@@ -115,9 +118,10 @@ pub(crate) fn tables() -> &'static Tables {
 impl Tables {
     /// Index into [`Tables::oopses`] of the report kind this line starts, if any.
     pub fn match_oops(&self, line: &str) -> Option<usize> {
-        self.oopses.iter().position(|o| {
-            line.contains(o.spec.header) && !o.suppressions.as_ref().is_some_and(|s| s.is_match(line))
-        })
+        self.headers
+            .matches(line)
+            .into_iter()
+            .find(|&i| !self.oopses[i].suppressions.as_ref().is_some_and(|s| s.is_match(line)))
     }
 
     /// ` ? func+0x…`: an unreliable frame the unwinder found on the stack by scanning.
