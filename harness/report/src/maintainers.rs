@@ -130,7 +130,7 @@ impl Maintainers {
                 depth.max(named).map(|d| (d, s))
             })
             .collect();
-        hits.sort_by(|a, b| b.0.cmp(&a.0));
+        hits.sort_by_key(|h| std::cmp::Reverse(h.0));
         hits.into_iter().map(|(_, s)| s).collect()
     }
 }
