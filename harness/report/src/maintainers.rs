@@ -11,10 +11,10 @@ use std::path::Path;
 use regex::Regex;
 
 #[derive(Debug, thiserror::Error)]
-#[error("{path}: {source}")]
+#[error("{path}: {error}")]
 pub struct MaintainersError {
     path: std::path::PathBuf,
-    source: std::io::Error,
+    error: std::io::Error,
 }
 
 /// One MAINTAINERS section.
@@ -77,7 +77,7 @@ impl Maintainers {
     /// Reads `<kernel_src>/MAINTAINERS`.
     pub fn load(kernel_src: &Path) -> Result<Maintainers, MaintainersError> {
         let path = kernel_src.join("MAINTAINERS");
-        let text = std::fs::read(&path).map_err(|source| MaintainersError { path, source })?;
+        let text = std::fs::read(&path).map_err(|error| MaintainersError { path, error })?;
         Ok(Maintainers::parse(&String::from_utf8_lossy(&text)))
     }
 

@@ -21,10 +21,12 @@ use regex::Regex;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SymbolizeError {
-    #[error("{path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
-    #[error("{path}: not an object file: {source}")]
-    Object { path: PathBuf, source: object::Error },
+    // Not `#[source]`: the message already carries the cause, and error chains would
+    // print it twice.
+    #[error("{path}: {error}")]
+    Read { path: PathBuf, error: std::io::Error },
+    #[error("{path}: not an object file: {error}")]
+    Object { path: PathBuf, error: object::Error },
     #[error("{path}: cannot load debug info: {message}")]
     Dwarf { path: PathBuf, message: String },
 }
@@ -86,8 +88,8 @@ struct Binary {
 
 impl Binary {
     fn open(path: &Path) -> Result<Binary, SymbolizeError> {
-        let data = std::fs::read(path).map_err(|source| SymbolizeError::Read { path: path.into(), source })?;
-        let file = object::File::parse(&*data).map_err(|source| SymbolizeError::Object { path: path.into(), source })?;
+        let data = std::fs::read(path).map_err(|error| SymbolizeError::Read { path: path.into(), error })?;
+        let file = object::File::parse(&*data).map_err(|error| SymbolizeError::Object { path: path.into(), error })?;
         let mut symbols: HashMap<String, Vec<(u64, u64)>> = HashMap::new();
         for sym in file.symbols().chain(file.dynamic_symbols()) {
             if sym.kind() != SymbolKind::Text {
@@ -235,7 +237,7 @@ const GUILTY_IGNORES: &[&str] = &[
     r"^arch/.*/kernel/stacktrace\.c", r"^kernel/locking/.*", r"^kernel/panic\.c",
     r"^kernel/printk/printk.*\.c", r"^kernel/softirq\.c", r"^kernel/kthread\.c",
     r"^kernel/sched/.*\.c", r"^kernel/stacktrace\.c", r"^kernel/time/timer\.c",
-    r"^kernel/workqueue\.c", r"^fs/proc/generic\.c", r"^drivers/usb/core/urb\.c",
+    r"^kernel/workqueue\.c", r"^fs/proc/generic\.c", r"^fs/seq_file\.c", r"^drivers/usb/core/urb\.c",
     r"^drivers/base/dd\.c", r"^drivers/base/core\.c", r"^drivers/base/devres\.c",
 ];
 
