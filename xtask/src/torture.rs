@@ -138,13 +138,26 @@ fn reproducer(args: &Args, scenario: &Scenario, series: &Option<&str>, seed: u64
     cmd
 }
 
+/// Findings in first-seen order with repeats counted (a KASAN report often repeats per byte).
+fn group(findings: &[String]) -> Vec<(&str, usize)> {
+    let mut out: Vec<(&str, usize)> = Vec::new();
+    for f in findings {
+        match out.iter_mut().find(|(seen, _)| seen == f) {
+            Some((_, n)) => *n += 1,
+            None => out.push((f, 1)),
+        }
+    }
+    out
+}
+
 fn print_summary(verdicts: &[RunVerdict]) {
     println!();
     for v in verdicts {
-        let state = if v.findings.is_empty() { "clean".to_string() } else { format!("{} finding(s)", v.findings.len()) };
+        let state = if v.findings.is_empty() { "clean".to_string() } else { format!("{} finding(s)", group(&v.findings).len()) };
         println!("{:<40} {:<16} {}", v.scenario, state, v.dir.display());
-        for f in &v.findings {
-            println!("    {f}");
+        for (finding, count) in group(&v.findings) {
+            let times = if count > 1 { format!(" (x{count})") } else { String::new() };
+            println!("    {finding}{times}");
         }
     }
 }
