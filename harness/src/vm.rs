@@ -67,7 +67,8 @@ pub struct VmConfig {
     pub initrds: Vec<PathBuf>,
     pub accel: Accel,
     pub memory_mib: u32,
-    pub cpus: u32,
+    /// vCPUs; `None` picks per accelerator (see [`default_cpus`]).
+    pub cpus: Option<u32>,
     /// Extra kernel command-line words.
     pub cmdline: Vec<String>,
     /// Add a virtio console for an interactive shell (`shell.sock` in the VM directory).
@@ -85,7 +86,7 @@ impl VmConfig {
             initrds,
             accel: Accel::Auto,
             memory_mib: 1024,
-            cpus: 2,
+            cpus: None,
             cmdline: Vec::new(),
             shell: false,
             log_dir: None,
@@ -241,6 +242,17 @@ impl Vm {
     }
 }
 
+/// One vCPU under TCG, two under KVM. With two TCG vCPUs on a loaded two-core host we saw
+/// the second vCPU miss its local-APIC timer while idle, stalling boot for good ("rcu_sched
+/// kthread timer wakeup didn't happen ... Possible timer handling issue on cpu=1"); one vCPU
+/// has no cross-CPU timer to lose and leaves the host's other core to the emulators.
+pub fn default_cpus(accel: Accel) -> u32 {
+    match accel {
+        Accel::Kvm => 2,
+        Accel::Tcg | Accel::Auto => 1,
+    }
+}
+
 fn qemu_failure_hint(log_dir: &Path) -> String {
     let stderr = std::fs::read_to_string(log_dir.join("qemu.log")).unwrap_or_default();
     let tail: Vec<&str> = stderr.lines().rev().take(5).collect::<Vec<_>>().into_iter().rev().collect();
@@ -263,7 +275,7 @@ fn qemu_command(config: &VmConfig, accel: Accel, dir: &Path, initrd: &Path) -> C
     // Guest RAM is a shared memfd so vhost-user backends can map it.
     cmd.args(["-machine", "q35,memory-backend=mem", "-object"])
         .arg(format!("memory-backend-memfd,id=mem,size={mem}M,share=on"))
-        .args(["-m", &format!("{mem}M"), "-smp", &config.cpus.to_string()])
+        .args(["-m", &format!("{mem}M"), "-smp", &config.cpus.unwrap_or_else(|| default_cpus(accel)).to_string()])
         .args(["-accel", &accel.to_string()])
         .args(["-bios", "/usr/share/qemu/qboot.rom"])
         .args(["-nodefaults", "-no-reboot", "-display", "none", "-vga", "none"])

@@ -21,6 +21,9 @@ pub struct Args {
     /// Accelerator: kvm, tcg, or auto (probe KVM with a real boot, fall back to TCG).
     #[arg(long, default_value = "auto")]
     accel: Accel,
+    /// vCPUs (default: 1 under TCG, 2 under KVM).
+    #[arg(long)]
+    cpus: Option<u32>,
     /// Seconds CMD may run before it is killed.
     #[arg(long, default_value_t = 600)]
     timeout: u64,
@@ -40,6 +43,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
 async fn boot(args: Args, kernel: artifacts::Kernel, initrd: PathBuf) -> Result<ExitCode> {
     let mut config = VmConfig::new(kernel.bzimage.clone(), vec![initrd]);
     config.accel = args.accel;
+    config.cpus = args.cpus;
     config.shell = args.cmd.is_empty();
     config.cmdline = args.append.clone();
     // Keep the logs after the VM (and its private directory) is gone.
