@@ -196,9 +196,10 @@ pub fn patched(cache: &Path, base: &Source, series: &Series) -> Result<Source> {
     let _lock = lock_exclusive(&root.join(format!("{key}.lock")), &format!("another copy for series {}", series.name))?;
     if !dest.join("Makefile").exists() {
         eprintln!(
-            "unplug-torture: applying series {} ({} patches) to a copy of {}",
+            "unplug-torture: applying series {} ({} patch{}) to a copy of {}",
             series.name,
             series.patches.len(),
+            if series.patches.len() == 1 { "" } else { "es" },
             base.label
         );
         let tmp = tempfile::Builder::new().prefix(".patch-").tempdir_in(&root)?;
