@@ -383,7 +383,8 @@ pub async fn probe_accel(bzimage: &Path) -> Result<Accel> {
     if let Some(parent) = cache.parent() {
         std::fs::create_dir_all(parent)?;
     }
-    std::fs::write(&cache, serde_json::to_string_pretty(&verdict)?)?;
+    // Parallel tests may probe at once on a fresh host: never leave a half-written verdict.
+    crate::results::write_atomic(&cache, serde_json::to_string_pretty(&verdict)?.as_bytes())?;
     Ok(accel)
 }
 
