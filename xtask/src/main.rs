@@ -71,7 +71,8 @@ fn main() -> std::process::ExitCode {
         Ok(code) => code,
         Err(err) => {
             eprintln!("error: {err:#}");
-            std::process::ExitCode::FAILURE
+            // 1 means "findings" for torture and replay; a harness failure is distinct.
+            std::process::ExitCode::from(2)
         }
     }
 }
