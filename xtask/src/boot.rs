@@ -36,6 +36,11 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> Result<ExitCode> {
+    // Refuse a typo before building or booting anything.
+    let known = harness::testbed::known_devices();
+    if let Some(bad) = args.with.iter().find(|d| !known.contains(&d.as_str())) {
+        anyhow::bail!("unknown device {bad:?} for --with; known devices: {}", known.join(", "));
+    }
     let (kernel, image) = artifacts::kernel_and_image(&args.kernel)?;
     crate::runtime()?.block_on(boot(args, kernel, image))
 }
