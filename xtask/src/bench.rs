@@ -51,6 +51,17 @@ pub fn run(args: Args) -> Result<ExitCode> {
         note: format!("no-op rebuild of {}", kernel.label),
     });
 
+    if let Some(built) = &kernel.built {
+        figures.push(Figure {
+            name: "kernel build, cold",
+            value: built.build_seconds,
+            unit: "s",
+            note: format!("make time recorded when {} was built (KASAN, lockdep, Rust, DWARF5)", built.key),
+        });
+        figures.push(symbolization(&built.vmlinux)?);
+    }
+    figures.push(parser_throughput()?);
+
     let rt = crate::runtime()?;
     let mut boots = Vec::new();
     let mut usb_ready = Vec::new();
@@ -115,6 +126,47 @@ pub fn run(args: Args) -> Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Parser speed, measured by the report crate's own example built with optimisations (this
+/// xtask binary is a debug build and would understate it).
+fn parser_throughput() -> Result<Figure> {
+    let sh = xshell::Shell::new()?;
+    sh.change_dir(harness::paths::repo_root());
+    let out = xshell::cmd!(sh, "cargo run --quiet --release -p report --example throughput -- --mib 64").read()?;
+    // "64.0 MiB in 0.52s: 123.4 MiB/s, N reports"
+    let rate = out
+        .split(": ")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|n| n.parse::<f64>().ok())
+        .ok_or_else(|| anyhow::anyhow!("unexpected throughput output: {out}"))?;
+    Ok(Figure { name: "console parser throughput", value: rate, unit: "MiB/s", note: out.trim().to_string() })
+}
+
+/// Loading vmlinux's DWARF once, then symbolizing one real KASAN report from the corpus.
+fn symbolization(vmlinux: &std::path::Path) -> Result<Figure> {
+    let log = harness::paths::repo_root().join("harness/tests/data/reports/project-gpio-virtuser-proc-interrupts-uaf.log");
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    let reports = report::parse(text.as_bytes());
+    let Some(first) = reports.first() else {
+        anyhow::bail!("{} holds no report to symbolize", log.display());
+    };
+    let start = Instant::now();
+    let symbolizer = report::symbolize::Symbolizer::new(vmlinux)?;
+    let load = start.elapsed();
+    let start = Instant::now();
+    let rounds = 5;
+    for _ in 0..rounds {
+        std::hint::black_box(symbolizer.symbolize_text(&first.text));
+    }
+    let per_report = start.elapsed().as_secs_f64() * 1e3 / rounds as f64;
+    Ok(Figure {
+        name: "symbolization per report",
+        value: per_report,
+        unit: "ms",
+        note: format!("after loading vmlinux once in {:.2} s", load.as_secs_f64()),
+    })
 }
 
 fn mean(v: &[f64]) -> f64 {
