@@ -25,9 +25,13 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let start = Instant::now();
     let k = kernel::build(&KernelRequest { src: args.src, series: args.series, force: args.force })?;
     let how = if k.cached {
-        format!("cached, checked in {:.2} s; built in {:.0} s", start.elapsed().as_secs_f64(), k.build_seconds)
+        format!(
+            "from the cache in {:.2} s; make took {:.0} s when it was built",
+            start.elapsed().as_secs_f64(),
+            k.build_seconds
+        )
     } else {
-        format!("built in {:.0} s", k.build_seconds)
+        format!("built: make took {:.0} s", k.build_seconds)
     };
     eprintln!("kernel {} ({how})", k.describe());
     println!("bzImage  {}", k.bzimage.display());
