@@ -90,12 +90,14 @@ pub fn build(req: &KernelRequest) -> Result<Kernel> {
             source::debian(&cache_dir)?
         }
     };
-    let source = match &req.series {
-        Some(name) => source::patched(&cache_dir, &base, &source::Series::load(&kernels_dir.join("patches"), name)?)?,
-        None => base,
+    let series =
+        req.series.as_deref().map(|name| source::Series::load(&kernels_dir.join("patches"), name)).transpose()?;
+    let source_id = match &series {
+        Some(series) => source::patched_id(&base, series),
+        None => base.id.clone(),
     };
     let fragment = Fragment::load(&config::fragment_files(&kernels_dir.join("configs"))?)?;
-    let key = cache::key(&source.id, &fragment.to_kconfig(), &toolchain.versions);
+    let key = cache::key(&source_id, &fragment.to_kconfig(), &toolchain.versions);
 
     let cache = cache::Cache::open(&cache_dir)?;
     if !req.force {
@@ -110,7 +112,17 @@ pub fn build(req: &KernelRequest) -> Result<Kernel> {
             return Ok(kernel);
         }
     }
-    let (objects, _objects_lock) = cache.object_dir(&source.tree)?;
+    // The object tree's lock first: a patched copy is remade in place only while no make
+    // runs in it.
+    let tree = match &series {
+        Some(series) => source::patched_path(&cache_dir, &base, &series.name),
+        None => base.tree.clone(),
+    };
+    let (objects, _objects_lock) = cache.object_dir(&tree)?;
+    let source = match &series {
+        Some(series) => source::patched(&cache_dir, &base, series)?,
+        None => base,
+    };
     let dir = cache.build_dir(&key);
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let meta = dir.join("meta.json");

@@ -1,6 +1,7 @@
 //! Kernel source trees: Debian's `linux-source-6.12` tarball unpacked once into the cache, a
 //! user's tree (`--src`, never written to), and private patched copies for a series.
 
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -133,6 +134,8 @@ pub struct Series {
     pub patches: Vec<PathBuf>,
     /// Covers the patch names and contents, in order.
     pub hash: String,
+    /// Files the patches change (from their `--- a/` and `+++ b/` lines).
+    pub touched: BTreeSet<String>,
 }
 
 impl Series {
@@ -166,6 +169,7 @@ impl Series {
         })?;
         let mut patches = Vec::new();
         let mut parts: Vec<Vec<u8>> = Vec::new();
+        let mut touched = BTreeSet::new();
         for (i, line) in text.lines().enumerate() {
             let line = line.trim();
             if line.is_empty() || line.starts_with('#') {
@@ -173,6 +177,11 @@ impl Series {
             }
             let patch = dir.join(line);
             let bytes = std::fs::read(&patch).with_context(|| format!("{}:{}: patch {line}", list.display(), i + 1))?;
+            for l in String::from_utf8_lossy(&bytes).lines() {
+                if let Some(path) = l.strip_prefix("--- a/").or_else(|| l.strip_prefix("+++ b/")) {
+                    touched.insert(path.trim_end().to_string());
+                }
+            }
             parts.push(line.as_bytes().to_vec());
             parts.push(bytes);
             patches.push(patch);
@@ -181,39 +190,88 @@ impl Series {
             bail!("{} lists no patches", list.display());
         }
         let hash = hash(&parts.iter().map(Vec::as_slice).collect::<Vec<_>>());
-        Ok(Series { name: name.to_string(), patches, hash })
+        Ok(Series { name: name.to_string(), patches, hash, touched })
     }
 }
 
-/// A private copy of `base` with `series` applied, made once per (source, series contents)
-/// in `cache/src/`, atomically. The base tree is only read: vanilla and patched builds
-/// coexist, and a `--src` tree stays untouched.
+/// The identity of `base` with `series` applied.
+pub fn patched_id(base: &Source, series: &Series) -> String {
+    format!("{}+{}-{}", base.id, series.name, series.hash)
+}
+
+/// Where the patched copy of `base` for the series called `name` lives. The path is the same
+/// for every version of the series, so its object tree (keyed by path) stays warm and an
+/// edited patch is an incremental build, not a cold one and another 2.5 GB of cache.
+pub fn patched_path(cache: &Path, base: &Source, name: &str) -> PathBuf {
+    cache.join("src").join(format!("{}+{name}", base.id))
+}
+
+/// A private copy of `base` with `series` applied at [`patched_path`], remade (atomically)
+/// when the series changes. The base tree is only read: vanilla and patched builds coexist,
+/// and a `--src` tree stays untouched. The caller holds the object-tree lock for this path,
+/// so no make runs in the tree while it is swapped.
 pub fn patched(cache: &Path, base: &Source, series: &Series) -> Result<Source> {
+    let dest = patched_path(cache, base, &series.name);
     let root = cache.join("src");
     std::fs::create_dir_all(&root).with_context(|| format!("creating {}", root.display()))?;
-    let key = format!("{}+{}-{}", base.id, series.name, series.hash);
-    let dest = root.join(&key);
-    let _lock = lock_exclusive(&root.join(format!("{key}.lock")), &format!("another copy for series {}", series.name))?;
-    if !dest.join("Makefile").exists() {
-        eprintln!(
-            "unplug-torture: applying series {} ({} patch{}) to a copy of {}",
-            series.name,
-            series.patches.len(),
-            if series.patches.len() == 1 { "" } else { "es" },
-            base.label
-        );
-        let tmp = tempfile::Builder::new().prefix(".patch-").tempdir_in(&root)?;
-        let copy = tmp.path().join("tree");
-        copy_tree(&base.tree, &copy)?;
-        for patch in &series.patches {
-            apply_patch(&copy, patch).with_context(|| format!("series {} on {}", series.name, base.label))?;
-        }
-        if dest.exists() {
-            std::fs::remove_dir_all(&dest).with_context(|| format!("removing the partial {}", dest.display()))?;
-        }
-        std::fs::rename(&copy, &dest).with_context(|| format!("renaming the patched tree to {}", dest.display()))?;
+    let name = format!("{}+{}", base.id, series.name);
+    // "<hash>\n<path>\n...": the version applied and the files it changed.
+    let stamp = root.join(format!("{name}.applied"));
+    let _lock =
+        lock_exclusive(&root.join(format!("{name}.lock")), &format!("another copy for series {}", series.name))?;
+    let applied = std::fs::read_to_string(&stamp).unwrap_or_default();
+    let mut lines = applied.lines();
+    let applied_hash = lines.next().unwrap_or_default();
+    let source = Source {
+        tree: dest.clone(),
+        id: patched_id(base, series),
+        label: format!("{} + series {}", base.label, series.name),
+    };
+    if applied_hash == series.hash && dest.join("Makefile").exists() {
+        return Ok(source);
     }
-    Ok(Source { tree: dest, id: key, label: format!("{} + series {}", base.label, series.name) })
+    eprintln!(
+        "unplug-torture: applying series {} ({} patch{}) to a copy of {}",
+        series.name,
+        series.patches.len(),
+        if series.patches.len() == 1 { "" } else { "es" },
+        base.label
+    );
+    let tmp = tempfile::Builder::new().prefix(".patch-").tempdir_in(&root)?;
+    let copy = tmp.path().join("tree");
+    copy_tree(&base.tree, &copy)?;
+    for patch in &series.patches {
+        apply_patch(&copy, patch).with_context(|| format!("series {} on {}", series.name, base.label))?;
+    }
+    // cp -a keeps the base's (old) mtimes, so a file the previous version of the series
+    // changed and this one does not would look older than its object and make would keep
+    // the object built from the patched text. Every file either version touches gets a
+    // fresh mtime, and Kbuild rebuilds exactly what depends on them.
+    let mut touched: BTreeSet<String> = lines.map(String::from).collect();
+    touched.extend(series.touched.iter().cloned());
+    let now = std::time::SystemTime::now();
+    for path in &touched {
+        let file = copy.join(path);
+        if file.is_file() {
+            std::fs::File::options()
+                .write(true)
+                .open(&file)
+                .and_then(|f| f.set_modified(now))
+                .with_context(|| format!("touching {}", file.display()))?;
+        }
+    }
+    // Until the swap is done the stamp matches no version and lists both versions' files,
+    // so an interrupted swap is redone with the same care.
+    let pending: Vec<&str> = std::iter::once("pending").chain(touched.iter().map(String::as_str)).collect();
+    crate::results::write_atomic(&stamp, (pending.join("\n") + "\n").as_bytes())?;
+    if dest.exists() {
+        std::fs::rename(&dest, tmp.path().join("old")).with_context(|| format!("moving {} aside", dest.display()))?;
+    }
+    std::fs::rename(&copy, &dest).with_context(|| format!("renaming the patched tree to {}", dest.display()))?;
+    let done: Vec<&str> =
+        std::iter::once(series.hash.as_str()).chain(series.touched.iter().map(String::as_str)).collect();
+    crate::results::write_atomic(&stamp, (done.join("\n") + "\n").as_bytes())?;
+    Ok(source)
 }
 
 /// Copies a source tree without its `.git` (a maintainer's object store can be gigabytes and
@@ -391,7 +449,30 @@ mod tests {
         assert_eq!(std::fs::read_to_string(base_dir.path().join("hello.c")).unwrap(), "int x = 1;\n", "base untouched");
         assert_eq!(git(base_dir.path(), &["status", "--porcelain"]), "", "base tree still clean");
         assert_ne!(src.id, base.id);
+        assert_eq!(src.id, patched_id(&base, &series));
+        assert_eq!(src.tree, patched_path(cache.path(), &base, "good"));
+        assert_eq!(series.touched.iter().collect::<Vec<_>>(), ["hello.c"]);
+        let stamp = |p: &Path| std::fs::metadata(p).unwrap().modified().unwrap();
+        let patched_mtime = stamp(&src.tree.join("hello.c"));
         assert_eq!(patched(cache.path(), &base, &series).unwrap().tree, src.tree, "made once");
+        assert_eq!(stamp(&src.tree.join("hello.c")), patched_mtime, "an unchanged series is not reapplied");
+
+        // A new version of the series that no longer touches hello.c: same path, hello.c
+        // back to the base text but with a newer mtime than the patched one (make would
+        // otherwise keep the object built from the patched text).
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        std::fs::write(
+            good.join(&file),
+            "--- a/Kconfig\n+++ b/Kconfig\n@@ -1 +1 @@\n-mainmenu \"x\"\n+mainmenu \"y\"\n",
+        )
+        .unwrap();
+        let v2 = Series::load(patches.path(), "good").unwrap();
+        let src2 = patched(cache.path(), &base, &v2).unwrap();
+        assert_eq!(src2.tree, src.tree);
+        assert_ne!(src2.id, src.id);
+        assert_eq!(std::fs::read_to_string(src2.tree.join("hello.c")).unwrap(), "int x = 1;\n");
+        assert_eq!(std::fs::read_to_string(src2.tree.join("Kconfig")).unwrap(), "mainmenu \"y\"\n");
+        assert!(stamp(&src2.tree.join("hello.c")) > patched_mtime, "reverted file looks new to make");
 
         let bad = patches.path().join("bad");
         std::fs::create_dir(&bad).unwrap();
