@@ -95,6 +95,7 @@ pub fn serve(stream: UnixStream, device: Box<dyn UsbDevice + Send>) -> io::Resul
         loop {
             let input = match read_half.read(&mut buf) {
                 Ok(0) => Input::Eof,
+                Err(e) if peer_gone(&e) => Input::Eof,
                 Ok(n) => Input::Data(buf.get(..n).unwrap_or_default().to_vec()),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => Input::Error(e),
@@ -124,8 +125,10 @@ pub fn serve(stream: UnixStream, device: Box<dyn UsbDevice + Send>) -> io::Resul
 fn run(stream: &mut UnixStream, rx: mpsc::Receiver<Input>, mut device: Box<dyn UsbDevice + Send>) -> SessionEnd {
     let mut session = Session::new(device.info());
     loop {
-        if let Err(e) = flush(stream, &mut session, device.as_ref()) {
-            return SessionEnd::Io(e);
+        match flush(stream, &mut session, device.as_ref()) {
+            Ok(()) => {}
+            Err(e) if peer_gone(&e) => return SessionEnd::PeerClosed,
+            Err(e) => return SessionEnd::Io(e),
         }
         let input = match rx.recv_timeout(IDLE_POLL) {
             Ok(input) => input,
@@ -155,6 +158,12 @@ fn run(stream: &mut UnixStream, rx: mpsc::Receiver<Input>, mut device: Box<dyn U
             Input::Close => return SessionEnd::LocalClose,
         }
     }
+}
+
+/// A peer that closes with our packets still unread resets the connection (QEMU on
+/// `device_del`): that is still the peer closing, not a fault of the link.
+fn peer_gone(e: &io::Error) -> bool {
+    matches!(e.kind(), io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe)
 }
 
 fn flush(stream: &mut UnixStream, session: &mut Session, device: &dyn UsbDevice) -> io::Result<()> {
