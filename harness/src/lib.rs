@@ -11,6 +11,7 @@ pub mod image;
 pub mod kernel;
 pub mod observe;
 pub mod paths;
+pub mod plug;
 pub mod qmp;
 pub mod results;
 pub mod scenario;

@@ -1,0 +1,107 @@
+//! End-to-end: our emulated CP2112 (+ at24) behind QEMU's usb-redir, driven by Linux 6.12's
+//! hid-cp2112 in the guest. Run through `cargo xtask test`.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use devices::at24::{At24, At24Kind};
+use devices::cp2112::Cp2112;
+use devices::usbredir::driver::SessionEnd;
+use harness::plug::Redir;
+use harness::scenario::UnplugHow;
+use harness::testenv;
+use harness::vm::Vm;
+
+const T: Duration = Duration::from_secs(30);
+
+/// hid_connect's line once hid-cp2112 has started the HID device ("... USB HID v1.11 Device
+/// [Silicon Laboratories CP2112 HID USB-to-SMBus Bridge] ...").
+fn bound(line: &str) -> bool {
+    line.contains("0003:10C4:EA90") && line.contains(" USB HID v")
+}
+
+async fn sh(vm: &Vm, script: &str) -> String {
+    let out = vm.agent().exec_ok(&["sh", "-c", script], T).await.unwrap_or_else(|e| panic!("{script}: {e}"));
+    out.stdout_text().trim().to_string()
+}
+
+/// Waits for the CP2112's I2C adapter and returns its bus number.
+async fn adapter_bus(vm: &Vm) -> String {
+    sh(
+        vm,
+        r#"for i in $(seq 100); do
+             f=$(grep -l "CP2112 SMBus Bridge on hidraw" /sys/bus/i2c/devices/i2c-*/name 2>/dev/null | head -1)
+             [ -n "$f" ] && { basename $(dirname $f) | sed s/i2c-//; exit 0; }
+             sleep 0.1
+           done; exit 1"#,
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn e2e_cp2112_binds_and_serves_an_at24() {
+    let mut vm = Vm::boot(&testenv::vm_config("e2e_cp2112_binds_and_serves_an_at24"), Vec::new()).await.unwrap();
+    let device = Cp2112::new();
+    let eeprom = Arc::new(Mutex::new(At24::new(At24Kind::C02)));
+    let seed: Vec<u8> = (0..=255u8).map(|i| i.wrapping_mul(7) ^ 0x3c).collect();
+    eeprom.lock().unwrap().seed(0, &seed);
+    device.attach(0x50, Box::new(eeprom.clone())).unwrap();
+
+    let cursor = vm.console().cursor();
+    let redir = Redir::plug(&mut vm, "cp2112", Box::new(device.clone())).await.unwrap();
+    vm.console().wait_until(cursor, "hid-cp2112 bind", T, |l| bound(l)).await.unwrap();
+    let bus = adapter_bus(&vm).await;
+
+    // The gpiochip: 8 lines labelled cp2112_gpio.
+    let gpio = sh(&vm, "grep -A0 cp2112_gpio /sys/kernel/debug/gpio").await;
+    assert!(gpio.contains("GPIOs") && gpio.contains("cp2112_gpio"), "{gpio}");
+    let (first, last) = gpio.split("GPIOs ").nth(1).and_then(|r| r.split(',').next()).and_then(|r| r.split_once('-')).unwrap();
+    assert_eq!(last.trim().parse::<u32>().unwrap() - first.trim().parse::<u32>().unwrap(), 7, "{gpio}");
+
+    // at24 on the bridge: nvmem reads back what the host seeded.
+    let before = device.counters().transfers;
+    sh(&vm, &format!("echo 24c02 0x50 > /sys/bus/i2c/devices/i2c-{bus}/new_device")).await;
+    let nvmem = sh(&vm, &format!("ls -d /sys/bus/nvmem/devices/{bus}-0050*/nvmem | head -1")).await;
+    let read = vm.agent().read_file(&nvmem).await.unwrap();
+    assert_eq!(read, seed, "nvmem contents");
+    assert!(device.counters().transfers > before, "the reads went through the emulator");
+
+    // A guest write lands in the emulator; a host change shows up in the guest.
+    sh(&vm, &format!("printf '\\132' | dd of={nvmem} bs=1 seek=16 conv=notrunc 2>/dev/null")).await;
+    assert_eq!(eeprom.lock().unwrap().contents()[16], 0x5a);
+    eeprom.lock().unwrap().seed(200, b"host");
+    let read = vm.agent().read_file(&nvmem).await.unwrap();
+    assert_eq!(&read[200..204], b"host");
+    assert_eq!(device.counters().malformed_reports, 0);
+
+    let cursor = vm.console().cursor();
+    let end = redir.unplug(&vm, UnplugHow::Graceful, Duration::from_secs(10)).await.unwrap();
+    assert!(matches!(end, SessionEnd::PeerClosed), "{end:?}");
+    vm.console().wait_for(cursor, "USB disconnect", T).await.unwrap();
+    vm.shutdown(Duration::from_secs(10)).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn e2e_cp2112_plug_unplug_cycles() {
+    let mut vm = Vm::boot(&testenv::vm_config("e2e_cp2112_plug_unplug_cycles"), Vec::new()).await.unwrap();
+    let device = Cp2112::new();
+    let methods = [UnplugHow::Graceful, UnplugHow::Surprise, UnplugHow::Disconnect];
+    for cycle in 0..20 {
+        let how = methods[cycle % methods.len()];
+        let cursor = vm.console().cursor();
+        let redir = Redir::plug(&mut vm, "cp2112", Box::new(device.clone())).await.unwrap();
+        vm.console().wait_until(cursor, "hid-cp2112 bind", T, |l| bound(l)).await.unwrap_or_else(|e| panic!("cycle {cycle}: {e}"));
+        adapter_bus(&vm).await;
+        let cursor = vm.console().cursor();
+        let end = redir.unplug(&vm, how, Duration::from_secs(10)).await.unwrap();
+        let expected = match how {
+            UnplugHow::Surprise => matches!(end, SessionEnd::LocalClose),
+            _ => matches!(end, SessionEnd::PeerClosed),
+        };
+        assert!(expected, "cycle {cycle} ({how:?}): {end:?}");
+        vm.console().wait_for(cursor, "USB disconnect", T).await.unwrap_or_else(|e| panic!("cycle {cycle}: {e}"));
+    }
+    let left = vm.qmp().chardev_ids().await.unwrap();
+    assert!(!left.iter().any(|c| c.contains("-ur")), "chardevs left behind: {left:?}");
+    vm.shutdown(Duration::from_secs(10)).await.unwrap();
+}
