@@ -31,7 +31,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             k.build_seconds
         )
     } else {
-        format!("built: make took {:.0} s", k.build_seconds)
+        format!("built: make took {:.0} s, {}", k.build_seconds, if k.cold { "cold" } else { "incremental" })
     };
     eprintln!("kernel {} ({how})", k.describe());
     println!("bzImage  {}", k.bzimage.display());

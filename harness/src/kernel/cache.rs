@@ -152,6 +152,7 @@ mod tests {
             release: "6.12.117".into(),
             key: "k".into(),
             build_seconds: 1.0,
+            cold: true,
             cached: false,
         };
         std::fs::write(dir.join("meta.json"), serde_json::to_string(&kernel).unwrap()).unwrap();

@@ -65,6 +65,10 @@ pub struct Kernel {
     pub key: String,
     /// How long make took when this build was made.
     pub build_seconds: f64,
+    /// That make started from an empty object tree; otherwise `build_seconds` is an
+    /// incremental build's time (object trees are shared by the builds of one source tree).
+    #[serde(default)]
+    pub cold: bool,
     /// This call found the build in the cache.
     #[serde(skip)]
     pub cached: bool,
@@ -142,6 +146,7 @@ pub fn build(req: &KernelRequest) -> Result<Kernel> {
         ),
     )?;
     let make = Make { source: &source.tree, objects: &objects, toolchain: &toolchain, log: log.clone() };
+    let cold = !objects.join("vmlinux").exists();
     let started = Instant::now();
     build::check_rust(&make)?;
     let dot_config = build::configure(&make, &fragment)?;
@@ -169,6 +174,7 @@ pub fn build(req: &KernelRequest) -> Result<Kernel> {
         release: build::release(&objects)?,
         key,
         build_seconds,
+        cold,
         dir,
         cached: false,
     };
