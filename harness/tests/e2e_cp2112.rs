@@ -74,11 +74,47 @@ async fn e2e_cp2112_binds_and_serves_an_at24() {
     assert_eq!(&read[200..204], b"host");
     assert_eq!(device.counters().malformed_reports, 0);
 
+    gpio_both_directions(&vm, &device).await;
+
     let cursor = vm.console().cursor();
     let end = redir.unplug(&vm, UnplugHow::Graceful, Duration::from_secs(10)).await.unwrap();
     assert!(matches!(end, SessionEnd::PeerClosed), "{end:?}");
     vm.console().wait_for(cursor, "USB disconnect", T).await.unwrap();
     vm.shutdown(Duration::from_secs(10)).await.unwrap();
+}
+
+/// GPIO3 as an output and GPIO5 as an input with an IRQ, through a gpio-virtuser consumer in
+/// the guest (busybox has no libgpiod).
+async fn gpio_both_directions(vm: &Vm, device: &Cp2112) {
+    let lines = sh(
+        vm,
+        r#"V=/sys/kernel/config/gpio-virtuser/cp; mkdir -p $V/io/0 $V/io/1
+           echo cp2112_gpio > $V/io/0/key; echo 3 > $V/io/0/offset
+           echo cp2112_gpio > $V/io/1/key; echo 5 > $V/io/1/offset
+           echo 1 > $V/live; echo /sys/kernel/debug/gpio-virtuser/$(cat $V/dev_name)"#,
+    )
+    .await;
+    let (out, input) = (format!("{lines}/gpiod:io:0"), format!("{lines}/gpiod:io:1"));
+    let bit = |pin: u8| device.gpio().levels() & (1 << pin) != 0;
+
+    sh(vm, &format!("echo output-low > {out}/direction")).await;
+    assert!(!bit(3), "guest drove GPIO3 low: {:?}", device.gpio());
+    sh(vm, &format!("echo 1 > {out}/value")).await;
+    assert!(bit(3), "guest drove GPIO3 high: {:?}", device.gpio());
+
+    sh(vm, &format!("echo input > {input}/direction")).await;
+    device.set_external(5, false);
+    assert_eq!(sh(vm, &format!("cat {input}/value")).await, "0");
+    device.set_external(5, true);
+    assert_eq!(sh(vm, &format!("cat {input}/value")).await, "1");
+
+    // The driver polls GET 0x03 for IRQs: a host-side level change becomes a guest edge.
+    sh(vm, &format!("echo 1 > {input}/interrupts")).await;
+    device.set_external(5, false);
+    let irqs = sh(vm, &format!("for i in $(seq 50); do n=$(cat {input}/interrupts); [ $n -gt 0 ] && break; sleep 0.1; done; echo $n")).await;
+    assert_ne!(irqs, "0", "no GPIO5 edge reached the guest");
+
+    sh(vm, &format!("echo 0 > {input}/interrupts; echo 0 > /sys/kernel/config/gpio-virtuser/cp/live")).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
