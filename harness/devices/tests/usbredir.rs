@@ -243,6 +243,11 @@ fn disconnect_ack_and_replug() {
     assert!(!r.session.is_attached());
     let out: Vec<Out> = r.drain().iter().map(|p| parse16(p)).collect();
     assert_eq!(out, [Out { kind: 2, id: 0, body: vec![] }]);
+    // Packets QEMU had in flight fail without reaching the device.
+    let out = r.send(100, &control(0xa1, 1, 0x0305, 0, 3, &[]));
+    assert_eq!(out[0].body, [0x80, 1, 0xa1, 3, 0x05, 0x03, 0, 0, 0, 0]);
+    assert_eq!(r.send(103, &interrupt_out(&[0x10, 0xa0, 0, 1]))[0].body, [0x01, 3, 0, 0]);
+    assert_eq!(r.device.counters().transfers, 0);
     r.session.connect();
     assert!(r.drain().is_empty(), "re-plug waits for the ack");
     let out = r.send(24, &[]);

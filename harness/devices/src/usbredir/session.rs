@@ -288,6 +288,10 @@ impl Session {
         self.info.interfaces.iter().any(|i| i.number == number)
     }
 
+    /// Control and interrupt packets that reach us while the device is unplugged (QEMU had
+    /// them in flight when our `device_disconnect` went out) fail with an I/O error and never
+    /// reach the device: a pulled device answers nothing, which is what makes an unplug
+    /// land in the middle of a transfer.
     fn control(&mut self, id: u64, body: &[u8], device: &mut dyn UsbDevice) -> Result<(), ProtocolError> {
         let k = kind::CONTROL_PACKET;
         let mut header = ControlHeader::decode(body).ok_or(ProtocolError::TooShort {
@@ -310,9 +314,16 @@ impl Session {
             index: header.index,
             length: header.length,
         };
+        let mut out = Vec::new();
+        if self.link != Link::Attached {
+            header.status = status::IOERROR;
+            header.length = 0;
+            out.extend_from_slice(&header.encode());
+            self.send(k, id, &out);
+            return Ok(());
+        }
         // Only EP0 is a control endpoint.
         let reply = if header.endpoint & 0x7f == 0 { device.control(&setup, data) } else { Err(super::Stall) };
-        let mut out = Vec::new();
         match reply {
             Ok(mut reply) if is_in => {
                 reply.truncate(usize::from(header.length));
@@ -350,7 +361,10 @@ impl Session {
         }
         // IN data is pushed after start_interrupt_receiving, never requested packet by packet.
         let known = !is_in && self.info.endpoints.iter().any(|e| e.address == header.endpoint);
-        if known {
+        if self.link != Link::Attached {
+            header.status = status::IOERROR;
+            header.length = 0;
+        } else if known {
             device.interrupt_out(header.endpoint, data);
             header.status = status::SUCCESS;
         } else {

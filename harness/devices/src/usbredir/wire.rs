@@ -41,6 +41,7 @@ pub mod cap {
 pub mod status {
     pub const SUCCESS: u8 = 0;
     pub const INVAL: u8 = 2;
+    pub const IOERROR: u8 = 3;
     pub const STALL: u8 = 4;
 }
 
