@@ -5,8 +5,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use devices::at24::{At24, At24Kind};
-use devices::cp2112::Cp2112;
+use devices::cp2112::{Cp2112, Faults};
 use devices::usbredir::driver::SessionEnd;
+use devices::usbredir::LinkRequest;
 use harness::plug::Redir;
 use harness::scenario::UnplugHow;
 use harness::testenv;
@@ -49,7 +50,7 @@ async fn e2e_cp2112_binds_and_serves_an_at24() {
 
     let cursor = vm.console().cursor();
     let redir = Redir::plug(&mut vm, "cp2112", Box::new(device.clone())).await.unwrap();
-    vm.console().wait_until(cursor, "hid-cp2112 bind", T, |l| bound(l)).await.unwrap();
+    vm.console().wait_until(cursor, "hid-cp2112 bind", T, bound).await.unwrap();
     let bus = adapter_bus(&vm).await;
 
     // The gpiochip: 8 lines labelled cp2112_gpio.
@@ -126,7 +127,7 @@ async fn e2e_cp2112_plug_unplug_cycles() {
         let how = methods[cycle % methods.len()];
         let cursor = vm.console().cursor();
         let redir = Redir::plug(&mut vm, "cp2112", Box::new(device.clone())).await.unwrap();
-        vm.console().wait_until(cursor, "hid-cp2112 bind", T, |l| bound(l)).await.unwrap_or_else(|e| panic!("cycle {cycle}: {e}"));
+        vm.console().wait_until(cursor, "hid-cp2112 bind", T, bound).await.unwrap_or_else(|e| panic!("cycle {cycle}: {e}"));
         adapter_bus(&vm).await;
         let cursor = vm.console().cursor();
         let end = redir.unplug(&vm, how, Duration::from_secs(10)).await.unwrap();
@@ -139,5 +140,39 @@ async fn e2e_cp2112_plug_unplug_cycles() {
     }
     let left = vm.qmp().chardev_ids().await.unwrap();
     assert!(!left.iter().any(|c| c.contains("-ur")), "chardevs left behind: {left:?}");
+    vm.shutdown(Duration::from_secs(10)).await.unwrap();
+}
+
+/// The fault hooks end to end: the device vanishes (usbredir `device_disconnect`, then the
+/// socket closed) just as the guest starts an nvmem transfer, and comes back on the live link.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn e2e_cp2112_vanishes_mid_transfer() {
+    let mut vm = Vm::boot(&testenv::vm_config("e2e_cp2112_vanishes_mid_transfer"), Vec::new()).await.unwrap();
+    let device = Cp2112::new();
+    device.attach(0x50, Box::new(At24::new(At24Kind::C02))).unwrap();
+    let cursor = vm.console().cursor();
+    let redir = Redir::plug(&mut vm, "cp2112", Box::new(device.clone())).await.unwrap();
+    vm.console().wait_until(cursor, "hid-cp2112 bind", T, bound).await.unwrap();
+
+    for how in [LinkRequest::Disconnect, LinkRequest::Close] {
+        let bus = adapter_bus(&vm).await;
+        sh(&vm, &format!("echo 24c02 0x50 > /sys/bus/i2c/devices/i2c-{bus}/new_device")).await;
+        let nvmem = sh(&vm, &format!("ls -d /sys/bus/nvmem/devices/{bus}-0050*/nvmem | head -1")).await;
+        let next = device.counters().transfers + 1;
+        device.set_faults(Faults { unplug_at_transfer: Some((next, how)), ..Faults::default() });
+        let cursor = vm.console().cursor();
+        let read = vm.agent().exec(&["cat", &nvmem], T).await.unwrap();
+        assert!(!read.success() || read.stdout.len() < 256, "{how:?}: the read survived the unplug");
+        vm.console().wait_for(cursor, "USB disconnect", T).await.unwrap();
+        if how == LinkRequest::Disconnect {
+            // Back on the same link, without QMP.
+            let cursor = vm.console().cursor();
+            redir.control().replug();
+            vm.console().wait_until(cursor, "hid-cp2112 re-bind", T, bound).await.unwrap();
+        }
+    }
+    assert!(redir.link_ended(), "the socket was closed");
+    let end = redir.unplug(&vm, UnplugHow::Graceful, Duration::from_secs(10)).await.unwrap();
+    assert!(matches!(end, SessionEnd::LocalClose), "{end:?}");
     vm.shutdown(Duration::from_secs(10)).await.unwrap();
 }
