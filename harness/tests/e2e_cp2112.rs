@@ -56,7 +56,8 @@ async fn e2e_cp2112_binds_and_serves_an_at24() {
     // The gpiochip: 8 lines labelled cp2112_gpio.
     let gpio = sh(&vm, "grep -A0 cp2112_gpio /sys/kernel/debug/gpio").await;
     assert!(gpio.contains("GPIOs") && gpio.contains("cp2112_gpio"), "{gpio}");
-    let (first, last) = gpio.split("GPIOs ").nth(1).and_then(|r| r.split(',').next()).and_then(|r| r.split_once('-')).unwrap();
+    let (first, last) =
+        gpio.split("GPIOs ").nth(1).and_then(|r| r.split(',').next()).and_then(|r| r.split_once('-')).unwrap();
     assert_eq!(last.trim().parse::<u32>().unwrap() - first.trim().parse::<u32>().unwrap(), 7, "{gpio}");
 
     // at24 on the bridge: nvmem reads back what the host seeded.
@@ -112,7 +113,11 @@ async fn gpio_both_directions(vm: &Vm, device: &Cp2112) {
     // The driver polls GET 0x03 for IRQs: a host-side level change becomes a guest edge.
     sh(vm, &format!("echo 1 > {input}/interrupts")).await;
     device.set_external(5, false);
-    let irqs = sh(vm, &format!("for i in $(seq 50); do n=$(cat {input}/interrupts); [ $n -gt 0 ] && break; sleep 0.1; done; echo $n")).await;
+    let irqs = sh(
+        vm,
+        &format!("for i in $(seq 50); do n=$(cat {input}/interrupts); [ $n -gt 0 ] && break; sleep 0.1; done; echo $n"),
+    )
+    .await;
     assert_ne!(irqs, "0", "no GPIO5 edge reached the guest");
 
     sh(vm, &format!("echo 0 > {input}/interrupts; echo 0 > /sys/kernel/config/gpio-virtuser/cp/live")).await;
@@ -127,7 +132,10 @@ async fn e2e_cp2112_plug_unplug_cycles() {
         let how = methods[cycle % methods.len()];
         let cursor = vm.console().cursor();
         let redir = Redir::plug(&mut vm, "cp2112", Box::new(device.clone())).await.unwrap();
-        vm.console().wait_until(cursor, "hid-cp2112 bind", T, bound).await.unwrap_or_else(|e| panic!("cycle {cycle}: {e}"));
+        vm.console()
+            .wait_until(cursor, "hid-cp2112 bind", T, bound)
+            .await
+            .unwrap_or_else(|e| panic!("cycle {cycle}: {e}"));
         adapter_bus(&vm).await;
         let cursor = vm.console().cursor();
         let end = redir.unplug(&vm, how, Duration::from_secs(10)).await.unwrap();

@@ -175,8 +175,13 @@ impl Default for Gpio {
 
 enum Outcome {
     /// Read data (empty for writes) and how much of it the guest has fetched.
-    Complete { data: Vec<u8>, fetched: usize },
-    Error { status1: u8 },
+    Complete {
+        data: Vec<u8>,
+        fetched: usize,
+    },
+    Error {
+        status1: u8,
+    },
 }
 
 struct Transfer {
@@ -390,7 +395,8 @@ impl Model {
             }
             [report::GPIO_SET, value, mask, ..] => self.gpio.latch = (self.gpio.latch & !mask) | (value & mask),
             [report::SMBUS_CONFIG, ..] => {
-                self.smbus_config = data.get(..SMBUS_CONFIG_DEFAULT.len()).ok_or(Stall)?.try_into().map_err(|_| Stall)?;
+                self.smbus_config =
+                    data.get(..SMBUS_CONFIG_DEFAULT.len()).ok_or(Stall)?.try_into().map_err(|_| Stall)?;
             }
             // Everything else is one-time programmable and locked, or unknown, or too short.
             _ => {
@@ -425,7 +431,9 @@ impl Model {
                 }
             }
             [report::STATUS_REQUEST, ..] => return self.status_response(),
-            [report::READ_FORCE_SEND, hi, lo, ..] => return self.read_response(usize::from(u16::from_be_bytes([*hi, *lo]))),
+            [report::READ_FORCE_SEND, hi, lo, ..] => {
+                return self.read_response(usize::from(u16::from_be_bytes([*hi, *lo])))
+            }
             [report::CANCEL, ..] => {
                 self.transfer = None;
                 return;

@@ -171,9 +171,9 @@ fn fault_hooks_on_the_transfer_state_machine() {
 fn malformed_output_reports_are_counted_not_fatal() {
     let mut r = Rig::new();
     for report in [
-        &[0x10, 0xa0, 0x00, 0x00][..], // zero-length read
-        &[0x10, 0xa0, 0x02, 0x01],     // 513 bytes
-        &[0x11, 0xa0, 0x00, 0x01, 17], // target too long
+        &[0x10, 0xa0, 0x00, 0x00][..],   // zero-length read
+        &[0x10, 0xa0, 0x02, 0x01],       // 513 bytes
+        &[0x11, 0xa0, 0x00, 0x01, 17],   // target too long
         &[0x11, 0xa0, 0x00, 0x01, 2, 0], // target shorter than announced
         &[0x14, 0xa0, 62],
         &[0x14, 0xa0, 3, 1],

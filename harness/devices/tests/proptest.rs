@@ -10,7 +10,10 @@ use proptest::prelude::*;
 
 fn packets() -> impl Strategy<Value = Vec<u8>> {
     // Plausible packets (known types, small bodies) mixed with raw noise.
-    let one = (prop::sample::select(vec![0u32, 3, 6, 7, 9, 10, 15, 16, 21, 23, 24, 100, 103, 5, 999]), prop::collection::vec(any::<u8>(), 0..80))
+    let one = (
+        prop::sample::select(vec![0u32, 3, 6, 7, 9, 10, 15, 16, 21, 23, 24, 100, 103, 5, 999]),
+        prop::collection::vec(any::<u8>(), 0..80),
+    )
         .prop_map(|(kind, body)| packet(kind, 1, &body, true));
     prop::collection::vec(prop_oneof![one, prop::collection::vec(any::<u8>(), 0..40)], 0..20).prop_map(|v| v.concat())
 }

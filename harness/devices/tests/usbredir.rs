@@ -63,7 +63,8 @@ fn header_stays_12_bytes_without_64bit_ids() {
     // Peer without 64bits_ids, ep_info_max_packet_size, connect_device_version.
     s.receive(&hello(0x08), &mut d).unwrap();
     let out: Vec<Vec<u8>> = std::iter::from_fn(|| s.poll_transmit()).collect();
-    let lens: Vec<(u32, usize)> = out.iter().map(|p| (u32::from_le_bytes(p[..4].try_into().unwrap()), p.len())).collect();
+    let lens: Vec<(u32, usize)> =
+        out.iter().map(|p| (u32::from_le_bytes(p[..4].try_into().unwrap()), p.len())).collect();
     assert_eq!(lens, [(4, 12 + 132), (5, 12 + 96), (1, 12 + 8)]);
     // Requests keep 12-byte headers too, and the reply carries the 32-bit id.
     s.receive(&packet(7, 0xdead_beef, &[], false), &mut d).unwrap();
@@ -234,6 +235,9 @@ fn in_reports_wait_for_start_interrupt_receiving() {
     // set_configuration also stops the endpoint.
     r.send(6, &[1]);
     assert!(r.report(&[0x15, 0x01]).is_empty());
+    // A bus reset drops what was queued for the old enumeration.
+    r.send(3, &[]);
+    assert_eq!(r.send(15, &[0x81]).len(), 1);
 }
 
 #[test]
@@ -281,19 +285,18 @@ fn malformed_traffic_is_an_error_value() {
             [&100u32.to_le_bytes()[..], &(1u32 << 20).to_le_bytes(), &[0; 8]].concat(),
             ProtocolError::TooLong { kind: 100, length: 1 << 20, limit: 10 + 65535 },
         ),
-        (packet(100, 1, &control(0x80, 6, 0x100, 0, 2, &[1, 2]), true), ProtocolError::Direction {
-            kind: 100,
-            endpoint: 0x80,
-            length: 2,
-            data: 2,
-        }),
-        (packet(100, 1, &control(0x21, 9, 0x306, 0, 3, &[1]), true), ProtocolError::Direction {
-            kind: 100,
-            endpoint: 0,
-            length: 3,
-            data: 1,
-        }),
-        (packet(103, 1, &[0x81, 0, 1, 0, 9], true), ProtocolError::Direction { kind: 103, endpoint: 0x81, length: 1, data: 1 }),
+        (
+            packet(100, 1, &control(0x80, 6, 0x100, 0, 2, &[1, 2]), true),
+            ProtocolError::Direction { kind: 100, endpoint: 0x80, length: 2, data: 2 },
+        ),
+        (
+            packet(100, 1, &control(0x21, 9, 0x306, 0, 3, &[1]), true),
+            ProtocolError::Direction { kind: 100, endpoint: 0, length: 3, data: 1 },
+        ),
+        (
+            packet(103, 1, &[0x81, 0, 1, 0, 9], true),
+            ProtocolError::Direction { kind: 103, endpoint: 0x81, length: 1, data: 1 },
+        ),
         (packet(100, 1, &[0, 0, 0], true), ProtocolError::TooShort { kind: 100, length: 3, minimum: 10 }),
         (packet(6, 1, &[1, 2], true), ProtocolError::BadLength { kind: 6, length: 2, expected: 1 }),
         (packet(1, 1, &[0; 10], true), ProtocolError::UnknownType(1)),

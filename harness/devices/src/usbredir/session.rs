@@ -40,7 +40,9 @@ enum Link {
     Detached,
     Attached,
     /// `device_disconnect` sent, ack not yet seen; `replug` once it arrives if asked to.
-    AwaitingAck { replug: bool },
+    AwaitingAck {
+        replug: bool,
+    },
 }
 
 pub struct Session {
@@ -135,7 +137,10 @@ impl Session {
     pub fn pump(&mut self, device: &mut dyn UsbDevice) {
         while let Some(report) = device.poll_in() {
             if self.pending_in.len() == MAX_PENDING_IN {
-                tracing::warn!(endpoint = report.0, "IN queue full while the endpoint is stopped: dropping the oldest report");
+                tracing::warn!(
+                    endpoint = report.0,
+                    "IN queue full while the endpoint is stopped: dropping the oldest report"
+                );
                 self.pending_in.pop_front();
             }
             self.pending_in.push_back(report);
@@ -165,7 +170,8 @@ impl Session {
             return;
         }
         self.send(kind::DEVICE_DISCONNECT, 0, &[]);
-        self.link = if self.both(cap::DEVICE_DISCONNECT_ACK) { Link::AwaitingAck { replug: false } } else { Link::Detached };
+        self.link =
+            if self.both(cap::DEVICE_DISCONNECT_ACK) { Link::AwaitingAck { replug: false } } else { Link::Detached };
         self.started_in = 0;
         self.pending_in.clear();
     }
@@ -208,9 +214,11 @@ impl Session {
                 if self.peer_caps.is_some() {
                     return Err(ProtocolError::DuplicateHello);
                 }
-                let caps = body
-                    .get(wire::HELLO_VERSION_LEN..)
-                    .ok_or(ProtocolError::TooShort { kind: k, length: body.len(), minimum: wire::HELLO_VERSION_LEN })?;
+                let caps = body.get(wire::HELLO_VERSION_LEN..).ok_or(ProtocolError::TooShort {
+                    kind: k,
+                    length: body.len(),
+                    minimum: wire::HELLO_VERSION_LEN,
+                })?;
                 // Only caps word 0 is defined; a hello without caps announces none.
                 let word = caps.get(..4).map_or(0, |w| u32::from_le_bytes([w[0], w[1], w[2], w[3]]));
                 self.peer_caps = Some(word);
@@ -218,6 +226,8 @@ impl Session {
             }
             kind::RESET => {
                 fixed::<0>(k, body)?;
+                // Reports queued before the reset belong to the old enumeration.
+                self.pending_in.clear();
                 device.reset();
             }
             kind::SET_CONFIGURATION => {
@@ -305,7 +315,12 @@ impl Session {
         // `length` of it; the SETUP direction bit must agree with the endpoint.
         let data_ok = if is_in { data.is_empty() } else { data.len() == usize::from(header.length) };
         if !data_ok || (header.endpoint ^ header.request_type) & 0x80 != 0 {
-            return Err(ProtocolError::Direction { kind: k, endpoint: header.endpoint, length: header.length, data: data.len() });
+            return Err(ProtocolError::Direction {
+                kind: k,
+                endpoint: header.endpoint,
+                length: header.length,
+                data: data.len(),
+            });
         }
         let setup = Setup {
             request_type: header.request_type,
@@ -357,7 +372,12 @@ impl Session {
         let is_in = header.endpoint & 0x80 != 0;
         let data_ok = if is_in { data.is_empty() } else { data.len() == usize::from(header.length) };
         if !data_ok {
-            return Err(ProtocolError::Direction { kind: k, endpoint: header.endpoint, length: header.length, data: data.len() });
+            return Err(ProtocolError::Direction {
+                kind: k,
+                endpoint: header.endpoint,
+                length: header.length,
+                data: data.len(),
+            });
         }
         // IN data is pushed after start_interrupt_receiving, never requested packet by packet.
         let known = !is_in && self.info.endpoints.iter().any(|e| e.address == header.endpoint);

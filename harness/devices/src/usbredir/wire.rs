@@ -174,10 +174,7 @@ mod tests {
     fn header_round_trip_both_widths() {
         let p = encode(kind::CONTROL_PACKET, 0x1_0000_0002, &[1, 2], HEADER_LEN_64);
         assert_eq!(p[..16], [100, 0, 0, 0, 2, 0, 0, 0, 2, 0, 0, 0, 1, 0, 0, 0]);
-        assert_eq!(
-            Header::decode(&p, HEADER_LEN_64),
-            Some(Header { kind: 100, length: 2, id: 0x1_0000_0002 })
-        );
+        assert_eq!(Header::decode(&p, HEADER_LEN_64), Some(Header { kind: 100, length: 2, id: 0x1_0000_0002 }));
         let p = encode(kind::HELLO, 7, &[], HEADER_LEN_32);
         assert_eq!(p, [0, 0, 0, 0, 0, 0, 0, 0, 7, 0, 0, 0]);
         assert_eq!(Header::decode(&p, HEADER_LEN_32), Some(Header { kind: 0, length: 0, id: 7 }));
@@ -186,6 +183,9 @@ mod tests {
 
     #[test]
     fn ep_index_matches_ep2i() {
-        assert_eq!((ep_index(0x00), ep_index(0x80), ep_index(0x01), ep_index(0x81), ep_index(0x8f)), (0, 16, 1, 17, 31));
+        assert_eq!(
+            (ep_index(0x00), ep_index(0x80), ep_index(0x01), ep_index(0x81), ep_index(0x8f)),
+            (0, 16, 1, 17, 31)
+        );
     }
 }
