@@ -43,7 +43,13 @@ impl Redir {
         let listener = UnixListener::bind(&path).with_context(|| format!("listening on {}", path.display()))?;
         listener.set_nonblocking(true)?;
         vm.qmp().chardev_add_unix(&chardev, &path, false).await.with_context(|| format!("chardev-add {chardev}"))?;
-        let stream = accept(listener, path).await?;
+        let stream = match accept(listener, path).await {
+            Ok(stream) => stream,
+            Err(e) => {
+                let _ = vm.qmp().chardev_remove(&chardev).await;
+                return Err(e);
+            }
+        };
         let link = driver::serve(stream, device).context("starting the usbredir link")?;
         let redir = Redir { id: id.to_string(), chardev, link };
         let props = [("chardev", serde_json::Value::from(redir.chardev.clone()))];
