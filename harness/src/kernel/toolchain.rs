@@ -54,8 +54,10 @@ impl Toolchain {
     pub fn make_env(&self) -> Vec<(&'static str, &'static str)> {
         vec![
             ("LIBCLANG_PATH", LIBCLANG_PATH),
-            // Reproducible images: no build time, user or host name baked in.
+            // Reproducible images: no build time, user or host name, nor the count of
+            // builds in this object tree ("#2 SMP") baked in.
             ("KBUILD_BUILD_TIMESTAMP", "@0"),
+            ("KBUILD_BUILD_VERSION", "1"),
             ("KBUILD_BUILD_USER", "unplug-torture"),
             ("KBUILD_BUILD_HOST", "unplug-torture"),
         ]
