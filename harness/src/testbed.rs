@@ -1,28 +1,73 @@
 //! The devices attached to one VM, by name and id: plug, unplug, and what the guest showed.
 //!
 //! Scenarios and `xtask boot --with` name devices (`usb-kbd`, `cp2112`, ...); this module
-//! maps a name to how it is plugged (QMP `device_add` of a QEMU model, or an emulator behind
+//! maps a name to how it is plugged (QMP `device_add` of a QEMU model, or our emulator behind
 //! `usb-redir`) and which unplug methods it supports.
+//!
+//! A `cp2112` comes with at24 EEPROMs behind it (by default a 24c02 at 0x50) and, once
+//! hid-cp2112 has bound, the at24 clients are instantiated in the guest (`new_device`: x86
+//! has no device tree to describe them), so the whole chain nvmem → at24 → regmap → I2C →
+//! hid-cp2112 → HID → USB exists before the first scenario step.
 
 use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+use devices::at24::{At24, At24Kind};
+use devices::cp2112::Cp2112;
 use serde::Serialize;
 
+use crate::plug::Redir;
 use crate::qmp::QmpError;
 use crate::scenario::UnplugHow;
 use crate::vm::{Vm, USB_BUS};
 
 /// QEMU's own USB devices: the xHCI/usbhid disconnect path without any emulator of ours.
 const QEMU_USB: &[&str] = &["usb-kbd", "usb-mouse", "usb-tablet"];
+const CP2112: &str = "cp2112";
 
 /// How long the guest may take to enumerate a USB device under TCG.
 const ENUMERATE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Every device name `plug` accepts.
 pub fn known_devices() -> Vec<&'static str> {
-    QEMU_USB.to_vec()
+    let mut all = QEMU_USB.to_vec();
+    all.push(CP2112);
+    all
+}
+
+/// An EEPROM behind a CP2112: its 7-bit address and part.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct At24Spec {
+    pub address: u8,
+    pub kind: At24Kind,
+}
+
+impl std::str::FromStr for At24Spec {
+    type Err = String;
+    /// `0x50:24c02`
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (addr, part) = s.split_once(':').ok_or_else(|| format!("{s:?}: expected ADDRESS:PART, e.g. 0x50:24c02"))?;
+        let address = u8::from_str_radix(addr.trim_start_matches("0x"), 16)
+            .ok()
+            .filter(|a| (0x08..=0x77).contains(a))
+            .ok_or_else(|| format!("{addr:?}: expected a 7-bit I2C address between 0x08 and 0x77"))?;
+        let kind = [At24Kind::C01, At24Kind::C02, At24Kind::C32, At24Kind::C64, At24Kind::C128, At24Kind::C256, At24Kind::C512]
+            .into_iter()
+            .find(|k| k.name() == part)
+            .ok_or_else(|| format!("{part:?}: unknown at24 part (24c01, 24c02, 24c32, 24c64, 24c128, 24c256, 24c512)"))?;
+        Ok(At24Spec { address, kind })
+    }
+}
+
+/// The EEPROM a `cp2112` gets when nothing else is asked for.
+pub const DEFAULT_AT24: At24Spec = At24Spec { address: 0x50, kind: At24Kind::C02 };
+
+/// The contents every emulated EEPROM starts with: not all-0xff, so a read of the wrong
+/// offset or device shows.
+pub fn seed_pattern(len: usize) -> Vec<u8> {
+    (0..len).map(|i| (i as u8).wrapping_mul(7) ^ 0x3c).collect()
 }
 
 /// What happened when a device was plugged or unplugged.
@@ -31,12 +76,13 @@ pub struct Outcome {
     pub id: String,
     pub action: String,
     pub elapsed_ms: f64,
-    /// The console line that showed the guest reacting, if one was awaited.
+    /// The console line (or guest state) that showed the guest reacting.
     pub guest_saw: Option<String>,
 }
 
 enum Plugged {
     QemuUsb { driver: &'static str },
+    Cp2112 { redir: Redir, device: Cp2112, eeproms: Vec<(At24Spec, Arc<Mutex<At24>>)> },
 }
 
 /// The devices currently plugged into one VM.
@@ -55,66 +101,173 @@ impl Testbed {
         self.plugged.keys().cloned().collect()
     }
 
-    /// Plugs `device` as `id` and waits until the guest has enumerated it.
+    /// The emulated CP2112 plugged as `id` (host-side view: GPIO levels, faults, counters).
+    pub fn cp2112(&self, id: &str) -> Option<&Cp2112> {
+        match self.plugged.get(id) {
+            Some(Plugged::Cp2112 { device, .. }) => Some(device),
+            _ => None,
+        }
+    }
+
+    /// The EEPROM at `address` behind the CP2112 `id`.
+    pub fn eeprom(&self, id: &str, address: u8) -> Option<Arc<Mutex<At24>>> {
+        match self.plugged.get(id) {
+            Some(Plugged::Cp2112 { eeproms, .. }) => {
+                eeproms.iter().find(|(spec, _)| spec.address == address).map(|(_, e)| e.clone())
+            }
+            _ => None,
+        }
+    }
+
+    /// Plugs `device` as `id` (a `cp2112` with [`DEFAULT_AT24`]) and waits until the guest
+    /// has bound a driver to it.
     pub async fn plug(&mut self, vm: &mut Vm, device: &str, id: &str) -> Result<Outcome> {
+        self.plug_with(vm, device, id, &[DEFAULT_AT24]).await
+    }
+
+    /// Plugs `device` as `id`; a `cp2112` gets the EEPROMs in `at24` behind it.
+    pub async fn plug_with(&mut self, vm: &mut Vm, device: &str, id: &str, at24: &[At24Spec]) -> Result<Outcome> {
         if self.plugged.contains_key(id) {
             bail!("a device with id {id:?} is already plugged");
         }
         let start = Instant::now();
-        let Some(driver) = QEMU_USB.iter().copied().find(|d| *d == device) else {
+        let (plugged, guest_saw) = if device == CP2112 {
+            plug_cp2112(vm, id, at24).await?
+        } else if let Some(driver) = QEMU_USB.iter().copied().find(|d| *d == device) {
+            (Plugged::QemuUsb { driver }, plug_qemu_usb(vm, driver, id).await?)
+        } else {
             bail!("unknown device {device:?}; known devices: {}", known_devices().join(", "));
         };
-        vm.ensure_usb_controller().await?;
-        let cursor = vm.console().cursor();
-        vm.qmp().device_add(driver, id, Some(USB_BUS), &[]).await.with_context(|| format!("plugging {device}"))?;
-        // QEMU's USB devices are HID devices of vendor 0627. The HID core prints one
-        // "<driver> 0003:0627:PPPP.NNNN: ... USB HID vX.YY ... [QEMU ...]" line when a driver
-        // has bound (hid_connect); earlier lines with the same id (input:) come before binding.
-        let line = vm
-            .console()
-            .wait_until(cursor, "the HID bind of a QEMU USB device", ENUMERATE_TIMEOUT, |l| {
-                l.contains("0003:0627:") && l.contains(" USB HID v")
-            })
-            .await
-            .with_context(|| format!("the guest did not enumerate {device} ({id})"))?;
-        self.plugged.insert(id.to_string(), Plugged::QemuUsb { driver });
+        self.plugged.insert(id.to_string(), plugged);
         Ok(Outcome {
             id: id.to_string(),
             action: format!("plug {device}"),
             elapsed_ms: start.elapsed().as_secs_f64() * 1e3,
-            guest_saw: Some(line.text),
+            guest_saw: Some(guest_saw),
         })
     }
 
     /// Unplugs `id`. An unplug QEMU never completes is [`QmpError::UnplugStuck`] in the error
     /// chain, so callers can tell a stuck unplug from an infrastructure failure.
     pub async fn unplug(&mut self, vm: &mut Vm, id: &str, how: UnplugHow, timeout: Duration) -> Result<Outcome> {
-        let Some(plugged) = self.plugged.get(id) else {
+        // Whether or not the unplug completes, the device is no longer ours to plug again.
+        let Some(plugged) = self.plugged.remove(id) else {
             bail!("no device with id {id:?} is plugged (plugged: {:?})", self.ids());
         };
         let start = Instant::now();
-        let Plugged::QemuUsb { driver } = plugged;
-        if how != UnplugHow::Graceful {
-            bail!("{driver} is a QEMU device: only graceful unplug (device_del) is possible, not {how:?}");
-        }
         let cursor = vm.console().cursor();
-        let result = vm.qmp().device_del(id, timeout).await;
-        // Whether or not QEMU finished, the device is no longer ours to plug again.
-        self.plugged.remove(id);
-        if let Err(e @ QmpError::UnplugStuck { .. }) = result {
-            return Err(e.into());
-        }
-        result.with_context(|| format!("unplugging {id}"))?;
+        let detail = match plugged {
+            Plugged::QemuUsb { driver } => {
+                if how != UnplugHow::Graceful {
+                    bail!("{driver} is a QEMU device: only graceful unplug (device_del) is possible, not {how:?}");
+                }
+                match vm.qmp().device_del(id, timeout).await {
+                    Err(e @ QmpError::UnplugStuck { .. }) => return Err(e.into()),
+                    other => other.with_context(|| format!("unplugging {id}"))?,
+                };
+                None
+            }
+            Plugged::Cp2112 { redir, .. } => {
+                let end = redir.unplug(vm, how, timeout).await?;
+                Some(format!("usbredir link: {end:?}"))
+            }
+        };
         let line = vm
             .console()
             .wait_for(cursor, "USB disconnect", ENUMERATE_TIMEOUT)
             .await
-            .with_context(|| format!("QEMU deleted {id} but the guest never reported a USB disconnect"))?;
+            .with_context(|| format!("{id} was removed but the guest never reported a USB disconnect"))?;
+        let guest_saw = match detail {
+            Some(d) => format!("{}; {d}", line.text),
+            None => line.text,
+        };
         Ok(Outcome {
             id: id.to_string(),
             action: format!("unplug {id} ({how:?})").to_lowercase(),
             elapsed_ms: start.elapsed().as_secs_f64() * 1e3,
-            guest_saw: Some(line.text),
+            guest_saw: Some(guest_saw),
         })
+    }
+}
+
+async fn plug_qemu_usb(vm: &mut Vm, driver: &str, id: &str) -> Result<String> {
+    vm.ensure_usb_controller().await?;
+    let cursor = vm.console().cursor();
+    vm.qmp().device_add(driver, id, Some(USB_BUS), &[]).await.with_context(|| format!("plugging {driver}"))?;
+    // QEMU's USB devices are HID devices of vendor 0627. The HID core prints one
+    // "<driver> 0003:0627:PPPP.NNNN: ... USB HID vX.YY ... [QEMU ...]" line when a driver
+    // has bound (hid_connect); earlier lines with the same id (input:) come before binding.
+    let line = vm
+        .console()
+        .wait_until(cursor, "the HID bind of a QEMU USB device", ENUMERATE_TIMEOUT, |l| {
+            l.contains("0003:0627:") && l.contains(" USB HID v")
+        })
+        .await
+        .with_context(|| format!("the guest did not enumerate {driver} ({id})"))?;
+    Ok(line.text)
+}
+
+async fn plug_cp2112(vm: &mut Vm, id: &str, at24: &[At24Spec]) -> Result<(Plugged, String)> {
+    let device = Cp2112::new();
+    let mut eeproms = Vec::new();
+    for spec in at24 {
+        let eeprom = Arc::new(Mutex::new(At24::new(spec.kind)));
+        eeprom.lock().unwrap_or_else(|e| e.into_inner()).seed(0, &seed_pattern(spec.kind.size()));
+        device
+            .attach(spec.address, Box::new(eeprom.clone()))
+            .map_err(|e| anyhow::anyhow!("at24 at {:#04x}: {e:?}", spec.address))?;
+        eeproms.push((*spec, eeprom));
+    }
+    let cursor = vm.console().cursor();
+    let redir = Redir::plug(vm, id, Box::new(device.clone())).await?;
+    // hid_connect's line once hid-cp2112 has started the HID device.
+    vm.console()
+        .wait_until(cursor, "the hid-cp2112 bind", ENUMERATE_TIMEOUT, |l| l.contains("0003:10C4:EA90") && l.contains(" USB HID v"))
+        .await
+        .with_context(|| format!("the guest did not bind hid-cp2112 to {id}"))?;
+    let mut script = String::from(
+        r#"set -e
+for i in $(seq 200); do
+  f=$(grep -l "CP2112 SMBus Bridge on hidraw" /sys/bus/i2c/devices/i2c-*/name 2>/dev/null | tail -1) && [ -n "$f" ] && break
+  sleep 0.05
+done
+[ -n "$f" ] || { echo "no CP2112 I2C adapter appeared" >&2; exit 1; }
+bus=$(basename $(dirname $f)); echo "$bus"
+"#,
+    );
+    for spec in at24 {
+        let client = format!("$(echo $bus | sed s/i2c-//)-{:04x}", spec.address);
+        script.push_str(&format!(
+            "echo {} {:#04x} > /sys/bus/i2c/devices/$bus/new_device\n\
+             for i in $(seq 200); do [ -e /sys/bus/i2c/devices/{client}/driver ] && break; sleep 0.05; done\n\
+             [ -e /sys/bus/i2c/devices/{client}/driver ] || {{ echo \"at24 did not bind to {client}\" >&2; exit 1; }}\n\
+             ls /sys/bus/i2c/devices/{client}/ | grep -- '-' | tr '\\n' ' '\n",
+            spec.kind.name(),
+            spec.address
+        ));
+    }
+    let out = vm.agent().exec_ok(&["sh", "-c", &script], ENUMERATE_TIMEOUT).await.context("instantiating the at24 clients")?;
+    let summary = out.stdout_text().split_whitespace().collect::<Vec<_>>().join(" ");
+    Ok((Plugged::Cp2112 { redir, device, eeproms }, format!("hid-cp2112 bound; {summary}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn at24_specs_parse_and_reject() {
+        assert_eq!("0x50:24c02".parse::<At24Spec>().unwrap(), DEFAULT_AT24);
+        assert_eq!("51:24c32".parse::<At24Spec>().unwrap(), At24Spec { address: 0x51, kind: At24Kind::C32 });
+        for bad in ["0x50", "0x50:24c99", "0x99:24c02", "zz:24c02", "0x03:24c02"] {
+            assert!(bad.parse::<At24Spec>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn seed_pattern_is_not_blank() {
+        let p = seed_pattern(256);
+        assert_eq!(p.len(), 256);
+        assert!(p.iter().any(|&b| b != 0xff) && p[0] != p[1]);
     }
 }

@@ -15,9 +15,12 @@ use crate::artifacts::{self, KernelChoice};
 pub struct Args {
     #[command(flatten)]
     kernel: KernelChoice,
-    /// Plug this device after boot (repeatable): usb-kbd, usb-mouse, usb-tablet.
+    /// Plug this device after boot (repeatable): cp2112, usb-kbd, usb-mouse, usb-tablet.
     #[arg(long = "with", value_name = "DEVICE")]
     with: Vec<String>,
+    /// EEPROMs behind a cp2112 (repeatable), e.g. 0x50:24c02 (the default when none is given).
+    #[arg(long = "with-at24", value_name = "ADDR:PART")]
+    with_at24: Vec<harness::testbed::At24Spec>,
     /// Accelerator: kvm, tcg, or auto (probe KVM with a real boot, fall back to TCG).
     #[arg(long, default_value = "auto")]
     accel: Accel,
@@ -66,7 +69,11 @@ async fn boot(args: Args, kernel: artifacts::Kernel, initrd: PathBuf) -> Result<
     let mut testbed = Testbed::new();
     for (i, device) in args.with.iter().enumerate() {
         let id = format!("{device}{i}");
-        let outcome = testbed.plug(&mut vm, device, &id).await?;
+        let outcome = if args.with_at24.is_empty() {
+            testbed.plug(&mut vm, device, &id).await?
+        } else {
+            testbed.plug_with(&mut vm, device, &id, &args.with_at24).await?
+        };
         eprintln!("plugged {device} as {id} in {:.0} ms: {}", outcome.elapsed_ms, outcome.guest_saw.unwrap_or_default());
     }
     let code = if args.cmd.is_empty() {
