@@ -53,10 +53,13 @@ pub fn run(args: Args) -> Result<ExitCode> {
 
     if let Some(built) = &kernel.built {
         figures.push(Figure {
-            name: "kernel build, cold",
+            name: if built.cold { "kernel build, cold" } else { "kernel build, incremental" },
             value: built.build_seconds,
             unit: "s",
-            note: format!("make time recorded when {} was built (KASAN, lockdep, Rust, DWARF5)", built.key),
+            note: format!(
+                "make time recorded when {} was built (KASAN, lockdep, Rust, DWARF5; DWARF5 measured at +48 s / +13%)",
+                built.key
+            ),
         });
         figures.push(symbolization(&built.vmlinux)?);
     }
