@@ -135,6 +135,9 @@ pub async fn run_schedule(
 
 type Outcome = (StepStatus, Option<String>, Vec<Observation>);
 
+/// Start of the kmsg line written before every step.
+pub const STEP_MARKER: &str = "unplug-torture: step ";
+
 async fn execute(
     vm: &mut Vm,
     testbed: &mut Testbed,
@@ -176,7 +179,9 @@ async fn execute(
         Action::Mkdir { path } => result(vm.agent().mkdir(path).await),
         Action::Rmdir { path } => result(vm.agent().rmdir(path).await),
         Action::WaitConsole { text } => {
-            match vm.console().wait_for(previous_cursor, text, options.step_timeout).await {
+            // Our own step marker quotes the text; it must not satisfy the wait.
+            let wanted = |line: &str| line.contains(text.as_str()) && !line.contains(STEP_MARKER);
+            match vm.console().wait_until(previous_cursor, text, options.step_timeout, wanted).await {
                 Ok(line) => ok(Some(line.text)),
                 Err(e @ ConsoleError::Timeout { .. }) => failed(e.to_string()),
                 Err(e) => failed(e.to_string()),
@@ -202,7 +207,7 @@ fn result(r: Result<(), AgentError>) -> Outcome {
 /// the step that was running. Best effort: a guest too broken to take it is caught next.
 async fn mark_step(vm: &Vm, index: usize, total: usize, planned: &Planned, description: &str) {
     let iteration = planned.iteration.map(|i| format!(" iteration {i}")).unwrap_or_else(|| " setup".into());
-    let line = format!("unplug-torture: step {index}/{total}{iteration}: {description}\n");
+    let line = format!("{STEP_MARKER}{index}/{total}{iteration}: {description}\n");
     let _ = tokio::time::timeout(Duration::from_secs(5), vm.agent().write_file("/dev/kmsg", line.as_bytes())).await;
 }
 

@@ -67,3 +67,24 @@ async fn e2e_gpio_virtuser_irq_teardown_trips_kasan_on_vanilla() {
     assert!(kasan.text.contains("string"), "{}", kasan.text);
     vm.shutdown(Duration::from_secs(10)).await.unwrap();
 }
+
+/// kernel-notes B6 on vanilla 6.12: an open /dev/i2c-N keeps i2c_del_adapter() waiting, so the
+/// CP2112's USB disconnect hangs in hub_wq until the file is closed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn e2e_cp2112_unplug_with_i2c_dev_open_hangs_the_hub_on_vanilla() {
+    let (vm, steps) = run("cp2112-i2c-dev-held", "e2e_cp2112_i2c_dev_held", 1).await;
+    let failed: Vec<_> = steps.iter().filter(|s| s.status != StepStatus::Ok).map(|s| &s.description).collect();
+    assert!(failed.is_empty(), "steps failed: {failed:?}");
+    let held = steps.iter().find(|s| matches!(s.action, Action::Exec { .. })).unwrap();
+    assert_eq!(held.output.as_deref().map(str::trim), Some("1"), "the i2c-dev file was not held open");
+    let lines = vm.console().lines_since(Default::default());
+    let report: Vec<&str> = lines
+        .iter()
+        .map(|l| l.text.as_str())
+        .skip_while(|l| !l.contains("blocked for more than"))
+        .take(60)
+        .collect();
+    assert!(report.iter().any(|l| l.contains("i2c_del_adapter")), "{report:#?}");
+    assert!(report.iter().any(|l| l.contains("cp2112_remove")), "{report:#?}");
+    vm.shutdown(Duration::from_secs(10)).await.unwrap();
+}
