@@ -121,6 +121,39 @@ pub fn run(args: Args) -> Result<ExitCode> {
         note: format!("{cycles} cycles in {:.1} s, each waiting for the guest's bind and disconnect", elapsed.as_secs_f64()),
     });
 
+    // The CP2112 chain: plug until the at24's nvmem file exists in the guest, then unplug.
+    let mut config = VmConfig::new(kernel.bzimage.clone(), vec![image.clone()]);
+    config.accel = args.accel;
+    config.log_dir = Some(harness::paths::results_dir().join("bench-cp2112"));
+    let (ready, elapsed) = rt.block_on(async {
+        let mut vm = Vm::boot(&config, Vec::new()).await?;
+        let mut testbed = Testbed::new();
+        vm.ensure_usb_controller().await?;
+        let mut ready = Vec::new();
+        let start = Instant::now();
+        for i in 0..cycles {
+            let how = [UnplugHow::Graceful, UnplugHow::Surprise, UnplugHow::Disconnect][i as usize % 3];
+            let plugged = testbed.plug(&mut vm, "cp2112", "bridge").await?;
+            ready.push(plugged.elapsed_ms / 1e3);
+            testbed.unplug(&mut vm, "bridge", how, Duration::from_secs(10)).await?;
+        }
+        let elapsed = start.elapsed();
+        vm.shutdown(Duration::from_secs(10)).await?;
+        anyhow::Ok((ready, elapsed))
+    })?;
+    figures.push(Figure {
+        name: "cp2112 plug to nvmem ready",
+        value: mean(&ready),
+        unit: "s",
+        note: format!("hid-cp2112 bound, at24 instantiated, nvmem present ({} plugs: {})", ready.len(), list(&ready)),
+    });
+    figures.push(Figure {
+        name: "cp2112 plug/unplug cycles",
+        value: cycles as f64 / elapsed.as_secs_f64() * 60.0,
+        unit: "/min",
+        note: format!("{cycles} cycles in {:.1} s, rotating graceful, socket close and device_disconnect", elapsed.as_secs_f64()),
+    });
+
     if args.json {
         println!("{}", serde_json::to_string_pretty(&figures)?);
     } else {
