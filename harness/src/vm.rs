@@ -460,7 +460,7 @@ mod tests {
         std::fs::write(&b, b"BB").unwrap();
         let out = concat_initrds(&[a.clone(), b], dir.path()).unwrap();
         assert_eq!(std::fs::read(out).unwrap(), b"AAABB");
-        assert_eq!(concat_initrds(&[a.clone()], dir.path()).unwrap(), a);
+        assert_eq!(concat_initrds(std::slice::from_ref(&a), dir.path()).unwrap(), a);
         assert!(concat_initrds(&[], dir.path()).is_err());
     }
 }
