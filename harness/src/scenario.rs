@@ -67,6 +67,36 @@ pub enum Step {
     Delay(DelaySpec),
     /// Run the observers (taint, /proc/interrupts, gpio debugfs, leftover files).
     Observe,
+    /// Set the faults of an emulated device (replaces earlier ones; `fault: { id: x }` clears).
+    Fault(FaultSpec),
+}
+
+/// Faults for an emulated CP2112, as written in a scenario.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct FaultSpec {
+    pub id: String,
+    /// Hold every reply back (fixed or a seeded range), to widen race windows.
+    #[serde(default)]
+    pub reply_delay: Option<DelaySpec>,
+    /// Report BUSY this many times before each transfer completes (10+ → the driver times out).
+    #[serde(default)]
+    pub busy: u32,
+    /// Fail every transfer with this CP2112 status1 (0/1 → -ETIMEDOUT in Linux, others -EIO).
+    #[serde(default)]
+    pub transfer_error: Option<u8>,
+    /// NAK every address.
+    #[serde(default)]
+    pub nak: bool,
+    /// STALL every control request.
+    #[serde(default)]
+    pub stall_ep0: bool,
+    /// Drop the device when this many more I2C transfers have started (1 = the next one).
+    #[serde(default)]
+    pub unplug_after_transfers: Option<u64>,
+    /// How the device drops then: `disconnect` (usbredir device_disconnect) or `surprise`.
+    #[serde(default)]
+    pub unplug_how: Option<UnplugHow>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -254,6 +284,17 @@ impl Scenario {
                     }
                 }
                 Step::Exec(e) if e.argv.is_empty() => return Err(format!("{at}: exec with an empty argv")),
+                Step::Fault(f) => {
+                    if !plugged.contains(&f.id.as_str()) {
+                        return Err(format!("{at}: fault for {:?}, which is not plugged at that point", f.id));
+                    }
+                    if f.unplug_after_transfers == Some(0) {
+                        return Err(format!("{at}: unplug_after_transfers counts from 1 (the next transfer)"));
+                    }
+                    if f.unplug_how == Some(UnplugHow::Graceful) {
+                        return Err(format!("{at}: a fault unplug is `disconnect` or `surprise`; graceful is a QMP step"));
+                    }
+                }
                 _ => {}
             }
         }
@@ -347,6 +388,8 @@ steps:
             ("name: 'a b'\nsteps:\n  - observe\n", "only letters"),
             ("name: x\nsteps: []\n", "at least one step"),
             ("name: x\nsteps:\n  - exec: { argv: [] }\n", "empty argv"),
+            ("name: x\nsteps:\n  - fault: { id: ghost, nak: true }\n", "not plugged at that point"),
+            ("name: x\nsteps:\n  - plug: { device: cp2112, id: b }\n  - fault: { id: b, unplug_after_transfers: 0 }\n", "counts from 1"),
             ("name: x\nsteps:\n  - unplug: { id: k, how: sideways }\n", "scenarios/t.yaml:"),
             ("\u{0}\u{1}garbage: [", "scenarios/t.yaml:"),
         ] {

@@ -42,6 +42,20 @@ pub enum Action {
     WaitConsole { text: String },
     Delay { ms: f64 },
     Observe,
+    Fault(PlannedFault),
+}
+
+/// A [`crate::scenario::FaultSpec`] with its delay drawn.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct PlannedFault {
+    pub id: String,
+    pub reply_delay_ms: f64,
+    pub busy: u32,
+    pub transfer_error: Option<u8>,
+    pub nak: bool,
+    pub stall_ep0: bool,
+    pub unplug_after_transfers: Option<u64>,
+    pub unplug_how: Option<UnplugHow>,
 }
 
 impl Action {
@@ -57,6 +71,7 @@ impl Action {
             Action::WaitConsole { text } => format!("wait for console {text:?}"),
             Action::Delay { ms } => format!("delay {ms:.3} ms"),
             Action::Observe => "observe".to_string(),
+            Action::Fault(f) => format!("fault {} (delay {:.1} ms, busy {}, error {:?}, nak {}, stall {}, drop after {:?} transfers)", f.id, f.reply_delay_ms, f.busy, f.transfer_error, f.nak, f.stall_ep0, f.unplug_after_transfers),
         }
     }
 
@@ -101,13 +116,26 @@ fn resolve(step: &Step, rng: &mut impl RngCore) -> Action {
         Step::Mkdir(path) => Action::Mkdir { path: path.clone() },
         Step::Rmdir(path) => Action::Rmdir { path: path.clone() },
         Step::WaitConsole(text) => Action::WaitConsole { text: text.clone() },
-        Step::Delay(d) => {
-            let (min, max) = (d.min.as_micros() as u64, d.max.as_micros() as u64);
-            let us = if max > min { min + rng.next_u64() % (max - min + 1) } else { min };
-            Action::Delay { ms: us as f64 / 1000.0 }
-        }
+        Step::Delay(d) => Action::Delay { ms: draw_ms(d, rng) },
+        Step::Fault(f) => Action::Fault(PlannedFault {
+            id: f.id.clone(),
+            reply_delay_ms: f.reply_delay.as_ref().map(|d| draw_ms(d, rng)).unwrap_or(0.0),
+            busy: f.busy,
+            transfer_error: f.transfer_error,
+            nak: f.nak,
+            stall_ep0: f.stall_ep0,
+            unplug_after_transfers: f.unplug_after_transfers,
+            unplug_how: f.unplug_how,
+        }),
         Step::Observe => Action::Observe,
     }
+}
+
+/// A duration drawn uniformly (in microseconds) from the spec's range, in milliseconds.
+fn draw_ms(d: &crate::scenario::DelaySpec, rng: &mut impl RngCore) -> f64 {
+    let (min, max) = (d.min.as_micros() as u64, d.max.as_micros() as u64);
+    let us = if max > min { min + rng.next_u64() % (max - min + 1) } else { min };
+    us as f64 / 1000.0
 }
 
 fn pick(rng: &mut impl RngCore, n: usize) -> usize {

@@ -82,7 +82,13 @@ pub struct Outcome {
 
 enum Plugged {
     QemuUsb { driver: &'static str },
-    Cp2112 { redir: Redir, device: Cp2112, eeproms: Vec<(At24Spec, Arc<Mutex<At24>>)> },
+    Cp2112 {
+        redir: Redir,
+        device: Cp2112,
+        eeproms: Vec<(At24Spec, Arc<Mutex<At24>>)>,
+        /// A fault that drops the device when this transfer (absolute count) starts.
+        drop_at_transfer: Option<u64>,
+    },
 }
 
 /// The devices currently plugged into one VM.
@@ -117,6 +123,34 @@ impl Testbed {
             }
             _ => None,
         }
+    }
+
+    /// Sets the faults of the emulated device `id` (see [`crate::scenario::FaultSpec`]).
+    /// Returns what was set, for the step record.
+    pub fn set_faults(&mut self, fault: &crate::schedule::PlannedFault) -> Result<String> {
+        let Some(Plugged::Cp2112 { device, drop_at_transfer, .. }) = self.plugged.get_mut(&fault.id) else {
+            bail!("{:?} is not a plugged emulated device (faults exist for cp2112 only)", fault.id);
+        };
+        let unplug_at_transfer = fault.unplug_after_transfers.map(|n| {
+            let how = match fault.unplug_how {
+                Some(UnplugHow::Surprise) => devices::usbredir::LinkRequest::Close,
+                _ => devices::usbredir::LinkRequest::Disconnect,
+            };
+            (device.counters().transfers + n, how)
+        });
+        *drop_at_transfer = unplug_at_transfer.map(|(n, _)| n);
+        device.set_faults(devices::cp2112::Faults {
+            reply_delay: Duration::from_secs_f64(fault.reply_delay_ms / 1e3),
+            stall_ep0: fault.stall_ep0,
+            transfer_error: fault.transfer_error,
+            nak: fault.nak,
+            busy_before_complete: fault.busy,
+            unplug_at_transfer,
+        });
+        Ok(match unplug_at_transfer {
+            Some((n, how)) => format!("faults set; the device drops ({how:?}) when transfer {n} starts"),
+            None => "faults set".to_string(),
+        })
     }
 
     /// Plugs `device` as `id` (a `cp2112` with [`DEFAULT_AT24`]) and waits until the guest
@@ -156,6 +190,7 @@ impl Testbed {
         };
         let start = Instant::now();
         let cursor = vm.console().cursor();
+        let mut already_gone = false;
         let detail = match plugged {
             Plugged::QemuUsb { driver } => {
                 if how != UnplugHow::Graceful {
@@ -167,11 +202,21 @@ impl Testbed {
                 };
                 None
             }
-            Plugged::Cp2112 { redir, .. } => {
+            Plugged::Cp2112 { redir, device, drop_at_transfer, .. } => {
+                // A fault may have dropped it already: then the guest saw its disconnect then.
+                already_gone = drop_at_transfer.is_some_and(|n| device.counters().transfers >= n);
                 let end = redir.unplug(vm, how, timeout).await?;
                 Some(format!("usbredir link: {end:?}"))
             }
         };
+        if already_gone {
+            return Ok(Outcome {
+                id: id.to_string(),
+                action: format!("unplug {id} ({how:?})").to_lowercase(),
+                elapsed_ms: start.elapsed().as_secs_f64() * 1e3,
+                guest_saw: Some(format!("already dropped by a fault; {}", detail.unwrap_or_default())),
+            });
+        }
         let line = vm
             .console()
             .wait_for(cursor, "USB disconnect", ENUMERATE_TIMEOUT)
@@ -248,7 +293,7 @@ bus=$(basename $(dirname $f)); echo "$bus"
     }
     let out = vm.agent().exec_ok(&["sh", "-c", &script], ENUMERATE_TIMEOUT).await.context("instantiating the at24 clients")?;
     let summary = out.stdout_text().split_whitespace().collect::<Vec<_>>().join(" ");
-    Ok((Plugged::Cp2112 { redir, device, eeproms }, format!("hid-cp2112 bound; {summary}")))
+    Ok((Plugged::Cp2112 { redir, device, eeproms, drop_at_transfer: None }, format!("hid-cp2112 bound; {summary}")))
 }
 
 #[cfg(test)]

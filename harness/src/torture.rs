@@ -193,6 +193,10 @@ async fn execute(
             ok(None)
         }
         Action::Observe => (StepStatus::Ok, None, observe::observe_all(vm.agent()).await),
+        Action::Fault(fault) => match testbed.set_faults(fault) {
+            Ok(what) => ok(Some(what)),
+            Err(e) => failed(format!("{e:#}")),
+        },
     }
 }
 
