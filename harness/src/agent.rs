@@ -28,7 +28,7 @@ use tokio::net::UnixStream;
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
 use agent::{Bytes, GuestMessage, Outcome, Request, MAX_LINE};
-pub use agent::{ErrorReply, Event, ExecRequest, Hello, Op, Reply};
+pub use agent::{ConsumerRecord, ErrorReply, Event, ExecRequest, Hello, HoldKind, HoldRequest, Op, Reply};
 
 /// Deadline of requests other than `exec` unless changed with [`Agent::with_timeout`].
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
@@ -372,6 +372,21 @@ impl Agent {
         self.done(Op::Unlink { path: path.to_string() }).await
     }
 
+    /// Starts a holder in the guest (see [`agent::HoldRequest`]); returns its handle. Its
+    /// records arrive on [`Agent::subscribe`] as events from `holder-<handle>`; subscribe
+    /// first to see the `open` record.
+    pub async fn hold(&self, req: HoldRequest) -> Result<u64, AgentError> {
+        match self.call(Op::Hold(req), self.timeout).await? {
+            Reply::Held { handle } => Ok(handle),
+            other => Err(unexpected("hold", &other)),
+        }
+    }
+
+    /// Stops a holder and closes its fds (a late close when the device is already gone).
+    pub async fn release(&self, handle: u64) -> Result<(), AgentError> {
+        self.done(Op::Release { handle }).await
+    }
+
     /// Syncs and reboots the guest once the answer is sent (QEMU with `-no-reboot` exits).
     pub async fn reboot(&self) -> Result<(), AgentError> {
         self.done(Op::Reboot).await
@@ -440,6 +455,8 @@ fn op_name(op: &Op) -> &'static str {
         Op::Rmdir { .. } => "rmdir",
         Op::Symlink { .. } => "symlink",
         Op::Unlink { .. } => "unlink",
+        Op::Hold(_) => "hold",
+        Op::Release { .. } => "release",
         Op::Reboot => "reboot",
         Op::Poweroff => "poweroff",
     }
@@ -455,6 +472,8 @@ fn describe(op: &Op) -> String {
         | Op::Rmdir { path }
         | Op::Unlink { path } => format!("{} {path}", op_name(op)),
         Op::Symlink { target, link } => format!("symlink {link} -> {target}"),
+        Op::Hold(req) => format!("hold {:?} {}", req.kind, req.path),
+        Op::Release { handle } => format!("release holder {handle}"),
         Op::Ping | Op::Reboot | Op::Poweroff => op_name(op).to_string(),
     }
 }

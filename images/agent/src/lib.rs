@@ -87,6 +87,13 @@ pub enum Op {
     Symlink { target: String, link: String },
     /// `unlink(2)` (removes configfs links); answered with [`Reply::Done`].
     Unlink { path: String },
+    /// Open a handle and keep using it on a consumer thread until released or past its
+    /// deadline; answered with [`Reply::Held`]. What it sees streams as [`Event`]s whose
+    /// `source` is `holder-<handle>` and whose `data` is a [`ConsumerRecord`].
+    Hold(HoldRequest),
+    /// Stop a holder's loop and close its fd (after the unplug: a late close); answered with
+    /// [`Reply::Done`] once the fd is closed, or an error naming a handle that is not held.
+    Release { handle: u64 },
     /// Sync, answer [`Reply::Done`], then `reboot(2)`.
     Reboot,
     /// Sync, answer [`Reply::Done`], then power off.
@@ -212,7 +219,118 @@ pub enum Reply {
     Written {
         len: u64,
     },
+    /// A holder started (its fd is open and its first request succeeded).
+    Held {
+        handle: u64,
+    },
     Done,
+}
+
+/// The user-space handle a holder keeps open across an unplug.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum HoldKind {
+    /// `/dev/gpiochipN`: a v2 line request (`lines` as inputs, `outputs` as outputs), then a
+    /// get/set values loop on the line fd.
+    GpioCdev,
+    /// `/dev/gpiochipN`: a v2 edge-event request on `lines`, then poll + read events.
+    GpioEvent,
+    /// `/dev/gpiochipN` itself: line-info watches on `lines`, then poll + read changes.
+    GpioChipWatch,
+    /// `/sys/bus/nvmem/devices/<name>/nvmem`: pread (and pwrite back what was read).
+    NvmemSysfs,
+    /// `/dev/i2c-N`: a one-byte `I2C_RDWR` read from `addr`.
+    I2cDev,
+    /// `/dev/hidrawN`: `HIDIOCGRAWINFO`, then poll + read reports.
+    Hidraw,
+}
+
+/// What to hold and how hard to use it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HoldRequest {
+    pub kind: HoldKind,
+    /// Absolute path of the device node or sysfs file.
+    pub path: String,
+    /// GPIO line offsets requested as inputs (edge sources for `gpio-event`, watched lines for
+    /// `gpio-chip-watch`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub lines: Vec<u32>,
+    /// GPIO line offsets requested as outputs (`gpio-cdev` only).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub outputs: Vec<u32>,
+    /// I2C client address (`i2c-dev`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub addr: Option<u16>,
+    /// Pause between iterations (and poll timeout for the event kinds).
+    pub interval_ms: u64,
+    /// The loop stops this long after the start; the fd stays open until `release`.
+    pub deadline_ms: u64,
+    /// Keep iterating after an error that will not go away (ENODEV, POLLHUP, EOF) instead of
+    /// stopping at the first.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub keep_going: bool,
+}
+
+/// One observation of a holder, sent when its state changes: the first success of an
+/// operation, every change of outcome (with how often the previous one repeated), events read,
+/// and the end of the loop. Kernel-returned values only; the agent judges nothing.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConsumerRecord {
+    pub holder: u64,
+    pub kind: HoldKind,
+    /// The call or step: `open`, `GPIO_V2_LINE_GET_VALUES_IOCTL`, `poll`, `read`, `pread`,
+    /// `I2C_RDWR`, `stopped`, `closed`, ...
+    pub op: String,
+    /// The call's return value when it succeeded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ret: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub errno: Option<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub errno_name: Option<String>,
+    /// `poll` revents, as the kernel returned them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revents: Option<i16>,
+    pub latency_us: u64,
+    /// `CLOCK_MONOTONIC` in the guest when the call returned.
+    pub mono_ns: u64,
+    /// How many times the previous outcome of this op repeated before this record.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub repeats: u64,
+    /// Kind-specific detail (values read, an event's fields, bytes read as hex).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+/// The symbolic name of the errnos a holder is likely to meet (`ENODEV`, ...).
+pub fn errno_name(errno: i32) -> Option<&'static str> {
+    Some(match errno {
+        1 => "EPERM",
+        2 => "ENOENT",
+        4 => "EINTR",
+        5 => "EIO",
+        6 => "ENXIO",
+        9 => "EBADF",
+        11 => "EAGAIN",
+        13 => "EACCES",
+        14 => "EFAULT",
+        16 => "EBUSY",
+        19 => "ENODEV",
+        22 => "EINVAL",
+        25 => "ENOTTY",
+        32 => "EPIPE",
+        71 => "EPROTO",
+        95 => "EOPNOTSUPP",
+        107 => "ENOTCONN",
+        108 => "ESHUTDOWN",
+        110 => "ETIMEDOUT",
+        121 => "EREMOTEIO",
+        _ => return None,
+    })
 }
 
 /// A failed request: the errno when a system call failed, and a message naming the call and
@@ -459,6 +577,39 @@ mod tests {
         for m in messages {
             round_trip(&m);
         }
+    }
+
+    #[test]
+    fn hold_protocol_round_trips() {
+        let hold = req(Op::Hold(HoldRequest {
+            kind: HoldKind::GpioCdev,
+            path: "/dev/gpiochip0".into(),
+            lines: vec![0, 1],
+            outputs: vec![2],
+            addr: None,
+            interval_ms: 10,
+            deadline_ms: 5000,
+            keep_going: true,
+        }));
+        let line = round_trip(&hold);
+        assert!(line.contains(r#""op":"hold","kind":"gpio-cdev""#), "{line}");
+        round_trip(&req(Op::Release { handle: 3 }));
+        round_trip(&Reply::Held { handle: 3 });
+        let record = ConsumerRecord {
+            holder: 3,
+            kind: HoldKind::I2cDev,
+            op: "I2C_RDWR".into(),
+            ret: None,
+            errno: Some(19),
+            errno_name: errno_name(19).map(str::to_string),
+            revents: Some(0x18),
+            latency_us: 12,
+            mono_ns: 1,
+            repeats: 4,
+            detail: None,
+        };
+        round_trip(&record);
+        assert_eq!(record.errno_name.as_deref(), Some("ENODEV"));
     }
 
     #[test]

@@ -24,6 +24,8 @@ use std::sync::{mpsc, Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
+mod consumer;
+
 use agent::{
     Bytes, ErrorReply, Event, ExecRequest, ExecResult, GuestMessage, Hello, Op, Outcome, Reply, Request, Response,
     MAX_LINE, MAX_OUTPUT, MAX_READ, PORT_NAME, PROTOCOL_VERSION,
@@ -217,7 +219,20 @@ fn handle_line(line: &[u8], writer: &Writer) {
                     _ => None,
                 };
                 // A panic is a bug in the agent; answering keeps it from looking like a hang.
-                let outcome = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(op))) {
+                let serve = || match op {
+                    // Holders stream their records as events on the same port.
+                    Op::Hold(req) => {
+                        let events = worker.clone();
+                        let sink: consumer::Sink = Arc::new(move |record| {
+                            let source = format!("holder-{}", record.holder);
+                            let data = serde_json::to_value(&record).unwrap_or_default();
+                            events.send(&GuestMessage::Event(Event { source, kind: "consumer".into(), data }));
+                        });
+                        consumer::hold(req, sink)
+                    }
+                    op => run(op),
+                };
+                let outcome = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(serve)) {
                     Ok(Ok(reply)) => Outcome::Ok(reply),
                     Ok(Err(err)) => Outcome::Err(err),
                     Err(_) => {
@@ -267,6 +282,9 @@ fn run(op: Op) -> Result<Reply, ErrorReply> {
         Op::Unlink { path } => std::fs::remove_file(absolute(&path)?)
             .map(|()| Reply::Done)
             .map_err(|e| ErrorReply::io(format!("unlink {path}"), &e)),
+        Op::Release { handle } => consumer::release(handle),
+        // Served by `handle_line`, which has the port to stream the holder's events on.
+        Op::Hold(_) => Err(ErrorReply::msg("hold needs the event stream")),
         Op::Reboot | Op::Poweroff => {
             // SAFETY: sync(2) has no preconditions.
             unsafe { libc::sync() };
