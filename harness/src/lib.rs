@@ -6,6 +6,7 @@
 
 pub mod agent;
 pub mod console;
+pub mod consumers;
 pub mod host;
 pub mod image;
 pub mod kernel;

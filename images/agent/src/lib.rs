@@ -306,6 +306,27 @@ fn is_zero(n: &u64) -> bool {
     *n == 0
 }
 
+/// `POLLIN` (the same on every Linux architecture).
+pub const POLLIN: i16 = 0x1;
+
+/// `POLLHUP|POLLERR`-style names of poll revents bits (Linux values).
+pub fn poll_flags(revents: i16) -> String {
+    const NAMES: [(i16, &str); 6] = [
+        (POLLIN, "POLLIN"),
+        (0x2, "POLLPRI"),
+        (0x4, "POLLOUT"),
+        (0x8, "POLLERR"),
+        (0x10, "POLLHUP"),
+        (0x20, "POLLNVAL"),
+    ];
+    let set: Vec<&str> = NAMES.iter().filter(|(bit, _)| revents & bit != 0).map(|(_, n)| *n).collect();
+    if set.is_empty() {
+        format!("{revents:#x}")
+    } else {
+        set.join("|")
+    }
+}
+
 /// The symbolic name of the errnos a holder is likely to meet (`ENODEV`, ...).
 pub fn errno_name(errno: i32) -> Option<&'static str> {
     Some(match errno {

@@ -1,0 +1,220 @@
+//! User-space consumers in the guest, seen from the host: start holders through the agent,
+//! gather the records each streams into its own log, and say in one line what each observed.
+//!
+//! The guest side (`agent::HoldRequest`, the agent's `consumer` module) records what the
+//! kernel answered; nothing here decides whether that was right. A holder that sent no
+//! `stopped` record by its deadline (plus slack) is reported as hung: its last call never
+//! returned.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::sync::broadcast::error::RecvError;
+use tokio::task::JoinHandle;
+
+use agent::{poll_flags, POLLIN};
+
+use crate::agent::{Agent, AgentError, ConsumerRecord, HoldRequest};
+
+/// Event kind the agent uses for holder records.
+const EVENT_KIND: &str = "consumer";
+
+/// `detail` of a record that only reports repeats of the op's last outcome.
+const REPEATED: &str = "repeated";
+
+/// A holder that has not stopped this long after its deadline is called hung.
+const HUNG_SLACK: Duration = Duration::from_secs(5);
+
+/// Everything one holder reported, in order.
+#[derive(Debug, Clone, Default)]
+pub struct HolderLog {
+    pub handle: u64,
+    /// The request, once `hold` returned (records may arrive before the answer).
+    pub request: Option<HoldRequest>,
+    pub records: Vec<ConsumerRecord>,
+    started: Option<Instant>,
+}
+
+impl HolderLog {
+    /// The first record that is an error or a poll condition other than POLLIN.
+    pub fn first_failure(&self) -> Option<&ConsumerRecord> {
+        self.records.iter().find(|r| r.errno.is_some() || r.revents.is_some_and(|e| e & !POLLIN != 0))
+    }
+
+    /// Whether the loop ended (deadline, error or release).
+    pub fn stopped(&self) -> bool {
+        self.records.iter().any(|r| r.op == "stopped")
+    }
+
+    /// One line: what the holder saw first go wrong, after how many successes; or that it
+    /// ran clean; or that it hung.
+    pub fn summary(&self) -> String {
+        let kind = self.request.as_ref().map_or_else(|| "?".to_string(), |r| format!("{:?}", r.kind));
+        let mut out = format!("holder {} ({kind}): ", self.handle);
+        match self.first_failure() {
+            Some(fail) => {
+                // `repeats` counts how often the op's previous outcome repeated unreported;
+                // every record of the op before the first failure was a success.
+                let oks: u64 = self
+                    .records
+                    .iter()
+                    .take_while(|r| !std::ptr::eq(*r, fail))
+                    .chain(std::iter::once(fail))
+                    .filter(|r| r.op == fail.op)
+                    .map(|r| r.repeats + u64::from(r.errno.is_none() && r.detail.as_deref() != Some(REPEATED)))
+                    .sum();
+                match (fail.errno, fail.revents) {
+                    (Some(errno), _) => {
+                        let name = fail.errno_name.clone().unwrap_or_else(|| format!("errno {errno}"));
+                        let _ = write!(out, "got -{name} on {} after {oks} ok", fail.op);
+                    }
+                    (None, Some(revents)) => {
+                        let _ = write!(out, "{} on {}", poll_flags(revents), fail.op);
+                    }
+                    (None, None) => {}
+                }
+            }
+            None => out.push_str("no error"),
+        }
+        if !self.stopped() && self.overdue() {
+            out.push_str("; hung: no return within the deadline");
+        }
+        out
+    }
+
+    fn overdue(&self) -> bool {
+        match (&self.request, self.started) {
+            (Some(req), Some(t)) => t.elapsed() > Duration::from_millis(req.deadline_ms) + HUNG_SLACK,
+            _ => false,
+        }
+    }
+}
+
+/// The holders of one guest and their logs. Subscribes to the agent's events on creation, so
+/// every record of a holder started through it is kept.
+pub struct Consumers {
+    agent: Agent,
+    logs: Arc<Mutex<BTreeMap<u64, HolderLog>>>,
+    collector: JoinHandle<()>,
+}
+
+impl Consumers {
+    pub fn new(agent: &Agent) -> Consumers {
+        let logs: Arc<Mutex<BTreeMap<u64, HolderLog>>> = Arc::default();
+        let mut events = agent.subscribe();
+        let sink = logs.clone();
+        let collector = tokio::spawn(async move {
+            loop {
+                let event = match events.recv().await {
+                    Ok(event) => event,
+                    Err(RecvError::Lagged(n)) => {
+                        tracing::warn!("consumer records lost: {n} events dropped by a slow reader");
+                        continue;
+                    }
+                    Err(RecvError::Closed) => return,
+                };
+                if event.kind != EVENT_KIND {
+                    continue;
+                }
+                match serde_json::from_value::<ConsumerRecord>(event.data) {
+                    Ok(record) => lock(&sink).entry(record.holder).or_default().records.push(record),
+                    Err(e) => tracing::warn!("bad consumer record from {}: {e}", event.source),
+                }
+            }
+        });
+        Consumers { agent: agent.clone(), logs, collector }
+    }
+
+    /// Starts a holder; returns its handle.
+    pub async fn hold(&self, req: HoldRequest) -> Result<u64, AgentError> {
+        let started = Instant::now();
+        let handle = self.agent.hold(req.clone()).await?;
+        let mut logs = lock(&self.logs);
+        let log = logs.entry(handle).or_default();
+        log.handle = handle;
+        log.request = Some(req);
+        log.started = Some(started);
+        Ok(handle)
+    }
+
+    /// Stops a holder and closes its fds in the guest.
+    pub async fn release(&self, handle: u64) -> Result<(), AgentError> {
+        self.agent.release(handle).await
+    }
+
+    /// Waits until `handle` reported `stopped`, or `timeout`; true if it did.
+    pub async fn wait_stopped(&self, handle: u64, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if lock(&self.logs).get(&handle).is_some_and(HolderLog::stopped) {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        false
+    }
+
+    /// A copy of every holder's log so far, by handle.
+    pub fn logs(&self) -> Vec<HolderLog> {
+        lock(&self.logs)
+            .iter()
+            .map(|(&handle, log)| HolderLog { handle, ..log.clone() })
+            .collect()
+    }
+
+    /// A copy of one holder's log so far.
+    pub fn log(&self, handle: u64) -> Option<HolderLog> {
+        lock(&self.logs).get(&handle).map(|log| HolderLog { handle, ..log.clone() })
+    }
+}
+
+impl Drop for Consumers {
+    fn drop(&mut self) {
+        self.collector.abort();
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::agent::HoldKind;
+
+    fn record(op: &str, errno: Option<i32>, revents: Option<i16>, repeats: u64) -> ConsumerRecord {
+        ConsumerRecord {
+            holder: 1,
+            kind: HoldKind::GpioCdev,
+            op: op.into(),
+            ret: errno.is_none().then_some(0),
+            errno,
+            errno_name: errno.and_then(agent::errno_name).map(str::to_string),
+            revents,
+            latency_us: 1,
+            mono_ns: 1,
+            repeats,
+            detail: None,
+        }
+    }
+
+    #[test]
+    fn summary_counts_successes_before_the_first_error() {
+        let op = "GPIO_V2_LINE_GET_VALUES_IOCTL";
+        let log = HolderLog {
+            handle: 1,
+            records: vec![record("open", None, None, 0), record(op, None, None, 0), record(op, Some(19), None, 2)],
+            ..HolderLog::default()
+        };
+        assert_eq!(log.summary(), format!("holder 1 (?): got -ENODEV on {op} after 3 ok"));
+        let polled = HolderLog {
+            handle: 2,
+            records: vec![record("poll", None, Some(0x18), 0), record("stopped", None, None, 0)],
+            ..HolderLog::default()
+        };
+        assert_eq!(polled.summary(), "holder 2 (?): POLLERR|POLLHUP on poll");
+    }
+}
