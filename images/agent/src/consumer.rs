@@ -28,6 +28,8 @@ pub type Sink = Arc<dyn Fn(ConsumerRecord) + Send + Sync>;
 
 struct Held {
     stop: Arc<AtomicBool>,
+    /// Tells the holder thread to close its fds (it waits for this after its loop ends).
+    close: mpsc::Sender<()>,
     /// Signalled by the holder thread after it closed its fds.
     closed: mpsc::Receiver<()>,
 }
@@ -45,16 +47,20 @@ pub fn hold(req: HoldRequest, sink: Sink) -> Result<Reply, ErrorReply> {
     let mut holder = Holder::open(handle, &req, sink)?;
     let stop = Arc::new(AtomicBool::new(false));
     let (closed_tx, closed) = mpsc::channel();
+    let (close, close_rx) = mpsc::channel::<()>();
     let flag = stop.clone();
     thread::Builder::new()
         .name(format!("holder-{handle}"))
         .spawn(move || {
             holder.run(&req, &flag);
+            // The fds stay open past the loop until released: the close may come long after
+            // the unplug (a late close), which is its own path through the kernel.
+            let _ = close_rx.recv();
             holder.close();
             let _ = closed_tx.send(());
         })
         .map_err(|e| ErrorReply::io("starting a holder thread", &e))?;
-    HOLDERS.lock().unwrap_or_else(|p| p.into_inner()).get_or_insert_with(HashMap::new).insert(handle, Held { stop, closed });
+    HOLDERS.lock().unwrap_or_else(|p| p.into_inner()).get_or_insert_with(HashMap::new).insert(handle, Held { stop, close, closed });
     Ok(Reply::Held { handle })
 }
 
@@ -67,6 +73,7 @@ pub fn release(handle: u64) -> Result<Reply, ErrorReply> {
         .remove(&handle)
         .ok_or_else(|| ErrorReply::msg(format!("no holder {handle}")))?;
     held.stop.store(true, Ordering::Relaxed);
+    let _ = held.close.send(());
     match held.closed.recv_timeout(RELEASE_WAIT) {
         Ok(()) | Err(mpsc::RecvTimeoutError::Disconnected) => Ok(Reply::Done),
         Err(mpsc::RecvTimeoutError::Timeout) => {

@@ -1,0 +1,118 @@
+//! End-to-end: user-space holders in the guest keep GPIO handles open while their provider
+//! goes away, and the host records what each observed. These tests pin what vanilla 6.12.117
+//! answers (kernel-notes §4.1); a kernel that answers differently fails them on purpose, so
+//! the change is seen. Run through `cargo xtask test` (it builds the kernel and image).
+
+use std::time::Duration;
+
+use harness::agent::{Agent, HoldKind, HoldRequest};
+use harness::consumers::{Consumers, HolderLog};
+use harness::testenv;
+use harness::vm::Vm;
+
+const ENODEV: i32 = 19;
+const POLLERR: i16 = 0x8;
+const POLLHUP: i16 = 0x10;
+
+fn request(kind: HoldKind, path: &str, lines: &[u32], outputs: &[u32]) -> HoldRequest {
+    HoldRequest {
+        kind,
+        path: path.to_string(),
+        lines: lines.to_vec(),
+        outputs: outputs.to_vec(),
+        addr: None,
+        interval_ms: 20,
+        deadline_ms: 20_000,
+        keep_going: false,
+    }
+}
+
+/// Creates a live gpio-sim chip with `lines` lines; returns its configfs dir and /dev node.
+async fn gpio_sim(agent: &Agent, name: &str, lines: u32) -> (String, String) {
+    let chip = format!("/sys/kernel/config/gpio-sim/{name}");
+    agent.mkdir(&chip).await.unwrap();
+    agent.mkdir(&format!("{chip}/bank0")).await.unwrap();
+    agent.write_file(&format!("{chip}/bank0/num_lines"), lines.to_string().as_bytes()).await.unwrap();
+    agent.write_file(&format!("{chip}/live"), b"1").await.unwrap();
+    let dev = agent.read_file(&format!("{chip}/bank0/chip_name")).await.unwrap();
+    let dev = format!("/dev/{}", String::from_utf8_lossy(&dev).trim());
+    (chip, dev)
+}
+
+fn failure(log: &HolderLog) -> (String, Option<i32>, Option<i16>) {
+    let fail = log.first_failure().unwrap_or_else(|| panic!("no failure recorded: {:#?}", log.records));
+    (fail.op.clone(), fail.errno, fail.revents)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn e2e_consumers_gpio_sim_goes_away_under_held_lines() {
+    let vm = Vm::boot(&testenv::vm_config("e2e_consumers_gpio_sim_goes_away_under_held_lines"), Vec::new())
+        .await
+        .unwrap();
+    let agent = vm.agent().clone();
+    let consumers = Consumers::new(&agent);
+    let (chip, dev) = gpio_sim(&agent, "held", 4).await;
+
+    // The watch comes first so that it sees the line request below.
+    let watch = consumers.hold(request(HoldKind::GpioChipWatch, &dev, &[0], &[])).await.unwrap();
+    let cdev = consumers.hold(request(HoldKind::GpioCdev, &dev, &[0], &[1])).await.unwrap();
+    let event = consumers.hold(request(HoldKind::GpioEvent, &dev, &[2], &[])).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // An edge on the event line through gpio-sim's pull: a record of the event read.
+    let pull = format!("/sys/devices/platform/{}/{}/sim_gpio2/pull", chip_device(&agent, &chip).await, dev_name(&dev));
+    agent.write_file(&pull, b"pull-up").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    agent.write_file(&format!("{chip}/live"), b"0").await.unwrap();
+    for handle in [watch, cdev, event] {
+        assert!(consumers.wait_stopped(handle, Duration::from_secs(20)).await, "holder {handle} did not stop");
+    }
+    for log in consumers.logs() {
+        println!("{}", log.summary());
+        for r in &log.records {
+            println!("  {}", serde_json::to_string(r).unwrap());
+        }
+    }
+
+    let watch_log = consumers.log(watch).unwrap();
+    assert!(
+        watch_log.records.iter().any(|r| r.op == "read" && r.detail.as_deref().is_some_and(|d| d.contains("event_type 1"))),
+        "the watch saw the line being requested: {:#?}",
+        watch_log.records
+    );
+    let event_log = consumers.log(event).unwrap();
+    assert!(event_log.records.iter().any(|r| r.op == "read" && r.ret == Some(48)), "{:#?}", event_log.records);
+
+    // Vanilla 6.12: the line fd answers ioctls with ENODEV, polls on the line and chip fds
+    // report the hang-up.
+    let (op, errno, _) = failure(&consumers.log(cdev).unwrap());
+    assert_eq!((op.as_str(), errno), ("GPIO_V2_LINE_GET_VALUES_IOCTL", Some(ENODEV)));
+    let (op, _, revents) = failure(&event_log);
+    assert_eq!((op.as_str(), revents.map(|r| r & (POLLHUP | POLLERR))), ("poll", Some(POLLHUP | POLLERR)));
+    let (op, _, revents) = failure(&watch_log);
+    assert_eq!((op.as_str(), revents.map(|r| r & (POLLHUP | POLLERR))), ("poll", Some(POLLHUP | POLLERR)));
+
+    // Late close after the chip is gone, then the chip's configfs dirs go.
+    for handle in [watch, cdev, event] {
+        assert!(!consumers.log(handle).unwrap().records.iter().any(|r| r.op == "closed"), "closed before release");
+        consumers.release(handle).await.unwrap();
+    }
+    // The `closed` record precedes the release answer on the wire; give the collector a moment.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for handle in [watch, cdev, event] {
+        assert!(consumers.log(handle).unwrap().records.iter().any(|r| r.op == "closed"), "holder {handle} not closed");
+    }
+    agent.rmdir(&format!("{chip}/bank0")).await.unwrap();
+    agent.rmdir(&chip).await.unwrap();
+    vm.shutdown(Duration::from_secs(20)).await.unwrap();
+}
+
+/// The platform device name of a live gpio-sim chip (`gpio-sim.N`).
+async fn chip_device(agent: &Agent, chip: &str) -> String {
+    let name = agent.read_file(&format!("{chip}/dev_name")).await.unwrap();
+    String::from_utf8_lossy(&name).trim().to_string()
+}
+
+fn dev_name(dev: &str) -> &str {
+    dev.trim_start_matches("/dev/")
+}
