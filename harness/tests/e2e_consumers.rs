@@ -116,3 +116,59 @@ async fn chip_device(agent: &Agent, chip: &str) -> String {
 fn dev_name(dev: &str) -> &str {
     dev.trim_start_matches("/dev/")
 }
+
+/// i2c-stub as the adapter with an at24 on it: an nvmem-sysfs holder across the at24's
+/// `delete_device`, and an i2c-dev holder across `rmmod i2c-stub`, which cannot finish while
+/// `/dev/i2c-N` is open (i2c_del_adapter waits for the last reference) until the release.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn e2e_consumers_i2c_stub_and_at24_go_away_under_held_handles() {
+    let vm = Vm::boot(&testenv::vm_config("e2e_consumers_i2c_stub_and_at24_go_away_under_held_handles"), Vec::new())
+        .await
+        .unwrap();
+    let agent = vm.agent().clone();
+    let consumers = Consumers::new(&agent);
+    let t = Duration::from_secs(30);
+    agent.exec_ok(&["modprobe", "i2c-stub", "chip_addr=0x50"], t).await.unwrap();
+    let out = agent.exec_ok(&["sh", "-c", "grep -l 'SMBus stub' /sys/bus/i2c/devices/i2c-*/name"], t).await.unwrap();
+    let adapter = out.stdout_text().trim().trim_end_matches("/name").rsplit('/').next().unwrap_or("").to_string();
+    let bus = adapter.trim_start_matches("i2c-").to_string();
+    agent.write_file(&format!("/sys/bus/i2c/devices/{adapter}/new_device"), b"24c02 0x50").await.unwrap();
+    let nvmem = format!("/sys/bus/nvmem/devices/{bus}-00500/nvmem");
+
+    let held_nvmem = consumers.hold(request(HoldKind::NvmemSysfs, &nvmem, &[], &[])).await.unwrap();
+    let mut i2c = request(HoldKind::I2cSmbus, &format!("/dev/{adapter}"), &[], &[]);
+    i2c.addr = Some(0x50);
+    i2c.keep_going = true;
+    i2c.deadline_ms = 8_000;
+    let held_i2c = consumers.hold(i2c).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    agent.write_file(&format!("/sys/bus/i2c/devices/{adapter}/delete_device"), b"0x50").await.unwrap();
+    assert!(consumers.wait_stopped(held_nvmem, Duration::from_secs(20)).await);
+    let rmmod = {
+        let agent = agent.clone();
+        tokio::spawn(async move { agent.exec(&["rmmod", "i2c-stub"], Duration::from_secs(20)).await })
+    };
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let stuck = !rmmod.is_finished();
+    consumers.release(held_i2c).await.unwrap();
+    let rmmod = rmmod.await.unwrap().unwrap();
+    for log in consumers.logs() {
+        println!("{}", log.summary());
+        for r in &log.records {
+            println!("  {}", serde_json::to_string(r).unwrap());
+        }
+    }
+    println!("rmmod stuck while held: {stuck}; then {rmmod:?}");
+
+    let (op, errno, _) = failure(&consumers.log(held_nvmem).unwrap());
+    assert_eq!((op.as_str(), errno), ("pread", Some(ENODEV)));
+    // Vanilla 6.12: the open /dev/i2c-N pins the adapter's module, so rmmod fails at once
+    // (EAGAIN from delete_module) rather than hanging; after the late close it succeeds.
+    assert!(!stuck && rmmod.status == Some(1), "rmmod while held: {}", rmmod.outcome());
+    assert!(rmmod.stderr_text().contains("temporarily unavailable"), "{}", rmmod.stderr_text());
+    let i2c_log = consumers.log(held_i2c).unwrap();
+    assert!(i2c_log.first_failure().is_none(), "SMBus reads kept working: {:#?}", i2c_log.records);
+    agent.exec_ok(&["rmmod", "i2c-stub"], t).await.unwrap();
+    vm.shutdown(Duration::from_secs(20)).await.unwrap();
+}

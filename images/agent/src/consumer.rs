@@ -178,12 +178,19 @@ impl Holder {
                     cvt(unsafe { libc::ioctl(fd, uapi::GPIO_V2_GET_LINEINFO_WATCH_IOCTL, &mut info) })?;
                 }
             }
-            HoldKind::I2cDev => {
+            HoldKind::I2cDev | HoldKind::I2cSmbus => {
                 if req.addr.is_none() {
                     return Err(io::Error::from_raw_os_error(libc::EINVAL));
                 }
             }
             HoldKind::NvmemSysfs | HoldKind::Hidraw => {}
+        }
+        if self.kind == HoldKind::I2cSmbus {
+            // SMBus has no address in the transfer: bind the fd to the client (FORCE: the
+            // address is usually claimed by a kernel driver, the very one being unplugged).
+            let addr = libc::c_ulong::from(req.addr.unwrap_or(0));
+            // SAFETY: I2C_SLAVE_FORCE takes the address by value.
+            cvt(unsafe { libc::ioctl(fd, uapi::I2C_SLAVE_FORCE, addr) })?;
         }
         Ok(())
     }
@@ -280,6 +287,19 @@ impl Holder {
                 self.call("I2C_RDWR", || {
                     // SAFETY: data points at one valid i2c_msg whose buffer is one byte.
                     unsafe { libc::ioctl(fd, uapi::I2C_RDWR, &mut data) as i64 }
+                });
+            }
+            HoldKind::I2cSmbus => {
+                let mut block = [0u8; 34];
+                let mut data = uapi::I2cSmbusData {
+                    read_write: uapi::I2C_SMBUS_READ,
+                    command: 0,
+                    size: uapi::I2C_SMBUS_BYTE_DATA,
+                    data: block.as_mut_ptr(),
+                };
+                self.call("I2C_SMBUS", || {
+                    // SAFETY: data points at a buffer the size of union i2c_smbus_data.
+                    unsafe { libc::ioctl(fd, uapi::I2C_SMBUS, &mut data) as i64 }
                 });
             }
         }
@@ -562,6 +582,15 @@ mod uapi {
         pub nmsgs: u32,
     }
 
+    /// `struct i2c_smbus_ioctl_data` (`data` points at a 34-byte `union i2c_smbus_data`).
+    #[repr(C)]
+    pub struct I2cSmbusData {
+        pub read_write: u8,
+        pub command: u8,
+        pub size: u32,
+        pub data: *mut u8,
+    }
+
     /// `struct hidraw_devinfo`.
     #[repr(C)]
     pub struct HidrawDevinfo {
@@ -572,6 +601,10 @@ mod uapi {
 
     pub const I2C_M_RD: u16 = 1;
     pub const I2C_RDWR: libc::c_ulong = 0x0707;
+    pub const I2C_SLAVE_FORCE: libc::c_ulong = 0x0706;
+    pub const I2C_SMBUS: libc::c_ulong = 0x0720;
+    pub const I2C_SMBUS_READ: u8 = 1;
+    pub const I2C_SMBUS_BYTE_DATA: u32 = 2;
     pub const GPIO_V2_GET_LINEINFO_WATCH_IOCTL: libc::c_ulong = iowr(0xB4, 0x06, size_of::<LineInfo>());
     pub const GPIO_V2_GET_LINE_IOCTL: libc::c_ulong = iowr(0xB4, 0x07, size_of::<LineRequest>());
     pub const GPIO_V2_LINE_GET_VALUES_IOCTL: libc::c_ulong = iowr(0xB4, 0x0E, size_of::<LineValues>());
@@ -611,6 +644,7 @@ mod uapi {
             assert_eq!(size_of::<I2cMsg>(), 16);
             assert_eq!(size_of::<I2cRdwrData>(), 16);
             assert_eq!(size_of::<HidrawDevinfo>(), 8);
+            assert_eq!(size_of::<I2cSmbusData>(), 16);
             assert_eq!(GPIO_V2_GET_LINE_IOCTL, 0xc250_b407);
             assert_eq!(GPIO_V2_LINE_GET_VALUES_IOCTL, 0xc010_b40e);
             assert_eq!(GPIO_V2_GET_LINEINFO_WATCH_IOCTL, 0xc100_b406);

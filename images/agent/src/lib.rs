@@ -241,6 +241,9 @@ pub enum HoldKind {
     NvmemSysfs,
     /// `/dev/i2c-N`: a one-byte `I2C_RDWR` read from `addr`.
     I2cDev,
+    /// `/dev/i2c-N`: an `I2C_SMBUS` byte-data read of register 0 at `addr` (for SMBus-only
+    /// adapters such as i2c-stub, which answer `I2C_RDWR` with EOPNOTSUPP).
+    I2cSmbus,
     /// `/dev/hidrawN`: `HIDIOCGRAWINFO`, then poll + read reports.
     Hidraw,
 }
@@ -258,7 +261,7 @@ pub struct HoldRequest {
     /// GPIO line offsets requested as outputs (`gpio-cdev` only).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub outputs: Vec<u32>,
-    /// I2C client address (`i2c-dev`).
+    /// I2C client address (`i2c-dev`, `i2c-smbus`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub addr: Option<u16>,
     /// Pause between iterations (and poll timeout for the event kinds).
