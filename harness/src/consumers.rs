@@ -158,10 +158,7 @@ impl Consumers {
 
     /// A copy of every holder's log so far, by handle.
     pub fn logs(&self) -> Vec<HolderLog> {
-        lock(&self.logs)
-            .iter()
-            .map(|(&handle, log)| HolderLog { handle, ..log.clone() })
-            .collect()
+        lock(&self.logs).iter().map(|(&handle, log)| HolderLog { handle, ..log.clone() }).collect()
     }
 
     /// A copy of one holder's log so far.

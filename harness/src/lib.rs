@@ -10,6 +10,7 @@ pub mod consumers;
 pub mod host;
 pub mod image;
 pub mod kernel;
+pub mod kmod;
 pub mod observe;
 pub mod paths;
 pub mod plug;

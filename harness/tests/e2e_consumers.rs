@@ -46,9 +46,8 @@ fn failure(log: &HolderLog) -> (String, Option<i32>, Option<i16>) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn e2e_consumers_gpio_sim_goes_away_under_held_lines() {
-    let vm = Vm::boot(&testenv::vm_config("e2e_consumers_gpio_sim_goes_away_under_held_lines"), Vec::new())
-        .await
-        .unwrap();
+    let vm =
+        Vm::boot(&testenv::vm_config("e2e_consumers_gpio_sim_goes_away_under_held_lines"), Vec::new()).await.unwrap();
     let agent = vm.agent().clone();
     let consumers = Consumers::new(&agent);
     let (chip, dev) = gpio_sim(&agent, "held", 4).await;
@@ -76,7 +75,10 @@ async fn e2e_consumers_gpio_sim_goes_away_under_held_lines() {
 
     let watch_log = consumers.log(watch).unwrap();
     assert!(
-        watch_log.records.iter().any(|r| r.op == "read" && r.detail.as_deref().is_some_and(|d| d.contains("event_type 1"))),
+        watch_log
+            .records
+            .iter()
+            .any(|r| r.op == "read" && r.detail.as_deref().is_some_and(|d| d.contains("event_type 1"))),
         "the watch saw the line being requested: {:#?}",
         watch_log.records
     );

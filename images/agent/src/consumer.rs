@@ -60,7 +60,11 @@ pub fn hold(req: HoldRequest, sink: Sink) -> Result<Reply, ErrorReply> {
             let _ = closed_tx.send(());
         })
         .map_err(|e| ErrorReply::io("starting a holder thread", &e))?;
-    HOLDERS.lock().unwrap_or_else(|p| p.into_inner()).get_or_insert_with(HashMap::new).insert(handle, Held { stop, close, closed });
+    HOLDERS
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .get_or_insert_with(HashMap::new)
+        .insert(handle, Held { stop, close, closed });
     Ok(Reply::Held { handle })
 }
 
@@ -225,7 +229,8 @@ impl Holder {
         match self.kind {
             HoldKind::GpioCdev => {
                 let line = self.line_fd();
-                let mut values = uapi::LineValues { bits: 0, mask: (1u64 << (req.lines.len() + req.outputs.len())) - 1 };
+                let mut values =
+                    uapi::LineValues { bits: 0, mask: (1u64 << (req.lines.len() + req.outputs.len())) - 1 };
                 self.call("GPIO_V2_LINE_GET_VALUES_IOCTL", || {
                     // SAFETY: values is the kernel's struct gpio_v2_line_values.
                     unsafe { libc::ioctl(line, uapi::GPIO_V2_LINE_GET_VALUES_IOCTL, &mut values) as i64 }
@@ -277,12 +282,8 @@ impl Holder {
             }
             HoldKind::I2cDev => {
                 let mut byte = 0u8;
-                let mut msg = uapi::I2cMsg {
-                    addr: req.addr.unwrap_or(0),
-                    flags: uapi::I2C_M_RD,
-                    len: 1,
-                    buf: &mut byte,
-                };
+                let mut msg =
+                    uapi::I2cMsg { addr: req.addr.unwrap_or(0), flags: uapi::I2C_M_RD, len: 1, buf: &mut byte };
                 let mut data = uapi::I2cRdwrData { msgs: &mut msg, nmsgs: 1 };
                 self.call("I2C_RDWR", || {
                     // SAFETY: data points at one valid i2c_msg whose buffer is one byte.
@@ -379,7 +380,14 @@ impl Holder {
     }
 
     /// Reports `outcome` if it differs from the op's last one; otherwise counts a repeat.
-    fn outcome(&mut self, op: &'static str, outcome: Outcome, ret: Option<i64>, latency: Duration, detail: Option<String>) {
+    fn outcome(
+        &mut self,
+        op: &'static str,
+        outcome: Outcome,
+        ret: Option<i64>,
+        latency: Duration,
+        detail: Option<String>,
+    ) {
         match self.last.get_mut(op) {
             Some((last, repeats)) if *last == outcome => *repeats += 1,
             _ => {
@@ -410,7 +418,15 @@ impl Holder {
         self.send(op, outcome, ret, latency_us, detail, 0);
     }
 
-    fn send(&self, op: &str, outcome: Outcome, ret: Option<i64>, latency_us: u64, detail: Option<String>, repeats: u64) {
+    fn send(
+        &self,
+        op: &str,
+        outcome: Outcome,
+        ret: Option<i64>,
+        latency_us: u64,
+        detail: Option<String>,
+        repeats: u64,
+    ) {
         let (errno, revents) = match outcome {
             Outcome::Ok => (None, None),
             Outcome::Errno(e) => (Some(e), None),
