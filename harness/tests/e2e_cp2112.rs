@@ -120,7 +120,18 @@ async fn gpio_both_directions(vm: &Vm, device: &Cp2112) {
     .await;
     assert_ne!(irqs, "0", "no GPIO5 edge reached the guest");
 
-    sh(vm, &format!("echo 0 > {input}/interrupts; echo 0 > /sys/kernel/config/gpio-virtuser/cp/live")).await;
+    // Freeing the IRQ can trip a hid-cp2112 bug on vanilla 6.12: irq_shutdown cancels the GPIO
+    // poll work synchronously under free_irq's desc lock, so if the work is running the writer
+    // sleeps in atomic context and may die, and the guest may wedge (scenario
+    // cp2112-gpio-irq-release reproduces it on purpose). That outcome is the kernel's; any other
+    // failure here is ours.
+    let release = vm.agent().exec(&["sh", "-c", &format!("echo 0 > {input}/interrupts")], T).await;
+    if !release.as_ref().is_ok_and(|out| out.success()) {
+        let known = vm.console().wait_for(Default::default(), "BUG: scheduling while atomic", Duration::from_secs(5)).await;
+        assert!(known.is_ok(), "releasing the GPIO5 IRQ failed ({release:?}) without the known hid-cp2112 bug");
+        return;
+    }
+    sh(vm, "echo 0 > /sys/kernel/config/gpio-virtuser/cp/live").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
