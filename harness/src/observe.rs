@@ -82,29 +82,9 @@ pub async fn taint(agent: &Agent) -> Option<u64> {
     String::from_utf8_lossy(&text).trim().parse().ok()
 }
 
-/// Taint letters by bit, as the kernel prints them (`kernel/panic.c` taint_flags).
-const TAINT_LETTERS: &[u8; 19] = b"PFSRMBUDAWCIOELKXTN";
-
-/// The letters of the bits set in `mask`, e.g. `0x220` → `"BW"`.
-pub fn taint_letters(mask: u64) -> String {
-    TAINT_LETTERS
-        .iter()
-        .enumerate()
-        .filter(|(bit, _)| mask & (1 << bit) != 0)
-        .map(|(_, &c)| c as char)
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn taint_letters_follow_the_kernel_order() {
-        assert_eq!(taint_letters(0), "");
-        assert_eq!(taint_letters(1 << 5), "B");
-        assert_eq!(taint_letters((1 << 5) | (1 << 9) | (1 << 7)), "BDW");
-    }
 
     #[test]
     fn bounded_cuts_on_a_char_boundary() {

@@ -351,7 +351,7 @@ pub async fn run_recorded(request: RunRequest) -> anyhow::Result<RunVerdict> {
                                 "step {} ({}): kernel taint gained {} (now {taint:#x})",
                                 step.index,
                                 step.description,
-                                crate::observe::taint_letters(gained)
+                                report::Taint(gained).letters()
                             );
                             findings.push(signal.clone());
                             summary.signals.push(signal);
