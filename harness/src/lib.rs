@@ -14,6 +14,7 @@ pub mod kmod;
 pub mod observe;
 pub mod paths;
 pub mod plug;
+pub mod providers;
 pub mod qmp;
 pub mod results;
 pub mod scenario;

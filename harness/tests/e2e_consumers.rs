@@ -5,8 +5,9 @@
 
 use std::time::Duration;
 
-use harness::agent::{Agent, HoldKind, HoldRequest};
+use harness::agent::{HoldKind, HoldRequest};
 use harness::consumers::{Consumers, HolderLog};
+use harness::providers::{self, GpioSim};
 use harness::testenv;
 use harness::vm::Vm;
 
@@ -27,18 +28,6 @@ fn request(kind: HoldKind, path: &str, lines: &[u32], outputs: &[u32]) -> HoldRe
     }
 }
 
-/// Creates a live gpio-sim chip with `lines` lines; returns its configfs dir and /dev node.
-async fn gpio_sim(agent: &Agent, name: &str, lines: u32) -> (String, String) {
-    let chip = format!("/sys/kernel/config/gpio-sim/{name}");
-    agent.mkdir(&chip).await.unwrap();
-    agent.mkdir(&format!("{chip}/bank0")).await.unwrap();
-    agent.write_file(&format!("{chip}/bank0/num_lines"), lines.to_string().as_bytes()).await.unwrap();
-    agent.write_file(&format!("{chip}/live"), b"1").await.unwrap();
-    let dev = agent.read_file(&format!("{chip}/bank0/chip_name")).await.unwrap();
-    let dev = format!("/dev/{}", String::from_utf8_lossy(&dev).trim());
-    (chip, dev)
-}
-
 fn failure(log: &HolderLog) -> (String, Option<i32>, Option<i16>) {
     let fail = log.first_failure().unwrap_or_else(|| panic!("no failure recorded: {:#?}", log.records));
     (fail.op.clone(), fail.errno, fail.revents)
@@ -50,7 +39,8 @@ async fn e2e_consumers_gpio_sim_goes_away_under_held_lines() {
         Vm::boot(&testenv::vm_config("e2e_consumers_gpio_sim_goes_away_under_held_lines"), Vec::new()).await.unwrap();
     let agent = vm.agent().clone();
     let consumers = Consumers::new(&agent);
-    let (chip, dev) = gpio_sim(&agent, "held", 4).await;
+    let sim = GpioSim::create(&agent, "held", 4, &["held0"]).await.unwrap();
+    let dev = sim.dev.clone();
 
     // The watch comes first so that it sees the line request below.
     let watch = consumers.hold(request(HoldKind::GpioChipWatch, &dev, &[0], &[])).await.unwrap();
@@ -58,11 +48,10 @@ async fn e2e_consumers_gpio_sim_goes_away_under_held_lines() {
     let event = consumers.hold(request(HoldKind::GpioEvent, &dev, &[2], &[])).await.unwrap();
     tokio::time::sleep(Duration::from_millis(500)).await;
     // An edge on the event line through gpio-sim's pull: a record of the event read.
-    let pull = format!("/sys/devices/platform/{}/{}/sim_gpio2/pull", chip_device(&agent, &chip).await, dev_name(&dev));
-    agent.write_file(&pull, b"pull-up").await.unwrap();
+    sim.pull(&agent, 2, "pull-up").await.unwrap();
     tokio::time::sleep(Duration::from_millis(500)).await;
 
-    agent.write_file(&format!("{chip}/live"), b"0").await.unwrap();
+    sim.unplug(&agent).await.unwrap();
     for handle in [watch, cdev, event] {
         assert!(consumers.wait_stopped(handle, Duration::from_secs(20)).await, "holder {handle} did not stop");
     }
@@ -104,24 +93,13 @@ async fn e2e_consumers_gpio_sim_goes_away_under_held_lines() {
     for handle in [watch, cdev, event] {
         assert!(consumers.log(handle).unwrap().records.iter().any(|r| r.op == "closed"), "holder {handle} not closed");
     }
-    agent.rmdir(&format!("{chip}/bank0")).await.unwrap();
-    agent.rmdir(&chip).await.unwrap();
+    sim.remove(&agent).await.unwrap();
     vm.shutdown(Duration::from_secs(20)).await.unwrap();
 }
 
-/// The platform device name of a live gpio-sim chip (`gpio-sim.N`).
-async fn chip_device(agent: &Agent, chip: &str) -> String {
-    let name = agent.read_file(&format!("{chip}/dev_name")).await.unwrap();
-    String::from_utf8_lossy(&name).trim().to_string()
-}
-
-fn dev_name(dev: &str) -> &str {
-    dev.trim_start_matches("/dev/")
-}
-
 /// i2c-stub as the adapter with an at24 on it: an nvmem-sysfs holder across the at24's
-/// `delete_device`, and an i2c-dev holder across `rmmod i2c-stub`, which cannot finish while
-/// `/dev/i2c-N` is open (i2c_del_adapter waits for the last reference) until the release.
+/// `delete_device`, and an SMBus holder on `/dev/i2c-N` across `rmmod i2c-stub`, which the
+/// open fd refuses (it pins the adapter's module) until the late close.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn e2e_consumers_i2c_stub_and_at24_go_away_under_held_handles() {
     let vm = Vm::boot(&testenv::vm_config("e2e_consumers_i2c_stub_and_at24_go_away_under_held_handles"), Vec::new())
@@ -130,12 +108,10 @@ async fn e2e_consumers_i2c_stub_and_at24_go_away_under_held_handles() {
     let agent = vm.agent().clone();
     let consumers = Consumers::new(&agent);
     let t = Duration::from_secs(30);
-    agent.exec_ok(&["modprobe", "i2c-stub", "chip_addr=0x50"], t).await.unwrap();
-    let out = agent.exec_ok(&["sh", "-c", "grep -l 'SMBus stub' /sys/bus/i2c/devices/i2c-*/name"], t).await.unwrap();
-    let adapter = out.stdout_text().trim().trim_end_matches("/name").rsplit('/').next().unwrap_or("").to_string();
-    let bus = adapter.trim_start_matches("i2c-").to_string();
-    agent.write_file(&format!("/sys/bus/i2c/devices/{adapter}/new_device"), b"24c02 0x50").await.unwrap();
-    let nvmem = format!("/sys/bus/nvmem/devices/{bus}-00500/nvmem");
+    let bus = providers::i2c_stub(&agent, 0x50).await.unwrap();
+    let adapter = format!("i2c-{bus}");
+    let nvmem = providers::at24_new(&agent, bus, "24c02", 0x50).await.unwrap();
+    let nvmem = format!("/sys/bus/nvmem/devices/{nvmem}/nvmem");
 
     let held_nvmem = consumers.hold(request(HoldKind::NvmemSysfs, &nvmem, &[], &[])).await.unwrap();
     let mut i2c = request(HoldKind::I2cSmbus, &format!("/dev/{adapter}"), &[], &[]);
@@ -145,7 +121,7 @@ async fn e2e_consumers_i2c_stub_and_at24_go_away_under_held_handles() {
     let held_i2c = consumers.hold(i2c).await.unwrap();
     tokio::time::sleep(Duration::from_millis(500)).await;
 
-    agent.write_file(&format!("/sys/bus/i2c/devices/{adapter}/delete_device"), b"0x50").await.unwrap();
+    providers::at24_delete(&agent, bus, 0x50).await.unwrap();
     assert!(consumers.wait_stopped(held_nvmem, Duration::from_secs(20)).await);
     let rmmod = {
         let agent = agent.clone();
