@@ -8,6 +8,8 @@ use std::time::Duration;
 use harness::agent::{HoldKind, HoldRequest};
 use harness::consumers::{Consumers, HolderLog};
 use harness::providers::{self, GpioSim};
+use harness::scenario::UnplugHow;
+use harness::testbed::Testbed;
 use harness::testenv;
 use harness::vm::Vm;
 
@@ -148,5 +150,39 @@ async fn e2e_consumers_i2c_stub_and_at24_go_away_under_held_handles() {
     let i2c_log = consumers.log(held_i2c).unwrap();
     assert!(i2c_log.first_failure().is_none(), "SMBus reads kept working: {:#?}", i2c_log.records);
     agent.exec_ok(&["rmmod", "i2c-stub"], t).await.unwrap();
+    vm.shutdown(Duration::from_secs(20)).await.unwrap();
+}
+
+/// QEMU's usb-kbd as the provider: a hidraw holder across its graceful unplug.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn e2e_consumers_hidraw_across_usb_kbd_unplug() {
+    let mut vm = Vm::boot(&testenv::vm_config("e2e_consumers_hidraw_across_usb_kbd_unplug"), Vec::new()).await.unwrap();
+    let agent = vm.agent().clone();
+    let consumers = Consumers::new(&agent);
+    let mut testbed = Testbed::new();
+    testbed.plug(&mut vm, "usb-kbd", "kbd").await.unwrap();
+    let nodes = agent.exec_ok(&["sh", "-c", "ls /dev/hidraw*"], Duration::from_secs(30)).await.unwrap();
+    let node = nodes.stdout_text().lines().next().unwrap_or_default().trim().to_string();
+    // Past the hang-up too, to see what the ioctl answers afterwards.
+    let mut hidraw = request(HoldKind::Hidraw, &node, &[], &[]);
+    hidraw.keep_going = true;
+    hidraw.deadline_ms = 4_000;
+    let held = consumers.hold(hidraw).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    testbed.unplug(&mut vm, "kbd", UnplugHow::Graceful, Duration::from_secs(10)).await.unwrap();
+    assert!(consumers.wait_stopped(held, Duration::from_secs(20)).await, "hidraw holder did not stop");
+    let log = consumers.log(held).unwrap();
+    println!("{}", log.summary());
+    for r in &log.records {
+        println!("  {}", serde_json::to_string(r).unwrap());
+    }
+    // Vanilla 6.12: poll reports the hang-up (no POLLIN: nothing to read), then the info
+    // ioctl answers ENODEV.
+    let (op, _, revents) = failure(&log);
+    assert_eq!((op.as_str(), revents), ("poll", Some(POLLHUP | POLLERR)));
+    let ioctl = log.records.iter().find(|r| r.op == "HIDIOCGRAWINFO" && r.errno.is_some());
+    assert_eq!(ioctl.and_then(|r| r.errno), Some(ENODEV), "{:#?}", log.records);
+    consumers.release(held).await.unwrap();
     vm.shutdown(Duration::from_secs(20)).await.unwrap();
 }
