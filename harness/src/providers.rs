@@ -86,3 +86,82 @@ pub async fn i2c_stub(agent: &Agent, addr: u16) -> Result<u32, AgentError> {
         .and_then(|n| n.parse().ok())
         .ok_or_else(|| AgentError::Protocol(format!("no i2c-stub adapter in sysfs: {text:?}")))
 }
+
+/// A gpio-virtuser device: an in-kernel GPIO consumer whose lines (connection `con_id`,
+/// entries 0..n) are looked up by line name, or by chip label and offset.
+pub struct GpioVirtuser {
+    /// `/sys/kernel/config/gpio-virtuser/<name>`.
+    pub configfs: String,
+    con_id: String,
+    entries: usize,
+}
+
+/// Where a gpio-virtuser entry finds its line.
+pub enum LineLookup<'a> {
+    /// A line name (`offset -1`), e.g. one set on a gpio-sim line.
+    Name(&'a str),
+    /// A chip label and an offset on it.
+    Chip(&'a str, u32),
+}
+
+impl GpioVirtuser {
+    /// Creates the device and requests its lines (`live=1`).
+    pub async fn create(
+        agent: &Agent,
+        name: &str,
+        con_id: &str,
+        lines: &[LineLookup<'_>],
+    ) -> Result<GpioVirtuser, AgentError> {
+        let configfs = format!("/sys/kernel/config/gpio-virtuser/{name}");
+        agent.mkdir(&configfs).await?;
+        agent.mkdir(&format!("{configfs}/{con_id}")).await?;
+        for (i, line) in lines.iter().enumerate() {
+            let entry = format!("{configfs}/{con_id}/{i}");
+            agent.mkdir(&entry).await?;
+            let (key, offset) = match line {
+                LineLookup::Name(n) => (*n, -1i64),
+                LineLookup::Chip(label, off) => (*label, i64::from(*off)),
+            };
+            agent.write_file(&format!("{entry}/key"), key.as_bytes()).await?;
+            agent.write_file(&format!("{entry}/offset"), offset.to_string().as_bytes()).await?;
+        }
+        agent.write_file(&format!("{configfs}/live"), b"1").await?;
+        Ok(GpioVirtuser { configfs, con_id: con_id.to_string(), entries: lines.len() })
+    }
+
+    /// The debugfs attribute `attr` (`value`, `interrupts`, ...) of entry `index`.
+    async fn debugfs(&self, agent: &Agent, index: usize, attr: &str) -> Result<String, AgentError> {
+        let dev = agent.read_file(&format!("{}/dev_name", self.configfs)).await?;
+        let dev = String::from_utf8_lossy(&dev).trim().to_string();
+        Ok(format!("/sys/kernel/debug/gpio-virtuser/{dev}/gpiod:{}:{index}/{attr}", self.con_id))
+    }
+
+    /// Writes `data` to entry `index`'s debugfs attribute (`value` toggles, `interrupts`
+    /// requests the line's IRQ with `1`).
+    pub async fn set(&self, agent: &Agent, index: usize, attr: &str, data: &str) -> Result<(), AgentError> {
+        let path = self.debugfs(agent, index, attr).await?;
+        agent.write_file(&path, data.as_bytes()).await
+    }
+
+    /// Reads entry `index`'s debugfs attribute with `cat` (these files refuse `pread`):
+    /// `Ok(value)`, or `Err(cat's complaint)` naming the kernel's error.
+    pub async fn get(&self, agent: &Agent, index: usize, attr: &str) -> Result<Result<String, String>, AgentError> {
+        let path = self.debugfs(agent, index, attr).await?;
+        let out = agent.exec(&["cat", &path], TIMEOUT).await?;
+        Ok(if out.success() {
+            Ok(out.stdout_text().trim().to_string())
+        } else {
+            Err(out.stderr_text().trim().to_string())
+        })
+    }
+
+    /// Tears the consumer down (`live=0`) and removes its configfs groups.
+    pub async fn remove(self, agent: &Agent) -> Result<(), AgentError> {
+        agent.write_file(&format!("{}/live", self.configfs), b"0").await?;
+        for i in 0..self.entries {
+            agent.rmdir(&format!("{}/{}/{i}", self.configfs, self.con_id)).await?;
+        }
+        agent.rmdir(&format!("{}/{}", self.configfs, self.con_id)).await?;
+        agent.rmdir(&self.configfs).await
+    }
+}

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use harness::agent::{HoldKind, HoldRequest};
 use harness::consumers::{Consumers, HolderLog};
-use harness::providers::{self, GpioSim};
+use harness::providers::{self, GpioSim, GpioVirtuser, LineLookup};
 use harness::scenario::UnplugHow;
 use harness::testbed::Testbed;
 use harness::testenv;
@@ -184,5 +184,27 @@ async fn e2e_consumers_hidraw_across_usb_kbd_unplug() {
     let ioctl = log.records.iter().find(|r| r.op == "HIDIOCGRAWINFO" && r.errno.is_some());
     assert_eq!(ioctl.and_then(|r| r.errno), Some(ENODEV), "{:#?}", log.records);
     consumers.release(held).await.unwrap();
+    vm.shutdown(Duration::from_secs(20)).await.unwrap();
+}
+
+/// An in-kernel consumer (gpio-virtuser, lines by name) keeps its descriptor while the
+/// gpio-sim chip goes away under it, then reads the line through debugfs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn e2e_consumers_gpio_virtuser_holds_a_line_of_a_removed_chip() {
+    let vm = Vm::boot(&testenv::vm_config("e2e_consumers_gpio_virtuser_holds_a_line_of_a_removed_chip"), Vec::new())
+        .await
+        .unwrap();
+    let agent = vm.agent().clone();
+    let sim = GpioSim::create(&agent, "vsim", 2, &["vline0"]).await.unwrap();
+    let user = GpioVirtuser::create(&agent, "vuser", "foo", &[LineLookup::Name("vline0")]).await.unwrap();
+    let before = user.get(&agent, 0, "value").await.unwrap();
+    sim.unplug(&agent).await.unwrap();
+    let after = user.get(&agent, 0, "value").await.unwrap();
+    println!("value before: {before:?}; after live=0: {after:?}");
+    // Vanilla 6.12: the descriptor outlives its chip; gpiolib answers ENODEV.
+    assert_eq!(before, Ok("0".to_string()));
+    assert!(after.as_ref().is_err_and(|e| e.contains("No such device")), "{after:?}");
+    user.remove(&agent).await.unwrap();
+    sim.remove(&agent).await.unwrap();
     vm.shutdown(Duration::from_secs(20)).await.unwrap();
 }
