@@ -1,46 +1,59 @@
-//! Out-of-tree test modules (`kernels/modules/NAME`, e.g. `nvmem-holder`) built against a
-//! kernel's object tree and merged into an `INSTALL_MOD_PATH`-style tree the image can take
-//! (`harness::image::ImageRequest { modules }`).
+//! Out-of-tree test modules (`kernels/modules/NAME`, e.g. `nvmem-holder`), built by
+//! `kernel::build` right after the kernel's own modules, against the same object tree and
+//! configuration, and installed into the build's `INSTALL_MOD_PATH` tree as
+//! `lib/modules/<release>/extra/NAME.ko` (so the image carries them and `modprobe` works).
 //!
-//! The repository copy is never written to: kbuild puts its objects next to the sources, so
-//! the module is copied to `out` first. The kernel's object tree (`O=`) must hold the build of
-//! `kernel` (it is shared per source tree); a different release there is refused, since the
-//! module would not load.
+//! Building them inside the kernel build matters: the object tree is shared per source tree,
+//! so building later could pick up another configuration's objects. The repository copy is
+//! never written to: kbuild puts its objects next to the sources, so each module is copied
+//! into `work` first.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{bail, Context, Result};
 
-use crate::kernel::Kernel;
+/// The module directories under `kernels/modules`, by name, sorted.
+pub fn module_dirs(kernels_dir: &Path) -> Result<Vec<PathBuf>> {
+    let dir = kernels_dir.join("modules");
+    let Ok(entries) = std::fs::read_dir(&dir) else {
+        return Ok(Vec::new());
+    };
+    let mut dirs: Vec<PathBuf> = entries.flatten().map(|e| e.path()).filter(|p| p.join("Kbuild").exists()).collect();
+    dirs.sort();
+    Ok(dirs)
+}
 
-/// Builds `kernels/modules/<name>` against `objects` and returns a modules tree in `out`:
-/// the kernel's own modules plus `lib/modules/<release>/extra/<name>.ko`, with depmod run.
-pub fn build(kernel: &Kernel, objects: &Path, name: &str, out: &Path) -> Result<PathBuf> {
-    let built_release = std::fs::read_to_string(objects.join("include/config/kernel.release"))
-        .with_context(|| format!("{} is not a built kernel object tree", objects.display()))?;
-    if built_release.trim() != kernel.release {
-        bail!("{} holds a {} build, not {}", objects.display(), built_release.trim(), kernel.release);
+/// The bytes of every file of the modules, for the kernel cache key.
+pub fn sources_fingerprint(dirs: &[PathBuf]) -> Result<Vec<u8>> {
+    let mut all = Vec::new();
+    for dir in dirs {
+        let mut files: Vec<PathBuf> = std::fs::read_dir(dir)?.flatten().map(|e| e.path()).filter(|p| p.is_file()).collect();
+        files.sort();
+        for f in files {
+            all.extend_from_slice(f.to_string_lossy().rsplit('/').take(2).collect::<Vec<_>>().join("/").as_bytes());
+            all.extend_from_slice(&std::fs::read(&f).with_context(|| format!("reading {}", f.display()))?);
+        }
     }
-    let source = crate::paths::repo_root().join("kernels/modules").join(name);
-    let work = out.join("src").join(name);
-    let tree = out.join("tree");
-    let _ = std::fs::remove_dir_all(out);
-    std::fs::create_dir_all(out.join("src")).with_context(|| format!("creating {}", out.display()))?;
-    run(Command::new("cp").arg("-a").arg(&source).arg(&work))?;
-    run(Command::new("make").arg("-C").arg(objects).arg(format!("M={}", work.display())).arg("LLVM=1").arg("modules"))?;
-    match &kernel.modules {
-        Some(modules) => run(Command::new("cp").arg("-a").arg(modules).arg(&tree))?,
-        None => std::fs::create_dir_all(&tree)?,
-    }
-    let extra = tree.join("lib/modules").join(&kernel.release).join("extra");
+    Ok(all)
+}
+
+/// Builds the module in `source` against `objects` (`make M=`) and installs it into the
+/// modules tree `tree` for `release`, then refreshes depmod.
+pub fn build_into(objects: &Path, source: &Path, work: &Path, tree: &Path, release: &str) -> Result<()> {
+    let name = source.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let copy = work.join(&name);
+    let _ = std::fs::remove_dir_all(&copy);
+    std::fs::create_dir_all(work).with_context(|| format!("creating {}", work.display()))?;
+    run(Command::new("cp").arg("-a").arg(source).arg(&copy))?;
+    run(Command::new("make").arg("-C").arg(objects).arg(format!("M={}", copy.display())).arg("LLVM=1").arg("modules"))
+        .with_context(|| format!("building kernels/modules/{name}"))?;
+    let extra = tree.join("lib/modules").join(release).join("extra");
     std::fs::create_dir_all(&extra)?;
-    // The kernel's tree in the cache is read-only; our copy must take the new module.
-    run(Command::new("chmod").arg("-R").arg("u+w").arg(&tree))?;
     let ko = format!("{name}.ko");
-    std::fs::copy(work.join(&ko), extra.join(&ko)).with_context(|| format!("installing {ko}"))?;
-    run(Command::new("depmod").arg("-b").arg(&tree).arg(&kernel.release))?;
-    Ok(tree)
+    std::fs::copy(copy.join(&ko), extra.join(&ko)).with_context(|| format!("installing {ko}"))?;
+    run(Command::new("depmod").arg("-b").arg(tree).arg(release))?;
+    Ok(())
 }
 
 fn run(cmd: &mut Command) -> Result<()> {

@@ -88,3 +88,21 @@ async fn e2e_cp2112_unplug_with_i2c_dev_open_hangs_the_hub_on_vanilla() {
     assert!(report.iter().any(|l| l.contains("cp2112_remove")), "{report:#?}");
     vm.shutdown(Duration::from_secs(10)).await.unwrap();
 }
+
+/// kernel-notes B1 / S1, the seed's chain on vanilla 6.12: an in-kernel nvmem holder outlives
+/// the at24 behind an unplugged CP2112 and its next read touches at24's freed devm data.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn e2e_nvmem_holder_reads_freed_at24_after_cp2112_unplug_on_vanilla() {
+    let (vm, steps) = run("nvmem-holder-cp2112-unplug", "e2e_nvmem_holder_cp2112_unplug", 2).await;
+    let first_read = steps.iter().find(|s| matches!(s.action, Action::Exec { .. })).unwrap();
+    assert_eq!(first_read.status, StepStatus::Ok, "holding the at24 nvmem failed: {:?}", first_read.output);
+    assert_eq!(first_read.taint.map(|t| t & 32), Some(0), "KASAN before the unplug");
+    let kasan = vm
+        .console()
+        .wait_until(Default::default(), "a KASAN report in at24_read", Duration::from_secs(10), |l| {
+            l.contains("BUG: KASAN: slab-use-after-free in") && (l.contains("at24_read") || l.contains("regmap"))
+        })
+        .await;
+    assert!(kasan.is_ok(), "{kasan:?}");
+    vm.shutdown(Duration::from_secs(10)).await.unwrap();
+}

@@ -101,7 +101,14 @@ pub fn build(req: &KernelRequest) -> Result<Kernel> {
         None => base.id.clone(),
     };
     let fragment = Fragment::load(&config::fragment_files(&kernels_dir.join("configs"))?)?;
-    let key = cache::key(&source_id, &fragment.to_kconfig(), &toolchain.versions);
+    let test_modules = crate::kmod::module_dirs(&kernels_dir)?;
+    // The test modules are part of the build's modules tree, so their sources are in the key.
+    let fragment_and_modules = format!(
+        "{}\n{}",
+        fragment.to_kconfig(),
+        cache::hash(&[&crate::kmod::sources_fingerprint(&test_modules)?])
+    );
+    let key = cache::key(&source_id, &fragment_and_modules, &toolchain.versions);
 
     let cache = cache::Cache::open(&cache_dir)?;
     if !req.force {
@@ -152,7 +159,12 @@ pub fn build(req: &KernelRequest) -> Result<Kernel> {
     let dot_config = build::configure(&make, &fragment)?;
     let jobs = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
     let modules_dir = dir.join("modules");
-    let has_modules = build::compile(&make, jobs, &modules_dir)?;
+    let mut has_modules = build::compile(&make, jobs, &modules_dir)?;
+    let release = build::release(&objects)?;
+    for module in &test_modules {
+        crate::kmod::build_into(&objects, module, &dir.join("test-modules"), &modules_dir, &release)?;
+        has_modules = true;
+    }
     let build_seconds = started.elapsed().as_secs_f64();
 
     let artifact = |from: &str, to: &str| -> Result<PathBuf> {
@@ -171,7 +183,7 @@ pub fn build(req: &KernelRequest) -> Result<Kernel> {
         source_label: source.label.clone(),
         series: req.series.clone(),
         config_hash: cache::hash(&[dot_config.as_bytes()]),
-        release: build::release(&objects)?,
+        release,
         key,
         build_seconds,
         cold,
