@@ -138,6 +138,7 @@ async fn gpio_both_directions(vm: &Vm, device: &Cp2112) {
 async fn e2e_cp2112_plug_unplug_cycles() {
     let mut vm = Vm::boot(&testenv::vm_config("e2e_cp2112_plug_unplug_cycles"), Vec::new()).await.unwrap();
     let device = Cp2112::new();
+    device.attach(0x50, Box::new(Arc::new(Mutex::new(At24::new(At24Kind::C02))))).unwrap();
     let methods = [UnplugHow::Graceful, UnplugHow::Surprise, UnplugHow::Disconnect];
     for cycle in 0..20 {
         let how = methods[cycle % methods.len()];
@@ -147,7 +148,9 @@ async fn e2e_cp2112_plug_unplug_cycles() {
             .wait_until(cursor, "hid-cp2112 bind", T, bound)
             .await
             .unwrap_or_else(|e| panic!("cycle {cycle}: {e}"));
-        adapter_bus(&vm).await;
+        let bus = adapter_bus(&vm).await;
+        sh(&vm, &format!("echo 24c02 0x50 > /sys/bus/i2c/devices/i2c-{bus}/new_device")).await;
+        sh(&vm, "for i in $(seq 100); do ls /sys/bus/nvmem/devices | grep -q -- -0050 && exit 0; sleep 0.05; done; exit 1").await;
         let cursor = vm.console().cursor();
         let end = redir.unplug(&vm, how, Duration::from_secs(10)).await.unwrap();
         let expected = match how {
@@ -156,6 +159,16 @@ async fn e2e_cp2112_plug_unplug_cycles() {
         };
         assert!(expected, "cycle {cycle} ({how:?}): {end:?}");
         vm.console().wait_for(cursor, "USB disconnect", T).await.unwrap_or_else(|e| panic!("cycle {cycle}: {e}"));
+        // Every method removes the whole chain in the guest: adapter, gpiochip, at24's nvmem.
+        let left = sh(
+            &vm,
+            "for i in $(seq 100); do \
+               a=$(grep -l CP2112 /sys/bus/i2c/devices/i2c-*/name 2>/dev/null); \
+               g=$(grep cp2112_gpio /sys/kernel/debug/gpio); n=$(ls /sys/bus/nvmem/devices | grep -- -0050); \
+               [ -z \"$a$g$n\" ] && exit 0; sleep 0.05; done; echo \"adapter: $a gpio: $g nvmem: $n\"",
+        )
+        .await;
+        assert_eq!(left, "", "cycle {cycle} ({how:?}) left parts of the chain behind");
     }
     let left = vm.qmp().chardev_ids().await.unwrap();
     assert!(!left.iter().any(|c| c.contains("-ur")), "chardevs left behind: {left:?}");
