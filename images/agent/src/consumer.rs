@@ -9,6 +9,11 @@
 //! call that never returns (stuck in the kernel) simply sends nothing more: the host judges
 //! silence past the deadline as a hang.
 //!
+//! The in-kernel kinds (`gpio-virtuser*`, `nvmem-kernel`) hold no fd of ours: the agent sets
+//! the kernel consumer up through configfs/debugfs, makes it use its handle by reading a
+//! debugfs file per iteration (the kernel's errno comes back from that read), and tears it
+//! down on release.
+//!
 //! The ioctl structs are the kernel UAPI layouts (include/uapi/linux/gpio.h, i2c-dev.h,
 //! hidraw.h), `repr(C)` with their sizes checked in the tests.
 
@@ -105,8 +110,10 @@ struct Holder {
     handle: u64,
     kind: HoldKind,
     sink: Sink,
-    /// The device node or file opened by path.
-    file: File,
+    /// The device node or file opened by path (user-space kinds).
+    file: Option<File>,
+    /// The consumer in the kernel (in-kernel kinds).
+    kernel: Option<KernelConsumer>,
     /// The line-request fd for the GPIO kinds that get one.
     line: Option<OwnedFd>,
     /// Per op: last outcome and how often it repeated since it was reported.
@@ -119,20 +126,26 @@ struct Holder {
 
 impl Holder {
     fn open(handle: u64, req: &HoldRequest, sink: Sink) -> Result<Holder, ErrorReply> {
-        if !req.path.starts_with('/') {
-            return Err(ErrorReply::msg(format!("path must be absolute: {:?}", req.path)));
-        }
-        let writable = !matches!(req.kind, HoldKind::Hidraw);
-        let file = OpenOptions::new()
-            .read(true)
-            .write(writable)
-            .open(&req.path)
-            .map_err(|e| ErrorReply::io(format!("open {}", req.path), &e))?;
+        let (file, kernel) = if req.kind.in_kernel() {
+            (None, Some(KernelConsumer::set_up(handle, req)?))
+        } else {
+            if !req.path.starts_with('/') {
+                return Err(ErrorReply::msg(format!("path must be absolute: {:?}", req.path)));
+            }
+            let writable = !matches!(req.kind, HoldKind::Hidraw);
+            let file = OpenOptions::new()
+                .read(true)
+                .write(writable)
+                .open(&req.path)
+                .map_err(|e| ErrorReply::io(format!("open {}", req.path), &e))?;
+            (Some(file), None)
+        };
         let mut holder = Holder {
             handle,
             kind: req.kind,
             sink,
             file,
+            kernel,
             line: None,
             last: HashMap::new(),
             permanent: false,
@@ -144,7 +157,7 @@ impl Holder {
     }
 
     fn setup(&mut self, req: &HoldRequest) -> io::Result<()> {
-        let fd = self.file.as_raw_fd();
+        let fd = self.fd();
         match self.kind {
             HoldKind::GpioCdev | HoldKind::GpioEvent => {
                 let mut lr = uapi::LineRequest::zeroed();
@@ -188,6 +201,8 @@ impl Holder {
                 }
             }
             HoldKind::NvmemSysfs | HoldKind::Hidraw => {}
+            // Set up by KernelConsumer::set_up.
+            HoldKind::GpioVirtuser | HoldKind::GpioVirtuserIrq | HoldKind::NvmemKernel => {}
         }
         if self.kind == HoldKind::I2cSmbus {
             // SMBus has no address in the transfer: bind the fd to the client (FORCE: the
@@ -225,7 +240,7 @@ impl Holder {
 
     /// One operation (or poll + read for the event kinds).
     fn iterate(&mut self, req: &HoldRequest, interval: Duration) {
-        let fd = self.file.as_raw_fd();
+        let fd = self.fd();
         match self.kind {
             HoldKind::GpioCdev => {
                 let line = self.line_fd();
@@ -303,7 +318,17 @@ impl Holder {
                     unsafe { libc::ioctl(fd, uapi::I2C_SMBUS, &mut data) as i64 }
                 });
             }
+            HoldKind::GpioVirtuser | HoldKind::GpioVirtuserIrq | HoldKind::NvmemKernel => {
+                let files = self.kernel.as_ref().map(KernelConsumer::use_files).unwrap_or_default();
+                for (op, path) in files {
+                    self.call(op, || read_debugfs(&path));
+                }
+            }
         }
+    }
+
+    fn fd(&self) -> RawFd {
+        self.file.as_ref().map_or(-1, AsRawFd::as_raw_fd)
     }
 
     fn line_fd(&self) -> RawFd {
@@ -449,10 +474,12 @@ impl Holder {
 
     /// Closes the line fd and the file (a late close when the device is already gone).
     fn close(self) {
-        let Holder { handle, kind, sink, file, line, .. } = self;
+        let Holder { handle, kind, sink, file, line, kernel, .. } = self;
         let t0 = Instant::now();
         drop(line);
         drop(file);
+        // What the teardown of an in-kernel consumer refused, if anything.
+        let detail = kernel.and_then(KernelConsumer::tear_down);
         sink(ConsumerRecord {
             holder: handle,
             kind,
@@ -464,8 +491,171 @@ impl Holder {
             latency_us: t0.elapsed().as_micros() as u64,
             mono_ns: mono_ns(),
             repeats: 0,
-            detail: None,
+            detail,
         });
+    }
+}
+
+const VIRTUSER_CONFIGFS: &str = "/sys/kernel/config/gpio-virtuser";
+const VIRTUSER_DEBUGFS: &str = "/sys/kernel/debug/gpio-virtuser";
+/// The connection id our gpio-virtuser devices request their lines under.
+const VIRTUSER_CON_ID: &str = "hold";
+const NVMEM_HOLDER: &str = "/sys/kernel/debug/nvmem-holder";
+
+/// An in-kernel consumer the agent set up and drives.
+enum KernelConsumer {
+    /// A gpio-virtuser device (configfs dir) with one entry per requested line.
+    GpioVirtuser { configfs: String, debugfs: String, entries: usize },
+    /// The nvmem-holder module holding one nvmem device.
+    NvmemHolder,
+}
+
+impl KernelConsumer {
+    fn set_up(handle: u64, req: &HoldRequest) -> Result<KernelConsumer, ErrorReply> {
+        match req.kind {
+            HoldKind::GpioVirtuser | HoldKind::GpioVirtuserIrq => {
+                if req.lines.is_empty() || req.path.is_empty() || req.path.contains('\n') {
+                    return Err(ErrorReply::msg(format!(
+                        "{} needs a chip (its /dev node or label) as path and at least one line (got {:?}, {:?})",
+                        req.kind.name(),
+                        req.path,
+                        req.lines
+                    )));
+                }
+                let configfs = format!("{VIRTUSER_CONFIGFS}/holder-{handle}");
+                let mut consumer =
+                    KernelConsumer::GpioVirtuser { configfs: configfs.clone(), debugfs: String::new(), entries: 0 };
+                match consumer.build_virtuser(req) {
+                    Ok(()) => Ok(consumer),
+                    Err(e) => {
+                        // Leave no half-built device behind.
+                        consumer.release_handle();
+                        Err(e)
+                    }
+                }
+            }
+            HoldKind::NvmemKernel => {
+                if !std::path::Path::new(NVMEM_HOLDER).exists() {
+                    let status = std::process::Command::new("modprobe").arg("nvmem-holder").status();
+                    if !status.as_ref().is_ok_and(|s| s.success()) {
+                        return Err(ErrorReply::msg(format!(
+                            "modprobe nvmem-holder failed ({status:?}): is the test module in the image?"
+                        )));
+                    }
+                }
+                std::fs::write(format!("{NVMEM_HOLDER}/get"), &req.path)
+                    .map_err(|e| ErrorReply::io(format!("nvmem-holder get {:?}", req.path), &e))?;
+                Ok(KernelConsumer::NvmemHolder)
+            }
+            kind => Err(ErrorReply::msg(format!("{} is not an in-kernel holder kind", kind.name()))),
+        }
+    }
+
+    /// Creates the gpio-virtuser device's configfs groups, requests the lines (`live=1`) and,
+    /// for `gpio-virtuser-irq`, their IRQs.
+    fn build_virtuser(&mut self, req: &HoldRequest) -> Result<(), ErrorReply> {
+        let KernelConsumer::GpioVirtuser { configfs, .. } = self else {
+            return Err(ErrorReply::msg("not a gpio-virtuser holder"));
+        };
+        let configfs = configfs.clone();
+        let step = |what: &str, r: io::Result<()>| r.map_err(|e| ErrorReply::io(what.to_string(), &e));
+        // gpio-virtuser looks lines up by chip label and offset.
+        let label = if req.path.starts_with('/') { chip_label(&req.path)? } else { req.path.clone() };
+        step(&format!("mkdir {configfs}"), std::fs::create_dir(&configfs))?;
+        step("gpio-virtuser connection", std::fs::create_dir(format!("{configfs}/{VIRTUSER_CON_ID}")))?;
+        for (i, offset) in req.lines.iter().enumerate() {
+            let entry = format!("{configfs}/{VIRTUSER_CON_ID}/{i}");
+            step(&format!("mkdir {entry}"), std::fs::create_dir(&entry))?;
+            if let KernelConsumer::GpioVirtuser { entries, .. } = self {
+                *entries = i + 1;
+            }
+            step(&format!("{entry}/key"), std::fs::write(format!("{entry}/key"), &label))?;
+            step(&format!("{entry}/offset"), std::fs::write(format!("{entry}/offset"), offset.to_string()))?;
+        }
+        step("gpio-virtuser live=1 (requests the lines)", std::fs::write(format!("{configfs}/live"), "1"))?;
+        let dev = std::fs::read_to_string(format!("{configfs}/dev_name"))
+            .map_err(|e| ErrorReply::io("gpio-virtuser dev_name", &e))?;
+        if let KernelConsumer::GpioVirtuser { debugfs, .. } = self {
+            *debugfs = format!("{VIRTUSER_DEBUGFS}/{}", dev.trim());
+        }
+        if req.kind == HoldKind::GpioVirtuserIrq {
+            for (_, path) in self.line_files("interrupts") {
+                step(&format!("request_irq through {path}"), std::fs::write(&path, "1"))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// `(op, debugfs file)` for each attribute `attr` of each line.
+    fn line_files(&self, attr: &str) -> Vec<(&'static str, String)> {
+        match self {
+            KernelConsumer::GpioVirtuser { debugfs, entries, .. } => (0..*entries)
+                .map(|i| ("gpiod_get_value", format!("{debugfs}/gpiod:{VIRTUSER_CON_ID}:{i}/{attr}")))
+                .collect(),
+            KernelConsumer::NvmemHolder => Vec::new(),
+        }
+    }
+
+    /// The debugfs files one iteration reads, each named by the kernel call it makes.
+    fn use_files(&self) -> Vec<(&'static str, String)> {
+        match self {
+            KernelConsumer::GpioVirtuser { .. } => self.line_files("value"),
+            KernelConsumer::NvmemHolder => vec![("nvmem_device_read", format!("{NVMEM_HOLDER}/read"))],
+        }
+    }
+
+    /// Releases the kernel's handle (`live=0`, or nvmem-holder's `put`) and removes what
+    /// set-up created; returns what failed, if anything.
+    fn tear_down(mut self) -> Option<String> {
+        let failed = self.release_handle();
+        (!failed.is_empty()).then(|| failed.join("; "))
+    }
+
+    fn release_handle(&mut self) -> Vec<String> {
+        let mut failed = Vec::new();
+        let mut attempt = |what: String, r: io::Result<()>| {
+            if let Err(e) = r {
+                failed.push(format!("{what}: {e}"));
+            }
+        };
+        match self {
+            KernelConsumer::GpioVirtuser { configfs, entries, .. } => {
+                if std::path::Path::new(&format!("{configfs}/live")).exists() {
+                    attempt("live=0".into(), std::fs::write(format!("{configfs}/live"), "0"));
+                }
+                for i in (0..*entries).rev() {
+                    attempt(format!("rmdir entry {i}"), std::fs::remove_dir(format!("{configfs}/{VIRTUSER_CON_ID}/{i}")));
+                }
+                attempt("rmdir connection".into(), std::fs::remove_dir(format!("{configfs}/{VIRTUSER_CON_ID}")));
+                attempt("rmdir device".into(), std::fs::remove_dir(configfs.as_str()));
+            }
+            KernelConsumer::NvmemHolder => attempt("nvmem-holder put".into(), std::fs::write(format!("{NVMEM_HOLDER}/put"), "1")),
+        }
+        failed
+    }
+}
+
+/// The label of the GPIO chip whose character device is `path`.
+fn chip_label(path: &str) -> Result<String, ErrorReply> {
+    let chip = File::open(path).map_err(|e| ErrorReply::io(format!("open {path}"), &e))?;
+    // SAFETY: all fields are integers or arrays of them; zero is valid.
+    let mut info: uapi::ChipInfo = unsafe { std::mem::zeroed() };
+    // SAFETY: info is the kernel's struct gpiochip_info.
+    cvt(unsafe { libc::ioctl(chip.as_raw_fd(), uapi::GPIO_GET_CHIPINFO_IOCTL, &mut info) })
+        .map_err(|e| ErrorReply::io(format!("GPIO_GET_CHIPINFO_IOCTL on {path}"), &e))?;
+    let len = info.label.iter().position(|&b| b == 0).unwrap_or(info.label.len());
+    Ok(String::from_utf8_lossy(&info.label[..len]).into_owned())
+}
+
+/// Reads a debugfs attribute from a fresh open (gpio-virtuser's files refuse `pread`):
+/// its length, or -errno. nvmem-holder reports a failed read as a negative number in the text.
+fn read_debugfs(path: &str) -> i64 {
+    match std::fs::read_to_string(path) {
+        Ok(text) => match text.trim().parse::<i64>() {
+            Ok(n) if n < 0 => n,
+            _ => text.len() as i64,
+        },
+        Err(e) => -i64::from(e.raw_os_error().unwrap_or(libc::EIO)),
     }
 }
 
@@ -582,6 +772,14 @@ mod uapi {
         pub padding: [u32; 6],
     }
 
+    /// `struct gpiochip_info`.
+    #[repr(C)]
+    pub struct ChipInfo {
+        pub name: [u8; 32],
+        pub label: [u8; 32],
+        pub lines: u32,
+    }
+
     /// `struct i2c_msg`.
     #[repr(C)]
     pub struct I2cMsg {
@@ -626,6 +824,7 @@ mod uapi {
     pub const GPIO_V2_LINE_GET_VALUES_IOCTL: libc::c_ulong = iowr(0xB4, 0x0E, size_of::<LineValues>());
     pub const GPIO_V2_LINE_SET_VALUES_IOCTL: libc::c_ulong = iowr(0xB4, 0x0F, size_of::<LineValues>());
     pub const HIDIOCGRAWINFO: libc::c_ulong = ior(b'H', 0x03, size_of::<HidrawDevinfo>());
+    pub const GPIO_GET_CHIPINFO_IOCTL: libc::c_ulong = ior(0xB4, 0x01, size_of::<ChipInfo>());
 
     impl LineRequest {
         pub fn zeroed() -> Self {
@@ -665,6 +864,27 @@ mod uapi {
             assert_eq!(GPIO_V2_LINE_GET_VALUES_IOCTL, 0xc010_b40e);
             assert_eq!(GPIO_V2_GET_LINEINFO_WATCH_IOCTL, 0xc100_b406);
             assert_eq!(HIDIOCGRAWINFO, 0x8008_4803);
+            assert_eq!(size_of::<ChipInfo>(), 68);
+            assert_eq!(GPIO_GET_CHIPINFO_IOCTL, 0x8044_b401);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debugfs_reads_give_length_or_the_kernels_errno() {
+        let dir = std::env::temp_dir().join(format!("agent-debugfs-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let value = dir.join("value");
+        std::fs::write(&value, "1\n").unwrap();
+        assert_eq!(read_debugfs(value.to_str().unwrap()), 2);
+        // nvmem-holder prints a failed nvmem_device_read as its negative errno.
+        std::fs::write(&value, "-19\n").unwrap();
+        assert_eq!(read_debugfs(value.to_str().unwrap()), -19);
+        assert_eq!(read_debugfs(dir.join("absent").to_str().unwrap()), -i64::from(libc::ENOENT));
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

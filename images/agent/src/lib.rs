@@ -226,7 +226,8 @@ pub enum Reply {
     Done,
 }
 
-/// The user-space handle a holder keeps open across an unplug.
+/// The handle a holder keeps across an unplug: a user-space fd, or an in-kernel consumer the
+/// agent drives through configfs and debugfs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum HoldKind {
@@ -246,13 +247,70 @@ pub enum HoldKind {
     I2cSmbus,
     /// `/dev/hidrawN`: `HIDIOCGRAWINFO`, then poll + read reports.
     Hidraw,
+    /// In kernel: a gpio-virtuser device requesting `lines` of the chip `path` (its
+    /// `/dev/gpiochipN`, or its label), then
+    /// reads of each line's debugfs `value` (`gpiod_get_value_cansleep` in the kernel).
+    GpioVirtuser,
+    /// As `gpio-virtuser`, and each line's IRQ requested through debugfs `interrupts`.
+    GpioVirtuserIrq,
+    /// In kernel: our `nvmem-holder` test module takes the nvmem device named `path` and
+    /// keeps it; reads of its debugfs `read` are `nvmem_device_read` calls.
+    NvmemKernel,
+}
+
+impl HoldKind {
+    /// Every kind, for listings and errors.
+    pub const ALL: [HoldKind; 10] = [
+        HoldKind::GpioCdev,
+        HoldKind::GpioEvent,
+        HoldKind::GpioChipWatch,
+        HoldKind::NvmemSysfs,
+        HoldKind::I2cDev,
+        HoldKind::I2cSmbus,
+        HoldKind::Hidraw,
+        HoldKind::GpioVirtuser,
+        HoldKind::GpioVirtuserIrq,
+        HoldKind::NvmemKernel,
+    ];
+
+    /// The kebab-case name used on the wire and on command lines.
+    pub fn name(self) -> &'static str {
+        match self {
+            HoldKind::GpioCdev => "gpio-cdev",
+            HoldKind::GpioEvent => "gpio-event",
+            HoldKind::GpioChipWatch => "gpio-chip-watch",
+            HoldKind::NvmemSysfs => "nvmem-sysfs",
+            HoldKind::I2cDev => "i2c-dev",
+            HoldKind::I2cSmbus => "i2c-smbus",
+            HoldKind::Hidraw => "hidraw",
+            HoldKind::GpioVirtuser => "gpio-virtuser",
+            HoldKind::GpioVirtuserIrq => "gpio-virtuser-irq",
+            HoldKind::NvmemKernel => "nvmem-kernel",
+        }
+    }
+
+    /// Whether the consumer lives in the kernel (the agent only drives it).
+    pub fn in_kernel(self) -> bool {
+        matches!(self, HoldKind::GpioVirtuser | HoldKind::GpioVirtuserIrq | HoldKind::NvmemKernel)
+    }
+}
+
+impl std::str::FromStr for HoldKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<HoldKind, String> {
+        HoldKind::ALL.into_iter().find(|k| k.name() == s).ok_or_else(|| {
+            let names: Vec<&str> = HoldKind::ALL.iter().map(|k| k.name()).collect();
+            format!("unknown holder kind {s:?}; known kinds: {}", names.join(", "))
+        })
+    }
 }
 
 /// What to hold and how hard to use it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HoldRequest {
     pub kind: HoldKind,
-    /// Absolute path of the device node or sysfs file.
+    /// Absolute path of the device node or sysfs file; for `gpio-virtuser*` the chip label,
+    /// for `nvmem-kernel` the nvmem device name.
     pub path: String,
     /// GPIO line offsets requested as inputs (edge sources for `gpio-event`, watched lines for
     /// `gpio-chip-watch`).
@@ -529,6 +587,16 @@ mod tests {
 
     fn req(op: Op) -> Request {
         Request { id: 42, op }
+    }
+
+    #[test]
+    fn hold_kind_names_are_the_wire_names() {
+        for kind in HoldKind::ALL {
+            assert_eq!(serde_json::to_string(&kind).unwrap(), format!("\"{}\"", kind.name()));
+            assert_eq!(kind.name().parse::<HoldKind>(), Ok(kind));
+        }
+        let err = "gpio".parse::<HoldKind>().unwrap_err();
+        assert!(err.contains("gpio-virtuser-irq") && err.contains("\"gpio\""), "{err}");
     }
 
     #[test]
