@@ -51,7 +51,7 @@ impl HolderLog {
     /// One line: what the holder saw first go wrong, after how many successes; or that it
     /// ran clean; or that it hung.
     pub fn summary(&self) -> String {
-        let kind = self.request.as_ref().map_or_else(|| "?".to_string(), |r| format!("{:?}", r.kind));
+        let kind = self.request.as_ref().map_or("?", |r| r.kind.name());
         let mut out = format!("holder {} ({kind}): ", self.handle);
         match self.first_failure() {
             Some(fail) => {

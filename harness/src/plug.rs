@@ -91,6 +91,7 @@ impl Redir {
             UnplugHow::Graceful => {}
             UnplugHow::Surprise => self.link.control().close(),
             UnplugHow::Disconnect => self.link.control().unplug(),
+            UnplugHow::Unbind => anyhow::bail!("unbind is a guest-side driver action, not a usb-redir unplug"),
         }
         if how != UnplugHow::Graceful {
             // Give the guest the surprise on its own before QEMU tears down anything.

@@ -128,6 +128,30 @@ pub enum UnplugHow {
     Surprise,
     /// The emulator sends usbredir `device_disconnect` on the live link.
     Disconnect,
+    /// sysfs driver `unbind`: the device stays, its driver (hid-cp2112, gpio-sim) goes.
+    Unbind,
+}
+
+impl UnplugHow {
+    pub const ALL: [UnplugHow; 4] = [UnplugHow::Graceful, UnplugHow::Surprise, UnplugHow::Disconnect, UnplugHow::Unbind];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            UnplugHow::Graceful => "graceful",
+            UnplugHow::Surprise => "surprise",
+            UnplugHow::Disconnect => "disconnect",
+            UnplugHow::Unbind => "unbind",
+        }
+    }
+}
+
+impl std::str::FromStr for UnplugHow {
+    type Err = String;
+    fn from_str(s: &str) -> Result<UnplugHow, String> {
+        UnplugHow::ALL.into_iter().find(|h| h.name() == s).ok_or_else(|| {
+            format!("unknown unplug method {s:?}; known: graceful, surprise, disconnect, unbind")
+        })
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -291,8 +315,8 @@ impl Scenario {
                     if f.unplug_after_transfers == Some(0) {
                         return Err(format!("{at}: unplug_after_transfers counts from 1 (the next transfer)"));
                     }
-                    if f.unplug_how == Some(UnplugHow::Graceful) {
-                        return Err(format!("{at}: a fault unplug is `disconnect` or `surprise`; graceful is a QMP step"));
+                    if matches!(f.unplug_how, Some(UnplugHow::Graceful | UnplugHow::Unbind)) {
+                        return Err(format!("{at}: a fault unplug is `disconnect` or `surprise`; graceful and unbind are steps of their own"));
                     }
                 }
                 _ => {}

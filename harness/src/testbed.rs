@@ -8,6 +8,13 @@
 //! hid-cp2112 has bound, the at24 clients are instantiated in the guest (`new_device`: x86
 //! has no device tree to describe them), so the whole chain nvmem → at24 → regmap → I2C →
 //! hid-cp2112 → HID → USB exists before the first scenario step.
+//!
+//! A `gpio-sim` is an in-kernel provider (configfs), plugged through the agent; its graceful
+//! unplug is `live=0`. Any provider can be `unbind`-unplugged: its driver is unbound in sysfs
+//! while the device stays (kept alive here, driverless, until the testbed goes).
+//!
+//! After a plug the testbed knows the provider's nodes in the guest ([`GuestNodes`]), so
+//! consumers can be pointed at them by kind.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -19,6 +26,7 @@ use devices::cp2112::Cp2112;
 use serde::Serialize;
 
 use crate::plug::Redir;
+use crate::providers::GpioSim;
 use crate::qmp::QmpError;
 use crate::scenario::UnplugHow;
 use crate::vm::{Vm, USB_BUS};
@@ -26,6 +34,9 @@ use crate::vm::{Vm, USB_BUS};
 /// QEMU's own USB devices: the xHCI/usbhid disconnect path without any emulator of ours.
 const QEMU_USB: &[&str] = &["usb-kbd", "usb-mouse", "usb-tablet"];
 const CP2112: &str = "cp2112";
+const GPIO_SIM: &str = "gpio-sim";
+/// Lines of a plugged gpio-sim chip (the CP2112 has 8 too).
+const GPIO_SIM_LINES: u32 = 8;
 
 /// How long the guest may take to enumerate a USB device under TCG.
 const ENUMERATE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -33,7 +44,7 @@ const ENUMERATE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Every device name `plug` accepts.
 pub fn known_devices() -> Vec<&'static str> {
     let mut all = QEMU_USB.to_vec();
-    all.push(CP2112);
+    all.extend([CP2112, GPIO_SIM]);
     all
 }
 
@@ -80,14 +91,32 @@ pub struct Outcome {
     pub guest_saw: Option<String>,
 }
 
+/// Where a plugged provider shows in the guest (what exists for its kind).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct GuestNodes {
+    /// `/dev/gpiochipN`.
+    pub gpiochip: Option<String>,
+    pub gpio_lines: u32,
+    /// The I2C adapter number.
+    pub i2c_bus: Option<u32>,
+    /// nvmem device names of the at24 clients (`<bus>-00<addr>0`), with their addresses.
+    pub nvmem: Vec<(u8, String)>,
+    /// `/dev/hidrawN`.
+    pub hidraw: Option<String>,
+    /// `<bus>/drivers/<driver>/` and the device name to write to its `unbind`.
+    pub driver: Option<(String, String)>,
+}
+
 enum Plugged {
     QemuUsb { driver: &'static str },
+    GpioSim { sim: GpioSim, nodes: GuestNodes },
     Cp2112 {
         redir: Redir,
         device: Cp2112,
         eeproms: Vec<(At24Spec, Arc<Mutex<At24>>)>,
         /// A fault that drops the device when this transfer (absolute count) starts.
         drop_at_transfer: Option<u64>,
+        nodes: GuestNodes,
     },
 }
 
@@ -95,6 +124,9 @@ enum Plugged {
 #[derive(Default)]
 pub struct Testbed {
     plugged: BTreeMap<String, Plugged>,
+    /// Devices whose driver was unbound: still attached (dropping a usb-redir link would
+    /// unplug it), no longer addressable by id.
+    unbound: Vec<Plugged>,
 }
 
 impl Testbed {
@@ -111,6 +143,14 @@ impl Testbed {
     pub fn cp2112(&self, id: &str) -> Option<&Cp2112> {
         match self.plugged.get(id) {
             Some(Plugged::Cp2112 { device, .. }) => Some(device),
+            _ => None,
+        }
+    }
+
+    /// Where the provider plugged as `id` shows in the guest.
+    pub fn nodes(&self, id: &str) -> Option<&GuestNodes> {
+        match self.plugged.get(id) {
+            Some(Plugged::Cp2112 { nodes, .. } | Plugged::GpioSim { nodes, .. }) => Some(nodes),
             _ => None,
         }
     }
@@ -167,6 +207,8 @@ impl Testbed {
         let start = Instant::now();
         let (plugged, guest_saw) = if device == CP2112 {
             plug_cp2112(vm, id, at24).await?
+        } else if device == GPIO_SIM {
+            plug_gpio_sim(vm, id).await?
         } else if let Some(driver) = QEMU_USB.iter().copied().find(|d| *d == device) {
             (Plugged::QemuUsb { driver }, plug_qemu_usb(vm, driver, id).await?)
         } else {
@@ -189,50 +231,105 @@ impl Testbed {
             bail!("no device with id {id:?} is plugged (plugged: {:?})", self.ids());
         };
         let start = Instant::now();
-        let cursor = vm.console().cursor();
-        let mut already_gone = false;
-        let detail = match plugged {
-            Plugged::QemuUsb { driver } => {
-                if how != UnplugHow::Graceful {
-                    bail!("{driver} is a QEMU device: only graceful unplug (device_del) is possible, not {how:?}");
-                }
+        let guest_saw = match (plugged, how) {
+            (plugged, UnplugHow::Unbind) => {
+                let saw = unbind(vm, id, &plugged).await;
+                self.unbound.push(plugged);
+                saw?
+            }
+            (Plugged::QemuUsb { .. }, UnplugHow::Graceful) => {
+                let cursor = vm.console().cursor();
                 match vm.qmp().device_del(id, timeout).await {
                     Err(e @ QmpError::UnplugStuck { .. }) => return Err(e.into()),
                     other => other.with_context(|| format!("unplugging {id}"))?,
                 };
-                None
+                usb_disconnect(vm, id, cursor).await?
             }
-            Plugged::Cp2112 { redir, device, drop_at_transfer, .. } => {
+            (Plugged::QemuUsb { driver }, how) => {
+                bail!("{driver} is a QEMU device: its unplugs are graceful (device_del) and unbind, not {}", how.name())
+            }
+            (Plugged::GpioSim { sim, nodes }, UnplugHow::Graceful) => {
+                sim.unplug(vm.agent()).await.with_context(|| format!("gpio-sim {id}: live=0"))?;
+                let saw = node_gone(vm, nodes.gpiochip.as_deref().unwrap_or_default()).await?;
+                // The configfs groups go too: nothing refers to them once the chip is dead.
+                sim.remove(vm.agent()).await.with_context(|| format!("removing gpio-sim {id}'s configfs groups"))?;
+                saw
+            }
+            (Plugged::GpioSim { .. }, how) => {
+                bail!("{id} is a gpio-sim chip: its unplugs are graceful (live=0) and unbind, not {}", how.name())
+            }
+            (Plugged::Cp2112 { redir, device, drop_at_transfer, .. }, how) => {
                 // A fault may have dropped it already: then the guest saw its disconnect then.
-                already_gone = drop_at_transfer.is_some_and(|n| device.counters().transfers >= n);
+                let already_gone = drop_at_transfer.is_some_and(|n| device.counters().transfers >= n);
+                let cursor = vm.console().cursor();
                 let end = redir.unplug(vm, how, timeout).await?;
-                Some(format!("usbredir link: {end:?}"))
+                if already_gone {
+                    format!("already dropped by a fault; usbredir link: {end:?}")
+                } else {
+                    format!("{}; usbredir link: {end:?}", usb_disconnect(vm, id, cursor).await?)
+                }
             }
-        };
-        if already_gone {
-            return Ok(Outcome {
-                id: id.to_string(),
-                action: format!("unplug {id} ({how:?})").to_lowercase(),
-                elapsed_ms: start.elapsed().as_secs_f64() * 1e3,
-                guest_saw: Some(format!("already dropped by a fault; {}", detail.unwrap_or_default())),
-            });
-        }
-        let line = vm
-            .console()
-            .wait_for(cursor, "USB disconnect", ENUMERATE_TIMEOUT)
-            .await
-            .with_context(|| format!("{id} was removed but the guest never reported a USB disconnect"))?;
-        let guest_saw = match detail {
-            Some(d) => format!("{}; {d}", line.text),
-            None => line.text,
         };
         Ok(Outcome {
             id: id.to_string(),
-            action: format!("unplug {id} ({how:?})").to_lowercase(),
+            action: format!("unplug {id} ({})", how.name()),
             elapsed_ms: start.elapsed().as_secs_f64() * 1e3,
             guest_saw: Some(guest_saw),
         })
     }
+}
+
+/// The guest's "USB disconnect" line after `cursor`.
+async fn usb_disconnect(vm: &Vm, id: &str, cursor: crate::console::LineCursor) -> Result<String> {
+    let line = vm
+        .console()
+        .wait_for(cursor, "USB disconnect", ENUMERATE_TIMEOUT)
+        .await
+        .with_context(|| format!("{id} was removed but the guest never reported a USB disconnect"))?;
+    Ok(line.text)
+}
+
+/// Unbinds the provider's driver in sysfs; says what went away in the guest.
+async fn unbind(vm: &Vm, id: &str, plugged: &Plugged) -> Result<String> {
+    let nodes = match plugged {
+        Plugged::Cp2112 { nodes, .. } | Plugged::GpioSim { nodes, .. } => nodes,
+        Plugged::QemuUsb { driver } => bail!("unbind of {driver} ({id}) is not supported: no guest nodes are tracked for it"),
+    };
+    let Some((driver_dir, device)) = &nodes.driver else {
+        bail!("{id}: the guest showed no driver to unbind");
+    };
+    vm.agent()
+        .write_file(&format!("{driver_dir}/unbind"), device.as_bytes())
+        .await
+        .with_context(|| format!("{id}: writing {device} to {driver_dir}/unbind"))?;
+    match nodes.gpiochip.as_deref() {
+        Some(chip) => node_gone(vm, chip).await,
+        None => Ok(format!("{device} unbound from {driver_dir}")),
+    }
+}
+
+/// Waits until `path` no longer exists in the guest (devtmpfs removes a node with its device).
+async fn node_gone(vm: &Vm, path: &str) -> Result<String> {
+    let script = format!("for i in $(seq 200); do [ -e '{path}' ] || exit 0; sleep 0.05; done; exit 1");
+    let out = vm.agent().exec(&["sh", "-c", &script], ENUMERATE_TIMEOUT).await?;
+    if !out.success() {
+        bail!("{path} is still there 10 s after the unplug");
+    }
+    Ok(format!("{path} removed"))
+}
+
+async fn plug_gpio_sim(vm: &mut Vm, id: &str) -> Result<(Plugged, String)> {
+    let sim = GpioSim::create(vm.agent(), id, GPIO_SIM_LINES, &[])
+        .await
+        .with_context(|| format!("creating gpio-sim chip {id} through configfs"))?;
+    let nodes = GuestNodes {
+        gpiochip: Some(sim.dev.clone()),
+        gpio_lines: GPIO_SIM_LINES,
+        driver: Some(("/sys/bus/platform/drivers/gpio-sim".to_string(), sim.platform.clone())),
+        ..GuestNodes::default()
+    };
+    let saw = format!("gpio-sim {} live as {}", sim.platform, sim.dev);
+    Ok((Plugged::GpioSim { sim, nodes }, saw))
 }
 
 async fn plug_qemu_usb(vm: &mut Vm, driver: &str, id: &str) -> Result<String> {
@@ -270,6 +367,8 @@ async fn plug_cp2112(vm: &mut Vm, id: &str, at24: &[At24Spec]) -> Result<(Plugge
         .wait_until(cursor, "the hid-cp2112 bind", ENUMERATE_TIMEOUT, |l| l.contains("0003:10C4:EA90") && l.contains(" USB HID v"))
         .await
         .with_context(|| format!("the guest did not bind hid-cp2112 to {id}"))?;
+    // One `key=value` line per node: the adapter, and through its parent (the HID device) the
+    // hidraw node and the gpiochip; then each at24 client's nvmem device.
     let mut script = String::from(
         r#"set -e
 for i in $(seq 200); do
@@ -277,23 +376,58 @@ for i in $(seq 200); do
   sleep 0.05
 done
 [ -n "$f" ] || { echo "no CP2112 I2C adapter appeared" >&2; exit 1; }
-bus=$(basename $(dirname $f)); echo "$bus"
+bus=$(basename $(dirname $f)); echo "bus=${bus#i2c-}"
+hid=$(dirname $(readlink -f /sys/bus/i2c/devices/$bus)); echo "hid=$(basename $hid)"
+echo "driver=$(readlink -f $hid/driver)"
+echo "hidraw=$(ls $hid/hidraw)"
+echo "gpiochip=$(cd $hid && ls -d gpiochip* | head -1)"
 "#,
     );
     for spec in at24 {
-        let client = format!("$(echo $bus | sed s/i2c-//)-{:04x}", spec.address);
+        let client = format!("${{bus#i2c-}}-{:04x}", spec.address);
         script.push_str(&format!(
             "echo {} {:#04x} > /sys/bus/i2c/devices/$bus/new_device\n\
              for i in $(seq 200); do [ -e /sys/bus/i2c/devices/{client}/driver ] && break; sleep 0.05; done\n\
              [ -e /sys/bus/i2c/devices/{client}/driver ] || {{ echo \"at24 did not bind to {client}\" >&2; exit 1; }}\n\
-             ls /sys/bus/i2c/devices/{client}/ | grep -- '-' | tr '\\n' ' '\n",
+             echo \"nvmem {:#04x}=$(ls /sys/bus/i2c/devices/{client}/ | grep -- '-' | head -1)\"\n",
             spec.kind.name(),
+            spec.address,
             spec.address
         ));
     }
-    let out = vm.agent().exec_ok(&["sh", "-c", &script], ENUMERATE_TIMEOUT).await.context("instantiating the at24 clients")?;
-    let summary = out.stdout_text().split_whitespace().collect::<Vec<_>>().join(" ");
-    Ok((Plugged::Cp2112 { redir, device, eeproms, drop_at_transfer: None }, format!("hid-cp2112 bound; {summary}")))
+    let out = vm.agent().exec_ok(&["sh", "-c", &script], ENUMERATE_TIMEOUT).await.context("finding the CP2112's nodes and instantiating its at24 clients")?;
+    let text = out.stdout_text();
+    let nodes = cp2112_nodes(&text).with_context(|| format!("reading the CP2112's nodes from the guest's answer {text:?}"))?;
+    let summary = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    Ok((Plugged::Cp2112 { redir, device, eeproms, drop_at_transfer: None, nodes }, format!("hid-cp2112 bound; {summary}")))
+}
+
+/// Parses the `key=value` lines of the CP2112 discovery script.
+fn cp2112_nodes(text: &str) -> Result<GuestNodes> {
+    let mut nodes = GuestNodes { gpio_lines: 8, ..GuestNodes::default() };
+    let (mut hid, mut driver) = (None, None);
+    for line in text.lines() {
+        let Some((key, value)) = line.split_once('=') else { continue };
+        let value = value.trim();
+        match key {
+            "bus" => nodes.i2c_bus = Some(value.parse().with_context(|| format!("adapter number {value:?}"))?),
+            "hid" => hid = Some(value.to_string()),
+            "driver" => driver = Some(value.to_string()),
+            "hidraw" if !value.is_empty() => nodes.hidraw = Some(format!("/dev/{value}")),
+            "gpiochip" if !value.is_empty() => nodes.gpiochip = Some(format!("/dev/{value}")),
+            _ => {
+                if let Some(addr) = key.strip_prefix("nvmem 0x") {
+                    let addr = u8::from_str_radix(addr, 16).with_context(|| format!("address {addr:?}"))?;
+                    nodes.nvmem.push((addr, value.to_string()));
+                }
+            }
+        }
+    }
+    nodes.driver = driver.zip(hid);
+    if nodes.i2c_bus.is_none() || nodes.driver.is_none() {
+        bail!("no adapter, HID device or driver in the answer");
+    }
+    Ok(nodes)
 }
 
 #[cfg(test)]
@@ -307,6 +441,19 @@ mod tests {
         for bad in ["0x50", "0x50:24c99", "0x99:24c02", "zz:24c02", "0x03:24c02"] {
             assert!(bad.parse::<At24Spec>().is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn cp2112_nodes_come_from_the_discovery_lines() {
+        let text = "bus=3\nhid=0003:10C4:EA90.0002\ndriver=/sys/bus/hid/drivers/cp2112\nhidraw=hidraw1\ngpiochip=gpiochip2\nnvmem 0x50=3-00500\n";
+        let nodes = cp2112_nodes(text).unwrap();
+        assert_eq!(nodes.i2c_bus, Some(3));
+        assert_eq!(nodes.hidraw.as_deref(), Some("/dev/hidraw1"));
+        assert_eq!(nodes.gpiochip.as_deref(), Some("/dev/gpiochip2"));
+        assert_eq!(nodes.nvmem, vec![(0x50, "3-00500".to_string())]);
+        assert_eq!(nodes.driver.unwrap(), ("/sys/bus/hid/drivers/cp2112".to_string(), "0003:10C4:EA90.0002".to_string()));
+        assert!(cp2112_nodes("hid=x\n").is_err());
+        assert!(cp2112_nodes("bus=zz\nhid=x\n").is_err());
     }
 
     #[test]
