@@ -1,11 +1,19 @@
 //! `cargo xtask boot [--with DEVICE]... [-- CMD...]`: boot our kernel and image, plug devices,
 //! run CMD in the guest through the agent (exit with its status) or open a shell on hvc0.
+//!
+//! With `--hold KIND... --unplug HOW` it first runs one hold session on the first provider
+//! (`harness::hold_session`): holders on the provider's nodes, the unplug, the observers, the
+//! late closes; it prints what every holder saw and any crash titles, and exits 1 if there is
+//! something to look at (a crash, a bad taint, a stuck unplug or release, a lost guest).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
+use harness::agent::HoldKind;
+use harness::hold_session::{HoldPlan, HoldReport};
+use harness::scenario::UnplugHow;
 use harness::testbed::Testbed;
 use harness::vm::{Accel, Vm, VmConfig};
 
@@ -15,7 +23,7 @@ use crate::artifacts::{self, KernelChoice};
 pub struct Args {
     #[command(flatten)]
     kernel: KernelChoice,
-    /// Plug this device after boot (repeatable): cp2112, usb-kbd, usb-mouse, usb-tablet.
+    /// Plug this device after boot (repeatable): cp2112, gpio-sim, usb-kbd, usb-mouse, usb-tablet.
     #[arg(long = "with", value_name = "DEVICE")]
     with: Vec<String>,
     /// EEPROMs behind a cp2112 (repeatable), e.g. 0x50:24c02 (the default when none is given).
@@ -33,7 +41,26 @@ pub struct Args {
     /// Extra kernel command-line words.
     #[arg(long = "append", value_name = "WORD")]
     append: Vec<String>,
-    /// Command to run in the guest; without it, an interactive shell.
+    /// Hold the first provider (cp2112 or gpio-sim) with a consumer of this kind across an
+    /// unplug (repeatable): gpio-cdev, gpio-event, gpio-chip-watch, nvmem-sysfs, i2c-dev,
+    /// i2c-smbus, hidraw, gpio-virtuser, gpio-virtuser-irq, nvmem-kernel.
+    #[arg(long = "hold", value_name = "KIND")]
+    hold: Vec<HoldKind>,
+    /// Unplug the first provider while the holders hold: graceful, surprise, disconnect
+    /// (cp2112), or unbind (its driver, in sysfs).
+    #[arg(long, value_name = "HOW")]
+    unplug: Option<UnplugHow>,
+    /// Seconds the holders run before the unplug, and at most after it.
+    #[arg(long, default_value_t = 1.0, value_name = "SECONDS")]
+    hold_before: f64,
+    #[arg(long, default_value_t = 3.0, value_name = "SECONDS")]
+    hold_after: f64,
+    /// Print the hold session as JSON lines (every holder record, the unplug, observations,
+    /// taint, crashes) instead of a summary.
+    #[arg(long)]
+    json: bool,
+    /// Command to run in the guest (after a hold session, if any); without it and without
+    /// `--unplug`, an interactive shell.
     #[arg(last = true)]
     cmd: Vec<String>,
 }
@@ -44,6 +71,17 @@ pub fn run(args: Args) -> Result<ExitCode> {
     if let Some(bad) = args.with.iter().find(|d| !known.contains(&d.as_str())) {
         anyhow::bail!("unknown device {bad:?} for --with; known devices: {}", known.join(", "));
     }
+    if !args.hold.is_empty() && args.unplug.is_none() {
+        anyhow::bail!("--hold needs --unplug HOW (graceful, surprise, disconnect, unbind): holders exist to see an unplug");
+    }
+    if args.unplug.is_some() && provider(&args.with).is_none() {
+        anyhow::bail!("--unplug needs a provider to unplug: add --with cp2112 or --with gpio-sim");
+    }
+    for (flag, secs) in [("--hold-before", args.hold_before), ("--hold-after", args.hold_after)] {
+        if !(0.0..=3600.0).contains(&secs) {
+            anyhow::bail!("{flag} {secs}: expected seconds between 0 and 3600");
+        }
+    }
     let (kernel, image) = artifacts::kernel_and_image(&args.kernel)?;
     crate::runtime()?.block_on(boot(args, kernel, image))
 }
@@ -52,12 +90,13 @@ async fn boot(args: Args, kernel: artifacts::Kernel, initrd: PathBuf) -> Result<
     let mut config = VmConfig::new(kernel.bzimage.clone(), vec![initrd]);
     config.accel = args.accel;
     config.cpus = args.cpus;
-    config.shell = args.cmd.is_empty();
+    config.shell = args.cmd.is_empty() && args.unplug.is_none();
     config.cmdline = args.append.clone();
     // Keep the logs after the VM (and its private directory) is gone.
     let stamp = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string().replace([':', '-'], "");
     config.log_dir = Some(harness::paths::results_dir().join(format!("boot-{stamp}")));
     eprintln!("booting {} ...", kernel.describe());
+    let boot_cursor = harness::console::LineCursor::default();
     let mut vm = Vm::boot(&config, Vec::new()).await?;
     eprintln!(
         "guest agent ready after {:.1} s ({}, QEMU {}); logs in {}",
@@ -76,7 +115,34 @@ async fn boot(args: Args, kernel: artifacts::Kernel, initrd: PathBuf) -> Result<
         };
         eprintln!("plugged {device} as {id} in {:.0} ms: {}", outcome.elapsed_ms, outcome.guest_saw.unwrap_or_default());
     }
-    let code = if args.cmd.is_empty() {
+    let mut findings = false;
+    if let (Some(how), Some(provider)) = (args.unplug, provider(&args.with)) {
+        let plan = HoldPlan {
+            provider,
+            kinds: args.hold.clone(),
+            how,
+            before: Duration::from_secs_f64(args.hold_before),
+            after: Duration::from_secs_f64(args.hold_after),
+            unplug_timeout: Duration::from_secs(30),
+        };
+        eprintln!("holding {} on {} across a {} unplug ...", kinds_list(&plan.kinds), plan.provider, how.name());
+        let report = harness::hold_session::run(&mut vm, &mut testbed, &plan, boot_cursor).await?;
+        if args.json {
+            print_json(&report)?;
+        } else {
+            print_summary(&report);
+        }
+        findings = report.has_findings();
+        if report.agent_lost {
+            eprintln!("the guest agent stopped answering; console log in {}", vm.log_dir().display());
+            // Nothing more can run in this guest.
+            drop(vm);
+            return Ok(ExitCode::from(1));
+        }
+    }
+    let code = if args.cmd.is_empty() && args.unplug.is_some() {
+        ExitCode::from(u8::from(findings))
+    } else if args.cmd.is_empty() {
         crate::terminal::attach(&vm.dir().join("shell.sock")).await?;
         ExitCode::SUCCESS
     } else {
@@ -88,10 +154,111 @@ async fn boot(args: Args, kernel: artifacts::Kernel, initrd: PathBuf) -> Result<
         if !out.success() {
             eprintln!("guest command {}", out.outcome());
         }
-        exit_code(&out)
+        // The command's status, unless it succeeded after a session that found something.
+        if findings && out.success() {
+            ExitCode::from(1)
+        } else {
+            exit_code(&out)
+        }
     };
     vm.shutdown(Duration::from_secs(10)).await?;
     Ok(code)
+}
+
+/// The id `boot` gives the first provider among the `--with` devices.
+fn provider(with: &[String]) -> Option<String> {
+    with.iter().enumerate().find(|(_, d)| matches!(d.as_str(), "cp2112" | "gpio-sim")).map(|(i, d)| format!("{d}{i}"))
+}
+
+fn kinds_list(kinds: &[HoldKind]) -> String {
+    if kinds.is_empty() {
+        return "nothing".to_string();
+    }
+    kinds.iter().map(|k| k.name()).collect::<Vec<_>>().join(", ")
+}
+
+/// What a maintainer reads: one line per holder, the unplug, what the observers flagged.
+fn print_summary(report: &HoldReport) {
+    println!("provider {} ({}), unplug {}:", report.provider, nodes_line(report), report.how.name());
+    match &report.unplug {
+        Ok(outcome) => println!("  unplug: {:.0} ms; guest: {}", outcome.elapsed_ms, outcome.guest_saw.as_deref().unwrap_or("-")),
+        Err(e) => println!("  unplug FAILED: {e}"),
+    }
+    for holder in &report.holders {
+        print!("  {}: {}", holder.kind.name(), holder.summary);
+        if let Some(e) = &holder.release_error {
+            print!("; release: {e}");
+        }
+        println!();
+    }
+    for (when, observations) in [("after unplug", &report.observations), ("after release", &report.observations_after_release)] {
+        for obs in observations.iter().filter(|o| o.outcome != "ok") {
+            println!("  observer {when}: {}: {} ({})", obs.path, obs.outcome, obs.detail.lines().next().unwrap_or(""));
+        }
+    }
+    if let Some(taint) = report.taint {
+        let t = harness::report::Taint(taint);
+        println!("  taint: {taint} {}", if taint == 0 { "(clean)".to_string() } else { t.letters() });
+    }
+    if report.agent_lost {
+        println!("  the guest agent stopped answering after the unplug");
+    }
+    for crash in &report.crashes {
+        let times = if crash.count > 1 { format!(" (x{})", crash.count) } else { String::new() };
+        println!("  CRASH: {}{times}{}", crash.title, if crash.corrupted { " (corrupted)" } else { "" });
+    }
+}
+
+fn nodes_line(report: &HoldReport) -> String {
+    let n = &report.nodes;
+    let mut parts = Vec::new();
+    parts.extend(n.gpiochip.clone());
+    parts.extend(n.i2c_bus.map(|b| format!("i2c-{b}")));
+    parts.extend(n.nvmem.iter().map(|(_, name)| format!("nvmem {name}")));
+    parts.extend(n.hidraw.clone());
+    parts.join(", ")
+}
+
+/// One JSON object per line: every holder record, then per holder its summary, the unplug,
+/// the observations, the taint and the crashes; `type` says which.
+fn print_json(report: &HoldReport) -> Result<()> {
+    use serde_json::json;
+    let mut lines = Vec::new();
+    for holder in &report.holders {
+        for record in &holder.records {
+            let mut value = serde_json::to_value(record)?;
+            value["type"] = json!("event");
+            lines.push(value);
+        }
+    }
+    for holder in &report.holders {
+        lines.push(json!({
+            "type": "holder", "kind": holder.kind, "handle": holder.handle, "request": holder.request,
+            "summary": holder.summary, "setup_error": holder.setup_error, "release_error": holder.release_error,
+        }));
+    }
+    lines.push(match &report.unplug {
+        Ok(o) => json!({"type": "unplug", "provider": report.provider, "how": report.how, "nodes": report.nodes, "outcome": o}),
+        Err(e) => json!({"type": "unplug", "provider": report.provider, "how": report.how, "nodes": report.nodes, "error": e}),
+    });
+    for (when, observations) in [("after-unplug", &report.observations), ("after-release", &report.observations_after_release)] {
+        for obs in observations {
+            let mut value = serde_json::to_value(obs)?;
+            value["type"] = json!("observation");
+            value["when"] = json!(when);
+            lines.push(value);
+        }
+    }
+    lines.push(json!({"type": "taint", "value": report.taint, "agent_lost": report.agent_lost}));
+    for crash in &report.crashes {
+        lines.push(json!({"type": "crash", "title": crash.title, "corrupted": crash.corrupted, "count": crash.count}));
+    }
+    let mut out = std::io::stdout().lock();
+    for line in lines {
+        use std::io::Write;
+        writeln!(out, "{line}")?;
+    }
+    Ok(())
 }
 
 /// The guest command's status, shell-style: its exit code, 128+N for signal N, 124 on timeout.

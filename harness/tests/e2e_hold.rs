@@ -1,0 +1,171 @@
+//! End-to-end: hold sessions (what `cargo xtask boot --hold KIND... --unplug HOW` runs) against
+//! the gpio-sim and emulated CP2112 providers, every consumer kind, each unplug method a
+//! provider has. The assertions pin what vanilla 6.12.117 answers; a kernel that answers
+//! differently fails them on purpose, so the change is seen. Run through `cargo xtask test`.
+
+use std::time::Duration;
+
+use harness::agent::HoldKind;
+use harness::console::LineCursor;
+use harness::hold_session::{self, HoldPlan, HoldReport, HolderReport};
+use harness::scenario::UnplugHow;
+use harness::testbed::Testbed;
+use harness::testenv;
+use harness::vm::Vm;
+
+const ENODEV: i32 = 19;
+const POLLERR: i16 = 0x8;
+const POLLHUP: i16 = 0x10;
+
+const GPIO_KINDS: [HoldKind; 5] = [
+    HoldKind::GpioChipWatch,
+    HoldKind::GpioCdev,
+    HoldKind::GpioEvent,
+    HoldKind::GpioVirtuser,
+    HoldKind::GpioVirtuserIrq,
+];
+
+fn plan(provider: &str, kinds: &[HoldKind], how: UnplugHow) -> HoldPlan {
+    HoldPlan {
+        provider: provider.to_string(),
+        kinds: kinds.to_vec(),
+        how,
+        before: Duration::from_secs(1),
+        after: Duration::from_secs(3),
+        unplug_timeout: Duration::from_secs(30),
+    }
+}
+
+fn print(report: &HoldReport) {
+    println!("{} {:?}: unplug {:?}", report.provider, report.how, report.unplug);
+    for h in &report.holders {
+        println!("  {} release {:?}", h.summary, h.release_error);
+        for r in &h.records {
+            println!("    {}", serde_json::to_string(r).unwrap());
+        }
+    }
+    println!("  taint {:?}, crashes {:?}", report.taint, report.crashes);
+}
+
+fn holder(report: &HoldReport, kind: HoldKind) -> &HolderReport {
+    report.holders.iter().find(|h| h.kind == kind).unwrap_or_else(|| panic!("no {kind:?} holder"))
+}
+
+/// The op and errno of the holder's first error record.
+fn first_errno(report: &HoldReport, kind: HoldKind) -> Option<(String, i32)> {
+    holder(report, kind).records.iter().find_map(|r| r.errno.map(|e| (r.op.clone(), e)))
+}
+
+/// The first poll revents with POLLHUP or POLLERR.
+fn hangup(report: &HoldReport, kind: HoldKind) -> Option<i16> {
+    holder(report, kind).records.iter().filter(|r| r.op == "poll").find_map(|r| r.revents).map(|r| r & (POLLHUP | POLLERR))
+}
+
+/// Every holder started, used its handle, and was closed late.
+fn assert_all_held_and_closed(report: &HoldReport) {
+    for h in &report.holders {
+        assert!(h.setup_error.is_none(), "{:?} did not start: {:?}", h.kind, h.setup_error);
+        assert!(h.records.iter().any(|r| r.op == "open"), "{:?}: no open record", h.kind);
+        assert!(h.records.len() >= 2, "{:?} never used its handle: {:?}", h.kind, h.records);
+        assert!(h.release_error.is_none(), "{:?} release: {:?}", h.kind, h.release_error);
+        assert!(h.records.iter().any(|r| r.op == "closed"), "{:?} was not closed", h.kind);
+    }
+}
+
+/// gpio-sim: every GPIO kind across `live=0`, then across a driver unbind, in one guest.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn e2e_hold_gpio_sim_every_gpio_kind_across_live_0_and_unbind() {
+    let mut vm = Vm::boot(&testenv::vm_config("e2e_hold_gpio_sim_every_gpio_kind_across_live_0_and_unbind"), Vec::new())
+        .await
+        .unwrap();
+    let mut testbed = Testbed::new();
+    for (id, how) in [("sim0", UnplugHow::Graceful), ("sim1", UnplugHow::Unbind)] {
+        testbed.plug(&mut vm, "gpio-sim", id).await.unwrap();
+        let report = hold_session::run(&mut vm, &mut testbed, &plan(id, &GPIO_KINDS, how), LineCursor::default())
+            .await
+            .unwrap();
+        print(&report);
+        assert!(report.unplug.is_ok(), "{how:?}: {:?}", report.unplug);
+        assert_all_held_and_closed(&report);
+        // Vanilla 6.12, both ways: line fds and in-kernel descriptors get ENODEV, polls on the
+        // line and chip fds report the hang-up, and nothing crashes.
+        for kind in [HoldKind::GpioCdev, HoldKind::GpioVirtuser, HoldKind::GpioVirtuserIrq] {
+            let (_, errno) = first_errno(&report, kind).unwrap_or_else(|| panic!("{how:?} {kind:?}: no error"));
+            assert_eq!(errno, ENODEV, "{how:?} {kind:?}");
+        }
+        for kind in [HoldKind::GpioEvent, HoldKind::GpioChipWatch] {
+            assert_eq!(hangup(&report, kind), Some(POLLHUP | POLLERR), "{how:?} {kind:?}");
+        }
+        assert!(report.crashes.is_empty(), "{how:?}: {:?}", report.crashes);
+        assert_eq!(report.taint, Some(0));
+        assert!(!report.has_findings());
+    }
+    vm.shutdown(Duration::from_secs(20)).await.unwrap();
+}
+
+/// The seed's chain: every consumer kind on the emulated CP2112 and its at24 across a graceful
+/// USB unplug. The in-kernel nvmem consumer reads at24 data freed by the unplug (kernel-notes
+/// B1), and the session reports it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn e2e_hold_cp2112_every_kind_across_a_usb_unplug() {
+    let mut vm =
+        Vm::boot(&testenv::vm_config("e2e_hold_cp2112_every_kind_across_a_usb_unplug"), Vec::new()).await.unwrap();
+    let mut testbed = Testbed::new();
+    testbed.plug(&mut vm, "cp2112", "bridge").await.unwrap();
+    let report = hold_session::run(&mut vm, &mut testbed, &plan("bridge", &HoldKind::ALL, UnplugHow::Graceful), LineCursor::default())
+        .await
+        .unwrap();
+    print(&report);
+    assert!(report.unplug.is_ok(), "{:?}", report.unplug);
+    for h in &report.holders {
+        assert!(h.setup_error.is_none(), "{:?} did not start: {:?}", h.kind, h.setup_error);
+        assert!(h.records.len() >= 2, "{:?} never used its handle: {:?}", h.kind, h.records);
+    }
+    // User-space handles: the kernel answers an error, not a crash.
+    let (op, errno) = first_errno(&report, HoldKind::GpioCdev).expect("gpio-cdev saw no error");
+    assert!(op.starts_with("GPIO_V2_LINE_") && errno != 0);
+    assert!(first_errno(&report, HoldKind::NvmemSysfs).is_some(), "nvmem-sysfs saw no error");
+    assert!(first_errno(&report, HoldKind::I2cDev).is_some(), "i2c-dev saw no error");
+    // The in-kernel nvmem consumer: use after free of the at24/regmap data.
+    assert!(
+        report.crashes.iter().any(|c| c.title.starts_with("KASAN: slab-use-after-free")
+            && ["at24_read", "regmap"].iter().any(|f| c.title.contains(f))),
+        "{:?}",
+        report.crashes
+    );
+    assert!(report.taint.is_some_and(|t| t & (1 << 5) != 0), "taint B (bad page) from KASAN: {:?}", report.taint);
+    assert!(report.has_findings());
+    vm.shutdown(Duration::from_secs(20)).await.unwrap();
+}
+
+/// hid-cp2112 unbound in sysfs while `/dev/i2c-N` is open: cp2112_remove waits in
+/// i2c_del_adapter for the fd's reference (kernel-notes B6), the unbind does not return, the
+/// hung-task detector reports it, and the late close lets it finish.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn e2e_hold_cp2112_unbind_under_an_open_i2c_dev_hangs_in_cp2112_remove() {
+    let mut vm = Vm::boot(
+        &testenv::vm_config("e2e_hold_cp2112_unbind_under_an_open_i2c_dev_hangs_in_cp2112_remove"),
+        Vec::new(),
+    )
+    .await
+    .unwrap();
+    let mut testbed = Testbed::new();
+    testbed.plug(&mut vm, "cp2112", "bridge").await.unwrap();
+    let kinds = [HoldKind::I2cDev, HoldKind::NvmemSysfs, HoldKind::Hidraw, HoldKind::GpioCdev];
+    let report =
+        hold_session::run(&mut vm, &mut testbed, &plan("bridge", &kinds, UnplugHow::Unbind), LineCursor::default())
+            .await
+            .unwrap();
+    print(&report);
+    let unplug = report.unplug.as_ref().expect_err("the unbind returned while /dev/i2c-N was open");
+    assert!(unplug.contains("timed out"), "{unplug}");
+    assert!(report.crashes.iter().any(|c| c.title == "INFO: task hung in cp2112_remove"), "{:?}", report.crashes);
+    // After the late close the removal completes: the adapter is gone.
+    let left = vm
+        .agent()
+        .exec(&["sh", "-c", "sleep 2; grep -l CP2112 /sys/bus/i2c/devices/i2c-*/name"], Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert_eq!(left.stdout_text().trim(), "", "the CP2112 adapter outlived the late close");
+    vm.shutdown(Duration::from_secs(20)).await.unwrap();
+}
