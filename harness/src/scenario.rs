@@ -15,6 +15,10 @@
 //!   - unplug: { id: kbd, how: graceful }
 //!   - observe
 //! ```
+//!
+//! Consumers are steps too: `hold: { name: h, kind: nvmem-kernel, on: bridge }` starts a holder
+//! on a plugged provider's nodes (it keeps its handle across the provider's unplug) and
+//! `release: h` closes it, so "before, during, after, late close" is the order of the steps.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -69,6 +73,20 @@ pub enum Step {
     Observe,
     /// Set the faults of an emulated device (replaces earlier ones; `fault: { id: x }` clears).
     Fault(FaultSpec),
+    /// Start a consumer holding a plugged provider's handle (kept across the unplug).
+    Hold(Hold),
+    /// Close a holder's handle (a late close when its provider is already gone).
+    Release(String),
+}
+
+/// A holder as written: its name in later steps, its kind, the provider it holds.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Hold {
+    pub name: String,
+    pub kind: crate::agent::HoldKind,
+    /// The plugged provider's id (`cp2112` or `gpio-sim`).
+    pub on: String,
 }
 
 /// Faults for an emulated CP2112, as written in a scenario.
@@ -286,8 +304,10 @@ impl Scenario {
         if self.iterations == 0 || self.iterations > 100_000 {
             return Err(format!("iterations must be between 1 and 100000, not {}", self.iterations));
         }
-        // A plug id must exist before it is unplugged, and stay unique while plugged.
+        // A plug id must exist before it is unplugged, and stay unique while plugged; the same
+        // for holder names between hold and release.
         let mut plugged: Vec<&str> = Vec::new();
+        let mut held: Vec<&str> = Vec::new();
         let all = self.setup.iter().map(|s| ("setup", s)).chain(self.steps.iter().map(|s| ("steps", s)));
         for (index, (section, step)) in all.enumerate() {
             let at = format!("{section} step {}", index + 1 - if section == "steps" { self.setup.len() } else { 0 });
@@ -308,6 +328,21 @@ impl Scenario {
                     }
                 }
                 Step::Exec(e) if e.argv.is_empty() => return Err(format!("{at}: exec with an empty argv")),
+                Step::Hold(h) => {
+                    if held.contains(&h.name.as_str()) {
+                        return Err(format!("{at}: holder {:?} is already held", h.name));
+                    }
+                    if !plugged.contains(&h.on.as_str()) {
+                        return Err(format!("{at}: hold on {:?}, which is not plugged at that point", h.on));
+                    }
+                    held.push(&h.name);
+                }
+                Step::Release(name) => {
+                    let Some(pos) = held.iter().position(|n| n == name) else {
+                        return Err(format!("{at}: release of {name:?}, which no earlier step holds"));
+                    };
+                    held.remove(pos);
+                }
                 Step::Fault(f) => {
                     if !plugged.contains(&f.id.as_str()) {
                         return Err(format!("{at}: fault for {:?}, which is not plugged at that point", f.id));
@@ -332,6 +367,13 @@ impl Scenario {
                 .collect();
             if let Some(id) = in_steps.first() {
                 return Err(format!("steps plug {id:?} without unplugging it, so iteration 2 would plug it twice"));
+            }
+            let held_in_steps = self.steps.iter().find_map(|s| match s {
+                Step::Hold(h) if held.contains(&h.name.as_str()) => Some(h.name.as_str()),
+                _ => None,
+            });
+            if let Some(name) = held_in_steps {
+                return Err(format!("steps hold {name:?} without releasing it, so iteration 2 would hold it twice"));
             }
         }
         Ok(())
@@ -416,6 +458,11 @@ steps:
             ("name: x\nsteps:\n  - plug: { device: cp2112, id: b }\n  - fault: { id: b, unplug_after_transfers: 0 }\n", "counts from 1"),
             ("name: x\nsteps:\n  - unplug: { id: k, how: sideways }\n", "scenarios/t.yaml:"),
             ("\u{0}\u{1}garbage: [", "scenarios/t.yaml:"),
+            ("name: x\nsteps:\n  - release: ghost\n", "which no earlier step holds"),
+            ("name: x\nsteps:\n  - hold: { name: h, kind: gpio-cdev, on: ghost }\n", "not plugged at that point"),
+            ("name: x\nsteps:\n  - plug: { device: gpio-sim, id: g }\n  - hold: { name: h, kind: gpio-sideways, on: g }\n", "t.yaml:4:28: steps[1].hold.kind: unknown variant `gpio-sideways`"),
+            ("name: x\nsteps:\n  - plug: { device: gpio-sim, id: g }\n  - hold: { name: h, kind: gpio-cdev, on: g }\n  - hold: { name: h, kind: gpio-event, on: g }\n", "already held"),
+            ("name: x\nsetup:\n  - plug: { device: gpio-sim, id: g }\niterations: 2\nsteps:\n  - hold: { name: h, kind: gpio-cdev, on: g }\n", "hold it twice"),
         ] {
             let err = Scenario::parse(text, Path::new("scenarios/t.yaml")).unwrap_err().to_string();
             assert!(err.contains(needle), "{text:?} gave {err}");

@@ -6,11 +6,13 @@
 //! A lost guest (kernel panic, QEMU exit) or an agent that stops answering ends the run with
 //! a synthetic verdict; an unplug that never completes is recorded and the run goes on.
 
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use crate::agent::AgentError;
+use crate::agent::{AgentError, HoldKind};
+use crate::consumers::Consumers;
 use crate::console::ConsoleError;
 use crate::observe::{self, Observation};
 use crate::qmp::QmpError;
@@ -66,6 +68,56 @@ pub struct StepRecord {
     pub taint: Option<u64>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub observations: Vec<Observation>,
+    /// After the step, one line per holder started so far: what it has seen.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub consumers: Vec<String>,
+}
+
+/// The run's holders, by the names the scenario gave them.
+struct Holders {
+    consumers: Consumers,
+    by_name: BTreeMap<String, u64>,
+}
+
+/// A holder runs until its `release` step (or the end of the VM); this only bounds one the
+/// run lost track of.
+const HOLD_DEADLINE: Duration = Duration::from_secs(3600);
+
+impl Holders {
+    fn new(vm: &Vm) -> Holders {
+        Holders { consumers: Consumers::new(vm.agent()), by_name: BTreeMap::new() }
+    }
+
+    async fn hold(&mut self, testbed: &Testbed, name: &str, kind: HoldKind, on: &str) -> Result<String, String> {
+        let nodes = testbed.nodes(on).ok_or_else(|| format!("{on:?} is not a plugged provider with guest nodes"))?;
+        let request = crate::hold_session::request_for(kind, nodes, HOLD_DEADLINE)?;
+        let path = request.path.clone();
+        let handle = self.consumers.hold(request).await.map_err(|e| e.to_string())?;
+        self.by_name.insert(name.to_string(), handle);
+        Ok(format!("holder {handle} ({}) on {path}", kind.name()))
+    }
+
+    /// Closes the holder; its summary and every record it sent, as output.
+    async fn release(&mut self, name: &str) -> Result<String, String> {
+        let handle = self.by_name.remove(name).ok_or_else(|| format!("no holder named {name:?}"))?;
+        let released = self.consumers.release(handle).await;
+        // The `closed` record precedes the release answer on the wire; let the collector catch up.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let log = self.consumers.log(handle).unwrap_or_default();
+        let mut out = log.summary();
+        for record in &log.records {
+            out.push('\n');
+            out.push_str(&serde_json::to_string(record).unwrap_or_default());
+        }
+        match released {
+            Ok(()) => Ok(out),
+            Err(e) => Err(format!("{e}\n{out}")),
+        }
+    }
+
+    fn summaries(&self) -> Vec<String> {
+        self.consumers.logs().iter().map(|l| l.summary()).collect()
+    }
 }
 
 /// Why a run stopped before its last step.
@@ -93,6 +145,7 @@ pub async fn run_schedule(
     // `wait_console` looks at what the previous action caused, so it searches from the
     // console position at which that action began.
     let mut previous_cursor = vm.console().cursor();
+    let mut holders = Holders::new(vm);
     for (i, planned) in schedule.actions.iter().enumerate() {
         let index = i + 1;
         let description = planned.action.describe();
@@ -102,7 +155,7 @@ pub async fn run_schedule(
         let step_start = Instant::now();
         let lost = vm.console().clone();
         let outcome = tokio::select! {
-            r = tokio::time::timeout(options.step_timeout, execute(vm, testbed, &planned.action, previous_cursor, options)) => r,
+            r = tokio::time::timeout(options.step_timeout, execute(vm, testbed, &mut holders, &planned.action, previous_cursor, options)) => r,
             lost = lost.wait_until_lost(step_cursor) => return Err(Abort::GuestLost(lost.to_string())),
         };
         let (status, output, observations) = match outcome {
@@ -123,6 +176,7 @@ pub async fn run_schedule(
             output,
             taint,
             observations,
+            consumers: holders.summaries(),
         };
         on_step(&record);
         if !matches!(record.status, StepStatus::Ok) {
@@ -141,6 +195,7 @@ pub const STEP_MARKER: &str = "unplug-torture: step ";
 async fn execute(
     vm: &mut Vm,
     testbed: &mut Testbed,
+    holders: &mut Holders,
     action: &Action,
     previous_cursor: crate::console::LineCursor,
     options: &RunOptions,
@@ -196,6 +251,14 @@ async fn execute(
         Action::Fault(fault) => match testbed.set_faults(fault) {
             Ok(what) => ok(Some(what)),
             Err(e) => failed(format!("{e:#}")),
+        },
+        Action::Hold { name, kind, on } => match holders.hold(testbed, name, *kind, on).await {
+            Ok(what) => ok(Some(what)),
+            Err(e) => failed(e),
+        },
+        Action::Release { name } => match holders.release(name).await {
+            Ok(what) => ok(Some(what)),
+            Err(e) => failed(e),
         },
     }
 }

@@ -106,3 +106,39 @@ async fn e2e_nvmem_holder_reads_freed_at24_after_cp2112_unplug_on_vanilla() {
     assert!(kasan.is_ok(), "{kasan:?}");
     vm.shutdown(Duration::from_secs(10)).await.unwrap();
 }
+
+/// `hold:`/`release:` steps: holders on the CP2112's nodes across a seeded unplug, late
+/// closes, and what each saw in the step records. Vanilla 6.12.117: errors, no crash, and the
+/// open /dev/i2c-N keeps cp2112_remove waiting in i2c_del_adapter until its release.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn e2e_cp2112_held_across_unplug_records_what_each_holder_saw() {
+    let (vm, steps) =
+        run("cp2112-held-across-unplug", "e2e_cp2112_held_across_unplug_records_what_each_holder_saw", 1).await;
+    for s in &steps {
+        assert_eq!(s.status, StepStatus::Ok, "step {} ({}) failed: {:?}", s.index, s.description, s.output);
+    }
+    let releases: Vec<&StepRecord> = steps.iter().filter(|s| matches!(s.action, Action::Release { .. })).collect();
+    assert_eq!(releases.len(), 12);
+    for r in &releases {
+        let out = r.output.as_deref().unwrap_or_default();
+        // The holder's summary, then its records, ending with the late close.
+        assert!(out.starts_with("holder "), "{out}");
+        assert!(out.lines().any(|l| l.contains("\"op\":\"open\"")) && out.lines().last().is_some_and(|l| l.contains("\"op\":\"closed\"")), "{out}");
+    }
+    let summary = |name: &str| {
+        releases
+            .iter()
+            .find(|s| matches!(&s.action, Action::Release { name: n } if n == name))
+            .and_then(|s| s.output.as_deref())
+            .and_then(|o| o.lines().next())
+            .unwrap_or_default()
+            .to_string()
+    };
+    assert!(summary("lines").contains("got -ENODEV on GPIO_V2_LINE_"), "{}", summary("lines"));
+    assert!(summary("i2c").contains("got -ENODEV on I2C_RDWR"), "{}", summary("i2c"));
+    assert!(summary("virtuser").contains("got -ENODEV on gpiod_get_value"), "{}", summary("virtuser"));
+    // Every step after the first hold lists the holders' one-line outcomes.
+    assert!(steps.iter().filter(|s| matches!(s.action, Action::Observe)).all(|s| !s.consumers.is_empty()));
+    assert!(steps.iter().all(|s| s.taint == Some(0)), "a step tainted the kernel");
+    vm.shutdown(Duration::from_secs(10)).await.unwrap();
+}
