@@ -102,6 +102,7 @@ fn gpio_lines(kind: HoldKind) -> (Vec<u32>, Vec<u32>) {
         HoldKind::GpioChipWatch => (vec![0, 1, 2], vec![]),
         HoldKind::GpioVirtuser => (vec![3], vec![]),
         HoldKind::GpioVirtuserIrq => (vec![4], vec![]),
+        HoldKind::GpioAggregator => (vec![5, 6], vec![]),
         _ => (vec![], vec![]),
     }
 }
@@ -116,7 +117,8 @@ pub fn request_for(kind: HoldKind, nodes: &GuestNodes, deadline: Duration) -> Re
         | HoldKind::GpioEvent
         | HoldKind::GpioChipWatch
         | HoldKind::GpioVirtuser
-        | HoldKind::GpioVirtuserIrq => (nodes.gpiochip.clone().ok_or_else(|| missing("a GPIO chip"))?, None),
+        | HoldKind::GpioVirtuserIrq
+        | HoldKind::GpioAggregator => (nodes.gpiochip.clone().ok_or_else(|| missing("a GPIO chip"))?, None),
         HoldKind::NvmemSysfs => {
             let (_, name) = nvmem.ok_or_else(|| missing("an nvmem device"))?;
             (format!("/sys/bus/nvmem/devices/{name}/nvmem"), None)
@@ -283,7 +285,13 @@ mod tests {
     #[test]
     fn gpio_kinds_use_distinct_lines() {
         let mut seen = std::collections::BTreeSet::new();
-        for kind in [HoldKind::GpioCdev, HoldKind::GpioEvent, HoldKind::GpioVirtuser, HoldKind::GpioVirtuserIrq] {
+        for kind in [
+            HoldKind::GpioCdev,
+            HoldKind::GpioEvent,
+            HoldKind::GpioVirtuser,
+            HoldKind::GpioVirtuserIrq,
+            HoldKind::GpioAggregator,
+        ] {
             let (inputs, outputs) = gpio_lines(kind);
             for line in inputs.into_iter().chain(outputs) {
                 assert!(line < 8 && seen.insert(line), "{kind:?} reuses line {line}");

@@ -17,8 +17,9 @@ const ENODEV: i32 = 19;
 const POLLERR: i16 = 0x8;
 const POLLHUP: i16 = 0x10;
 
-const GPIO_KINDS: [HoldKind; 5] = [
+const GPIO_KINDS: [HoldKind; 6] = [
     HoldKind::GpioChipWatch,
+    HoldKind::GpioAggregator,
     HoldKind::GpioCdev,
     HoldKind::GpioEvent,
     HoldKind::GpioVirtuser,
@@ -87,9 +88,10 @@ async fn e2e_hold_gpio_sim_every_gpio_kind_across_live_0_and_unbind() {
         print(&report);
         assert!(report.unplug.is_ok(), "{how:?}: {:?}", report.unplug);
         assert_all_held_and_closed(&report);
-        // Vanilla 6.12, both ways: line fds and in-kernel descriptors get ENODEV, polls on the
+        // Vanilla 6.12, both ways: line fds, in-kernel descriptors and the aggregator's
+        // forwarded lines get ENODEV, polls on the
         // line and chip fds report the hang-up, and nothing crashes.
-        for kind in [HoldKind::GpioCdev, HoldKind::GpioVirtuser, HoldKind::GpioVirtuserIrq] {
+        for kind in [HoldKind::GpioCdev, HoldKind::GpioVirtuser, HoldKind::GpioVirtuserIrq, HoldKind::GpioAggregator] {
             let (_, errno) = first_errno(&report, kind).unwrap_or_else(|| panic!("{how:?} {kind:?}: no error"));
             assert_eq!(errno, ENODEV, "{how:?} {kind:?}");
         }

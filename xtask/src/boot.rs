@@ -43,7 +43,7 @@ pub struct Args {
     append: Vec<String>,
     /// Hold the first provider (cp2112 or gpio-sim) with a consumer of this kind across an
     /// unplug (repeatable): gpio-cdev, gpio-event, gpio-chip-watch, nvmem-sysfs, i2c-dev,
-    /// i2c-smbus, hidraw, gpio-virtuser, gpio-virtuser-irq, nvmem-kernel.
+    /// i2c-smbus, hidraw, gpio-virtuser, gpio-virtuser-irq, gpio-aggregator, nvmem-kernel.
     #[arg(long = "hold", value_name = "KIND")]
     hold: Vec<HoldKind>,
     /// Unplug the first provider while the holders hold: graceful, surprise, disconnect
@@ -125,7 +125,7 @@ async fn boot(args: Args, kernel: artifacts::Kernel, initrd: PathBuf) -> Result<
             after: Duration::from_secs_f64(args.hold_after),
             unplug_timeout: Duration::from_secs(30),
         };
-        eprintln!("holding {} on {} across a {} unplug ...", kinds_list(&plan.kinds), plan.provider, how.name());
+        eprintln!("holding {} on {} across its unplug ({}) ...", kinds_list(&plan.kinds), plan.provider, how.name());
         let report = harness::hold_session::run(&mut vm, &mut testbed, &plan, boot_cursor).await?;
         if args.json {
             print_json(&report)?;

@@ -12,7 +12,8 @@
 //! The in-kernel kinds (`gpio-virtuser*`, `nvmem-kernel`) hold no fd of ours: the agent sets
 //! the kernel consumer up through configfs/debugfs, makes it use its handle by reading a
 //! debugfs file per iteration (the kernel's errno comes back from that read), and tears it
-//! down on release.
+//! down on release. `gpio-aggregator` is both: the aggregator holds the provider's
+//! descriptors, and the agent uses them through a line request on the aggregated chip.
 //!
 //! The ioctl structs are the kernel UAPI layouts (include/uapi/linux/gpio.h, i2c-dev.h,
 //! hidraw.h), `repr(C)` with their sizes checked in the tests.
@@ -126,7 +127,16 @@ struct Holder {
 
 impl Holder {
     fn open(handle: u64, req: &HoldRequest, sink: Sink) -> Result<Holder, ErrorReply> {
-        let (file, kernel) = if req.kind.in_kernel() {
+        let (file, kernel) = if req.kind == HoldKind::GpioAggregator {
+            let (mut consumer, chip) = KernelConsumer::aggregate(req)?;
+            match OpenOptions::new().read(true).write(true).open(&chip) {
+                Ok(file) => (Some(file), Some(consumer)),
+                Err(e) => {
+                    consumer.release_handle();
+                    return Err(ErrorReply::io(format!("open the aggregated chip {chip}"), &e));
+                }
+            }
+        } else if req.kind.in_kernel() {
             (None, Some(KernelConsumer::set_up(handle, req)?))
         } else {
             if !req.path.starts_with('/') {
@@ -159,9 +169,14 @@ impl Holder {
     fn setup(&mut self, req: &HoldRequest) -> io::Result<()> {
         let fd = self.fd();
         match self.kind {
-            HoldKind::GpioCdev | HoldKind::GpioEvent => {
+            HoldKind::GpioCdev | HoldKind::GpioEvent | HoldKind::GpioAggregator => {
                 let mut lr = uapi::LineRequest::zeroed();
-                let all: Vec<u32> = req.lines.iter().chain(&req.outputs).copied().collect();
+                let all: Vec<u32> = if self.kind == HoldKind::GpioAggregator {
+                    // The aggregated chip numbers the forwarded lines from 0.
+                    (0..u32::try_from(req.lines.len()).unwrap_or(0)).collect()
+                } else {
+                    req.lines.iter().chain(&req.outputs).copied().collect()
+                };
                 if all.is_empty() || all.len() > lr.offsets.len() {
                     return Err(io::Error::from_raw_os_error(libc::EINVAL));
                 }
@@ -242,7 +257,7 @@ impl Holder {
     fn iterate(&mut self, req: &HoldRequest, interval: Duration) {
         let fd = self.fd();
         match self.kind {
-            HoldKind::GpioCdev => {
+            HoldKind::GpioCdev | HoldKind::GpioAggregator => {
                 let line = self.line_fd();
                 let mut values =
                     uapi::LineValues { bits: 0, mask: (1u64 << (req.lines.len() + req.outputs.len())) - 1 };
@@ -501,6 +516,8 @@ const VIRTUSER_DEBUGFS: &str = "/sys/kernel/debug/gpio-virtuser";
 /// The connection id our gpio-virtuser devices request their lines under.
 const VIRTUSER_CON_ID: &str = "hold";
 const NVMEM_HOLDER: &str = "/sys/kernel/debug/nvmem-holder";
+const AGGREGATOR_DRIVER: &str = "/sys/bus/platform/drivers/gpio-aggregator";
+const PLATFORM_DEVICES: &str = "/sys/bus/platform/devices";
 
 /// An in-kernel consumer the agent set up and drives.
 enum KernelConsumer {
@@ -508,6 +525,8 @@ enum KernelConsumer {
     GpioVirtuser { configfs: String, debugfs: String, entries: usize },
     /// The nvmem-holder module holding one nvmem device.
     NvmemHolder,
+    /// A gpio-aggregator platform device (`gpio-aggregator.N`).
+    Aggregator { device: String },
 }
 
 impl KernelConsumer {
@@ -586,13 +605,56 @@ impl KernelConsumer {
         Ok(())
     }
 
+    /// Creates a gpio-aggregator of `req.lines` of chip `req.path`; returns it and the
+    /// aggregated chip's `/dev` node.
+    fn aggregate(req: &HoldRequest) -> Result<(KernelConsumer, String), ErrorReply> {
+        if req.lines.is_empty() {
+            return Err(ErrorReply::msg("gpio-aggregator needs at least one line"));
+        }
+        let label = if req.path.starts_with('/') { chip_label(&req.path)? } else { req.path.clone() };
+        let offsets: Vec<String> = req.lines.iter().map(u32::to_string).collect();
+        let aggregators = || -> Vec<String> {
+            std::fs::read_dir(PLATFORM_DEVICES)
+                .map(|d| {
+                    d.filter_map(|e| e.ok()?.file_name().into_string().ok())
+                        .filter(|n| n.starts_with("gpio-aggregator."))
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        let before = aggregators();
+        std::fs::write(format!("{AGGREGATOR_DRIVER}/new_device"), format!("{label} {}", offsets.join(",")))
+            .map_err(|e| ErrorReply::io(format!("gpio-aggregator new_device {label:?} {offsets:?}"), &e))?;
+        let Some(device) = aggregators().into_iter().find(|n| !before.contains(n)) else {
+            return Err(ErrorReply::msg("gpio-aggregator new_device made no new platform device"));
+        };
+        let mut consumer = KernelConsumer::Aggregator { device: device.clone() };
+        // The aggregated chip appears under the device once the aggregator has probed.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let chip = std::fs::read_dir(format!("{PLATFORM_DEVICES}/{device}")).ok().and_then(|d| {
+                d.filter_map(|e| e.ok()?.file_name().into_string().ok()).find(|n| n.starts_with("gpiochip"))
+            });
+            if let Some(chip) = chip {
+                return Ok((consumer, format!("/dev/{chip}")));
+            }
+            if Instant::now() > deadline {
+                consumer.release_handle();
+                return Err(ErrorReply::msg(format!(
+                    "{device} has no gpiochip after 5 s: the aggregator did not get lines {offsets:?} of {label:?}"
+                )));
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// `(op, debugfs file)` for each attribute `attr` of each line.
     fn line_files(&self, attr: &str) -> Vec<(&'static str, String)> {
         match self {
             KernelConsumer::GpioVirtuser { debugfs, entries, .. } => (0..*entries)
                 .map(|i| ("gpiod_get_value", format!("{debugfs}/gpiod:{VIRTUSER_CON_ID}:{i}/{attr}")))
                 .collect(),
-            KernelConsumer::NvmemHolder => Vec::new(),
+            KernelConsumer::NvmemHolder | KernelConsumer::Aggregator { .. } => Vec::new(),
         }
     }
 
@@ -601,6 +663,8 @@ impl KernelConsumer {
         match self {
             KernelConsumer::GpioVirtuser { .. } => self.line_files("value"),
             KernelConsumer::NvmemHolder => vec![("nvmem_device_read", format!("{NVMEM_HOLDER}/read"))],
+            // Used through the line request on the aggregated chip instead.
+            KernelConsumer::Aggregator { .. } => Vec::new(),
         }
     }
 
@@ -630,6 +694,9 @@ impl KernelConsumer {
                 attempt("rmdir device".into(), std::fs::remove_dir(configfs.as_str()));
             }
             KernelConsumer::NvmemHolder => attempt("nvmem-holder put".into(), std::fs::write(format!("{NVMEM_HOLDER}/put"), "1")),
+            KernelConsumer::Aggregator { device } => {
+                attempt(format!("delete_device {device}"), std::fs::write(format!("{AGGREGATOR_DRIVER}/delete_device"), device.as_str()))
+            }
         }
         failed
     }

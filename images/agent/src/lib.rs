@@ -256,11 +256,15 @@ pub enum HoldKind {
     /// In kernel: our `nvmem-holder` test module takes the nvmem device named `path` and
     /// keeps it; reads of its debugfs `read` are `nvmem_device_read` calls.
     NvmemKernel,
+    /// In kernel: a gpio-aggregator (`new_device`) takes `lines` of the chip `path`; the agent
+    /// requests every line of the aggregated chip through its cdev and reads them, which the
+    /// aggregator forwards to the descriptors it holds on the provider.
+    GpioAggregator,
 }
 
 impl HoldKind {
     /// Every kind, for listings and errors.
-    pub const ALL: [HoldKind; 10] = [
+    pub const ALL: [HoldKind; 11] = [
         HoldKind::GpioCdev,
         HoldKind::GpioEvent,
         HoldKind::GpioChipWatch,
@@ -271,6 +275,7 @@ impl HoldKind {
         HoldKind::GpioVirtuser,
         HoldKind::GpioVirtuserIrq,
         HoldKind::NvmemKernel,
+        HoldKind::GpioAggregator,
     ];
 
     /// The kebab-case name used on the wire and on command lines.
@@ -286,12 +291,16 @@ impl HoldKind {
             HoldKind::GpioVirtuser => "gpio-virtuser",
             HoldKind::GpioVirtuserIrq => "gpio-virtuser-irq",
             HoldKind::NvmemKernel => "nvmem-kernel",
+            HoldKind::GpioAggregator => "gpio-aggregator",
         }
     }
 
     /// Whether the consumer lives in the kernel (the agent only drives it).
     pub fn in_kernel(self) -> bool {
-        matches!(self, HoldKind::GpioVirtuser | HoldKind::GpioVirtuserIrq | HoldKind::NvmemKernel)
+        matches!(
+            self,
+            HoldKind::GpioVirtuser | HoldKind::GpioVirtuserIrq | HoldKind::NvmemKernel | HoldKind::GpioAggregator
+        )
     }
 }
 
