@@ -108,8 +108,7 @@ async fn e2e_nvmem_holder_reads_freed_at24_after_cp2112_unplug_on_vanilla() {
 }
 
 /// `hold:`/`release:` steps: holders on the CP2112's nodes across a seeded unplug, late
-/// closes, and what each saw in the step records. Vanilla 6.12.117: errors, no crash, and the
-/// open /dev/i2c-N keeps cp2112_remove waiting in i2c_del_adapter until its release.
+/// closes, and what each saw in the step records. Vanilla 6.12.117: errors, no crash.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn e2e_cp2112_held_across_unplug_records_what_each_holder_saw() {
     let (vm, steps) =
@@ -134,9 +133,19 @@ async fn e2e_cp2112_held_across_unplug_records_what_each_holder_saw() {
             .unwrap_or_default()
             .to_string()
     };
-    assert!(summary("lines").contains("got -ENODEV on GPIO_V2_LINE_"), "{}", summary("lines"));
-    assert!(summary("i2c").contains("got -ENODEV on I2C_RDWR"), "{}", summary("i2c"));
-    assert!(summary("virtuser").contains("got -ENODEV on gpiod_get_value"), "{}", summary("virtuser"));
+    // Which "device gone" error a call gets depends on where in the teardown it lands (the
+    // HID transport answers ESHUTDOWN or times out while the USB device goes; gpiolib and
+    // i2c-dev answer ENODEV after): any of them, but an error, and on the right call.
+    let gone = |name: &str, op: &str| {
+        let line = summary(name);
+        assert!(
+            ["ENODEV", "ESHUTDOWN", "ETIMEDOUT"].iter().any(|e| line.contains(&format!("got -{e} on {op}"))),
+            "{name}: {line}"
+        );
+    };
+    gone("lines", "GPIO_V2_LINE_");
+    gone("i2c", "I2C_RDWR");
+    gone("virtuser", "gpiod_get_value");
     // Every step after the first hold lists the holders' one-line outcomes.
     assert!(steps.iter().filter(|s| matches!(s.action, Action::Observe)).all(|s| !s.consumers.is_empty()));
     assert!(steps.iter().all(|s| s.taint == Some(0)), "a step tainted the kernel");
