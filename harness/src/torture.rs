@@ -158,10 +158,14 @@ pub async fn run_schedule(
             r = tokio::time::timeout(options.step_timeout, execute(vm, testbed, &mut holders, &planned.action, previous_cursor, options)) => r,
             lost = lost.wait_until_lost(step_cursor) => return Err(Abort::GuestLost(lost.to_string())),
         };
-        let (status, output, observations) = match outcome {
+        let (status, output, mut observations) = match outcome {
             Ok(result) => result,
             Err(_) => (StepStatus::TimedOut(format!("no result within {:?}", options.step_timeout)), None, Vec::new()),
         };
+        // Teardown steps leave the state lifetime bugs live in: observe it every time.
+        if matches!(planned.action, Action::Unplug { .. } | Action::Release { .. }) && status == StepStatus::Ok {
+            observations = observe::observe_all(vm.agent()).await;
+        }
         let taint = observe::taint(vm.agent()).await;
         let record = StepRecord {
             index,
@@ -394,6 +398,21 @@ pub async fn run_recorded(request: RunRequest) -> anyhow::Result<RunVerdict> {
                         if let Err(e) = filer.file(&mut run, r, Some(step.index)) {
                             write_error.get_or_insert(e);
                         }
+                    }
+                    // A read of the guest's state that hangs or fails, and a late close that does
+                    // not return, are findings of their own.
+                    let mut signals: Vec<String> = step
+                        .observations
+                        .iter()
+                        .filter(|o| o.outcome != "ok")
+                        .map(|o| format!("step {}: observer {} {}: {}", step.index, o.path, o.outcome, o.detail))
+                        .collect();
+                    if let (StepStatus::Failed(d), Action::Release { name }) = (&step.status, &step.action) {
+                        signals.push(format!("step {}: holder {name}: release failed: {}", step.index, d.lines().next().unwrap_or("")));
+                    }
+                    for signal in signals {
+                        findings.push(signal.clone());
+                        summary.signals.push(signal);
                     }
                     if let (StepStatus::UnplugStuck(d), Action::Unplug { id, .. }) = (&step.status, &step.action) {
                         findings.push(format!("step {}: {d}", step.index));

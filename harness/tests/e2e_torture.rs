@@ -146,6 +146,11 @@ async fn e2e_cp2112_held_across_unplug_records_what_each_holder_saw() {
     gone("lines", "GPIO_V2_LINE_");
     gone("i2c", "I2C_RDWR");
     gone("virtuser", "gpiod_get_value");
+    // The observers ran after every teardown step, and every read answered.
+    for s in steps.iter().filter(|s| matches!(s.action, Action::Unplug { .. } | Action::Release { .. })) {
+        assert!(!s.observations.is_empty(), "step {} ({}) was not observed", s.index, s.description);
+        assert!(s.observations.iter().all(|o| o.outcome == "ok"), "step {}: {:?}", s.index, s.observations);
+    }
     // Every step after the first hold lists the holders' one-line outcomes.
     assert!(steps.iter().filter(|s| matches!(s.action, Action::Observe)).all(|s| !s.consumers.is_empty()));
     assert!(steps.iter().all(|s| s.taint == Some(0)), "a step tainted the kernel");
