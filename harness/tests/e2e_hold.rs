@@ -95,6 +95,9 @@ async fn e2e_hold_gpio_sim_every_gpio_kind_across_live_0_and_unbind() {
             let (_, errno) = first_errno(&report, kind).unwrap_or_else(|| panic!("{how:?} {kind:?}: no error"));
             assert_eq!(errno, ENODEV, "{how:?} {kind:?}");
         }
+        // Before the unplug the in-kernel consumer drove its line (output, toggled).
+        let virtuser = holder(&report, HoldKind::GpioVirtuser);
+        assert!(virtuser.records.iter().any(|r| r.op == "gpiod_set_value" && r.ret == Some(0)), "{:?}", virtuser.records);
         for kind in [HoldKind::GpioEvent, HoldKind::GpioChipWatch] {
             assert_eq!(hangup(&report, kind), Some(POLLHUP | POLLERR), "{how:?} {kind:?}");
         }

@@ -338,6 +338,14 @@ impl Holder {
                 for (op, path) in files {
                     self.call(op, || read_debugfs(&path));
                 }
+                if self.kind == HoldKind::GpioVirtuser {
+                    self.toggle = !self.toggle;
+                    let value = if self.toggle { "1" } else { "0" };
+                    let files = self.kernel.as_ref().map(|k| k.line_files("value")).unwrap_or_default();
+                    for (_, path) in files {
+                        self.call("gpiod_set_value", || write_debugfs(&path, value));
+                    }
+                }
             }
         }
     }
@@ -601,6 +609,11 @@ impl KernelConsumer {
             for (_, path) in self.line_files("interrupts") {
                 step(&format!("request_irq through {path}"), std::fs::write(&path, "1"))?;
             }
+        } else {
+            // Outputs, so each iteration can toggle them as well as read them.
+            for (_, path) in self.line_files("direction") {
+                step(&format!("gpiod_direction_output through {path}"), std::fs::write(&path, "output-low"))?;
+            }
         }
         Ok(())
     }
@@ -712,6 +725,14 @@ fn chip_label(path: &str) -> Result<String, ErrorReply> {
         .map_err(|e| ErrorReply::io(format!("GPIO_GET_CHIPINFO_IOCTL on {path}"), &e))?;
     let len = info.label.iter().position(|&b| b == 0).unwrap_or(info.label.len());
     Ok(String::from_utf8_lossy(&info.label[..len]).into_owned())
+}
+
+/// Writes a debugfs attribute: 0, or -errno.
+fn write_debugfs(path: &str, data: &str) -> i64 {
+    match std::fs::write(path, data) {
+        Ok(()) => 0,
+        Err(e) => -i64::from(e.raw_os_error().unwrap_or(libc::EIO)),
+    }
 }
 
 /// Reads a debugfs attribute from a fresh open (gpio-virtuser's files refuse `pread`):

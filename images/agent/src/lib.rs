@@ -248,10 +248,11 @@ pub enum HoldKind {
     /// `/dev/hidrawN`: `HIDIOCGRAWINFO`, then poll + read reports.
     Hidraw,
     /// In kernel: a gpio-virtuser device requesting `lines` of the chip `path` (its
-    /// `/dev/gpiochipN`, or its label), then
-    /// reads of each line's debugfs `value` (`gpiod_get_value_cansleep` in the kernel).
+    /// `/dev/gpiochipN`, or its label) as outputs, then reads and toggles of each line's
+    /// debugfs `value` (`gpiod_get/set_value_cansleep` in the kernel).
     GpioVirtuser,
-    /// As `gpio-virtuser`, and each line's IRQ requested through debugfs `interrupts`.
+    /// As `gpio-virtuser`, but inputs with each line's IRQ requested through debugfs
+    /// `interrupts`; reads only.
     GpioVirtuserIrq,
     /// In kernel: our `nvmem-holder` test module takes the nvmem device named `path` and
     /// keeps it; reads of its debugfs `read` are `nvmem_device_read` calls.
