@@ -156,3 +156,36 @@ async fn e2e_cp2112_held_across_unplug_records_what_each_holder_saw() {
     assert!(steps.iter().all(|s| s.taint == Some(0)), "a step tainted the kernel");
     vm.shutdown(Duration::from_secs(10)).await.unwrap();
 }
+
+/// The nvmem → at24 link alone: with the in-kernel nvmem-holder keeping a reference, unbinding
+/// at24 leaves the nvmem device registered — its sysfs file too — over at24's freed data.
+/// Vanilla 6.12.117: the user-space holder's reads and writes keep "succeeding" through
+/// freed at24/regmap memory (KASAN), and neither holder sees an error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn e2e_at24_unbind_under_an_nvmem_holder_leaves_sysfs_on_freed_at24_on_vanilla() {
+    let (vm, steps) =
+        run("at24-unbind-under-holders", "e2e_at24_unbind_under_an_nvmem_holder_leaves_sysfs_on_freed_at24", 1).await;
+    let unbind = steps.iter().find(|s| matches!(&s.action, Action::Exec { argv, .. } if argv.join(" ").contains("/unbind"))).unwrap();
+    assert_eq!(unbind.status, StepStatus::Ok, "{:?}", unbind.output);
+    let before = steps.iter().take_while(|s| s.index < unbind.index).filter_map(|s| s.taint).last();
+    assert_eq!(before.map(|t| t & 32), Some(0), "KASAN before the unbind");
+    let console: String = vm.console().lines_since(Default::default()).into_iter().map(|l| l.text + "\n").collect();
+    let titles: Vec<String> = harness::report::parse(console.as_bytes()).into_iter().map(|r| r.title).collect();
+    assert!(
+        titles.iter().any(|t| t.starts_with("KASAN: slab-use-after-free") && (t.contains("at24_write") || t.contains("at24_read"))),
+        "{titles:?}"
+    );
+    // The holder's summary line, whether its release returned or (a pwrite still printing
+    // KASAN reports on a slow console) took longer than the agent waits.
+    let summary = |name: &str| {
+        let step = steps.iter().find(|s| matches!(&s.action, Action::Release { name: n } if n == name)).unwrap();
+        let text = match (&step.status, &step.output) {
+            (StepStatus::Failed(detail), _) => detail.clone(),
+            (_, output) => output.clone().unwrap_or_default(),
+        };
+        text.lines().find(|l| l.starts_with("holder ")).unwrap_or_default().to_string()
+    };
+    assert_eq!(summary("sysfs"), "holder 1 (nvmem-sysfs): no error");
+    assert_eq!(summary("kernel"), "holder 2 (nvmem-kernel): no error");
+    vm.shutdown(Duration::from_secs(10)).await.unwrap();
+}
