@@ -339,12 +339,25 @@ fn walk_parts(t: &Tables, stack: &Stack, parts: &[CPart], text: &str) -> (Option
 
 /// `__x64_sys_ioctl` → `ioctl`: the shortest spelling after removing one wrapper prefix.
 fn strip_frame(frame: &str) -> String {
-    formats::STRIP_FRAME_PREFIXES
+    let stripped = formats::STRIP_FRAME_PREFIXES
         .iter()
         .filter_map(|p| frame.strip_prefix(p))
         .min_by_key(|s| s.len())
-        .unwrap_or(frame)
-        .to_string()
+        .unwrap_or(frame);
+    demangle_rust(stripped)
+}
+
+/// Rust-for-Linux functions appear in kallsyms v0-mangled (`_RNvMNtCs…_6kernel5error…`);
+/// a title names them as Rust does (`<kernel::error::Error>::name`), without the crate hashes.
+/// C names (and anything that does not demangle) are left alone.
+fn demangle_rust(frame: &str) -> String {
+    if !frame.starts_with("_R") {
+        return frame.to_string();
+    }
+    match rustc_demangle::try_demangle(frame) {
+        Ok(d) => format!("{d:#}"),
+        Err(_) => frame.to_string(),
+    }
 }
 
 /// The frame just above the first generic dispatcher (see [`formats::STALL_ANCHORS`]).
@@ -610,6 +623,15 @@ mod tests {
     #[test]
     fn types() {
         assert_eq!(title_to_type("KASAN: slab-use-after-free Read in at24_read"), CrashType::KasanUseAfterFreeRead);
+    }
+
+    #[test]
+    fn rust_frames_are_demangled_c_frames_untouched() {
+        // Symbols from our 6.12 vmlinux (`nm`).
+        assert_eq!(demangle_rust("_RNvMNtCsl7L7n58I0Vr_6kernel5errorNtB2_5Error4name"), "<kernel::error::Error>::name");
+        assert_eq!(strip_frame("_RNvMNtCsl7L7n58I0Vr_6kernel5allocNtB2_5Flags8contains"), "<kernel::alloc::Flags>::contains");
+        assert_eq!(strip_frame("at24_read"), "at24_read");
+        assert_eq!(demangle_rust("_Rgarbage"), "_Rgarbage");
         assert_eq!(title_to_type("WARNING: refcount bug in x"), CrashType::RefcountWarning);
         assert_eq!(title_to_type("possible deadlock in x"), CrashType::Lockdep);
         assert_eq!(title_to_type("INFO: task hung in i2c_del_adapter"), CrashType::Hang);
