@@ -73,6 +73,8 @@ pub enum Step {
     Observe,
     /// Set the faults of an emulated device (replaces earlier ones; `fault: { id: x }` clears).
     Fault(FaultSpec),
+    /// Bind the driver of a device an `unplug: { how: unbind }` left driverless.
+    Bind(String),
     /// Start a consumer holding a plugged provider's handle (kept across the unplug).
     Hold(Hold),
     /// Close a holder's handle (a late close when its provider is already gone).
@@ -308,6 +310,8 @@ impl Scenario {
         // for holder names between hold and release.
         let mut plugged: Vec<&str> = Vec::new();
         let mut held: Vec<&str> = Vec::new();
+        // Plugged devices whose driver an `unbind` took away (still plugged, no nodes).
+        let mut unbound: Vec<&str> = Vec::new();
         let all = self.setup.iter().map(|s| ("setup", s)).chain(self.steps.iter().map(|s| ("steps", s)));
         for (index, (section, step)) in all.enumerate() {
             let at = format!("{section} step {}", index + 1 - if section == "steps" { self.setup.len() } else { 0 });
@@ -322,10 +326,29 @@ impl Scenario {
                     let Some(pos) = plugged.iter().position(|id| *id == u.id) else {
                         return Err(format!("{at}: unplug of {:?}, which no earlier step plugged", u.id));
                     };
-                    plugged.remove(pos);
-                    if u.how.choices().is_empty() {
+                    let choices = u.how.choices();
+                    if choices.is_empty() {
                         return Err(format!("{at}: `how` lists no unplug method"));
                     }
+                    if choices.contains(&UnplugHow::Unbind) {
+                        // An unbind leaves the device plugged: it cannot be one draw among removals.
+                        if choices.len() > 1 {
+                            return Err(format!("{at}: `unbind` keeps the device plugged, so it cannot be a choice among unplug methods"));
+                        }
+                        if unbound.contains(&u.id.as_str()) {
+                            return Err(format!("{at}: {:?}'s driver is already unbound", u.id));
+                        }
+                        unbound.push(&u.id);
+                    } else {
+                        plugged.remove(pos);
+                        unbound.retain(|id| *id != u.id);
+                    }
+                }
+                Step::Bind(id) => {
+                    let Some(pos) = unbound.iter().position(|u| u == id) else {
+                        return Err(format!("{at}: bind of {id:?}, whose driver no earlier step unbound"));
+                    };
+                    unbound.remove(pos);
                 }
                 Step::Exec(e) if e.argv.is_empty() => return Err(format!("{at}: exec with an empty argv")),
                 Step::Hold(h) => {
@@ -334,6 +357,9 @@ impl Scenario {
                     }
                     if !plugged.contains(&h.on.as_str()) {
                         return Err(format!("{at}: hold on {:?}, which is not plugged at that point", h.on));
+                    }
+                    if unbound.contains(&h.on.as_str()) {
+                        return Err(format!("{at}: hold on {:?}, whose driver is unbound at that point", h.on));
                     }
                     held.push(&h.name);
                 }
@@ -459,6 +485,10 @@ steps:
             ("name: x\nsteps:\n  - unplug: { id: k, how: sideways }\n", "scenarios/t.yaml:"),
             ("\u{0}\u{1}garbage: [", "scenarios/t.yaml:"),
             ("name: x\nsteps:\n  - release: ghost\n", "which no earlier step holds"),
+            ("name: x\nsteps:\n  - plug: { device: cp2112, id: b }\n  - bind: b\n", "whose driver no earlier step unbound"),
+            ("name: x\nsteps:\n  - plug: { device: cp2112, id: b }\n  - unplug: { id: b, how: [unbind, graceful] }\n", "cannot be a choice"),
+            ("name: x\nsteps:\n  - plug: { device: cp2112, id: b }\n  - unplug: { id: b, how: unbind }\n  - hold: { name: h, kind: hidraw, on: b }\n", "driver is unbound"),
+            ("name: x\niterations: 2\nsteps:\n  - plug: { device: cp2112, id: b }\n  - unplug: { id: b, how: unbind }\n", "plug it twice"),
             ("name: x\nsteps:\n  - hold: { name: h, kind: gpio-cdev, on: ghost }\n", "not plugged at that point"),
             ("name: x\nsteps:\n  - plug: { device: gpio-sim, id: g }\n  - hold: { name: h, kind: gpio-sideways, on: g }\n", "t.yaml:4:28: steps[1].hold.kind: unknown variant `gpio-sideways`"),
             ("name: x\nsteps:\n  - plug: { device: gpio-sim, id: g }\n  - hold: { name: h, kind: gpio-cdev, on: g }\n  - hold: { name: h, kind: gpio-event, on: g }\n", "already held"),

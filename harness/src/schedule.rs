@@ -43,6 +43,7 @@ pub enum Action {
     Delay { ms: f64 },
     Observe,
     Fault(PlannedFault),
+    Bind { id: String },
     Hold { name: String, kind: crate::agent::HoldKind, on: String },
     Release { name: String },
 }
@@ -73,6 +74,7 @@ impl Action {
             Action::WaitConsole { text } => format!("wait for console {text:?}"),
             Action::Delay { ms } => format!("delay {ms:.3} ms"),
             Action::Observe => "observe".to_string(),
+            Action::Bind { id } => format!("bind {id}"),
             Action::Hold { name, kind, on } => format!("hold {} on {on} as {name}", kind.name()),
             Action::Release { name } => format!("release {name}"),
             Action::Fault(f) => format!("fault {} (delay {:.1} ms, busy {}, error {:?}, nak {}, stall {}, drop after {:?} transfers)", f.id, f.reply_delay_ms, f.busy, f.transfer_error, f.nak, f.stall_ep0, f.unplug_after_transfers),
@@ -132,6 +134,7 @@ fn resolve(step: &Step, rng: &mut impl RngCore) -> Action {
             unplug_how: f.unplug_how,
         }),
         Step::Observe => Action::Observe,
+        Step::Bind(id) => Action::Bind { id: id.clone() },
         Step::Hold(h) => Action::Hold { name: h.name.clone(), kind: h.kind, on: h.on.clone() },
         Step::Release(name) => Action::Release { name: name.clone() },
     }

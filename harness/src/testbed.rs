@@ -11,12 +11,13 @@
 //!
 //! A `gpio-sim` is an in-kernel provider (configfs), plugged through the agent; its graceful
 //! unplug is `live=0`. Any provider can be `unbind`-unplugged: its driver is unbound in sysfs
-//! while the device stays (kept alive here, driverless, until the testbed goes).
+//! while the device stays plugged under its id, driverless, until it is bound again
+//! ([`Testbed::bind`]) or really unplugged.
 //!
 //! After a plug the testbed knows the provider's nodes in the guest ([`GuestNodes`]), so
 //! consumers can be pointed at them by kind.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -124,9 +125,8 @@ enum Plugged {
 #[derive(Default)]
 pub struct Testbed {
     plugged: BTreeMap<String, Plugged>,
-    /// Devices whose driver was unbound: still attached (dropping a usb-redir link would
-    /// unplug it), no longer addressable by id.
-    unbound: Vec<Plugged>,
+    /// Plugged devices whose driver is unbound (their guest nodes are gone).
+    unbound: BTreeSet<String>,
 }
 
 impl Testbed {
@@ -147,8 +147,12 @@ impl Testbed {
         }
     }
 
-    /// Where the provider plugged as `id` shows in the guest.
+    /// Where the provider plugged as `id` shows in the guest (`None` while its driver is
+    /// unbound).
     pub fn nodes(&self, id: &str) -> Option<&GuestNodes> {
+        if self.unbound.contains(id) {
+            return None;
+        }
         match self.plugged.get(id) {
             Some(Plugged::Cp2112 { nodes, .. } | Plugged::GpioSim { nodes, .. }) => Some(nodes),
             _ => None,
@@ -225,18 +229,36 @@ impl Testbed {
 
     /// Unplugs `id`. An unplug QEMU never completes is [`QmpError::UnplugStuck`] in the error
     /// chain, so callers can tell a stuck unplug from an infrastructure failure.
+    /// `Unbind` only unbinds the driver: the device stays plugged under `id`.
     pub async fn unplug(&mut self, vm: &mut Vm, id: &str, how: UnplugHow, timeout: Duration) -> Result<Outcome> {
+        let start = Instant::now();
+        let outcome = |guest_saw: String| Outcome {
+            id: id.to_string(),
+            action: format!("unplug {id} ({})", how.name()),
+            elapsed_ms: start.elapsed().as_secs_f64() * 1e3,
+            guest_saw: Some(guest_saw),
+        };
+        if how == UnplugHow::Unbind {
+            let Some(plugged) = self.plugged.get(id) else {
+                bail!("no device with id {id:?} is plugged (plugged: {:?})", self.ids());
+            };
+            if self.unbound.contains(id) {
+                bail!("{id}'s driver is already unbound");
+            }
+            if let Plugged::QemuUsb { driver } = plugged {
+                bail!("unbind of {driver} ({id}) is not supported: no guest nodes are tracked for it");
+            }
+            let saw = unbind(vm, id, plugged).await;
+            // Even a failed (stuck) unbind may have taken the nodes away.
+            self.unbound.insert(id.to_string());
+            return saw.map(outcome);
+        }
         // Whether or not the unplug completes, the device is no longer ours to plug again.
         let Some(plugged) = self.plugged.remove(id) else {
             bail!("no device with id {id:?} is plugged (plugged: {:?})", self.ids());
         };
-        let start = Instant::now();
+        self.unbound.remove(id);
         let guest_saw = match (plugged, how) {
-            (plugged, UnplugHow::Unbind) => {
-                let saw = unbind(vm, id, &plugged).await;
-                self.unbound.push(plugged);
-                saw?
-            }
             (Plugged::QemuUsb { .. }, UnplugHow::Graceful) => {
                 let cursor = vm.console().cursor();
                 match vm.qmp().device_del(id, timeout).await {
@@ -270,9 +292,41 @@ impl Testbed {
                 }
             }
         };
+        Ok(outcome(guest_saw))
+    }
+
+    /// Binds the driver of the unbound device `id` again and finds its new guest nodes (a
+    /// CP2112's at24 clients are instantiated again: they went with the adapter).
+    pub async fn bind(&mut self, vm: &mut Vm, id: &str) -> Result<Outcome> {
+        if !self.unbound.contains(id) {
+            bail!("{id:?} has no unbound driver to bind (unbound: {:?})", self.unbound);
+        }
+        let start = Instant::now();
+        let guest_saw = match self.plugged.get_mut(id) {
+            Some(Plugged::Cp2112 { nodes, eeproms, .. }) => {
+                let (driver_dir, device) = nodes.driver.clone().context("no driver recorded for the CP2112")?;
+                let cursor = vm.console().cursor();
+                vm.agent().write_file(&format!("{driver_dir}/bind"), device.as_bytes()).await.with_context(|| format!("binding {device}"))?;
+                wait_cp2112_bound(vm, id, cursor).await?;
+                let specs: Vec<At24Spec> = eeproms.iter().map(|(spec, _)| *spec).collect();
+                let (found, summary) = discover_cp2112(vm, &specs).await?;
+                *nodes = found;
+                format!("hid-cp2112 bound again; {summary}")
+            }
+            Some(Plugged::GpioSim { sim, nodes }) => {
+                let (driver_dir, device) = nodes.driver.clone().context("no driver recorded for the gpio-sim chip")?;
+                vm.agent().write_file(&format!("{driver_dir}/bind"), device.as_bytes()).await.with_context(|| format!("binding {device}"))?;
+                let chip = vm.agent().read_file(&format!("{}/bank0/chip_name", sim.configfs)).await?;
+                sim.dev = format!("/dev/{}", String::from_utf8_lossy(&chip).trim());
+                nodes.gpiochip = Some(sim.dev.clone());
+                format!("gpio-sim {device} bound again as {}", sim.dev)
+            }
+            _ => bail!("{id:?} cannot be bound again"),
+        };
+        self.unbound.remove(id);
         Ok(Outcome {
             id: id.to_string(),
-            action: format!("unplug {id} ({})", how.name()),
+            action: format!("bind {id}"),
             elapsed_ms: start.elapsed().as_secs_f64() * 1e3,
             guest_saw: Some(guest_saw),
         })
@@ -293,7 +347,7 @@ async fn usb_disconnect(vm: &Vm, id: &str, cursor: crate::console::LineCursor) -
 async fn unbind(vm: &Vm, id: &str, plugged: &Plugged) -> Result<String> {
     let nodes = match plugged {
         Plugged::Cp2112 { nodes, .. } | Plugged::GpioSim { nodes, .. } => nodes,
-        Plugged::QemuUsb { driver } => bail!("unbind of {driver} ({id}) is not supported: no guest nodes are tracked for it"),
+        Plugged::QemuUsb { .. } => bail!("{id} has no guest nodes to unbind"),
     };
     let Some((driver_dir, device)) = &nodes.driver else {
         bail!("{id}: the guest showed no driver to unbind");
@@ -362,11 +416,23 @@ async fn plug_cp2112(vm: &mut Vm, id: &str, at24: &[At24Spec]) -> Result<(Plugge
     }
     let cursor = vm.console().cursor();
     let redir = Redir::plug(vm, id, Box::new(device.clone())).await?;
-    // hid_connect's line once hid-cp2112 has started the HID device.
+    wait_cp2112_bound(vm, id, cursor).await?;
+    let (nodes, summary) = discover_cp2112(vm, at24).await?;
+    Ok((Plugged::Cp2112 { redir, device, eeproms, drop_at_transfer: None, nodes }, format!("hid-cp2112 bound; {summary}")))
+}
+
+/// Waits for hid_connect's line: hid-cp2112 has started the HID device.
+async fn wait_cp2112_bound(vm: &Vm, id: &str, cursor: crate::console::LineCursor) -> Result<()> {
     vm.console()
         .wait_until(cursor, "the hid-cp2112 bind", ENUMERATE_TIMEOUT, |l| l.contains("0003:10C4:EA90") && l.contains(" USB HID v"))
         .await
         .with_context(|| format!("the guest did not bind hid-cp2112 to {id}"))?;
+    Ok(())
+}
+
+/// Finds the bound CP2112's nodes and instantiates its at24 clients; returns the nodes and a
+/// one-line summary.
+async fn discover_cp2112(vm: &Vm, at24: &[At24Spec]) -> Result<(GuestNodes, String)> {
     // One `key=value` line per node: the adapter, and through its parent (the HID device) the
     // hidraw node and the gpiochip; then each at24 client's nvmem device.
     let mut script = String::from(
@@ -398,8 +464,7 @@ echo "gpiochip=$(cd $hid && ls -d gpiochip* | head -1)"
     let out = vm.agent().exec_ok(&["sh", "-c", &script], ENUMERATE_TIMEOUT).await.context("finding the CP2112's nodes and instantiating its at24 clients")?;
     let text = out.stdout_text();
     let nodes = cp2112_nodes(&text).with_context(|| format!("reading the CP2112's nodes from the guest's answer {text:?}"))?;
-    let summary = text.split_whitespace().collect::<Vec<_>>().join(" ");
-    Ok((Plugged::Cp2112 { redir, device, eeproms, drop_at_transfer: None, nodes }, format!("hid-cp2112 bound; {summary}")))
+    Ok((nodes, text.split_whitespace().collect::<Vec<_>>().join(" ")))
 }
 
 /// Parses the `key=value` lines of the CP2112 discovery script.

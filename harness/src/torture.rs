@@ -256,6 +256,10 @@ async fn execute(
             Ok(what) => ok(Some(what)),
             Err(e) => failed(format!("{e:#}")),
         },
+        Action::Bind { id } => match testbed.bind(vm, id).await {
+            Ok(o) => ok(o.guest_saw),
+            Err(e) => failed(format!("{e:#}")),
+        },
         Action::Hold { name, kind, on } => match holders.hold(testbed, name, *kind, on).await {
             Ok(what) => ok(Some(what)),
             Err(e) => failed(e),

@@ -105,6 +105,17 @@ async fn e2e_hold_gpio_sim_every_gpio_kind_across_live_0_and_unbind() {
         assert_eq!(report.taint, Some(0));
         assert!(!report.has_findings());
     }
+    // The unbound chip is still plugged: bound again, it comes back as a usable gpiochip.
+    assert!(testbed.nodes("sim1").is_none());
+    let bound = testbed.bind(&mut vm, "sim1").await.unwrap();
+    let chip = testbed.nodes("sim1").and_then(|n| n.gpiochip.clone()).unwrap();
+    println!("{bound:?}");
+    let report = hold_session::run(&mut vm, &mut testbed, &plan("sim1", &[HoldKind::GpioCdev], UnplugHow::Graceful), LineCursor::default())
+        .await
+        .unwrap();
+    assert_eq!(report.nodes.gpiochip.as_deref(), Some(chip.as_str()));
+    assert_all_held_and_closed(&report);
+    assert_eq!(first_errno(&report, HoldKind::GpioCdev).map(|(_, e)| e), Some(ENODEV));
     vm.shutdown(Duration::from_secs(20)).await.unwrap();
 }
 

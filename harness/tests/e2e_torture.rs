@@ -189,3 +189,31 @@ async fn e2e_at24_unbind_under_an_nvmem_holder_leaves_sysfs_on_freed_at24_on_van
     assert_eq!(summary("kernel"), "holder 2 (nvmem-kernel): no error");
     vm.shutdown(Duration::from_secs(10)).await.unwrap();
 }
+
+/// `unplug: { how: unbind }` keeps the CP2112 plugged and driverless, `bind` brings its
+/// adapter, gpiochip and at24 back under new nodes that new holders take. Vanilla 6.12.117:
+/// the old line fd gets ENODEV, the old hidraw fd POLLHUP, and nothing crashes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn e2e_cp2112_unbind_bind_gives_new_nodes_and_old_handles_errors() {
+    let (vm, steps) = run("cp2112-unbind-bind", "e2e_cp2112_unbind_bind_gives_new_nodes_and_old_handles_errors", 1).await;
+    for s in &steps {
+        assert_eq!(s.status, StepStatus::Ok, "step {} ({}) failed: {:?}", s.index, s.description, s.output);
+        assert_eq!(s.taint, Some(0), "step {} ({}) tainted the kernel", s.index, s.description);
+    }
+    let out = |pred: &dyn Fn(&Action) -> bool| -> Vec<String> {
+        steps.iter().filter(|s| pred(&s.action)).map(|s| s.output.clone().unwrap_or_default()).collect()
+    };
+    let binds = out(&|a| matches!(a, Action::Bind { .. }));
+    assert_eq!(binds.len(), 2);
+    assert!(binds.iter().all(|b| b.starts_with("hid-cp2112 bound again") && b.contains("nvmem 0x50=")), "{binds:?}");
+    // The holders taken after the rebind are on a different gpiochip than the ones before.
+    let first = out(&|a| matches!(a, Action::Hold { name, .. } if name == "lines"));
+    let again = out(&|a| matches!(a, Action::Hold { name, .. } if name == "lines-again"));
+    let chip = |s: &str| s.rsplit(" on ").next().unwrap_or_default().to_string();
+    assert_ne!(chip(&first[0]), chip(&again[0]), "{first:?} {again:?}");
+    let old_lines = out(&|a| matches!(a, Action::Release { name } if name == "lines"));
+    assert!(old_lines.iter().all(|o| o.starts_with("holder") && o.lines().next().unwrap().contains("got -ENODEV on GPIO_V2_LINE_")), "{old_lines:?}");
+    let old_hid = out(&|a| matches!(a, Action::Release { name } if name == "hid"));
+    assert!(old_hid.iter().all(|o| o.lines().next().unwrap().ends_with("POLLERR|POLLHUP on poll")), "{old_hid:?}");
+    vm.shutdown(Duration::from_secs(10)).await.unwrap();
+}
