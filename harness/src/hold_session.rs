@@ -147,8 +147,8 @@ pub fn request_for(kind: HoldKind, nodes: &GuestNodes, deadline: Duration) -> Re
 }
 
 /// How long a release may take before the session calls the holder stuck (the agent itself
-/// gives up after 5 s and says so).
-const RELEASE_TIMEOUT: Duration = Duration::from_secs(15);
+/// gives up after 20 s and says so).
+const RELEASE_TIMEOUT: Duration = Duration::from_secs(25);
 
 /// Runs the plan against a VM whose testbed has the provider plugged. Errors only for what
 /// makes the question unaskable (no such provider, a kind it cannot serve); everything after

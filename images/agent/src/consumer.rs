@@ -44,8 +44,10 @@ static NEXT_HANDLE: AtomicU64 = AtomicU64::new(1);
 static HOLDERS: Mutex<Option<HashMap<u64, Held>>> = Mutex::new(None);
 
 /// How long `release` waits for the loop to notice and close (a call stuck in the kernel
-/// never returns; the release then reports it instead of hanging the request).
-const RELEASE_WAIT: Duration = Duration::from_secs(5);
+/// never returns; the release then reports it instead of hanging the request). Generous: under
+/// TCG a call that trips KASAN spends seconds printing reports on the serial console, which
+/// is slow, not stuck. Below the host's 30 s request timeout.
+const RELEASE_WAIT: Duration = Duration::from_secs(20);
 
 /// Starts a holder; answers once its setup succeeded (or with the setup's error).
 pub fn hold(req: HoldRequest, sink: Sink) -> Result<Reply, ErrorReply> {
