@@ -121,6 +121,16 @@ enum Plugged {
     },
 }
 
+impl Plugged {
+    /// The provider's guest nodes (QEMU's own devices have none tracked).
+    fn nodes(&self) -> Option<&GuestNodes> {
+        match self {
+            Plugged::Cp2112 { nodes, .. } | Plugged::GpioSim { nodes, .. } => Some(nodes),
+            Plugged::QemuUsb { .. } => None,
+        }
+    }
+}
+
 /// The devices currently plugged into one VM.
 #[derive(Default)]
 pub struct Testbed {
@@ -153,10 +163,7 @@ impl Testbed {
         if self.unbound.contains(id) {
             return None;
         }
-        match self.plugged.get(id) {
-            Some(Plugged::Cp2112 { nodes, .. } | Plugged::GpioSim { nodes, .. }) => Some(nodes),
-            _ => None,
-        }
+        self.plugged.get(id).and_then(Plugged::nodes)
     }
 
     /// The EEPROM at `address` behind the CP2112 `id`.
@@ -245,10 +252,10 @@ impl Testbed {
             if self.unbound.contains(id) {
                 bail!("{id}'s driver is already unbound");
             }
-            if let Plugged::QemuUsb { driver } = plugged {
-                bail!("unbind of {driver} ({id}) is not supported: no guest nodes are tracked for it");
-            }
-            let saw = unbind(vm, id, plugged).await;
+            let Some(nodes) = plugged.nodes() else {
+                bail!("unbind of {id} is not supported: no guest nodes are tracked for it");
+            };
+            let saw = unbind(vm, id, nodes).await;
             // Even a failed (stuck) unbind may have taken the nodes away.
             self.unbound.insert(id.to_string());
             return saw.map(outcome);
@@ -344,11 +351,7 @@ async fn usb_disconnect(vm: &Vm, id: &str, cursor: crate::console::LineCursor) -
 }
 
 /// Unbinds the provider's driver in sysfs; says what went away in the guest.
-async fn unbind(vm: &Vm, id: &str, plugged: &Plugged) -> Result<String> {
-    let nodes = match plugged {
-        Plugged::Cp2112 { nodes, .. } | Plugged::GpioSim { nodes, .. } => nodes,
-        Plugged::QemuUsb { .. } => bail!("{id} has no guest nodes to unbind"),
-    };
+async fn unbind(vm: &Vm, id: &str, nodes: &GuestNodes) -> Result<String> {
     let Some((driver_dir, device)) = &nodes.driver else {
         bail!("{id}: the guest showed no driver to unbind");
     };
