@@ -130,11 +130,11 @@ struct Holder {
 impl Holder {
     fn open(handle: u64, req: &HoldRequest, sink: Sink) -> Result<Holder, ErrorReply> {
         let (file, kernel) = if req.kind == HoldKind::GpioAggregator {
-            let (mut consumer, chip) = KernelConsumer::aggregate(req)?;
+            let (consumer, chip) = KernelConsumer::aggregate(req)?;
             match OpenOptions::new().read(true).write(true).open(&chip) {
                 Ok(file) => (Some(file), Some(consumer)),
                 Err(e) => {
-                    consumer.release_handle();
+                    consumer.release();
                     return Err(ErrorReply::io(format!("open the aggregated chip {chip}"), &e));
                 }
             }
@@ -340,11 +340,12 @@ impl Holder {
                 for (op, path) in files {
                     self.call(op, || read_debugfs(&path));
                 }
-                if self.kind == HoldKind::GpioVirtuser {
+                // gpio-virtuser's lines are outputs (gpio-virtuser-irq's are not): toggle them.
+                if let (HoldKind::GpioVirtuser, Some(KernelConsumer::GpioVirtuser(v))) = (self.kind, &self.kernel) {
+                    let files = v.line_files("value");
                     self.toggle = !self.toggle;
                     let value = if self.toggle { "1" } else { "0" };
-                    let files = self.kernel.as_ref().map(|k| k.line_files("value")).unwrap_or_default();
-                    for (_, path) in files {
+                    for path in files {
                         self.call("gpiod_set_value", || write_debugfs(&path, value));
                     }
                 }
@@ -504,7 +505,8 @@ impl Holder {
         drop(line);
         drop(file);
         // What the teardown of an in-kernel consumer refused, if anything.
-        let detail = kernel.and_then(KernelConsumer::tear_down);
+        let failed = kernel.map(|k| k.release()).unwrap_or_default();
+        let detail = (!failed.is_empty()).then(|| failed.join("; "));
         sink(ConsumerRecord {
             holder: handle,
             kind,
@@ -531,12 +533,20 @@ const PLATFORM_DEVICES: &str = "/sys/bus/platform/devices";
 
 /// An in-kernel consumer the agent set up and drives.
 enum KernelConsumer {
-    /// A gpio-virtuser device (configfs dir) with one entry per requested line.
-    GpioVirtuser { configfs: String, debugfs: String, entries: usize },
+    GpioVirtuser(Virtuser),
     /// The nvmem-holder module holding one nvmem device.
     NvmemHolder,
     /// A gpio-aggregator platform device (`gpio-aggregator.N`).
     Aggregator { device: String },
+}
+
+/// A gpio-virtuser device (configfs dir) with one entry per requested line.
+struct Virtuser {
+    configfs: String,
+    /// Its debugfs dir, once it is live.
+    debugfs: String,
+    /// Entries created so far.
+    entries: usize,
 }
 
 impl KernelConsumer {
@@ -551,14 +561,13 @@ impl KernelConsumer {
                         req.lines
                     )));
                 }
-                let configfs = format!("{VIRTUSER_CONFIGFS}/holder-{handle}");
-                let mut consumer =
-                    KernelConsumer::GpioVirtuser { configfs: configfs.clone(), debugfs: String::new(), entries: 0 };
-                match consumer.build_virtuser(req) {
-                    Ok(()) => Ok(consumer),
+                let mut virtuser =
+                    Virtuser { configfs: format!("{VIRTUSER_CONFIGFS}/holder-{handle}"), debugfs: String::new(), entries: 0 };
+                match virtuser.build(req) {
+                    Ok(()) => Ok(KernelConsumer::GpioVirtuser(virtuser)),
                     Err(e) => {
                         // Leave no half-built device behind.
-                        consumer.release_handle();
+                        virtuser.release();
                         Err(e)
                     }
                 }
@@ -580,53 +589,13 @@ impl KernelConsumer {
         }
     }
 
-    /// Creates the gpio-virtuser device's configfs groups, requests the lines (`live=1`) and,
-    /// for `gpio-virtuser-irq`, their IRQs.
-    fn build_virtuser(&mut self, req: &HoldRequest) -> Result<(), ErrorReply> {
-        let KernelConsumer::GpioVirtuser { configfs, .. } = self else {
-            return Err(ErrorReply::msg("not a gpio-virtuser holder"));
-        };
-        let configfs = configfs.clone();
-        let step = |what: &str, r: io::Result<()>| r.map_err(|e| ErrorReply::io(what.to_string(), &e));
-        // gpio-virtuser looks lines up by chip label and offset.
-        let label = if req.path.starts_with('/') { chip_label(&req.path)? } else { req.path.clone() };
-        step(&format!("mkdir {configfs}"), std::fs::create_dir(&configfs))?;
-        step("gpio-virtuser connection", std::fs::create_dir(format!("{configfs}/{VIRTUSER_CON_ID}")))?;
-        for (i, offset) in req.lines.iter().enumerate() {
-            let entry = format!("{configfs}/{VIRTUSER_CON_ID}/{i}");
-            step(&format!("mkdir {entry}"), std::fs::create_dir(&entry))?;
-            if let KernelConsumer::GpioVirtuser { entries, .. } = self {
-                *entries = i + 1;
-            }
-            step(&format!("{entry}/key"), std::fs::write(format!("{entry}/key"), &label))?;
-            step(&format!("{entry}/offset"), std::fs::write(format!("{entry}/offset"), offset.to_string()))?;
-        }
-        step("gpio-virtuser live=1 (requests the lines)", std::fs::write(format!("{configfs}/live"), "1"))?;
-        let dev = std::fs::read_to_string(format!("{configfs}/dev_name"))
-            .map_err(|e| ErrorReply::io("gpio-virtuser dev_name", &e))?;
-        if let KernelConsumer::GpioVirtuser { debugfs, .. } = self {
-            *debugfs = format!("{VIRTUSER_DEBUGFS}/{}", dev.trim());
-        }
-        if req.kind == HoldKind::GpioVirtuserIrq {
-            for (_, path) in self.line_files("interrupts") {
-                step(&format!("request_irq through {path}"), std::fs::write(&path, "1"))?;
-            }
-        } else {
-            // Outputs, so each iteration can toggle them as well as read them.
-            for (_, path) in self.line_files("direction") {
-                step(&format!("gpiod_direction_output through {path}"), std::fs::write(&path, "output-low"))?;
-            }
-        }
-        Ok(())
-    }
-
     /// Creates a gpio-aggregator of `req.lines` of chip `req.path`; returns it and the
     /// aggregated chip's `/dev` node.
     fn aggregate(req: &HoldRequest) -> Result<(KernelConsumer, String), ErrorReply> {
         if req.lines.is_empty() {
             return Err(ErrorReply::msg("gpio-aggregator needs at least one line"));
         }
-        let label = if req.path.starts_with('/') { chip_label(&req.path)? } else { req.path.clone() };
+        let label = chip_key(&req.path)?;
         let offsets: Vec<String> = req.lines.iter().map(u32::to_string).collect();
         let aggregators = || -> Vec<String> {
             std::fs::read_dir(PLATFORM_DEVICES)
@@ -643,7 +612,7 @@ impl KernelConsumer {
         let Some(device) = aggregators().into_iter().find(|n| !before.contains(n)) else {
             return Err(ErrorReply::msg("gpio-aggregator new_device made no new platform device"));
         };
-        let mut consumer = KernelConsumer::Aggregator { device: device.clone() };
+        let consumer = KernelConsumer::Aggregator { device: device.clone() };
         // The aggregated chip appears under the device once the aggregator has probed.
         let deadline = Instant::now() + Duration::from_secs(5);
         loop {
@@ -654,7 +623,7 @@ impl KernelConsumer {
                 return Ok((consumer, format!("/dev/{chip}")));
             }
             if Instant::now() > deadline {
-                consumer.release_handle();
+                consumer.release();
                 return Err(ErrorReply::msg(format!(
                     "{device} has no gpiochip after 5 s: the aggregator did not get lines {offsets:?} of {label:?}"
                 )));
@@ -663,57 +632,97 @@ impl KernelConsumer {
         }
     }
 
-    /// `(op, debugfs file)` for each attribute `attr` of each line.
-    fn line_files(&self, attr: &str) -> Vec<(&'static str, String)> {
-        match self {
-            KernelConsumer::GpioVirtuser { debugfs, entries, .. } => (0..*entries)
-                .map(|i| ("gpiod_get_value", format!("{debugfs}/gpiod:{VIRTUSER_CON_ID}:{i}/{attr}")))
-                .collect(),
-            KernelConsumer::NvmemHolder | KernelConsumer::Aggregator { .. } => Vec::new(),
-        }
-    }
-
     /// The debugfs files one iteration reads, each named by the kernel call it makes.
     fn use_files(&self) -> Vec<(&'static str, String)> {
         match self {
-            KernelConsumer::GpioVirtuser { .. } => self.line_files("value"),
+            KernelConsumer::GpioVirtuser(v) => v.line_files("value").into_iter().map(|f| ("gpiod_get_value", f)).collect(),
             KernelConsumer::NvmemHolder => vec![("nvmem_device_read", format!("{NVMEM_HOLDER}/read"))],
             // Used through the line request on the aggregated chip instead.
             KernelConsumer::Aggregator { .. } => Vec::new(),
         }
     }
 
-    /// Releases the kernel's handle (`live=0`, or nvmem-holder's `put`) and removes what
-    /// set-up created; returns what failed, if anything.
-    fn tear_down(mut self) -> Option<String> {
-        let failed = self.release_handle();
-        (!failed.is_empty()).then(|| failed.join("; "))
+    /// Releases the kernel's handle (`live=0`, nvmem-holder's `put`, `delete_device`) and
+    /// removes what set-up created; returns what failed.
+    fn release(&self) -> Vec<String> {
+        match self {
+            KernelConsumer::GpioVirtuser(v) => v.release(),
+            KernelConsumer::NvmemHolder => {
+                attempts([("nvmem-holder put".into(), std::fs::write(format!("{NVMEM_HOLDER}/put"), "1"))])
+            }
+            KernelConsumer::Aggregator { device } => attempts([(
+                format!("delete_device {device}"),
+                std::fs::write(format!("{AGGREGATOR_DRIVER}/delete_device"), device.as_str()),
+            )]),
+        }
+    }
+}
+
+impl Virtuser {
+    /// Creates the configfs groups, requests the lines (`live=1`) and, for
+    /// `gpio-virtuser-irq`, their IRQs; the others become outputs, so each iteration can
+    /// toggle them as well as read them.
+    fn build(&mut self, req: &HoldRequest) -> Result<(), ErrorReply> {
+        let step = |what: &str, r: io::Result<()>| r.map_err(|e| ErrorReply::io(what.to_string(), &e));
+        let configfs = self.configfs.clone();
+        let label = chip_key(&req.path)?;
+        step(&format!("mkdir {configfs}"), std::fs::create_dir(&configfs))?;
+        step("gpio-virtuser connection", std::fs::create_dir(format!("{configfs}/{VIRTUSER_CON_ID}")))?;
+        for (i, offset) in req.lines.iter().enumerate() {
+            let entry = format!("{configfs}/{VIRTUSER_CON_ID}/{i}");
+            step(&format!("mkdir {entry}"), std::fs::create_dir(&entry))?;
+            self.entries = i + 1;
+            step(&format!("{entry}/key"), std::fs::write(format!("{entry}/key"), &label))?;
+            step(&format!("{entry}/offset"), std::fs::write(format!("{entry}/offset"), offset.to_string()))?;
+        }
+        step("gpio-virtuser live=1 (requests the lines)", std::fs::write(format!("{configfs}/live"), "1"))?;
+        let dev = std::fs::read_to_string(format!("{configfs}/dev_name"))
+            .map_err(|e| ErrorReply::io("gpio-virtuser dev_name", &e))?;
+        self.debugfs = format!("{VIRTUSER_DEBUGFS}/{}", dev.trim());
+        let (attr, value, call) = if req.kind == HoldKind::GpioVirtuserIrq {
+            ("interrupts", "1", "request_irq")
+        } else {
+            ("direction", "output-low", "gpiod_direction_output")
+        };
+        for path in self.line_files(attr) {
+            step(&format!("{call} through {path}"), std::fs::write(&path, value))?;
+        }
+        Ok(())
     }
 
-    fn release_handle(&mut self) -> Vec<String> {
-        let mut failed = Vec::new();
-        let mut attempt = |what: String, r: io::Result<()>| {
-            if let Err(e) = r {
-                failed.push(format!("{what}: {e}"));
-            }
-        };
-        match self {
-            KernelConsumer::GpioVirtuser { configfs, entries, .. } => {
-                if std::path::Path::new(&format!("{configfs}/live")).exists() {
-                    attempt("live=0".into(), std::fs::write(format!("{configfs}/live"), "0"));
-                }
-                for i in (0..*entries).rev() {
-                    attempt(format!("rmdir entry {i}"), std::fs::remove_dir(format!("{configfs}/{VIRTUSER_CON_ID}/{i}")));
-                }
-                attempt("rmdir connection".into(), std::fs::remove_dir(format!("{configfs}/{VIRTUSER_CON_ID}")));
-                attempt("rmdir device".into(), std::fs::remove_dir(configfs.as_str()));
-            }
-            KernelConsumer::NvmemHolder => attempt("nvmem-holder put".into(), std::fs::write(format!("{NVMEM_HOLDER}/put"), "1")),
-            KernelConsumer::Aggregator { device } => {
-                attempt(format!("delete_device {device}"), std::fs::write(format!("{AGGREGATOR_DRIVER}/delete_device"), device.as_str()))
-            }
+    /// The debugfs attribute `attr` of each line.
+    fn line_files(&self, attr: &str) -> Vec<String> {
+        (0..self.entries).map(|i| format!("{}/gpiod:{VIRTUSER_CON_ID}:{i}/{attr}", self.debugfs)).collect()
+    }
+
+    /// `live=0` (when it got that far), then the configfs groups, innermost first.
+    fn release(&self) -> Vec<String> {
+        let configfs = &self.configfs;
+        let mut steps = Vec::new();
+        if std::path::Path::new(&format!("{configfs}/live")).exists() {
+            steps.push(("live=0".to_string(), std::fs::write(format!("{configfs}/live"), "0")));
         }
-        failed
+        for i in (0..self.entries).rev() {
+            steps.push((format!("rmdir entry {i}"), std::fs::remove_dir(format!("{configfs}/{VIRTUSER_CON_ID}/{i}"))));
+        }
+        steps.push(("rmdir connection".into(), std::fs::remove_dir(format!("{configfs}/{VIRTUSER_CON_ID}"))));
+        steps.push(("rmdir device".into(), std::fs::remove_dir(configfs)));
+        attempts(steps)
+    }
+}
+
+/// What failed among teardown steps that were all attempted.
+fn attempts(steps: impl IntoIterator<Item = (String, io::Result<()>)>) -> Vec<String> {
+    steps.into_iter().filter_map(|(what, r)| r.err().map(|e| format!("{what}: {e}"))).collect()
+}
+
+/// How gpio-virtuser and gpio-aggregator name a chip: its label (looked up from a `/dev`
+/// node), or the label as given.
+fn chip_key(path: &str) -> Result<String, ErrorReply> {
+    if path.starts_with('/') {
+        chip_label(path)
+    } else {
+        Ok(path.to_string())
     }
 }
 
