@@ -194,7 +194,7 @@ pub async fn run(vm: &mut Vm, testbed: &mut Testbed, plan: &HoldPlan, boot: Line
         consumers.wait_stopped(handle, left).await;
     }
 
-    let agent_lost = tokio::time::timeout(Duration::from_secs(10), agent.ping()).await.map_or(true, |r| r.is_err());
+    let agent_lost = !answers(&agent).await;
     let observations = if agent_lost { Vec::new() } else { observe::observe_all(&agent).await };
     for holder in &mut holders {
         let Some(handle) = holder.handle else { continue };
@@ -210,7 +210,7 @@ pub async fn run(vm: &mut Vm, testbed: &mut Testbed, plan: &HoldPlan, boot: Line
     }
     // The `closed` records precede the release answers on the wire; let the collector catch up.
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let agent_lost = agent_lost || tokio::time::timeout(Duration::from_secs(10), agent.ping()).await.map_or(true, |r| r.is_err());
+    let agent_lost = agent_lost || !answers(&agent).await;
     let (observations_after_release, taint) = if agent_lost {
         (Vec::new(), None)
     } else {
@@ -250,6 +250,11 @@ pub async fn run(vm: &mut Vm, testbed: &mut Testbed, plan: &HoldPlan, boot: Line
         crashes,
         agent_lost,
     })
+}
+
+/// Whether the guest agent still answers a ping (a wedged guest does not).
+async fn answers(agent: &crate::agent::Agent) -> bool {
+    matches!(tokio::time::timeout(Duration::from_secs(10), agent.ping()).await, Ok(Ok(_)))
 }
 
 #[cfg(test)]
