@@ -101,6 +101,11 @@ async fn e2e_hold_gpio_sim_every_gpio_kind_across_live_0_and_unbind() {
         for kind in [HoldKind::GpioEvent, HoldKind::GpioChipWatch] {
             assert_eq!(hangup(&report, kind), Some(POLLHUP | POLLERR), "{how:?} {kind:?}");
         }
+        // The observers read the guest with the handles held and again after the late closes.
+        for observations in [&report.observations, &report.observations_after_release] {
+            assert!(observations.iter().any(|o| o.path == "/proc/interrupts"), "{how:?}: {observations:?}");
+            assert!(observations.iter().all(|o| o.outcome == "ok"), "{how:?}: {observations:?}");
+        }
         assert!(report.crashes.is_empty(), "{how:?}: {:?}", report.crashes);
         assert_eq!(report.taint, Some(0));
         assert!(!report.has_findings());

@@ -13,6 +13,18 @@ fn scenario(name: &str) -> Scenario {
     Scenario::load(&harness::paths::repo_root().join("scenarios").join(format!("{name}.yaml"))).unwrap()
 }
 
+/// The one-line summary of holder `name` from its (first) release step, whether the release
+/// returned (the summary heads the output) or failed (it follows the error).
+fn release_summary(steps: &[StepRecord], name: &str) -> String {
+    let step = steps.iter().find(|s| matches!(&s.action, Action::Release { name: n } if n == name));
+    let text = match step.map(|s| (&s.status, &s.output)) {
+        Some((StepStatus::Failed(detail), _)) => detail.clone(),
+        Some((_, output)) => output.clone().unwrap_or_default(),
+        None => panic!("no release of {name}"),
+    };
+    text.lines().find(|l| l.starts_with("holder ")).unwrap_or_default().to_string()
+}
+
 async fn run(name: &str, test: &str, seed: u64) -> (Vm, Vec<StepRecord>) {
     let scenario = scenario(name);
     let schedule = schedule::plan(&scenario, seed);
@@ -124,15 +136,7 @@ async fn e2e_cp2112_held_across_unplug_records_what_each_holder_saw() {
         assert!(out.starts_with("holder "), "{out}");
         assert!(out.lines().any(|l| l.contains("\"op\":\"open\"")) && out.lines().last().is_some_and(|l| l.contains("\"op\":\"closed\"")), "{out}");
     }
-    let summary = |name: &str| {
-        releases
-            .iter()
-            .find(|s| matches!(&s.action, Action::Release { name: n } if n == name))
-            .and_then(|s| s.output.as_deref())
-            .and_then(|o| o.lines().next())
-            .unwrap_or_default()
-            .to_string()
-    };
+    let summary = |name: &str| release_summary(&steps, name);
     // Which "device gone" error a call gets depends on where in the teardown it lands (the
     // HID transport answers ESHUTDOWN or times out while the USB device goes; gpiolib and
     // i2c-dev answer ENODEV after): any of them, but an error, and on the right call.
@@ -175,16 +179,9 @@ async fn e2e_at24_unbind_under_an_nvmem_holder_leaves_sysfs_on_freed_at24_on_van
         titles.iter().any(|t| t.starts_with("KASAN: slab-use-after-free") && (t.contains("at24_write") || t.contains("at24_read"))),
         "{titles:?}"
     );
-    // The holder's summary line, whether its release returned or (a pwrite still printing
-    // KASAN reports on a slow console) took longer than the agent waits.
-    let summary = |name: &str| {
-        let step = steps.iter().find(|s| matches!(&s.action, Action::Release { name: n } if n == name)).unwrap();
-        let text = match (&step.status, &step.output) {
-            (StepStatus::Failed(detail), _) => detail.clone(),
-            (_, output) => output.clone().unwrap_or_default(),
-        };
-        text.lines().find(|l| l.starts_with("holder ")).unwrap_or_default().to_string()
-    };
+    // Whether its release returned or (a pwrite still printing KASAN reports on a slow
+    // console) took longer than the agent waits.
+    let summary = |name: &str| release_summary(&steps, name);
     assert_eq!(summary("sysfs"), "holder 1 (nvmem-sysfs): no error");
     assert_eq!(summary("kernel"), "holder 2 (nvmem-kernel): no error");
     vm.shutdown(Duration::from_secs(10)).await.unwrap();
