@@ -48,6 +48,9 @@ pub struct KernelMeta {
     /// The source tree it was built from (symbolized paths are made relative to it).
     #[serde(default)]
     pub source_tree: Option<PathBuf>,
+    /// A series' base tree: objects the series did not change name files there.
+    #[serde(default)]
+    pub base_tree: Option<PathBuf>,
     pub release: Option<String>,
     pub source_id: Option<String>,
     pub series: Option<String>,

@@ -494,13 +494,18 @@ pub async fn run_recorded(request: RunRequest) -> anyhow::Result<RunVerdict> {
 /// one (loaded on the first report: a debug vmlinux is ~100 MiB).
 struct CrashFiler {
     vmlinux: Option<std::path::PathBuf>,
-    source_tree: Option<std::path::PathBuf>,
+    /// File names are made relative to these (the source tree, a series' base tree).
+    source_roots: Vec<std::path::PathBuf>,
     symbolizer: Option<report::symbolize::Symbolizer>,
 }
 
 impl CrashFiler {
     fn new(kernel: &crate::results::KernelMeta) -> CrashFiler {
-        CrashFiler { vmlinux: kernel.vmlinux.clone(), source_tree: kernel.source_tree.clone(), symbolizer: None }
+        CrashFiler {
+            vmlinux: kernel.vmlinux.clone(),
+            source_roots: kernel.source_tree.iter().chain(&kernel.base_tree).cloned().collect(),
+            symbolizer: None,
+        }
     }
 
     fn file(&mut self, run: &mut crate::results::RunDir, r: &report::Report, step: Option<usize>) -> anyhow::Result<()> {
@@ -514,7 +519,7 @@ impl CrashFiler {
             let vmlinux = self.vmlinux.take()?;
             match report::symbolize::Symbolizer::new(&vmlinux) {
                 Ok(mut s) => {
-                    if let Some(root) = &self.source_tree {
+                    for root in &self.source_roots {
                         s.strip_root(root);
                     }
                     self.symbolizer = Some(s);

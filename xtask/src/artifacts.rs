@@ -47,6 +47,7 @@ impl Kernel {
             vmlinux: built.map(|k| k.vmlinux.clone()),
             modules: self.modules.clone(),
             source_tree: built.map(|k| k.source_tree.clone()),
+            base_tree: built.and_then(|k| k.base_tree.clone()),
             release: built.map(|k| k.release.clone()),
             source_id: built.map(|k| k.source_id.clone()),
             series: built.and_then(|k| k.series.clone()),

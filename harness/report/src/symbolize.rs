@@ -118,6 +118,38 @@ pub struct Symbolizer {
     roots: Vec<String>,
 }
 
+/// Folds "a/./b", "a//b" and "x/../b" (paths as Kbuild O= builds see them, "../linux/drivers/…"),
+/// so a path is what MAINTAINERS lists once a root is stripped.
+fn normalize(path: &str) -> String {
+    let mut parts: Vec<&str> = Vec::new();
+    for part in path.split('/') {
+        match part {
+            "." | "" if !parts.is_empty() => {}
+            ".." if parts.last().is_some_and(|l| !matches!(*l, ".." | "")) => {
+                parts.pop();
+            }
+            _ => parts.push(part),
+        }
+    }
+    if parts == [""] {
+        return "/".into();
+    }
+    parts.join("/")
+}
+
+/// `file` normalised, without the first of `roots` it starts with. Normalised first: a tree
+/// whose objects live inside it (`<tree>/.objects`, Kbuild's relative srctree) names sources
+/// "<tree>/.objects/../drivers/…".
+fn relative_path(roots: &[String], file: &str) -> String {
+    let path = normalize(file);
+    for root in roots {
+        if let Some(rest) = path.strip_prefix(root.as_str()) {
+            return rest.to_string();
+        }
+    }
+    path
+}
+
 impl Symbolizer {
     /// Loads `vmlinux` (any ELF with DWARF works; tests use a small C program).
     pub fn new(vmlinux: &Path) -> Result<Symbolizer, SymbolizeError> {
@@ -132,7 +164,7 @@ impl Symbolizer {
 
     /// Makes file names relative to `root` (the kernel source or `O=` build directory).
     pub fn strip_root(&mut self, root: &Path) {
-        let mut root = root.to_string_lossy().into_owned();
+        let mut root = normalize(&root.to_string_lossy());
         if !root.ends_with('/') {
             root.push('/');
         }
@@ -174,26 +206,7 @@ impl Symbolizer {
     }
 
     fn clean_path(&self, file: &str) -> String {
-        let mut p = file;
-        for root in &self.roots {
-            if let Some(rest) = p.strip_prefix(root.as_str()) {
-                p = rest;
-                break;
-            }
-        }
-        // Kbuild O= builds see sources as "../linux/drivers/…" relative to the build dir;
-        // normalise "a/./b" and "x/../b" so the path is what MAINTAINERS lists.
-        let mut parts: Vec<&str> = Vec::new();
-        for part in p.split('/') {
-            match part {
-                "." | "" if !parts.is_empty() => {}
-                ".." if parts.last().is_some_and(|l| *l != "..") => {
-                    parts.pop();
-                }
-                _ => parts.push(part),
-            }
-        }
-        parts.join("/")
+        relative_path(&self.roots, file)
     }
 
     /// Rewrites a report's text with `file:line` after every frame it can resolve, adding
@@ -272,6 +285,19 @@ pub fn guilty_file(symbolized: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn paths_are_normalised_before_roots_are_stripped() {
+        assert_eq!(normalize("/c/src/t/.objects/../drivers/x.c"), "/c/src/t/drivers/x.c");
+        assert_eq!(normalize("../linux/./drivers//x.c"), "../linux/drivers/x.c");
+        assert_eq!(normalize("/.."), "/..");
+        assert_eq!(normalize("/a/.."), "/");
+        let roots: Vec<String> = ["/c/src/t/", "/c/src/base/linux/"].iter().map(|r| r.to_string()).collect();
+        // Objects built in the tree, and objects a series copy took over from its base tree.
+        assert_eq!(relative_path(&roots, "/c/src/t/.objects/../drivers/x.c"), "drivers/x.c");
+        assert_eq!(relative_path(&roots, "/c/src/base/linux/.objects/../lib/y.c"), "lib/y.c");
+        assert_eq!(relative_path(&roots, "/elsewhere/z.c"), "/elsewhere/z.c");
+    }
 
     #[test]
     fn parses_frames() {

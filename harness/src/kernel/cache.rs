@@ -3,8 +3,9 @@
 //! ```text
 //! kernels/<key>/       one build: bzImage, vmlinux, config, build.log, modules/, meta.json
 //! kernels/<key>.lock   held while that build is made
-//! kernels/obj/<tree>/  Kbuild's O= object tree for one source tree, shared by its builds
-//! kernels/obj/<tree>.lock
+//! kernels/obj/<tree>/  Kbuild's O= object tree for a user's source tree (`--src`)
+//! kernels/obj/<tree>.lock  held while make runs in that tree's object tree (any tree)
+//! src/<tree>/.objects/ the object tree of a source tree we own (Debian's, a patched copy)
 //! ```
 //!
 //! `meta.json` is written last and atomically: a build directory without it is unfinished or
@@ -22,9 +23,12 @@ use sha2::{Digest, Sha256};
 
 use super::Kernel;
 
+/// The object tree's name inside a source tree we own.
+pub const OBJECTS_IN_TREE: &str = ".objects";
+
 /// Bump when the build recipe (make targets, variables, artifact layout) changes in a way the
 /// key's other parts do not show.
-const RECIPE_VERSION: &str = "unplug-torture kernel recipe 2";
+const RECIPE_VERSION: &str = "unplug-torture kernel recipe 3";
 
 /// A short, unambiguous hash of `parts` (each length-prefixed, so no two lists collide by
 /// concatenation).
@@ -74,9 +78,15 @@ impl Cache {
     }
 
     /// The object tree for source `tree`, locked: one make at a time per object tree.
-    pub fn object_dir(&self, tree: &Path) -> Result<(PathBuf, Flock<File>)> {
+    ///
+    /// In a tree we own (`inside`), it is the tree's direct child `.objects`: Kbuild then
+    /// names the source tree `..` instead of its absolute path, so no command line, `.cmd`
+    /// file or dependency list mentions where the tree is, and a copy of tree + objects (a
+    /// series' patched copy) builds incrementally instead of from scratch. A user's tree is
+    /// never written to, so its objects live in the cache.
+    pub fn object_dir(&self, tree: &Path, inside: bool) -> Result<(PathBuf, Flock<File>)> {
         let name = hash(&[tree.as_os_str().as_encoded_bytes()]);
-        let dir = self.root.join("obj").join(&name);
+        let dir = if inside { tree.join(OBJECTS_IN_TREE) } else { self.root.join("obj").join(&name) };
         let lock = lock_exclusive(
             &self.root.join("obj").join(format!("{name}.lock")),
             &format!("another build in {}", dir.display()),
@@ -145,6 +155,7 @@ mod tests {
             build_log: dir.join("build.log"),
             modules: None,
             source_tree: tmp.path().to_path_buf(),
+            base_tree: None,
             source_id: "s".into(),
             source_label: "s".into(),
             series: None,
@@ -169,10 +180,14 @@ mod tests {
     fn object_dirs_are_per_tree_and_exclusive() {
         let tmp = tempfile::tempdir().unwrap();
         let cache = Cache::open(tmp.path()).unwrap();
-        let (a, lock) = cache.object_dir(Path::new("/src/a")).unwrap();
-        let (b, _) = cache.object_dir(Path::new("/src/b")).unwrap();
+        let (a, lock) = cache.object_dir(Path::new("/src/a"), false).unwrap();
+        let (b, _) = cache.object_dir(Path::new("/src/b"), false).unwrap();
         assert_ne!(a, b);
-        let lock_path = a.with_extension("lock");
+        assert!(a.starts_with(tmp.path()), "a user's tree is never written to");
+        let owned = tmp.path().join("src/c");
+        let (c, _c_lock) = cache.object_dir(&owned, true).unwrap();
+        assert_eq!(c, owned.join(".objects"), "a direct child: Kbuild's srctree is then `..`");
+        let lock_path = tmp.path().join("kernels/obj").join(format!("{}.lock", hash(&[b"/src/a"])));
         let again = std::fs::File::open(&lock_path).unwrap();
         assert!(Flock::lock(again, FlockArg::LockExclusiveNonblock).is_err(), "held while in use");
         drop(lock);

@@ -54,6 +54,10 @@ pub struct Kernel {
     pub modules: Option<PathBuf>,
     /// The tree it was built from (for MAINTAINERS and source lines in reports).
     pub source_tree: PathBuf,
+    /// For a series: the tree it was applied to. Its build started from that tree's objects,
+    /// so the DWARF of what the series did not change names files there.
+    #[serde(default)]
+    pub base_tree: Option<PathBuf>,
     pub source_id: String,
     /// For people: "Debian linux-source-6.12", "git 0123456789ab + local changes", ...
     pub source_label: String,
@@ -100,7 +104,13 @@ pub fn build(req: &KernelRequest) -> Result<Kernel> {
         Some(series) => source::patched_id(&base, series),
         None => base.id.clone(),
     };
-    let fragment = Fragment::load(&config::fragment_files(&kernels_dir.join("configs"))?)?;
+    // A series may turn on what it adds (`kernels/patches/NAME/*.config`, after ours); the
+    // vanilla configuration stays exactly as it is.
+    let mut fragment_files = config::fragment_files(&kernels_dir.join("configs"))?;
+    if let Some(series) = &series {
+        fragment_files.extend(series.config_fragments.iter().cloned());
+    }
+    let fragment = Fragment::load(&fragment_files)?;
     let test_modules = crate::kmod::module_dirs(&kernels_dir)?;
     // The test modules are part of the build's modules tree, so their sources are in the key.
     let fragment_and_modules = format!(
@@ -129,9 +139,14 @@ pub fn build(req: &KernelRequest) -> Result<Kernel> {
         Some(series) => source::patched_path(&cache_dir, &base, &series.name),
         None => base.tree.clone(),
     };
-    let (objects, _objects_lock) = cache.object_dir(&tree)?;
+    let (objects, _objects_lock) = cache.object_dir(&tree, series.is_some() || base.owned)?;
+    let base_tree = series.as_ref().map(|_| base.tree.clone());
     let source = match &series {
-        Some(series) => source::patched(&cache_dir, &base, series)?,
+        Some(series) => {
+            // The copy takes the base's objects along: no make may run in them meanwhile.
+            let _base_objects_lock = base.owned.then(|| cache.object_dir(&base.tree, true)).transpose()?;
+            source::patched(&cache_dir, &base, series)?
+        }
         None => base,
     };
     let dir = cache.build_dir(&key);
@@ -179,6 +194,7 @@ pub fn build(req: &KernelRequest) -> Result<Kernel> {
         build_log: log,
         modules: has_modules.then_some(modules_dir),
         source_tree: source.tree.clone(),
+        base_tree,
         source_id: source.id.clone(),
         source_label: source.label.clone(),
         series: req.series.clone(),

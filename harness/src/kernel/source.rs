@@ -20,6 +20,9 @@ pub struct Source {
     pub id: String,
     /// For people: "Debian linux-source-6.12", "git abc123 + local changes", ...
     pub label: String,
+    /// The tree is ours (in the cache), so its object tree may live inside it: see
+    /// [`super::cache::Cache::object_dir`].
+    pub owned: bool,
 }
 
 /// Debian's tarball, unpacked once into `cache/src/debian-<id>/`, atomically (into a temporary
@@ -50,7 +53,7 @@ pub fn debian(cache: &Path) -> Result<Source> {
         std::fs::rename(tmp.keep(), &dest)
             .with_context(|| format!("renaming the unpacked tree to {}", dest.display()))?;
     }
-    Ok(Source { tree, id: format!("debian-{id}"), label: "Debian linux-source-6.12".into() })
+    Ok(Source { tree, id: format!("debian-{id}"), label: "Debian linux-source-6.12".into(), owned: true })
 }
 
 /// A user's kernel tree. It must be clean enough for `make O=`: Kbuild refuses a source tree
@@ -72,7 +75,7 @@ pub fn user_tree(dir: &Path) -> Result<Source> {
         }
     }
     let (id, label) = if tree.join(".git").exists() { git_identity(&tree)? } else { plain_identity(&tree)? };
-    Ok(Source { tree, id, label })
+    Ok(Source { tree, id, label, owned: false })
 }
 
 /// HEAD plus a hash of uncommitted changes (`git diff HEAD` and the list of untracked files;
@@ -136,6 +139,9 @@ pub struct Series {
     pub hash: String,
     /// Files the patches change (from their `--- a/` and `+++ b/` lines).
     pub touched: BTreeSet<String>,
+    /// The series' own config fragments (`*.config` beside `series`), sorted: what it adds is
+    /// turned on in its builds only. Their text is in the build key with the other fragments.
+    pub config_fragments: Vec<PathBuf>,
 }
 
 impl Series {
@@ -190,7 +196,14 @@ impl Series {
             bail!("{} lists no patches", list.display());
         }
         let hash = hash(&parts.iter().map(Vec::as_slice).collect::<Vec<_>>());
-        Ok(Series { name: name.to_string(), patches, hash, touched })
+        let mut config_fragments: Vec<PathBuf> = std::fs::read_dir(&dir)
+            .with_context(|| format!("reading {}", dir.display()))?
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|e| e == "config") && p.is_file())
+            .collect();
+        config_fragments.sort();
+        Ok(Series { name: name.to_string(), patches, hash, touched, config_fragments })
     }
 }
 
@@ -208,8 +221,14 @@ pub fn patched_path(cache: &Path, base: &Source, name: &str) -> PathBuf {
 
 /// A private copy of `base` with `series` applied at [`patched_path`], remade (atomically)
 /// when the series changes. The base tree is only read: vanilla and patched builds coexist,
-/// and a `--src` tree stays untouched. The caller holds the object-tree lock for this path,
-/// so no make runs in the tree while it is swapped.
+/// and a `--src` tree stays untouched. The caller holds the object-tree locks of both trees,
+/// so no make runs in either while the copy is made and swapped.
+///
+/// An owned base carries its object tree inside (`.objects`, see
+/// [`super::cache::Cache::object_dir`]); the copy takes it along with the sources, mtimes
+/// kept, so the series' first build is an incremental make over the base's objects (only
+/// what the series touches and the configuration symbols it changes are rebuilt), not a
+/// second cold build.
 pub fn patched(cache: &Path, base: &Source, series: &Series) -> Result<Source> {
     let dest = patched_path(cache, base, &series.name);
     let root = cache.join("src");
@@ -226,6 +245,7 @@ pub fn patched(cache: &Path, base: &Source, series: &Series) -> Result<Source> {
         tree: dest.clone(),
         id: patched_id(base, series),
         label: format!("{} + series {}", base.label, series.name),
+        owned: true,
     };
     if applied_hash == series.hash && dest.join("Makefile").exists() {
         return Ok(source);
@@ -441,13 +461,24 @@ mod tests {
         let file = Path::new(made.trim()).file_name().unwrap().to_str().unwrap().to_string();
         assert_eq!(file, "0001-hello-answer.patch");
         std::fs::write(good.join("series"), format!("# our series\n\n{file}\n")).unwrap();
+        std::fs::write(good.join("b.config"), "CONFIG_B=y\n").unwrap();
+        std::fs::write(good.join("a.config"), "CONFIG_A=y\n").unwrap();
+        // Objects built inside the base tree (a tree we own): the copy takes them along with
+        // their mtimes, so make in the copy is incremental.
+        let objects = base_dir.path().join(".objects");
+        std::fs::create_dir(&objects).unwrap();
+        std::fs::write(objects.join("fork.o"), "obj").unwrap();
+        let old = std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_000_000);
+        std::fs::File::options().write(true).open(objects.join("fork.o")).unwrap().set_modified(old).unwrap();
 
         let series = Series::load(patches.path(), "good").unwrap();
+        assert_eq!(series.config_fragments, [good.join("a.config"), good.join("b.config")], "sorted, the series' own");
         let src = patched(cache.path(), &base, &series).unwrap();
+        assert_eq!(std::fs::metadata(src.tree.join(".objects/fork.o")).unwrap().modified().unwrap(), old);
         assert_eq!(std::fs::read_to_string(src.tree.join("hello.c")).unwrap(), "int x = 42;\n");
         assert!(!src.tree.join(".git").exists(), "the copy leaves .git behind");
         assert_eq!(std::fs::read_to_string(base_dir.path().join("hello.c")).unwrap(), "int x = 1;\n", "base untouched");
-        assert_eq!(git(base_dir.path(), &["status", "--porcelain"]), "", "base tree still clean");
+        assert_eq!(git(base_dir.path(), &["status", "--porcelain"]), "?? .objects/\n", "base tree untouched");
         assert_ne!(src.id, base.id);
         assert_eq!(src.id, patched_id(&base, &series));
         assert_eq!(src.tree, patched_path(cache.path(), &base, "good"));
