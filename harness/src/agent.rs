@@ -28,6 +28,8 @@ use tokio::net::UnixStream;
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
 use agent::{Bytes, GuestMessage, Outcome, Request, MAX_LINE};
+
+use crate::pace::Pace;
 pub use agent::{ConsumerRecord, ErrorReply, Event, ExecRequest, Hello, HoldKind, HoldRequest, Op, Reply};
 
 /// Deadline of requests other than `exec` unless changed with [`Agent::with_timeout`].
@@ -35,6 +37,10 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 /// On top of an exec's own timeout: time for the guest to kill the process group, collect
 /// the output and answer.
 const EXEC_SLACK: Duration = Duration::from_secs(10);
+/// How long a release lets a holder's last call return before the guest calls it stuck, on
+/// the reference machines (see [`crate::pace`]). Under TCG a call that trips KASAN spends
+/// seconds printing reports on the serial console: slow, not stuck.
+pub const RELEASE_WAIT: Duration = Duration::from_millis(agent::DEFAULT_RELEASE_WAIT_MS);
 /// How long each `ping` of [`Agent::wait_ready`] waits before the next one is sent.
 const READY_POLL: Duration = Duration::from_secs(1);
 /// Events buffered per subscriber; a subscriber that falls further behind is told how many
@@ -186,6 +192,7 @@ pub struct Agent {
     lines: mpsc::UnboundedSender<String>,
     next_id: Arc<AtomicU64>,
     timeout: Duration,
+    pace: Pace,
 }
 
 impl Agent {
@@ -218,13 +225,27 @@ impl Agent {
         tokio::spawn(route_incoming(BufReader::new(read), shared.clone()));
         let (lines, queue) = mpsc::unbounded_channel();
         tokio::spawn(write_requests(write, queue, shared.clone()));
-        Ok(Agent { shared, lines, next_id: Arc::new(AtomicU64::new(1)), timeout: DEFAULT_TIMEOUT })
+        Ok(Agent { shared, lines, next_id: Arc::new(AtomicU64::new(1)), timeout: DEFAULT_TIMEOUT, pace: Pace::default() })
     }
 
     /// The same connection with a different deadline for non-exec requests.
     pub fn with_timeout(mut self, timeout: Duration) -> Agent {
         self.timeout = timeout;
         self
+    }
+
+    /// The same connection with deadlines for a host of this pace: requests wait
+    /// [`DEFAULT_TIMEOUT`] scaled, and users of the agent ([`crate::consumers`],
+    /// [`crate::observe`], [`crate::providers`]) scale theirs with [`Agent::pace`].
+    pub fn with_pace(mut self, pace: Pace) -> Agent {
+        self.timeout = pace.scale(DEFAULT_TIMEOUT);
+        self.pace = pace;
+        self
+    }
+
+    /// The host's pace this connection's deadlines follow.
+    pub fn pace(&self) -> Pace {
+        self.pace
     }
 
     /// Events the guest streams from now on (not tied to a request).
@@ -382,9 +403,16 @@ impl Agent {
         }
     }
 
-    /// Stops a holder and closes its fds (a late close when the device is already gone).
+    /// Stops a holder and closes its fds (a late close when the device is already gone). The
+    /// guest waits up to [`RELEASE_WAIT`] (scaled) for the holder's call to return; this
+    /// request waits that long and a request's deadline on top.
     pub async fn release(&self, handle: u64) -> Result<(), AgentError> {
-        self.done(Op::Release { handle }).await
+        let wait = self.pace.scale(RELEASE_WAIT);
+        let op = Op::Release { handle, wait_ms: u64::try_from(wait.as_millis()).unwrap_or(u64::MAX) };
+        match self.call(op, wait + self.timeout).await? {
+            Reply::Done => Ok(()),
+            other => Err(unexpected("release", &other)),
+        }
     }
 
     /// Syncs and reboots the guest once the answer is sent (QEMU with `-no-reboot` exits).
@@ -473,7 +501,7 @@ fn describe(op: &Op) -> String {
         | Op::Unlink { path } => format!("{} {path}", op_name(op)),
         Op::Symlink { target, link } => format!("symlink {link} -> {target}"),
         Op::Hold(req) => format!("hold {:?} {}", req.kind, req.path),
-        Op::Release { handle } => format!("release holder {handle}"),
+        Op::Release { handle, .. } => format!("release holder {handle}"),
         Op::Ping | Op::Reboot | Op::Poweroff => op_name(op).to_string(),
     }
 }

@@ -13,6 +13,7 @@ pub mod image;
 pub mod kernel;
 pub mod kmod;
 pub mod observe;
+pub mod pace;
 pub mod paths;
 pub mod plug;
 pub mod providers;

@@ -22,7 +22,8 @@ const OBSERVED: &[&str] = &[
     "/sys/bus/usb/devices",
 ];
 
-/// Longest an observer read may take before it counts as hung.
+/// Longest an observer read may take before it counts as hung (reference machines; scaled by
+/// the agent's pace, see `crate::pace`).
 const READ_DEADLINE: Duration = Duration::from_secs(10);
 
 /// What one observer saw.
@@ -52,10 +53,10 @@ async fn observe(agent: &Agent, path: &str) -> Observation {
     let script = format!(
         "if [ -d '{path}' ]; then ls -R '{path}'; elif [ -e '{path}' ]; then cat '{path}'; else echo '(absent)'; fi"
     );
-    let result = agent.exec(&["sh", "-c", &script], READ_DEADLINE).await;
+    let result = agent.exec(&["sh", "-c", &script], agent.pace().scale(READ_DEADLINE)).await;
     let elapsed_ms = start.elapsed().as_secs_f64() * 1e3;
     let (outcome, detail) = match result {
-        Ok(o) if o.timed_out => ("hung", format!("no answer within {READ_DEADLINE:?}")),
+        Ok(o) if o.timed_out => ("hung", format!("no answer within {:?}", agent.pace().scale(READ_DEADLINE))),
         Ok(o) if o.success() => ("ok", bounded(&o.stdout_text())),
         Ok(o) => ("error", format!("{}: {}", o.outcome(), bounded(&o.stderr_text()))),
         Err(e) => ("error", e.to_string()),

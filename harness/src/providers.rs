@@ -52,12 +52,14 @@ impl GpioSim {
     pub async fn remove(self, agent: &Agent) -> Result<(), AgentError> {
         let bank = format!("{}/bank0", self.configfs);
         // Line groups first; configfs refuses to remove a non-empty group.
-        agent.exec(&["sh", "-c", &format!("rmdir {bank}/line* 2>/dev/null; true")], TIMEOUT).await?;
+        agent.exec(&["sh", "-c", &format!("rmdir {bank}/line* 2>/dev/null; true")], agent.pace().scale(TIMEOUT)).await?;
         agent.rmdir(&bank).await?;
         agent.rmdir(&self.configfs).await
     }
 }
 
+/// Deadline of one provider command in the guest (reference machines; scaled by the agent's
+/// pace, see `crate::pace`).
 const TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Instantiates an at24 EEPROM (`part`, e.g. `24c02`) at `addr` on adapter `bus`; returns
@@ -76,8 +78,8 @@ pub async fn at24_delete(agent: &Agent, bus: u32, addr: u16) -> Result<(), Agent
 
 /// Loads i2c-stub with a chip at `addr`; returns the adapter number it registered.
 pub async fn i2c_stub(agent: &Agent, addr: u16) -> Result<u32, AgentError> {
-    agent.exec_ok(&["modprobe", "i2c-stub", &format!("chip_addr={addr:#04x}")], TIMEOUT).await?;
-    let out = agent.exec_ok(&["sh", "-c", "grep -l 'SMBus stub' /sys/bus/i2c/devices/i2c-*/name"], TIMEOUT).await?;
+    agent.exec_ok(&["modprobe", "i2c-stub", &format!("chip_addr={addr:#04x}")], agent.pace().scale(TIMEOUT)).await?;
+    let out = agent.exec_ok(&["sh", "-c", "grep -l 'SMBus stub' /sys/bus/i2c/devices/i2c-*/name"], agent.pace().scale(TIMEOUT)).await?;
     let text = out.stdout_text();
     text.trim()
         .trim_end_matches("/name")
@@ -147,7 +149,7 @@ impl GpioVirtuser {
     /// `Ok(value)`, or `Err(cat's complaint)` naming the kernel's error.
     pub async fn get(&self, agent: &Agent, index: usize, attr: &str) -> Result<Result<String, String>, AgentError> {
         let path = self.debugfs(agent, index, attr).await?;
-        let out = agent.exec(&["cat", &path], TIMEOUT).await?;
+        let out = agent.exec(&["cat", &path], agent.pace().scale(TIMEOUT)).await?;
         Ok(if out.success() {
             Ok(out.stdout_text().trim().to_string())
         } else {

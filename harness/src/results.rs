@@ -35,6 +35,10 @@ pub struct Meta {
     pub kernel: KernelMeta,
     pub qemu_version: Option<String>,
     pub accel: Option<String>,
+    /// The host's pace measured at this run's boot: its deadlines were the reference ones
+    /// times this (see `harness::pace`).
+    #[serde(default)]
+    pub pace: Option<crate::pace::Pace>,
     pub started: String,
 }
 

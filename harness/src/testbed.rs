@@ -39,7 +39,8 @@ const GPIO_SIM: &str = "gpio-sim";
 /// Lines of a plugged gpio-sim chip (the CP2112 has 8 too).
 const GPIO_SIM_LINES: u32 = 8;
 
-/// How long the guest may take to enumerate a USB device under TCG.
+/// How long the guest may take to enumerate a USB device under TCG (reference machines;
+/// scaled by the VM's pace, see `crate::pace`).
 const ENUMERATE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Every device name `plug` accepts.
@@ -344,7 +345,7 @@ impl Testbed {
 async fn usb_disconnect(vm: &Vm, id: &str, cursor: crate::console::LineCursor) -> Result<String> {
     let line = vm
         .console()
-        .wait_for(cursor, "USB disconnect", ENUMERATE_TIMEOUT)
+        .wait_for(cursor, "USB disconnect", vm.pace().scale(ENUMERATE_TIMEOUT))
         .await
         .with_context(|| format!("{id} was removed but the guest never reported a USB disconnect"))?;
     Ok(line.text)
@@ -368,7 +369,7 @@ async fn unbind(vm: &Vm, id: &str, nodes: &GuestNodes) -> Result<String> {
 /// Waits until `path` no longer exists in the guest (devtmpfs removes a node with its device).
 async fn node_gone(vm: &Vm, path: &str) -> Result<String> {
     let script = format!("for i in $(seq 200); do [ -e '{path}' ] || exit 0; sleep 0.05; done; exit 1");
-    let out = vm.agent().exec(&["sh", "-c", &script], ENUMERATE_TIMEOUT).await?;
+    let out = vm.agent().exec(&["sh", "-c", &script], vm.pace().scale(ENUMERATE_TIMEOUT)).await?;
     if !out.success() {
         bail!("{path} is still there 10 s after the unplug");
     }
@@ -398,7 +399,7 @@ async fn plug_qemu_usb(vm: &mut Vm, driver: &str, id: &str) -> Result<String> {
     // has bound (hid_connect); earlier lines with the same id (input:) come before binding.
     let line = vm
         .console()
-        .wait_until(cursor, "the HID bind of a QEMU USB device", ENUMERATE_TIMEOUT, |l| {
+        .wait_until(cursor, "the HID bind of a QEMU USB device", vm.pace().scale(ENUMERATE_TIMEOUT), |l| {
             l.contains("0003:0627:") && l.contains(" USB HID v")
         })
         .await
@@ -427,7 +428,7 @@ async fn plug_cp2112(vm: &mut Vm, id: &str, at24: &[At24Spec]) -> Result<(Plugge
 /// Waits for hid_connect's line: hid-cp2112 has started the HID device.
 async fn wait_cp2112_bound(vm: &Vm, id: &str, cursor: crate::console::LineCursor) -> Result<()> {
     vm.console()
-        .wait_until(cursor, "the hid-cp2112 bind", ENUMERATE_TIMEOUT, |l| l.contains("0003:10C4:EA90") && l.contains(" USB HID v"))
+        .wait_until(cursor, "the hid-cp2112 bind", vm.pace().scale(ENUMERATE_TIMEOUT), |l| l.contains("0003:10C4:EA90") && l.contains(" USB HID v"))
         .await
         .with_context(|| format!("the guest did not bind hid-cp2112 to {id}"))?;
     Ok(())
@@ -464,7 +465,7 @@ echo "gpiochip=$(cd $hid && ls -d gpiochip* | head -1)"
             spec.address
         ));
     }
-    let out = vm.agent().exec_ok(&["sh", "-c", &script], ENUMERATE_TIMEOUT).await.context("finding the CP2112's nodes and instantiating its at24 clients")?;
+    let out = vm.agent().exec_ok(&["sh", "-c", &script], vm.pace().scale(ENUMERATE_TIMEOUT)).await.context("finding the CP2112's nodes and instantiating its at24 clients")?;
     let text = out.stdout_text();
     let nodes = cp2112_nodes(&text).with_context(|| format!("reading the CP2112's nodes from the guest's answer {text:?}"))?;
     Ok((nodes, text.split_whitespace().collect::<Vec<_>>().join(" ")))

@@ -17,6 +17,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use tokio::process::{Child, Command};
 
+use crate::pace::Pace;
 use crate::agent::Agent;
 use crate::console::{Console, LineSink};
 use crate::qmp::Qmp;
@@ -111,6 +112,7 @@ pub struct Vm {
     qemu_version: String,
     usb_controller: bool,
     booted_in: Duration,
+    pace: Pace,
 }
 
 impl Vm {
@@ -131,6 +133,7 @@ impl Vm {
         let qemu_log = std::fs::File::create(log_dir.join("qemu.log"))?;
         cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(qemu_log);
         tracing::info!(?cmd, "starting QEMU");
+        let spawned = Instant::now();
         let mut child = spawn_guarded(cmd)?;
         let stdout = child.stdout.take().ok_or_else(|| anyhow!("QEMU stdout not captured"))?;
         let console = Console::spawn(stdout, &log_dir.join("console.log"), sinks)?;
@@ -154,6 +157,9 @@ impl Vm {
                 return Err(anyhow::Error::from(lost).context(format!("boot failed ({})", qemu_failure_hint(&log_dir))));
             }
         }
+        let pace = Pace::from_boot(spawned.elapsed());
+        tracing::info!(%pace, "guest agent ready");
+        let agent = agent.with_pace(pace);
         Ok(Vm {
             child,
             dir,
@@ -165,6 +171,7 @@ impl Vm {
             qemu_version,
             usb_controller: false,
             booted_in: start.elapsed(),
+            pace,
         })
     }
 
@@ -195,6 +202,46 @@ impl Vm {
         self.booted_in
     }
 
+    /// This host's pace, measured by this boot: every deadline that waits on the guest scales
+    /// with it (see [`crate::pace`]).
+    pub fn pace(&self) -> Pace {
+        self.pace
+    }
+
+    /// Whether the guest is still there to talk to: its agent answers a ping within a
+    /// request's deadline, or — a guest busy printing reports through a TCG serial console is
+    /// slow, not dead — its console kept moving while we waited, for at most [`BUSY_LIMIT`]
+    /// (scaled). The error says which it was.
+    pub async fn responsive(&self) -> Result<(), String> {
+        let patience = self.pace.scale(PING_PATIENCE);
+        let limit = self.pace.scale(BUSY_LIMIT);
+        let started = Instant::now();
+        loop {
+            let cursor = self.console.cursor();
+            match tokio::time::timeout(patience, self.agent.ping()).await {
+                Ok(Ok(_)) => return Ok(()),
+                Ok(Err(crate::agent::AgentError::Timeout { .. })) | Err(_) => {}
+                Ok(Err(e)) => return Err(e.to_string()),
+            }
+            if self.console.has_ended() {
+                return Err("no answer to ping: the console ended (QEMU exited)".into());
+            }
+            if self.console.cursor() == cursor {
+                return Err(format!(
+                    "no answer to ping within {patience:?} and the console was silent meanwhile (pace {})",
+                    self.pace
+                ));
+            }
+            if started.elapsed() >= limit {
+                return Err(format!(
+                    "no answer to ping for {:?} while the console kept printing (pace {})",
+                    started.elapsed(),
+                    self.pace
+                ));
+            }
+        }
+    }
+
     /// Hot-adds the xHCI controller (once) and waits until the guest's driver has bound it,
     /// so USB devices can be plugged on [`USB_BUS`].
     pub async fn ensure_usb_controller(&mut self) -> Result<()> {
@@ -208,7 +255,7 @@ impl Vm {
             .context("hot-adding the xHCI controller")?;
         // Root hubs register once xhci_hcd has probed; both (USB2 and USB3) appear.
         self.console
-            .wait_for(cursor, "hub 2-0:1.0: USB hub found", Duration::from_secs(60))
+            .wait_for(cursor, "hub 2-0:1.0: USB hub found", self.pace.scale(Duration::from_secs(60)))
             .await
             .context("xHCI controller did not come up in the guest")?;
         self.usb_controller = true;
@@ -241,6 +288,12 @@ impl Vm {
         matches!(self.child.try_wait(), Ok(None))
     }
 }
+
+/// How long one ping may take on the reference machines before we look at the console.
+const PING_PATIENCE: Duration = Duration::from_secs(10);
+/// How long a guest may print without its agent answering before it counts as unresponsive
+/// (on the reference machines): a storm of reports that long is a finding of its own.
+const BUSY_LIMIT: Duration = Duration::from_secs(180);
 
 /// One vCPU under TCG, two under KVM. With two TCG vCPUs on a loaded two-core host we saw
 /// the second vCPU miss its local-APIC timer while idle, stalling boot for good ("rcu_sched
