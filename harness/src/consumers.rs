@@ -5,6 +5,10 @@
 //! kernel answered; nothing here decides whether that was right. A holder that sent no
 //! `stopped` record by its deadline (plus slack) is reported as hung: its last call never
 //! returned.
+//!
+//! Nothing here sleeps for a fixed time: a hold is ready when the holder's `ready` record
+//! (its first use returned) arrived, a release is done when its `closed` record did, each
+//! waited for with a deadline scaled by the host's pace ([`crate::pace`]).
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -12,6 +16,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::sync::broadcast::error::RecvError;
+use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
 use agent::{poll_flags, POLLIN};
@@ -24,8 +29,15 @@ const EVENT_KIND: &str = "consumer";
 /// `detail` of a record that only reports repeats of the op's last outcome.
 const REPEATED: &str = "repeated";
 
-/// A holder that has not stopped this long after its deadline is called hung.
+/// A holder that has not stopped this long after its deadline is called hung (reference
+/// machines; scaled by the pace).
 const HUNG_SLACK: Duration = Duration::from_secs(5);
+/// How long a holder's first use may take (reference machines; scaled): opening a consumer
+/// in the kernel and its first call, on a guest that may be printing reports.
+const READY_WAIT: Duration = Duration::from_secs(30);
+/// How long the `closed` record may trail the release's answer (reference machines;
+/// scaled): the record precedes the answer on the wire, so this is only the collector's lag.
+const CLOSED_WAIT: Duration = Duration::from_secs(5);
 
 /// Everything one holder reported, in order.
 #[derive(Debug, Clone, Default)]
@@ -34,7 +46,8 @@ pub struct HolderLog {
     /// The request, once `hold` returned (records may arrive before the answer).
     pub request: Option<HoldRequest>,
     pub records: Vec<ConsumerRecord>,
-    started: Option<Instant>,
+    /// When a holder that has not stopped by then counts as hung (deadline + slack).
+    hung_after: Option<Instant>,
 }
 
 impl HolderLog {
@@ -45,7 +58,16 @@ impl HolderLog {
 
     /// Whether the loop ended (deadline, error or release).
     pub fn stopped(&self) -> bool {
-        self.records.iter().any(|r| r.op == "stopped")
+        self.has("stopped")
+    }
+
+    /// Whether the holder's first use returned (or it already stopped).
+    pub fn ready(&self) -> bool {
+        self.has(agent::HOLDER_READY) || self.stopped()
+    }
+
+    fn has(&self, op: &str) -> bool {
+        self.records.iter().any(|r| r.op == op)
     }
 
     /// One line: what the holder saw first go wrong, after how many successes; or that it
@@ -85,10 +107,7 @@ impl HolderLog {
     }
 
     fn overdue(&self) -> bool {
-        match (&self.request, self.started) {
-            (Some(req), Some(t)) => t.elapsed() > Duration::from_millis(req.deadline_ms) + HUNG_SLACK,
-            _ => false,
-        }
+        self.hung_after.is_some_and(|t| Instant::now() > t)
     }
 }
 
@@ -97,14 +116,18 @@ impl HolderLog {
 pub struct Consumers {
     agent: Agent,
     logs: Arc<Mutex<BTreeMap<u64, HolderLog>>>,
+    /// Woken on every record the collector files.
+    filed: Arc<Notify>,
     collector: JoinHandle<()>,
 }
 
 impl Consumers {
     pub fn new(agent: &Agent) -> Consumers {
         let logs: Arc<Mutex<BTreeMap<u64, HolderLog>>> = Arc::default();
+        let filed = Arc::new(Notify::new());
         let mut events = agent.subscribe();
         let sink = logs.clone();
+        let notify = filed.clone();
         let collector = tokio::spawn(async move {
             loop {
                 let event = match events.recv().await {
@@ -119,41 +142,69 @@ impl Consumers {
                     continue;
                 }
                 match serde_json::from_value::<ConsumerRecord>(event.data) {
-                    Ok(record) => lock(&sink).entry(record.holder).or_default().records.push(record),
+                    Ok(record) => {
+                        lock(&sink).entry(record.holder).or_default().records.push(record);
+                        notify.notify_waiters();
+                    }
                     Err(e) => tracing::warn!("bad consumer record from {}: {e}", event.source),
                 }
             }
         });
-        Consumers { agent: agent.clone(), logs, collector }
+        Consumers { agent: agent.clone(), logs, filed, collector }
     }
 
-    /// Starts a holder; returns its handle.
+    /// Starts a holder; returns its handle once the guest answered. Its first use may still
+    /// be under way: see [`Consumers::wait_ready`].
     pub async fn hold(&self, req: HoldRequest) -> Result<u64, AgentError> {
         let started = Instant::now();
         let handle = self.agent.hold(req.clone()).await?;
+        let slack = self.agent.pace().scale(HUNG_SLACK);
         let mut logs = lock(&self.logs);
         let log = logs.entry(handle).or_default();
         log.handle = handle;
+        log.hung_after = Some(started + Duration::from_millis(req.deadline_ms).saturating_add(slack));
         log.request = Some(req);
-        log.started = Some(started);
         Ok(handle)
     }
 
-    /// Stops a holder and closes its fds in the guest.
+    /// Waits until `handle`'s first use returned (its `ready` record), so that an unplug
+    /// after this cannot overtake it. A missed deadline says how long it waited.
+    pub async fn wait_ready(&self, handle: u64) -> Result<(), String> {
+        let wait = self.agent.pace().scale(READY_WAIT);
+        if self.wait_for(handle, wait, HolderLog::ready).await {
+            Ok(())
+        } else {
+            Err(format!("holder {handle} made no first use within {wait:?} (no `ready` record)"))
+        }
+    }
+
+    /// Stops a holder and closes its fds in the guest; returns once the guest answered and
+    /// the holder's `closed` record is filed (or its short deadline passed: then the log
+    /// simply lacks it).
     pub async fn release(&self, handle: u64) -> Result<(), AgentError> {
-        self.agent.release(handle).await
+        self.agent.release(handle).await?;
+        self.wait_for(handle, self.agent.pace().scale(CLOSED_WAIT), |log| log.has("closed")).await;
+        Ok(())
     }
 
     /// Waits until `handle` reported `stopped`, or `timeout`; true if it did.
     pub async fn wait_stopped(&self, handle: u64, timeout: Duration) -> bool {
-        let deadline = Instant::now() + timeout;
-        while Instant::now() < deadline {
-            if lock(&self.logs).get(&handle).is_some_and(HolderLog::stopped) {
+        self.wait_for(handle, timeout, HolderLog::stopped).await
+    }
+
+    /// Waits until `done` holds for `handle`'s log, or `timeout`; whether it did.
+    async fn wait_for(&self, handle: u64, timeout: Duration, done: impl Fn(&HolderLog) -> bool) -> bool {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            // Registered before the check, so a record filed in between still wakes us.
+            let filed = self.filed.notified();
+            if lock(&self.logs).get(&handle).is_some_and(&done) {
                 return true;
             }
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            if tokio::time::timeout_at(deadline, filed).await.is_err() {
+                return lock(&self.logs).get(&handle).is_some_and(&done);
+            }
         }
-        false
     }
 
     /// A copy of every holder's log so far, by handle.

@@ -78,8 +78,9 @@ pub struct HoldReport {
     /// The taint mask at the end.
     pub taint: Option<u64>,
     pub crashes: Vec<Crash>,
-    /// The guest agent stopped answering during the session.
-    pub agent_lost: bool,
+    /// The guest agent stopped answering during the session, and how (see
+    /// [`Vm::responsive`]).
+    pub agent_lost: Option<String>,
 }
 
 impl HoldReport {
@@ -89,7 +90,7 @@ impl HoldReport {
         !self.crashes.is_empty()
             || self.taint.is_some_and(|t| report::Taint(t).is_bad())
             || self.unplug.is_err()
-            || self.agent_lost
+            || self.agent_lost.is_some()
             || self.holders.iter().any(|h| h.release_error.is_some() || h.summary.contains("hung"))
     }
 }
@@ -146,10 +147,6 @@ pub fn request_for(kind: HoldKind, nodes: &GuestNodes, deadline: Duration) -> Re
     })
 }
 
-/// How long a release may take before the session calls the holder stuck (the agent itself
-/// gives up after 20 s and says so).
-const RELEASE_TIMEOUT: Duration = Duration::from_secs(25);
-
 /// Runs the plan against a VM whose testbed has the provider plugged. Errors only for what
 /// makes the question unaskable (no such provider, a kind it cannot serve); everything after
 /// the first holder starts is recorded in the report.
@@ -179,10 +176,18 @@ pub async fn run(vm: &mut Vm, testbed: &mut Testbed, plan: &HoldPlan, boot: Line
         };
         holders.push(HolderReport { kind, request, handle, setup_error, summary: String::new(), records: Vec::new(), release_error: None });
     }
+    // No unplug before every holder's first use returned: `before` is time held on top.
+    for holder in &mut holders {
+        if let Some(handle) = holder.handle {
+            if let Err(e) = consumers.wait_ready(handle).await {
+                holder.setup_error = Some(e);
+            }
+        }
+    }
     tokio::time::sleep(plan.before).await;
 
     let unplug = testbed
-        .unplug(vm, &plan.provider, plan.how, plan.unplug_timeout)
+        .unplug(vm, &plan.provider, plan.how, vm.pace().scale(plan.unplug_timeout))
         .await
         .map_err(|e| format!("{e:#}"));
 
@@ -194,24 +199,20 @@ pub async fn run(vm: &mut Vm, testbed: &mut Testbed, plan: &HoldPlan, boot: Line
         consumers.wait_stopped(handle, left).await;
     }
 
-    let agent_lost = !answers(&agent).await;
-    let observations = if agent_lost { Vec::new() } else { observe::observe_all(&agent).await };
+    let mut agent_lost = vm.responsive().await.err();
+    let observations = if agent_lost.is_some() { Vec::new() } else { observe::observe_all(&agent).await };
     for holder in &mut holders {
         let Some(handle) = holder.handle else { continue };
-        holder.release_error = if agent_lost {
-            Some("not released: the guest agent stopped answering".to_string())
-        } else {
-            match tokio::time::timeout(RELEASE_TIMEOUT, consumers.release(handle)).await {
-                Ok(Ok(())) => None,
-                Ok(Err(e)) => Some(e.to_string()),
-                Err(_) => Some(format!("no answer within {RELEASE_TIMEOUT:?}")),
-            }
+        holder.release_error = match &agent_lost {
+            Some(why) => Some(format!("not released: the guest agent stopped answering ({why})")),
+            // The agent bounds the release itself (a call stuck in the kernel is reported).
+            None => consumers.release(handle).await.err().map(|e| e.to_string()),
         };
     }
-    // The `closed` records precede the release answers on the wire; let the collector catch up.
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let agent_lost = agent_lost || !answers(&agent).await;
-    let (observations_after_release, taint) = if agent_lost {
+    if agent_lost.is_none() {
+        agent_lost = vm.responsive().await.err();
+    }
+    let (observations_after_release, taint) = if agent_lost.is_some() {
         (Vec::new(), None)
     } else {
         (observe::observe_all(&agent).await, observe::taint(&agent).await)
@@ -250,11 +251,6 @@ pub async fn run(vm: &mut Vm, testbed: &mut Testbed, plan: &HoldPlan, boot: Line
         crashes,
         agent_lost,
     })
-}
-
-/// Whether the guest agent still answers a ping (a wedged guest does not).
-async fn answers(agent: &crate::agent::Agent) -> bool {
-    matches!(tokio::time::timeout(Duration::from_secs(10), agent.ping()).await, Ok(Ok(_)))
 }
 
 #[cfg(test)]

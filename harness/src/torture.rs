@@ -17,6 +17,7 @@ use crate::console::ConsoleError;
 use crate::observe::{self, Observation};
 use crate::qmp::QmpError;
 use crate::schedule::{Action, Planned, Schedule};
+use crate::pace::Pace;
 use crate::testbed::Testbed;
 use crate::vm::Vm;
 
@@ -31,6 +32,13 @@ pub struct RunOptions {
 impl Default for RunOptions {
     fn default() -> Self {
         RunOptions { step_timeout: Duration::from_secs(120), unplug_timeout: Duration::from_secs(10) }
+    }
+}
+
+impl RunOptions {
+    /// These deadlines (written for the reference machines) on a host of `pace`.
+    pub fn paced(&self, pace: Pace) -> RunOptions {
+        RunOptions { step_timeout: pace.scale(self.step_timeout), unplug_timeout: pace.scale(self.unplug_timeout) }
     }
 }
 
@@ -88,12 +96,16 @@ impl Holders {
         Holders { consumers: Consumers::new(vm.agent()), by_name: BTreeMap::new() }
     }
 
+    /// Starts a holder and returns once its first use returned, so a later unplug step never
+    /// overtakes it.
     async fn hold(&mut self, testbed: &Testbed, name: &str, kind: HoldKind, on: &str) -> Result<String, String> {
         let nodes = testbed.nodes(on).ok_or_else(|| format!("{on:?} is not a plugged provider with guest nodes"))?;
         let request = crate::hold_session::request_for(kind, nodes, HOLD_DEADLINE)?;
         let path = request.path.clone();
         let handle = self.consumers.hold(request).await.map_err(|e| e.to_string())?;
+        // Named even if not ready: a `release` step must still close it.
         self.by_name.insert(name.to_string(), handle);
+        self.consumers.wait_ready(handle).await?;
         Ok(format!("holder {handle} ({}) on {path}", kind.name()))
     }
 
@@ -101,8 +113,6 @@ impl Holders {
     async fn release(&mut self, name: &str) -> Result<String, String> {
         let handle = self.by_name.remove(name).ok_or_else(|| format!("no holder named {name:?}"))?;
         let released = self.consumers.release(handle).await;
-        // The `closed` record precedes the release answer on the wire; let the collector catch up.
-        tokio::time::sleep(Duration::from_millis(100)).await;
         let log = self.consumers.log(handle).unwrap_or_default();
         let mut out = log.summary();
         for record in &log.records {
@@ -283,19 +293,19 @@ fn result(r: Result<(), AgentError>) -> Outcome {
 async fn mark_step(vm: &Vm, index: usize, total: usize, planned: &Planned, description: &str) {
     let iteration = planned.iteration.map(|i| format!(" iteration {i}")).unwrap_or_else(|| " setup".into());
     let line = format!("{STEP_MARKER}{index}/{total}{iteration}: {description}\n");
-    let _ = tokio::time::timeout(Duration::from_secs(5), vm.agent().write_file("/dev/kmsg", line.as_bytes())).await;
+    let _ = tokio::time::timeout(vm.pace().scale(MARK_DEADLINE), vm.agent().write_file("/dev/kmsg", line.as_bytes())).await;
 }
 
-/// After a failed step: is the guest still there to run the next one?
+/// How long a step marker may take to write (reference machines; scaled).
+const MARK_DEADLINE: Duration = Duration::from_secs(5);
+
+/// After a failed step: is the guest still there to run the next one? (Busy printing is
+/// alive: see [`Vm::responsive`].)
 async fn check_alive(vm: &mut Vm) -> Result<(), Abort> {
     if !vm.is_running() || vm.console().has_ended() {
         return Err(Abort::GuestLost("QEMU exited".into()));
     }
-    match tokio::time::timeout(Duration::from_secs(10), vm.agent().ping()).await {
-        Ok(Ok(_)) => Ok(()),
-        Ok(Err(e)) => Err(Abort::AgentUnresponsive(e.to_string())),
-        Err(_) => Err(Abort::AgentUnresponsive("no answer to ping within 10 s".into())),
-    }
+    vm.responsive().await.map_err(Abort::AgentUnresponsive)
 }
 
 /// Everything one recorded run needs.
@@ -337,6 +347,7 @@ pub async fn run_recorded(request: RunRequest) -> anyhow::Result<RunVerdict> {
         kernel: request.kernel.clone(),
         qemu_version: None,
         accel: None,
+        pace: None,
         started: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
     };
     run.write_json("meta.json", &meta)?;
@@ -375,12 +386,14 @@ pub async fn run_recorded(request: RunRequest) -> anyhow::Result<RunVerdict> {
         Ok(mut vm) => {
             meta.qemu_version = Some(vm.qemu_version().to_string());
             meta.accel = Some(vm.accel().to_string());
+            meta.pace = Some(vm.pace());
             run.write_json("meta.json", &meta)?;
+            let options = request.options.paced(vm.pace());
             let mut testbed = Testbed::new();
             let mut write_error = None;
             let mut taint_before = 0u64;
             let outcome = {
-                let steps = run_schedule(&mut vm, &mut testbed, schedule, &request.options, |step| {
+                let steps = run_schedule(&mut vm, &mut testbed, schedule, &options, |step| {
                     progress.inc(1);
                     progress.set_message(step.description.clone());
                     if let Err(e) = run.append_step(step) {
@@ -420,7 +433,7 @@ pub async fn run_recorded(request: RunRequest) -> anyhow::Result<RunVerdict> {
                     }
                     if let (StepStatus::UnplugStuck(d), Action::Unplug { id, .. }) = (&step.status, &step.action) {
                         findings.push(format!("step {}: {d}", step.index));
-                        let stuck = report::synthetic::unplug_stuck(id, request.options.unplug_timeout);
+                        let stuck = report::synthetic::unplug_stuck(id, options.unplug_timeout);
                         if let Err(e) = filer.file(&mut run, &stuck, Some(step.index)) {
                             write_error.get_or_insert(e);
                         }
@@ -468,7 +481,8 @@ pub async fn run_recorded(request: RunRequest) -> anyhow::Result<RunVerdict> {
                     summary.aborted = Some(why);
                     let synthetic = match &abort {
                         Abort::GuestLost(detail) => report::synthetic::vm_died(detail),
-                        _ => report::synthetic::agent_unresponsive("ping", std::time::Duration::from_secs(10)),
+                        Abort::AgentUnresponsive(detail) => report::synthetic::agent_unresponsive(detail),
+                        other => report::synthetic::agent_unresponsive(&format!("{other:?}")),
                     };
                     filer.file(&mut run, &synthetic, summary.steps.last().map(|s| s.index))?;
                 }

@@ -48,14 +48,16 @@ async fn e2e_consumers_gpio_sim_goes_away_under_held_lines() {
     let watch = consumers.hold(request(HoldKind::GpioChipWatch, &dev, &[0], &[])).await.unwrap();
     let cdev = consumers.hold(request(HoldKind::GpioCdev, &dev, &[0], &[1])).await.unwrap();
     let event = consumers.hold(request(HoldKind::GpioEvent, &dev, &[2], &[])).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    for handle in [watch, cdev, event] {
+        consumers.wait_ready(handle).await.unwrap();
+    }
     // An edge on the event line through gpio-sim's pull: a record of the event read.
     sim.pull(&agent, 2, "pull-up").await.unwrap();
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    tokio::time::sleep(vm.pace().scale(Duration::from_millis(500))).await;
 
     sim.unplug(&agent).await.unwrap();
     for handle in [watch, cdev, event] {
-        assert!(consumers.wait_stopped(handle, Duration::from_secs(20)).await, "holder {handle} did not stop");
+        assert!(consumers.wait_stopped(handle, vm.pace().scale(Duration::from_secs(20))).await, "holder {handle} did not stop");
     }
     for log in consumers.logs() {
         println!("{}", log.summary());
@@ -90,8 +92,7 @@ async fn e2e_consumers_gpio_sim_goes_away_under_held_lines() {
         assert!(!consumers.log(handle).unwrap().records.iter().any(|r| r.op == "closed"), "closed before release");
         consumers.release(handle).await.unwrap();
     }
-    // The `closed` record precedes the release answer on the wire; give the collector a moment.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // A release returns once the holder's `closed` record is filed.
     for handle in [watch, cdev, event] {
         assert!(consumers.log(handle).unwrap().records.iter().any(|r| r.op == "closed"), "holder {handle} not closed");
     }
@@ -121,15 +122,17 @@ async fn e2e_consumers_i2c_stub_and_at24_go_away_under_held_handles() {
     i2c.keep_going = true;
     i2c.deadline_ms = 8_000;
     let held_i2c = consumers.hold(i2c).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    consumers.wait_ready(held_nvmem).await.unwrap();
+    consumers.wait_ready(held_i2c).await.unwrap();
 
     providers::at24_delete(&agent, bus, 0x50).await.unwrap();
-    assert!(consumers.wait_stopped(held_nvmem, Duration::from_secs(20)).await);
+    assert!(consumers.wait_stopped(held_nvmem, vm.pace().scale(Duration::from_secs(20))).await);
     let rmmod = {
         let agent = agent.clone();
-        tokio::spawn(async move { agent.exec(&["rmmod", "i2c-stub"], Duration::from_secs(20)).await })
+        let timeout = agent.pace().scale(Duration::from_secs(20));
+        tokio::spawn(async move { agent.exec(&["rmmod", "i2c-stub"], timeout).await })
     };
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    tokio::time::sleep(vm.pace().scale(Duration::from_secs(3))).await;
     let stuck = !rmmod.is_finished();
     consumers.release(held_i2c).await.unwrap();
     let rmmod = rmmod.await.unwrap().unwrap();
@@ -168,10 +171,11 @@ async fn e2e_consumers_hidraw_across_usb_kbd_unplug() {
     hidraw.keep_going = true;
     hidraw.deadline_ms = 4_000;
     let held = consumers.hold(hidraw).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    consumers.wait_ready(held).await.unwrap();
 
-    testbed.unplug(&mut vm, "kbd", UnplugHow::Graceful, Duration::from_secs(10)).await.unwrap();
-    assert!(consumers.wait_stopped(held, Duration::from_secs(20)).await, "hidraw holder did not stop");
+    let unplug_timeout = vm.pace().scale(Duration::from_secs(10));
+    testbed.unplug(&mut vm, "kbd", UnplugHow::Graceful, unplug_timeout).await.unwrap();
+    assert!(consumers.wait_stopped(held, vm.pace().scale(Duration::from_secs(20))).await, "hidraw holder did not stop");
     let log = consumers.log(held).unwrap();
     println!("{}", log.summary());
     for r in &log.records {

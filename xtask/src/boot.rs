@@ -133,8 +133,8 @@ async fn boot(args: Args, kernel: artifacts::Kernel, initrd: PathBuf) -> Result<
             print_summary(&report);
         }
         findings = report.has_findings();
-        if report.agent_lost {
-            eprintln!("the guest agent stopped answering; console log in {}", vm.log_dir().display());
+        if let Some(why) = &report.agent_lost {
+            eprintln!("the guest agent stopped answering ({why}); console log in {}", vm.log_dir().display());
             // Nothing more can run in this guest.
             drop(vm);
             return Ok(ExitCode::from(1));
@@ -200,8 +200,8 @@ fn print_summary(report: &HoldReport) {
         let t = harness::report::Taint(taint);
         println!("  taint: {taint} {}", if taint == 0 { "(clean)".to_string() } else { t.letters() });
     }
-    if report.agent_lost {
-        println!("  the guest agent stopped answering after the unplug");
+    if let Some(why) = &report.agent_lost {
+        println!("  the guest agent stopped answering after the unplug: {why}");
     }
     for crash in &report.crashes {
         let times = if crash.count > 1 { format!(" (x{})", crash.count) } else { String::new() };

@@ -43,12 +43,6 @@ struct Held {
 static NEXT_HANDLE: AtomicU64 = AtomicU64::new(1);
 static HOLDERS: Mutex<Option<HashMap<u64, Held>>> = Mutex::new(None);
 
-/// How long `release` waits for the loop to notice and close (a call stuck in the kernel
-/// never returns; the release then reports it instead of hanging the request). Generous: under
-/// TCG a call that trips KASAN spends seconds printing reports on the serial console, which
-/// is slow, not stuck. Below the host's 30 s request timeout.
-const RELEASE_WAIT: Duration = Duration::from_secs(20);
-
 /// Starts a holder; answers once its setup succeeded (or with the setup's error).
 pub fn hold(req: HoldRequest, sink: Sink) -> Result<Reply, ErrorReply> {
     let handle = NEXT_HANDLE.fetch_add(1, Ordering::Relaxed);
@@ -76,8 +70,11 @@ pub fn hold(req: HoldRequest, sink: Sink) -> Result<Reply, ErrorReply> {
     Ok(Reply::Held { handle })
 }
 
-/// Stops a holder and waits (bounded) until its fds are closed.
-pub fn release(handle: u64) -> Result<Reply, ErrorReply> {
+/// Stops a holder and waits up to `wait` until its fds are closed (a call stuck in the kernel
+/// never returns; the release then reports it instead of hanging the request). The host picks
+/// `wait`: under TCG a call that trips KASAN spends seconds printing reports on the serial
+/// console, which is slow, not stuck.
+pub fn release(handle: u64, wait: Duration) -> Result<Reply, ErrorReply> {
     let held = HOLDERS
         .lock()
         .unwrap_or_else(|p| p.into_inner())
@@ -86,10 +83,10 @@ pub fn release(handle: u64) -> Result<Reply, ErrorReply> {
         .ok_or_else(|| ErrorReply::msg(format!("no holder {handle}")))?;
     held.stop.store(true, Ordering::Relaxed);
     let _ = held.close.send(());
-    match held.closed.recv_timeout(RELEASE_WAIT) {
+    match held.closed.recv_timeout(wait) {
         Ok(()) | Err(mpsc::RecvTimeoutError::Disconnected) => Ok(Reply::Done),
         Err(mpsc::RecvTimeoutError::Timeout) => {
-            Err(ErrorReply::msg(format!("holder {handle} did not stop within {RELEASE_WAIT:?}: stuck in the kernel")))
+            Err(ErrorReply::msg(format!("holder {handle} did not stop within {wait:?}: stuck in the kernel")))
         }
     }
 }
@@ -235,8 +232,15 @@ impl Holder {
         let start = Instant::now();
         let deadline = Duration::from_millis(req.deadline_ms);
         let interval = Duration::from_millis(req.interval_ms.max(1));
+        let mut first = true;
         while !stop.load(Ordering::Relaxed) && start.elapsed() < deadline {
             self.iterate(req, interval);
+            if std::mem::take(&mut first) {
+                // The handshake the host waits for before it unplugs: the holder's first use
+                // returned (its outcome was recorded just before), so the unplug cannot
+                // overtake a holder that never got going.
+                self.report(agent::HOLDER_READY, Outcome::Ok, None, 0, None);
+            }
             if self.permanent && !req.keep_going {
                 break;
             }

@@ -92,13 +92,31 @@ pub enum Op {
     /// `source` is `holder-<handle>` and whose `data` is a [`ConsumerRecord`].
     Hold(HoldRequest),
     /// Stop a holder's loop and close its fd (after the unplug: a late close); answered with
-    /// [`Reply::Done`] once the fd is closed, or an error naming a handle that is not held.
-    Release { handle: u64 },
+    /// [`Reply::Done`] once the fd is closed, or an error naming a handle that is not held,
+    /// or one saying the holder's call did not return within `wait_ms` (stuck in the
+    /// kernel). The host sets `wait_ms` from its measured pace: a slow host's guest needs
+    /// longer to print the reports a call trips.
+    Release {
+        handle: u64,
+        #[serde(default = "default_release_wait_ms")]
+        wait_ms: u64,
+    },
     /// Sync, answer [`Reply::Done`], then `reboot(2)`.
     Reboot,
     /// Sync, answer [`Reply::Done`], then power off.
     Poweroff,
 }
+
+/// [`Op::Release`]'s wait when the host does not say (the reference machines' need).
+pub const DEFAULT_RELEASE_WAIT_MS: u64 = 20_000;
+
+fn default_release_wait_ms() -> u64 {
+    DEFAULT_RELEASE_WAIT_MS
+}
+
+/// The [`ConsumerRecord::op`] a holder sends once its first use (a call, or a poll window)
+/// returned: the host waits for it before anything may unplug the provider.
+pub const HOLDER_READY: &str = "ready";
 
 fn is_false(b: &bool) -> bool {
     !*b
@@ -350,7 +368,7 @@ pub struct ConsumerRecord {
     pub holder: u64,
     pub kind: HoldKind,
     /// The call or step: `open`, `GPIO_V2_LINE_GET_VALUES_IOCTL`, `poll`, `read`, `pread`,
-    /// `I2C_RDWR`, `stopped`, `closed`, ...
+    /// `I2C_RDWR`, `ready` ([`HOLDER_READY`]), `stopped`, `closed`, ...
     pub op: String,
     /// The call's return value when it succeeded.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -695,7 +713,9 @@ mod tests {
         }));
         let line = round_trip(&hold);
         assert!(line.contains(r#""op":"hold","kind":"gpio-cdev""#), "{line}");
-        round_trip(&req(Op::Release { handle: 3 }));
+        round_trip(&req(Op::Release { handle: 3, wait_ms: 60_000 }));
+        let old: Request = serde_json::from_str(r#"{"id":1,"op":"release","handle":3}"#).unwrap();
+        assert!(matches!(old.op, Op::Release { handle: 3, wait_ms: DEFAULT_RELEASE_WAIT_MS }), "{old:?}");
         round_trip(&Reply::Held { handle: 3 });
         let record = ConsumerRecord {
             holder: 3,

@@ -282,7 +282,7 @@ fn run(op: Op) -> Result<Reply, ErrorReply> {
         Op::Unlink { path } => std::fs::remove_file(absolute(&path)?)
             .map(|()| Reply::Done)
             .map_err(|e| ErrorReply::io(format!("unlink {path}"), &e)),
-        Op::Release { handle } => consumer::release(handle),
+        Op::Release { handle, wait_ms } => consumer::release(handle, Duration::from_millis(wait_ms)),
         // Served by `handle_line`, which has the port to stream the holder's events on.
         Op::Hold(_) => Err(ErrorReply::msg("hold needs the event stream")),
         Op::Reboot | Op::Poweroff => {
