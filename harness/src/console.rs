@@ -40,6 +40,18 @@ pub struct ConsoleLine {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord)]
 pub struct LineCursor(u64);
 
+impl LineCursor {
+    /// The 0-based index of the line at the cursor: also its line in `console.log` (0-based).
+    pub fn index(self) -> u64 {
+        self.0
+    }
+
+    /// The cursor at line `index` (0-based), e.g. to read `console.log` from there.
+    pub fn at_line(index: u64) -> LineCursor {
+        LineCursor(index)
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ConsoleError {
     #[error("timed out after {waited:?} waiting for {what} on the console; last line: {last:?}")]

@@ -78,6 +78,8 @@ pub struct HoldReport {
     /// The taint mask at the end.
     pub taint: Option<u64>,
     pub crashes: Vec<Crash>,
+    /// Reports not in `crashes`: past the first [`report::collect::MAX_TITLES`] titles.
+    pub crashes_dropped: u64,
     /// The guest agent stopped answering during the session, and how (see
     /// [`Vm::responsive`]).
     pub agent_lost: Option<String>,
@@ -227,18 +229,7 @@ pub async fn run(vm: &mut Vm, testbed: &mut Testbed, plan: &HoldPlan, boot: Line
         }
     }
 
-    let console: String =
-        vm.console().lines_since(boot).into_iter().map(|l| l.text + "\n").collect();
-    let mut crashes: Vec<Crash> = Vec::new();
-    for r in report::parse(console.as_bytes()) {
-        match crashes.iter_mut().find(|c| c.title == r.title) {
-            Some(c) => {
-                c.count += 1;
-                c.corrupted &= r.is_corrupted();
-            }
-            None => crashes.push(Crash { corrupted: r.is_corrupted(), title: r.title, count: 1 }),
-        }
-    }
+    let (crashes, crashes_dropped) = crashes_since(vm.log_dir().join("console.log"), boot).await;
     Ok(HoldReport {
         provider: plan.provider.clone(),
         how: plan.how,
@@ -249,8 +240,40 @@ pub async fn run(vm: &mut Vm, testbed: &mut Testbed, plan: &HoldPlan, boot: Line
         observations_after_release,
         taint,
         crashes,
+        crashes_dropped,
         agent_lost,
     })
+}
+
+/// The crashes in `console.log` from `boot` on, by title with counts (at most
+/// [`report::collect::MAX_TITLES`] titles; the number of reports not kept is returned too).
+/// Reads the whole log on disk, not the console's bounded in-memory ring, so the first
+/// reports of a long session are kept; off the async runtime.
+async fn crashes_since(console_log: std::path::PathBuf, boot: LineCursor) -> (Vec<Crash>, u64) {
+    let parse = move || {
+        let text = std::fs::read(&console_log).unwrap_or_default();
+        let mut log = Vec::with_capacity(text.len());
+        for line in text
+            .split(|&b| b == b'\n')
+            .skip(usize::try_from(boot.index()).unwrap_or(usize::MAX))
+        {
+            let line = String::from_utf8_lossy(line);
+            log.extend_from_slice(crate::console::strip_host_prefix(&line).as_bytes());
+            log.push(b'\n');
+        }
+        report::parse_collected(&log, report::collect::MAX_TITLES)
+    };
+    let collected = tokio::task::spawn_blocking(parse).await.unwrap_or_default();
+    let crashes = collected
+        .reports
+        .into_iter()
+        .map(|c| Crash {
+            title: c.report.title,
+            corrupted: c.all_corrupted,
+            count: usize::try_from(c.count).unwrap_or(usize::MAX),
+        })
+        .collect();
+    (crashes, collected.dropped)
 }
 
 #[cfg(test)]
@@ -281,6 +304,33 @@ mod tests {
         assert_eq!(request_for(HoldKind::NvmemKernel, &nodes, t).unwrap().path, "2-00510");
         let i2c = request_for(HoldKind::I2cDev, &nodes, t).unwrap();
         assert_eq!((i2c.path.as_str(), i2c.addr), ("/dev/i2c-2", Some(0x51)));
+    }
+
+    /// A long session: more console lines than the in-memory ring keeps, the first crash at
+    /// the start; it is still counted, and lines before the boot cursor are not.
+    #[tokio::test]
+    async fn crashes_come_from_the_whole_console_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("console.log");
+        let warning = |n: u32| {
+            format!(
+                "    1.000000|[   1.0][  T{n}] WARNING: CPU: 0 PID: {n} at drivers/x.c:1 early{n}+0x1/0x2\n    1.000000|[   1.0][  T{n}] Call Trace:\n    1.000000|[   1.0][  T{n}]  early{n}+0x1/0x2\n    1.000000|[   1.0][  T{n}] ---[ end trace 0000000000000000 ]---\n"
+            )
+        };
+        let mut log = warning(1); // before the session's cursor
+        log.push_str(&warning(2));
+        log.push_str(&warning(2));
+        for i in 0..30_000 {
+            log.push_str(&format!("    2.000000|[   2.0][  T1] noise {i}\n"));
+        }
+        std::fs::write(&path, log).unwrap();
+        let (crashes, dropped) = crashes_since(path, LineCursor::at_line(4)).await;
+        assert_eq!(dropped, 0);
+        assert_eq!(crashes.len(), 1, "{crashes:?}");
+        assert_eq!(
+            (crashes[0].title.as_str(), crashes[0].count),
+            ("WARNING in early2", 2)
+        );
     }
 
     #[test]

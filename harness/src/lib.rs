@@ -7,6 +7,7 @@
 pub mod agent;
 pub mod console;
 pub mod consumers;
+pub mod crash_feed;
 pub mod hold_session;
 pub mod host;
 pub mod image;

@@ -22,6 +22,10 @@ use crate::vm::{Vm, USB_BUS};
 /// How long QEMU may take to dial the chardev socket after `chardev-add` returned.
 const ACCEPT_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// How long the link's thread may take to end once QEMU deleted the device (it ends when
+/// QEMU closes the socket, at once in practice).
+const JOIN_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Makes chardev ids and socket names unique across plug cycles in this process.
 static CYCLE: AtomicU64 = AtomicU64::new(0);
 
@@ -102,13 +106,32 @@ impl Redir {
             Err(e @ QmpError::UnplugStuck { .. }) => return Err(e.into()),
             Err(e) => return Err(e).with_context(|| format!("device_del {}", self.id)),
         }
-        let link = self.link;
-        let end = tokio::task::spawn_blocking(move || link.join()).await.context("joining the usbredir link")?;
-        Ok(end)
+        join_link(self.link, JOIN_TIMEOUT)
+            .await
+            .with_context(|| format!("after unplugging {}", self.id))
+    }
+}
+
+/// Joins the link's thread within `timeout`. A thread still running then is told to close
+/// and gets one more second; if it still has not ended it is left to end on its own (its
+/// socket is closed) and the unplug reports it.
+async fn join_link(link: Link, timeout: Duration) -> Result<SessionEnd> {
+    let control = link.control();
+    let mut join = tokio::task::spawn_blocking(move || link.join());
+    if let Ok(end) = tokio::time::timeout(timeout, &mut join).await {
+        return end.context("joining the usbredir link");
+    }
+    control.close();
+    match tokio::time::timeout(Duration::from_secs(1), &mut join).await {
+        Ok(end) => end.context("joining the usbredir link"),
+        Err(_) => {
+            anyhow::bail!("the usbredir link thread did not end within {timeout:?} of the unplug")
+        }
     }
 }
 
 /// Waits for QEMU's connection; the socket file goes once accepted (the name is single-use).
+/// (A listener that is never dialed times out after [`ACCEPT_TIMEOUT`].)
 async fn accept(listener: UnixListener, path: PathBuf) -> Result<std::os::unix::net::UnixStream> {
     let deadline = Instant::now() + ACCEPT_TIMEOUT;
     let result = loop {
@@ -125,4 +148,25 @@ async fn accept(listener: UnixListener, path: PathBuf) -> Result<std::os::unix::
     };
     let _ = std::fs::remove_file(&path);
     result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A link whose peer (QEMU) stays connected but silent: its thread would never end on
+    /// its own; the join is still bounded.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn joining_a_link_that_does_not_end_is_bounded() {
+        let (ours, _qemu) = std::os::unix::net::UnixStream::pair().unwrap();
+        let link = driver::serve(ours, Box::new(devices::cp2112::Cp2112::new())).unwrap();
+        let start = Instant::now();
+        let joined = tokio::time::timeout(
+            Duration::from_secs(10),
+            join_link(link, Duration::from_millis(200)),
+        )
+        .await;
+        assert!(joined.is_ok(), "join_link did not return");
+        assert!(start.elapsed() < Duration::from_secs(5));
+    }
 }

@@ -29,6 +29,9 @@ use tokio::sync::{oneshot, watch};
 const MAX_LINE: usize = 4 << 20;
 /// Events kept for waiters; older ones are dropped (they are still in qmp.log).
 const EVENT_QUEUE_LEN: usize = 4096;
+/// How long QEMU gets to answer one command (and to greet us) by default: QEMU answers from
+/// its main loop in milliseconds; one that does not answer in this time is wedged.
+pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(30);
 
 #[derive(Debug, thiserror::Error)]
 pub enum QmpError {
@@ -42,6 +45,9 @@ pub enum QmpError {
     Command { command: &'static str, class: String, desc: String },
     #[error("timed out after {waited:?} waiting for {what}")]
     Timeout { what: String, waited: Duration },
+    /// QEMU did not answer a command within its deadline.
+    #[error("QMP command {command} got no answer within {waited:?}")]
+    NoAnswer { command: String, waited: Duration },
     /// `device_del` was accepted but QEMU never reported `DEVICE_DELETED`: the guest did not
     /// complete the unplug. A finding, not an infrastructure failure.
     #[error("unplug stuck: no DEVICE_DELETED for {id:?} within {waited:?}")]
@@ -96,6 +102,8 @@ pub struct Qmp {
     writer: Arc<tokio::sync::Mutex<OwnedWriteHalf>>,
     next_id: Arc<AtomicU64>,
     event_tick: watch::Receiver<u64>,
+    /// Deadline for each command's answer.
+    command_timeout: Duration,
 }
 
 impl Qmp {
@@ -122,7 +130,13 @@ impl Qmp {
             started: Instant::now(),
         });
 
-        let (greeting, raw) = read_json_line(&mut reader).await?.ok_or(QmpError::Closed)?;
+        let greeting = tokio::time::timeout(COMMAND_TIMEOUT, read_json_line(&mut reader))
+            .await
+            .map_err(|_| QmpError::NoAnswer {
+                command: "(greeting)".into(),
+                waited: COMMAND_TIMEOUT,
+            })?;
+        let (greeting, raw) = greeting?.ok_or(QmpError::Closed)?;
         shared.log("<-", &raw);
         if greeting.get("QMP").is_none() {
             return Err(QmpError::Protocol(format!("expected QMP greeting, got {greeting}")));
@@ -133,13 +147,20 @@ impl Qmp {
             writer: Arc::new(tokio::sync::Mutex::new(write)),
             next_id: Arc::new(AtomicU64::new(1)),
             event_tick: tick_rx,
+            command_timeout: COMMAND_TIMEOUT,
         };
         tokio::spawn(route_incoming(reader, shared));
         qmp.execute(qmp::qmp_capabilities { enable: None }).await?;
         Ok(qmp)
     }
 
-    /// Runs one command and returns its typed result.
+    /// Sets how long each later command on this handle may wait for its answer.
+    pub fn set_command_timeout(&mut self, timeout: Duration) {
+        self.command_timeout = timeout;
+    }
+
+    /// Runs one command and returns its typed result. A command QEMU does not answer within
+    /// the command deadline fails with [`QmpError::NoAnswer`] naming it.
     pub async fn execute<C: qapi::Command>(&self, command: C) -> Result<C::Ok, QmpError> {
         let value = self.execute_raw(C::NAME, serde_json::to_value(&command).map_err(json_err)?).await?;
         // Some commands return `{}` where the schema says "no value"; let serde decide.
@@ -149,6 +170,30 @@ impl Qmp {
 
     async fn execute_raw(&self, name: &'static str, arguments: Value) -> Result<Value, QmpError> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let waited = self.command_timeout;
+        match tokio::time::timeout(waited, self.exchange(id, name, arguments)).await {
+            Ok(result) => result,
+            Err(_) => {
+                // A late answer finds no one waiting and is dropped by the router.
+                lock(&self.shared.pending).remove(&id);
+                self.shared.log(
+                    "!!",
+                    &format!("no answer to {name} (id {id}) within {waited:?}"),
+                );
+                Err(QmpError::NoAnswer {
+                    command: name.to_string(),
+                    waited,
+                })
+            }
+        }
+    }
+
+    async fn exchange(
+        &self,
+        id: u64,
+        name: &'static str,
+        arguments: Value,
+    ) -> Result<Value, QmpError> {
         let mut request = serde_json::json!({ "execute": name, "id": id });
         if !arguments.as_object().is_some_and(|o| o.is_empty()) && !arguments.is_null() {
             request["arguments"] = arguments;
@@ -507,6 +552,40 @@ mod tests {
         assert_eq!(qmp.status().await.unwrap(), "running");
         let names: Vec<_> = qmp.events_since(cursor).into_iter().map(|e| e.name).collect();
         assert_eq!(&names[..2], ["SOME_FUTURE_EVENT", "RTC_CHANGE"]);
+    }
+
+    #[tokio::test]
+    async fn a_command_qemu_never_answers_fails_naming_it() {
+        let (mut qmp, dir) = connect_pair(|req| {
+            if req["execute"] == "qmp_capabilities" {
+                vec![ok(req)]
+            } else {
+                vec![]
+            }
+        })
+        .await;
+        qmp.set_command_timeout(Duration::from_millis(200));
+        let start = Instant::now();
+        let err = tokio::time::timeout(Duration::from_secs(10), qmp.status())
+            .await
+            .expect("no deadline on the command")
+            .unwrap_err();
+        assert!(
+            matches!(err, QmpError::NoAnswer { ref command, .. } if command == "query-status"),
+            "{err}"
+        );
+        assert!(err.to_string().contains("query-status"), "{err}");
+        assert!(start.elapsed() < Duration::from_secs(5));
+        let err = qmp
+            .device_del("k", Duration::from_secs(5))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, QmpError::NoAnswer { ref command, .. } if command == "device_del"),
+            "{err}"
+        );
+        let log = std::fs::read_to_string(dir.path().join("qmp.log")).unwrap();
+        assert!(log.contains("no answer to query-status"), "{log}");
     }
 
     #[tokio::test]

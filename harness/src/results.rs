@@ -33,6 +33,9 @@ pub struct Meta {
     /// Command line that replays exactly this schedule.
     pub replay: String,
     pub kernel: KernelMeta,
+    /// The initramfs the run booted (absent in runs recorded before it was kept).
+    #[serde(default)]
+    pub image: Option<ImageMeta>,
     pub qemu_version: Option<String>,
     pub accel: Option<String>,
     /// The host's pace measured at this run's boot: its deadlines were the reference ones
@@ -59,6 +62,13 @@ pub struct KernelMeta {
     pub source_id: Option<String>,
     pub series: Option<String>,
     pub config_hash: Option<String>,
+}
+
+/// The initramfs a run booted: its cache key (`cache/images/<key>/initramfs.cpio`) and path.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct ImageMeta {
+    pub key: Option<String>,
+    pub path: PathBuf,
 }
 
 /// A crash report to file under `crashes/`.
@@ -165,24 +175,32 @@ impl RunDir {
     pub fn append_step(&mut self, step: &impl Serialize) -> Result<()> {
         let mut line = serde_json::to_string(step)?;
         line.push('\n');
-        self.steps.write_all(line.as_bytes())?;
-        self.steps.sync_data()?;
+        let path = || format!("appending to {}", self.path.join("steps.jsonl").display());
+        self.steps.write_all(line.as_bytes()).with_context(path)?;
+        self.steps.sync_data().with_context(path)?;
         Ok(())
     }
 
     /// Files a crash under `crashes/<hash of its title>/`; a repeat of the same bug (equal
     /// title, or intersecting alternate titles) only bumps `count` in the first one's folder.
     pub fn add_crash(&mut self, crash: &Crash) -> Result<PathBuf> {
+        self.add_crash_times(crash, 1)
+    }
+
+    /// [`RunDir::add_crash`] for a crash seen `times` times (at least once).
+    pub fn add_crash_times(&mut self, crash: &Crash, times: u64) -> Result<PathBuf> {
+        let times = u32::try_from(times.max(1)).unwrap_or(u32::MAX);
         let existing = self.crashes.iter_mut().find(|(_, c, _)| c.same_bug(crash));
         let hash = existing.as_ref().map_or_else(|| title_hash(&crash.title), |(h, _, _)| h.clone());
         let dir = self.path.join("crashes").join(&hash);
         let count = match existing {
             Some((_, _, count)) => {
-                *count += 1;
+                *count = count.saturating_add(times);
                 *count
             }
             None => {
-                std::fs::create_dir_all(&dir)?;
+                std::fs::create_dir_all(&dir)
+                    .with_context(|| format!("creating {}", dir.display()))?;
                 write_atomic(&dir.join("report.txt"), crash.report.as_bytes())?;
                 write_atomic(&dir.join("title"), format!("{}\n", crash.title).as_bytes())?;
                 let alts: String = crash.alt_titles.iter().map(|t| format!("{t}\n")).collect();
@@ -191,8 +209,8 @@ impl RunDir {
                 if let Some(sym) = &crash.symbolized {
                     write_atomic(&dir.join("symbolized.txt"), sym.as_bytes())?;
                 }
-                self.crashes.push((hash, crash.clone(), 1));
-                1
+                self.crashes.push((hash, crash.clone(), times));
+                times
             }
         };
         write_atomic(&dir.join("count"), format!("{count}\n").as_bytes())?;
@@ -438,10 +456,15 @@ pub fn title_hash(title: &str) -> String {
 /// Writes `bytes` to `path` via a temporary file in the same folder and a rename.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
-    let mut tmp = tempfile::NamedTempFile::new_in(dir).with_context(|| format!("writing into {}", dir.display()))?;
-    tmp.write_all(bytes)?;
-    tmp.as_file().sync_data()?;
-    tmp.persist(path).with_context(|| format!("replacing {}", path.display()))?;
+    let mut tmp = tempfile::NamedTempFile::new_in(dir)
+        .with_context(|| format!("writing into {}", dir.display()))?;
+    tmp.write_all(bytes)
+        .with_context(|| format!("writing {}", path.display()))?;
+    tmp.as_file()
+        .sync_data()
+        .with_context(|| format!("syncing {}", path.display()))?;
+    tmp.persist(path)
+        .with_context(|| format!("replacing {}", path.display()))?;
     Ok(())
 }
 

@@ -39,6 +39,9 @@ const GPIO_SIM: &str = "gpio-sim";
 /// Lines of a plugged gpio-sim chip (the CP2112 has 8 too).
 const GPIO_SIM_LINES: u32 = 8;
 
+/// How long a device plugged half-way gets to be removed again.
+const CLEANUP_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// How long the guest may take to enumerate a USB device under TCG (reference machines;
 /// scaled by the VM's pace, see `crate::pace`).
 const ENUMERATE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -138,6 +141,37 @@ pub struct Testbed {
     plugged: BTreeMap<String, Plugged>,
     /// Plugged devices whose driver is unbound (their guest nodes are gone).
     unbound: BTreeSet<String>,
+    /// Devices whose unplug started but never finished (the step was cancelled at its
+    /// deadline): QEMU and the guest may still have them, half removed. Their ids stay taken.
+    interrupted: BTreeSet<String>,
+}
+
+/// Marks an unplug in flight: unless [`InFlight::done`] is called, dropping it (the unplug's
+/// future was cancelled) records the id as interrupted.
+struct InFlight<'a> {
+    interrupted: &'a mut BTreeSet<String>,
+    id: Option<String>,
+}
+
+impl<'a> InFlight<'a> {
+    fn start(interrupted: &'a mut BTreeSet<String>, id: &str) -> InFlight<'a> {
+        InFlight {
+            interrupted,
+            id: Some(id.to_string()),
+        }
+    }
+
+    fn done(mut self) {
+        self.id = None;
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        if let Some(id) = self.id.take() {
+            self.interrupted.insert(id);
+        }
+    }
 }
 
 impl Testbed {
@@ -148,6 +182,23 @@ impl Testbed {
     /// Ids currently plugged.
     pub fn ids(&self) -> Vec<String> {
         self.plugged.keys().cloned().collect()
+    }
+
+    /// Ids whose unplug was cancelled half-way (a step deadline): neither plugged nor known
+    /// to be gone.
+    pub fn interrupted(&self) -> Vec<String> {
+        self.interrupted.iter().cloned().collect()
+    }
+
+    fn unknown(&self, id: &str) -> anyhow::Error {
+        if self.interrupted.contains(id) {
+            anyhow::anyhow!("the unplug of {id:?} was cancelled half-way (step deadline); it may still be in QEMU or the guest")
+        } else {
+            anyhow::anyhow!(
+                "no device with id {id:?} is plugged (plugged: {:?})",
+                self.ids()
+            )
+        }
     }
 
     /// The emulated CP2112 plugged as `id` (host-side view: GPIO levels, faults, counters).
@@ -192,7 +243,9 @@ impl Testbed {
         });
         *drop_at_transfer = unplug_at_transfer.map(|(n, _)| n);
         device.set_faults(devices::cp2112::Faults {
-            reply_delay: Duration::from_secs_f64(fault.reply_delay_ms / 1e3),
+            // Schedules are validated on load; a bad value still must not panic here.
+            reply_delay: Duration::try_from_secs_f64(fault.reply_delay_ms / 1e3)
+                .unwrap_or_default(),
             stall_ep0: fault.stall_ep0,
             transfer_error: fault.transfer_error,
             nak: fault.nak,
@@ -215,6 +268,9 @@ impl Testbed {
     pub async fn plug_with(&mut self, vm: &mut Vm, device: &str, id: &str, at24: &[At24Spec]) -> Result<Outcome> {
         if self.plugged.contains_key(id) {
             bail!("a device with id {id:?} is already plugged");
+        }
+        if self.interrupted.contains(id) {
+            bail!("the unplug of {id:?} was cancelled half-way (step deadline); QEMU may still have it, so the id is not reused");
         }
         let start = Instant::now();
         let (plugged, guest_saw) = if device == CP2112 {
@@ -248,7 +304,7 @@ impl Testbed {
         };
         if how == UnplugHow::Unbind {
             let Some(plugged) = self.plugged.get(id) else {
-                bail!("no device with id {id:?} is plugged (plugged: {:?})", self.ids());
+                return Err(self.unknown(id));
             };
             if self.unbound.contains(id) {
                 bail!("{id}'s driver is already unbound");
@@ -256,51 +312,21 @@ impl Testbed {
             let Some(nodes) = plugged.nodes() else {
                 bail!("unbind of {id} is not supported: no guest nodes are tracked for it");
             };
-            let saw = unbind(vm, id, nodes).await;
-            // Even a failed (stuck) unbind may have taken the nodes away.
+            // Even a failed, stuck or cancelled unbind may have taken the nodes away: the
+            // device counts as unbound from the moment the write is attempted.
             self.unbound.insert(id.to_string());
-            return saw.map(outcome);
+            return unbind(vm, id, nodes).await.map(outcome);
         }
-        // Whether or not the unplug completes, the device is no longer ours to plug again.
+        // Whether or not the unplug completes, the device is no longer ours to plug again;
+        // if this future is cancelled before the unplug ends, the id is kept as interrupted.
         let Some(plugged) = self.plugged.remove(id) else {
-            bail!("no device with id {id:?} is plugged (plugged: {:?})", self.ids());
+            return Err(self.unknown(id));
         };
         self.unbound.remove(id);
-        let guest_saw = match (plugged, how) {
-            (Plugged::QemuUsb { .. }, UnplugHow::Graceful) => {
-                let cursor = vm.console().cursor();
-                match vm.qmp().device_del(id, timeout).await {
-                    Err(e @ QmpError::UnplugStuck { .. }) => return Err(e.into()),
-                    other => other.with_context(|| format!("unplugging {id}"))?,
-                };
-                usb_disconnect(vm, id, cursor).await?
-            }
-            (Plugged::QemuUsb { driver }, how) => {
-                bail!("{driver} is a QEMU device: its unplugs are graceful (device_del) and unbind, not {}", how.name())
-            }
-            (Plugged::GpioSim { sim, nodes }, UnplugHow::Graceful) => {
-                sim.unplug(vm.agent()).await.with_context(|| format!("gpio-sim {id}: live=0"))?;
-                let saw = node_gone(vm, nodes.gpiochip.as_deref().unwrap_or_default()).await?;
-                // The configfs groups go too: nothing refers to them once the chip is dead.
-                sim.remove(vm.agent()).await.with_context(|| format!("removing gpio-sim {id}'s configfs groups"))?;
-                saw
-            }
-            (Plugged::GpioSim { .. }, how) => {
-                bail!("{id} is a gpio-sim chip: its unplugs are graceful (live=0) and unbind, not {}", how.name())
-            }
-            (Plugged::Cp2112 { redir, device, drop_at_transfer, .. }, how) => {
-                // A fault may have dropped it already: then the guest saw its disconnect then.
-                let already_gone = drop_at_transfer.is_some_and(|n| device.counters().transfers >= n);
-                let cursor = vm.console().cursor();
-                let end = redir.unplug(vm, how, timeout).await?;
-                if already_gone {
-                    format!("already dropped by a fault; usbredir link: {end:?}")
-                } else {
-                    format!("{}; usbredir link: {end:?}", usb_disconnect(vm, id, cursor).await?)
-                }
-            }
-        };
-        Ok(outcome(guest_saw))
+        let in_flight = InFlight::start(&mut self.interrupted, id);
+        let result = unplug_plugged(vm, id, plugged, how, timeout).await;
+        in_flight.done();
+        result.map(outcome)
     }
 
     /// Binds the driver of the unbound device `id` again and finds its new guest nodes (a
@@ -339,6 +365,69 @@ impl Testbed {
             guest_saw: Some(guest_saw),
         })
     }
+}
+
+/// The removal itself (everything but `unbind`), once the device left the testbed's map.
+async fn unplug_plugged(
+    vm: &mut Vm,
+    id: &str,
+    plugged: Plugged,
+    how: UnplugHow,
+    timeout: Duration,
+) -> Result<String> {
+    let guest_saw = match (plugged, how) {
+        (Plugged::QemuUsb { .. }, UnplugHow::Graceful) => {
+            let cursor = vm.console().cursor();
+            match vm.qmp().device_del(id, timeout).await {
+                Err(e @ QmpError::UnplugStuck { .. }) => return Err(e.into()),
+                other => other.with_context(|| format!("unplugging {id}"))?,
+            };
+            usb_disconnect(vm, id, cursor).await?
+        }
+        (Plugged::QemuUsb { driver }, how) => {
+            bail!("{driver} is a QEMU device: its unplugs are graceful (device_del) and unbind, not {}", how.name())
+        }
+        (Plugged::GpioSim { sim, nodes }, UnplugHow::Graceful) => {
+            sim.unplug(vm.agent())
+                .await
+                .with_context(|| format!("gpio-sim {id}: live=0"))?;
+            let saw = node_gone(vm, nodes.gpiochip.as_deref().unwrap_or_default()).await?;
+            // The configfs groups go too: nothing refers to them once the chip is dead.
+            sim.remove(vm.agent())
+                .await
+                .with_context(|| format!("removing gpio-sim {id}'s configfs groups"))?;
+            saw
+        }
+        (Plugged::GpioSim { .. }, how) => {
+            bail!(
+                "{id} is a gpio-sim chip: its unplugs are graceful (live=0) and unbind, not {}",
+                how.name()
+            )
+        }
+        (
+            Plugged::Cp2112 {
+                redir,
+                device,
+                drop_at_transfer,
+                ..
+            },
+            how,
+        ) => {
+            // A fault may have dropped it already: then the guest saw its disconnect then.
+            let already_gone = drop_at_transfer.is_some_and(|n| device.counters().transfers >= n);
+            let cursor = vm.console().cursor();
+            let end = redir.unplug(vm, how, timeout).await?;
+            if already_gone {
+                format!("already dropped by a fault; usbredir link: {end:?}")
+            } else {
+                format!(
+                    "{}; usbredir link: {end:?}",
+                    usb_disconnect(vm, id, cursor).await?
+                )
+            }
+        }
+    };
+    Ok(guest_saw)
 }
 
 /// The guest's "USB disconnect" line after `cursor`.
@@ -420,9 +509,32 @@ async fn plug_cp2112(vm: &mut Vm, id: &str, at24: &[At24Spec]) -> Result<(Plugge
     }
     let cursor = vm.console().cursor();
     let redir = Redir::plug(vm, id, Box::new(device.clone())).await?;
-    wait_cp2112_bound(vm, id, cursor).await?;
-    let (nodes, summary) = discover_cp2112(vm, at24).await?;
-    Ok((Plugged::Cp2112 { redir, device, eeproms, drop_at_transfer: None, nodes }, format!("hid-cp2112 bound; {summary}")))
+    let bound = async {
+        wait_cp2112_bound(vm, id, cursor).await?;
+        discover_cp2112(vm, at24).await
+    }
+    .await;
+    let (nodes, summary) = match bound {
+        Ok(found) => found,
+        // QEMU has the usb-redir device and we serve it: take it out again, so a failed plug
+        // leaves neither a device in QEMU nor a link thread behind.
+        Err(e) => {
+            return Err(match redir.unplug(vm, UnplugHow::Graceful, CLEANUP_TIMEOUT).await {
+                Ok(_) => e.context(format!("the plug of {id} failed; its usb-redir device was removed again")),
+                Err(cleanup) => e.context(format!("the plug of {id} failed, and removing its usb-redir device failed too: {cleanup:#}")),
+            });
+        }
+    };
+    Ok((
+        Plugged::Cp2112 {
+            redir,
+            device,
+            eeproms,
+            drop_at_transfer: None,
+            nodes,
+        },
+        format!("hid-cp2112 bound; {summary}"),
+    ))
 }
 
 /// Waits for hid_connect's line: hid-cp2112 has started the HID device.
@@ -523,6 +635,39 @@ mod tests {
         assert_eq!(nodes.driver.unwrap(), ("/sys/bus/hid/drivers/cp2112".to_string(), "0003:10C4:EA90.0002".to_string()));
         assert!(cp2112_nodes("hid=x\n").is_err());
         assert!(cp2112_nodes("bus=zz\nhid=x\n").is_err());
+    }
+
+    #[test]
+    fn a_cancelled_unplug_is_recorded_and_a_finished_one_is_not() {
+        let mut interrupted = BTreeSet::new();
+        InFlight::start(&mut interrupted, "done").done();
+        assert!(interrupted.is_empty());
+        // A future cancelled at the step deadline drops its guard without finishing.
+        let mut testbed = Testbed::new();
+        let cancelled = async {
+            let _guard = InFlight::start(&mut testbed.interrupted, "kbd");
+            std::future::pending::<()>().await;
+        };
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        assert!(rt
+            .block_on(async { tokio::time::timeout(Duration::from_millis(10), cancelled).await })
+            .is_err());
+        assert_eq!(testbed.interrupted(), vec!["kbd".to_string()]);
+        assert!(
+            testbed
+                .unknown("kbd")
+                .to_string()
+                .contains("cancelled half-way"),
+            "{}",
+            testbed.unknown("kbd")
+        );
+        assert!(testbed
+            .unknown("x")
+            .to_string()
+            .contains("no device with id"));
     }
 
     #[test]

@@ -140,6 +140,8 @@ pub enum Abort {
     AgentUnresponsive(String),
     /// The user pressed Ctrl-C.
     Interrupted,
+    /// Writing the run folder failed (see [`RunVerdict::write_error`]).
+    ResultsUnwritable,
 }
 
 /// Runs every action of `schedule`, handing each finished step to `on_step` at once.
@@ -170,7 +172,20 @@ pub async fn run_schedule(
         };
         let (status, output, mut observations) = match outcome {
             Ok(result) => result,
-            Err(_) => (StepStatus::TimedOut(format!("no result within {:?}", options.step_timeout)), None, Vec::new()),
+            Err(_) => {
+                // A cancelled unplug leaves its device half-removed: the testbed recorded it.
+                let note = match &planned.action {
+                    Action::Unplug { id, .. } if testbed.interrupted().contains(id) => {
+                        Some(format!("the unplug of {id} was cancelled half-way; {id} is kept as interrupted (not plugged, not known gone)"))
+                    }
+                    _ => None,
+                };
+                (
+                    StepStatus::TimedOut(format!("no result within {:?}", options.step_timeout)),
+                    note,
+                    Vec::new(),
+                )
+            }
         };
         // Teardown steps leave the state lifetime bugs live in: observe it every time.
         if matches!(planned.action, Action::Unplug { .. } | Action::Release { .. }) && status == StepStatus::Ok {
@@ -313,6 +328,8 @@ async fn check_alive(vm: &mut Vm) -> Result<(), Abort> {
 pub struct RunRequest {
     pub kernel: crate::results::KernelMeta,
     pub initrd: std::path::PathBuf,
+    /// The initramfs's cache key, recorded in meta.json so a replay can boot the same image.
+    pub image_key: Option<String>,
     pub schedule: Schedule,
     pub accel: crate::vm::Accel,
     pub options: RunOptions,
@@ -329,15 +346,204 @@ pub struct RunVerdict {
     /// Crash titles, stuck unplugs, a lost guest: everything a maintainer should look at.
     pub findings: Vec<String>,
     pub interrupted: bool,
+    /// The first results write that failed (with its path), and how many failed in all. The
+    /// run still shut QEMU down, parsed the console to its end and wrote what it could; the
+    /// command exits 2 (harness failure) when this is set.
+    pub write_error: Option<String>,
+}
+
+/// How long after QEMU's exit the console may take to reach EOF before the last reports
+/// are parsed without it.
+const CONSOLE_EOF_DEADLINE: Duration = Duration::from_secs(10);
+
+/// The run folder and everything written to it, owned by a thread of its own: step lines are
+/// fsynced, crash reports symbolized (loading a ~100 MiB vmlinux and its DWARF) and summaries
+/// rewritten there, never on the async runtime that QMP, the console and the agent share.
+struct Recording {
+    run: crate::results::RunDir,
+    summary: crate::results::Summary,
+    findings: Vec<String>,
+    filer: CrashFiler,
+    taint_before: u64,
+    unplug_timeout: Duration,
+    /// First failed write and the number of failures.
+    write_error: Option<anyhow::Error>,
+    write_failures: usize,
+    /// Tells the run to stop at once after the first failed write.
+    write_failed: std::sync::Arc<tokio::sync::Notify>,
+}
+
+impl Recording {
+    fn record(&mut self, r: anyhow::Result<()>) {
+        if let Err(e) = r {
+            self.write_failures += 1;
+            if self.write_error.is_none() {
+                self.write_error = Some(e);
+                self.write_failed.notify_one();
+            }
+        }
+    }
+
+    fn write_summary(&mut self) {
+        let r = self.run.write_summary(&self.summary);
+        self.record(r);
+    }
+
+    fn file(&mut self, r: &report::Report, step: Option<usize>, count: u64) {
+        let res = self.filer.file(&mut self.run, r, step, count);
+        self.record(res);
+    }
+
+    /// Files reports collected from the console (deduplicated by title, with counts).
+    fn file_collected(&mut self, reports: &report::Collected, step: Option<usize>) {
+        for c in &reports.reports {
+            let times = if c.count > 1 {
+                format!(" (x{})", c.count)
+            } else {
+                String::new()
+            };
+            match step {
+                Some(i) => self
+                    .findings
+                    .push(format!("step {i}: {}{times}", c.report.title)),
+                None => self.findings.push(format!("{}{times}", c.report.title)),
+            }
+            self.file(&c.report, step, c.count);
+        }
+        if let Some(note) = reports.dropped_note() {
+            let signal = match step {
+                Some(i) => format!("step {i}: {note}"),
+                None => note,
+            };
+            self.findings.push(signal.clone());
+            self.summary.signals.push(signal);
+        }
+    }
+
+    fn step(&mut self, step: &StepRecord, reports: &report::Collected) {
+        use crate::results::StepLine;
+        let r = self.run.append_step(step);
+        self.record(r);
+        self.summary.steps.push(StepLine {
+            index: step.index,
+            description: step.description.clone(),
+            ok: step.status == StepStatus::Ok,
+            detail: match &step.status {
+                StepStatus::Ok => None,
+                StepStatus::Failed(d) | StepStatus::UnplugStuck(d) | StepStatus::TimedOut(d) => {
+                    Some(d.clone())
+                }
+            },
+            elapsed_ms: step.elapsed_ms,
+        });
+        self.file_collected(reports, Some(step.index));
+        // A read of the guest's state that hangs or fails, and a late close that does
+        // not return, are findings of their own.
+        let mut signals: Vec<String> = step
+            .observations
+            .iter()
+            .filter(|o| o.outcome != "ok")
+            .map(|o| {
+                format!(
+                    "step {}: observer {} {}: {}",
+                    step.index, o.path, o.outcome, o.detail
+                )
+            })
+            .collect();
+        if let (StepStatus::Failed(d), Action::Release { name }) = (&step.status, &step.action) {
+            signals.push(format!(
+                "step {}: holder {name}: release failed: {}",
+                step.index,
+                d.lines().next().unwrap_or("")
+            ));
+        }
+        for signal in signals {
+            self.findings.push(signal.clone());
+            self.summary.signals.push(signal);
+        }
+        if let (StepStatus::UnplugStuck(d), Action::Unplug { id, .. }) =
+            (&step.status, &step.action)
+        {
+            self.findings.push(format!("step {}: {d}", step.index));
+            let stuck = report::synthetic::unplug_stuck(id, self.unplug_timeout);
+            self.file(&stuck, Some(step.index), 1);
+        }
+        if !reports.reports.is_empty()
+            || reports.dropped > 0
+            || matches!(step.status, StepStatus::UnplugStuck(_))
+        {
+            self.write_summary();
+        }
+        if let Some(taint) = step.taint {
+            let gained = report::Taint(taint)
+                .new_since(report::Taint(self.taint_before))
+                .0;
+            // Only "the kernel hit a bug" flags are findings: loading our test
+            // module sets O (out-of-tree), which says nothing about the kernel.
+            if report::Taint(gained).is_bad() {
+                let signal = format!(
+                    "step {} ({}): kernel taint gained {} (now {taint:#x})",
+                    step.index,
+                    step.description,
+                    report::Taint(gained).letters()
+                );
+                self.findings.push(signal.clone());
+                self.summary.signals.push(signal);
+            }
+            self.taint_before = taint;
+        }
+    }
+}
+
+type Job = Box<dyn FnOnce(&mut Recording) + Send>;
+
+/// The async side of the recording thread.
+struct Recorder {
+    jobs: std::sync::mpsc::Sender<Job>,
+    thread: std::thread::JoinHandle<Recording>,
+}
+
+impl Recorder {
+    fn start(mut recording: Recording) -> anyhow::Result<Recorder> {
+        let (jobs, rx) = std::sync::mpsc::channel::<Job>();
+        let thread = std::thread::Builder::new()
+            .name("results-writer".into())
+            .spawn(move || {
+                while let Ok(job) = rx.recv() {
+                    job(&mut recording);
+                }
+                recording
+            })?;
+        Ok(Recorder { jobs, thread })
+    }
+
+    fn send(&self, job: impl FnOnce(&mut Recording) + Send + 'static) {
+        // The thread only ends when `jobs` is dropped (in `finish`).
+        let _ = self.jobs.send(Box::new(job));
+    }
+
+    /// Runs the queued jobs to the end and hands the recording back.
+    async fn finish(self) -> anyhow::Result<Recording> {
+        drop(self.jobs);
+        let thread = self.thread;
+        tokio::task::spawn_blocking(move || thread.join())
+            .await
+            .map_err(|e| anyhow::anyhow!("joining the results writer: {e}"))?
+            .map_err(|_| anyhow::anyhow!("the results writer panicked"))
+    }
 }
 
 /// Boots a VM for `request.schedule`, runs it and records everything under a new run folder.
-/// Ctrl-C stops the run between steps, kills QEMU and still writes the summary.
+/// Ctrl-C stops the run between steps, kills QEMU and still writes the summary. A write that
+/// fails (disk full, a read-only folder) stops the run too: QEMU is still shut down, the
+/// console parsed to its end and whatever can be written is; the failure is in
+/// [`RunVerdict::write_error`]. Only a run folder that cannot be created at all is an `Err`.
 pub async fn run_recorded(request: RunRequest) -> anyhow::Result<RunVerdict> {
-    use crate::results::{Meta, RunDir, StepLine, Summary};
+    use crate::results::{ImageMeta, Meta, RunDir, Summary};
 
     let schedule = &request.schedule;
-    let mut run = RunDir::create(&request.results_root, &schedule.scenario)?;
+    let run = RunDir::create(&request.results_root, &schedule.scenario)?;
+    let run_path = run.path().to_path_buf();
     let mut meta = Meta {
         run_id: run.id(),
         scenario: schedule.scenario.clone(),
@@ -345,20 +551,45 @@ pub async fn run_recorded(request: RunRequest) -> anyhow::Result<RunVerdict> {
         reproducer: request.reproducer.clone(),
         replay: format!("cargo xtask replay {}", run.path().display()),
         kernel: request.kernel.clone(),
+        image: Some(ImageMeta {
+            key: request.image_key.clone(),
+            path: request.initrd.clone(),
+        }),
         qemu_version: None,
         accel: None,
         pace: None,
         started: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
     };
-    run.write_json("meta.json", &meta)?;
-    run.write_json("schedule.json", schedule)?;
-    let mut summary = Summary { scenario: schedule.scenario.clone(), ..Default::default() };
-    run.write_summary(&summary)?;
+    let write_failed = std::sync::Arc::new(tokio::sync::Notify::new());
+    let recorder = Recorder::start(Recording {
+        run,
+        summary: Summary {
+            scenario: schedule.scenario.clone(),
+            ..Default::default()
+        },
+        findings: Vec::new(),
+        filer: CrashFiler::new(&request.kernel),
+        taint_before: 0,
+        unplug_timeout: request.options.unplug_timeout,
+        write_error: None,
+        write_failures: 0,
+        write_failed: write_failed.clone(),
+    })?;
+    {
+        let (meta, schedule) = (meta.clone(), schedule.clone());
+        recorder.send(move |r| {
+            let res = r.run.write_json("meta.json", &meta);
+            r.record(res);
+            let res = r.run.write_json("schedule.json", &schedule);
+            r.record(res);
+            r.write_summary();
+        });
+    }
 
     let mut config = crate::vm::VmConfig::new(request.kernel.bzimage.clone(), vec![request.initrd.clone()]);
     config.accel = request.accel;
     config.cmdline = schedule.cmdline.clone();
-    config.log_dir = Some(run.path().to_path_buf());
+    config.log_dir = Some(run_path.clone());
     let progress = indicatif::ProgressBar::new(schedule.actions.len() as u64).with_style(
         indicatif::ProgressStyle::with_template("{prefix:.bold} [{bar:30}] {pos}/{len} {msg}")
             .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
@@ -366,142 +597,106 @@ pub async fn run_recorded(request: RunRequest) -> anyhow::Result<RunVerdict> {
     progress.set_prefix(schedule.scenario.clone());
     progress.set_message("booting");
 
-    let mut findings = Vec::new();
     let mut interrupted = false;
-    let parser = std::sync::Arc::new(std::sync::Mutex::new(report::Parser::new()));
-    let sink = {
-        let parser = parser.clone();
-        move |line: &crate::console::ConsoleLine| {
-            let mut p = parser.lock().unwrap_or_else(|e| e.into_inner());
-            p.feed(line.text.as_bytes());
-            p.feed(b"\n");
-        }
-    };
-    let mut filer = CrashFiler::new(&request.kernel);
-    match crate::vm::Vm::boot(&config, vec![Box::new(sink)]).await {
+    let (feed, sink) = crate::crash_feed::ReportFeed::start()?;
+    match crate::vm::Vm::boot(&config, vec![sink]).await {
         Err(e) => {
-            summary.aborted = Some(format!("boot failed: {e:#}"));
-            findings.push(format!("boot failed: {e:#}"));
+            let why = format!("boot failed: {e:#}");
+            recorder.send(move |r| {
+                r.summary.aborted = Some(why.clone());
+                r.findings.push(why);
+            });
         }
         Ok(mut vm) => {
             meta.qemu_version = Some(vm.qemu_version().to_string());
             meta.accel = Some(vm.accel().to_string());
             meta.pace = Some(vm.pace());
-            run.write_json("meta.json", &meta)?;
             let options = request.options.paced(vm.pace());
-            let mut testbed = Testbed::new();
-            let mut write_error = None;
-            let mut taint_before = 0u64;
-            let outcome = {
-                let steps = run_schedule(&mut vm, &mut testbed, schedule, &options, |step| {
-                    progress.inc(1);
-                    progress.set_message(step.description.clone());
-                    if let Err(e) = run.append_step(step) {
-                        write_error.get_or_insert(e);
-                    }
-                    summary.steps.push(StepLine {
-                        index: step.index,
-                        description: step.description.clone(),
-                        ok: step.status == StepStatus::Ok,
-                        detail: match &step.status {
-                            StepStatus::Ok => None,
-                            StepStatus::Failed(d) | StepStatus::UnplugStuck(d) | StepStatus::TimedOut(d) => Some(d.clone()),
-                        },
-                        elapsed_ms: step.elapsed_ms,
-                    });
-                    let reports = parser.lock().unwrap_or_else(|e| e.into_inner()).take_reports();
-                    for r in &reports {
-                        findings.push(format!("step {}: {}", step.index, r.title));
-                        if let Err(e) = filer.file(&mut run, r, Some(step.index)) {
-                            write_error.get_or_insert(e);
-                        }
-                    }
-                    // A read of the guest's state that hangs or fails, and a late close that does
-                    // not return, are findings of their own.
-                    let mut signals: Vec<String> = step
-                        .observations
-                        .iter()
-                        .filter(|o| o.outcome != "ok")
-                        .map(|o| format!("step {}: observer {} {}: {}", step.index, o.path, o.outcome, o.detail))
-                        .collect();
-                    if let (StepStatus::Failed(d), Action::Release { name }) = (&step.status, &step.action) {
-                        signals.push(format!("step {}: holder {name}: release failed: {}", step.index, d.lines().next().unwrap_or("")));
-                    }
-                    for signal in signals {
-                        findings.push(signal.clone());
-                        summary.signals.push(signal);
-                    }
-                    if let (StepStatus::UnplugStuck(d), Action::Unplug { id, .. }) = (&step.status, &step.action) {
-                        findings.push(format!("step {}: {d}", step.index));
-                        let stuck = report::synthetic::unplug_stuck(id, options.unplug_timeout);
-                        if let Err(e) = filer.file(&mut run, &stuck, Some(step.index)) {
-                            write_error.get_or_insert(e);
-                        }
-                    }
-                    if !reports.is_empty() || matches!(step.status, StepStatus::UnplugStuck(_)) {
-                        if let Err(e) = run.write_summary(&summary) {
-                            write_error.get_or_insert(e);
-                        }
-                    }
-                    if let Some(taint) = step.taint {
-                        let gained = report::Taint(taint).new_since(report::Taint(taint_before)).0;
-                        // Only "the kernel hit a bug" flags are findings: loading our test
-                        // module sets O (out-of-tree), which says nothing about the kernel.
-                        if report::Taint(gained).is_bad() {
-                            let signal = format!(
-                                "step {} ({}): kernel taint gained {} (now {taint:#x})",
-                                step.index,
-                                step.description,
-                                report::Taint(gained).letters()
-                            );
-                            findings.push(signal.clone());
-                            summary.signals.push(signal);
-                        }
-                        taint_before = taint;
-                    }
+            {
+                let meta = meta.clone();
+                let unplug_timeout = options.unplug_timeout;
+                recorder.send(move |r| {
+                    r.unplug_timeout = unplug_timeout;
+                    let res = r.run.write_json("meta.json", &meta);
+                    r.record(res);
                 });
+            }
+            let mut testbed = Testbed::new();
+            let outcome = {
+                let steps =
+                    run_schedule(&mut vm, &mut testbed, schedule, &options, |step| {
+                        progress.inc(1);
+                        progress.set_message(step.description.clone());
+                        let reports = feed.take();
+                        let step = step.clone();
+                        recorder.send(move |r| r.step(&step, &reports));
+                    });
                 tokio::select! {
                     r = steps => r,
                     _ = tokio::signal::ctrl_c() => Err(Abort::Interrupted),
+                    _ = write_failed.notified() => Err(Abort::ResultsUnwritable),
                 }
             };
-            if let Some(e) = write_error {
-                return Err(e.context("recording a step"));
-            }
             match outcome {
                 Ok(()) => {}
                 Err(Abort::Interrupted) => {
                     interrupted = true;
-                    summary.aborted = Some("interrupted by the user".into());
+                    recorder.send(|r| r.summary.aborted = Some("interrupted by the user".into()));
+                }
+                Err(Abort::ResultsUnwritable) => {
+                    recorder
+                        .send(|r| r.summary.aborted = Some("results could not be written".into()));
                 }
                 Err(abort) => {
                     let why = serde_json::to_string(&abort).unwrap_or_default();
-                    findings.push(format!("run stopped: {why}"));
-                    summary.signals.push(format!("run stopped: {why}"));
-                    summary.aborted = Some(why);
                     let synthetic = match &abort {
                         Abort::GuestLost(detail) => report::synthetic::vm_died(detail),
                         Abort::AgentUnresponsive(detail) => report::synthetic::agent_unresponsive(detail),
                         other => report::synthetic::agent_unresponsive(&format!("{other:?}")),
                     };
-                    filer.file(&mut run, &synthetic, summary.steps.last().map(|s| s.index))?;
+                    recorder.send(move |r| {
+                        r.findings.push(format!("run stopped: {why}"));
+                        r.summary.signals.push(format!("run stopped: {why}"));
+                        r.summary.aborted = Some(why);
+                        let last = r.summary.steps.last().map(|s| s.index);
+                        r.file(&synthetic, last, 1);
+                    });
                 }
             }
-            // Best effort: the VM may be the thing that broke.
+            // Best effort: the VM may be the thing that broke. QEMU is killed at the latest
+            // when `vm` is dropped inside.
             let _ = vm.shutdown(std::time::Duration::from_secs(10)).await;
         }
     }
     progress.finish_and_clear();
-    // Whatever the console printed after the last step (or during a failed boot).
-    let rest = std::sync::Arc::try_unwrap(parser)
-        .map(|m| m.into_inner().unwrap_or_else(|e| e.into_inner()).finish())
-        .unwrap_or_else(|shared| shared.lock().unwrap_or_else(|e| e.into_inner()).take_reports());
-    for r in &rest {
-        findings.push(r.title.clone());
-        filer.file(&mut run, r, None)?;
-    }
-    run.write_summary(&summary)?;
-    Ok(RunVerdict { scenario: schedule.scenario.clone(), dir: run.path().to_path_buf(), findings, interrupted })
+    // Whatever the console printed after the last step (or during a failed boot), to its
+    // very end: QEMU is gone, so the console reaches EOF and a report it cut off is filed
+    // as cut short.
+    let end = feed.finish(CONSOLE_EOF_DEADLINE).await;
+    recorder.send(move |r| {
+        r.file_collected(&end.reports, None);
+        if !end.reached_eof {
+            let signal = format!("the console did not reach its end within {CONSOLE_EOF_DEADLINE:?} after QEMU stopped; later lines were not parsed");
+            r.summary.signals.push(signal.clone());
+            r.findings.push(signal);
+        }
+        r.write_summary();
+    });
+    let recording = recorder.finish().await?;
+    let write_error = recording.write_error.map(|e| {
+        let more = match recording.write_failures {
+            0 | 1 => String::new(),
+            n => format!(" ({} more writes failed)", n - 1),
+        };
+        format!("writing results into {}: {e:#}{more}", run_path.display())
+    });
+    Ok(RunVerdict {
+        scenario: schedule.scenario.clone(),
+        dir: run_path,
+        findings: recording.findings,
+        interrupted,
+        write_error,
+    })
 }
 
 /// Files reports into a run folder, symbolizing them with the kernel's vmlinux when there is
@@ -522,9 +717,23 @@ impl CrashFiler {
         }
     }
 
-    fn file(&mut self, run: &mut crate::results::RunDir, r: &report::Report, step: Option<usize>) -> anyhow::Result<()> {
-        let symbolized = if r.crash_type.is_synthetic() { None } else { self.symbolize(&r.text) };
-        run.add_report(r, step, symbolized)?;
+    /// Files `r`, seen `count` times.
+    fn file(
+        &mut self,
+        run: &mut crate::results::RunDir,
+        r: &report::Report,
+        step: Option<usize>,
+        count: u64,
+    ) -> anyhow::Result<()> {
+        let symbolized = if r.crash_type.is_synthetic() {
+            None
+        } else {
+            self.symbolize(&r.text)
+        };
+        run.add_crash_times(
+            &crate::results::Crash::from_report(r, step, symbolized),
+            count,
+        )?;
         Ok(())
     }
 

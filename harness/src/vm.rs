@@ -118,7 +118,8 @@ pub struct Vm {
 impl Vm {
     /// Starts QEMU and waits until the guest agent answers. `sinks` see every console line.
     pub async fn boot(config: &VmConfig, sinks: Vec<Box<dyn LineSink>>) -> Result<Vm> {
-        crate::host::ensure(crate::host::QEMU)?;
+        // May run apt-get: not on the runtime's workers (xtask checks before the runtime starts).
+        tokio::task::spawn_blocking(|| crate::host::ensure(crate::host::QEMU)).await??;
         let start = Instant::now();
         let accel = match config.accel {
             Accel::Auto => probe_accel(&config.bzimage).await?,

@@ -58,6 +58,11 @@ impl Kernel {
 
 /// Builds (or reuses) the kernel and the image that matches it.
 pub fn kernel_and_image(choice: &KernelChoice) -> Result<(Kernel, PathBuf)> {
+    kernel_and_image_keyed(choice).map(|(kernel, image)| (kernel, image.path))
+}
+
+/// [`kernel_and_image`] with the image's cache key (recorded by runs, reused by replays).
+pub fn kernel_and_image_keyed(choice: &KernelChoice) -> Result<(Kernel, harness::image::Image)> {
     let kernel = match &choice.bzimage {
         Some(path) => {
             if !path.is_file() {
@@ -74,6 +79,8 @@ pub fn kernel_and_image(choice: &KernelChoice) -> Result<(Kernel, PathBuf)> {
             Kernel { bzimage: built.bzimage.clone(), modules: built.modules.clone(), label: built.describe(), built: Some(built) }
         }
     };
-    let image = harness::image::build(&harness::image::ImageRequest { modules: kernel.modules.clone() })?;
-    Ok((kernel, image.path))
+    let image = harness::image::build(&harness::image::ImageRequest {
+        modules: kernel.modules.clone(),
+    })?;
+    Ok((kernel, image))
 }

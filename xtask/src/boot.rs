@@ -207,6 +207,13 @@ fn print_summary(report: &HoldReport) {
         let times = if crash.count > 1 { format!(" (x{})", crash.count) } else { String::new() };
         println!("  CRASH: {}{times}{}", crash.title, if crash.corrupted { " (corrupted)" } else { "" });
     }
+    if report.crashes_dropped > 0 {
+        println!(
+            "  {} more crash report(s) not kept: only the first {} titles are",
+            report.crashes_dropped,
+            harness::report::collect::MAX_TITLES
+        );
+    }
 }
 
 fn nodes_line(report: &HoldReport) -> String {
@@ -252,6 +259,9 @@ fn print_json(report: &HoldReport) -> Result<()> {
     lines.push(json!({"type": "taint", "value": report.taint, "agent_lost": report.agent_lost}));
     for crash in &report.crashes {
         lines.push(json!({"type": "crash", "title": crash.title, "corrupted": crash.corrupted, "count": crash.count}));
+    }
+    if report.crashes_dropped > 0 {
+        lines.push(json!({"type": "crashes_dropped", "count": report.crashes_dropped}));
     }
     let mut out = std::io::stdout().lock();
     for line in lines {

@@ -44,8 +44,10 @@ enum Command {
 }
 
 /// The async runtime for commands that drive VMs. Multi-threaded so a slow console or
-/// emulator task never starves QMP and the agent.
+/// emulator task never starves QMP and the agent. QEMU is checked for (and installed with
+/// apt-get when missing) here, before the runtime exists: never on one of its two workers.
 pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    harness::host::ensure(harness::host::QEMU)?;
     Ok(tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?)
 }
 

@@ -1,5 +1,9 @@
 //! `cargo xtask replay results/RUN`: run a recorded schedule again, step for step, against
-//! the kernel the run used, into a new run folder.
+//! the kernel and the image the run used, into a new run folder.
+//!
+//! `schedule.json` is validated on load (every field; errors name file, line and column and
+//! exit 2). The image is the one recorded in `meta.json` while it is still in the cache;
+//! otherwise the replay says so and builds one from the current `images/` sources.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -23,14 +27,61 @@ pub struct Args {
     unplug_timeout: u64,
 }
 
-fn read_json<T: serde::de::DeserializeOwned>(path: &std::path::Path) -> Result<T> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    serde_json::from_str(&text).with_context(|| format!("{} is not a valid run record", path.display()))
+fn read_meta(path: &std::path::Path) -> Result<Meta> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    serde_json::from_str(&text).map_err(|e| {
+        anyhow::anyhow!(
+            "{}:{}:{}: not a valid run record: {e}",
+            path.display(),
+            e.line(),
+            e.column()
+        )
+    })
+}
+
+/// The image to boot: the recorded one while it is cached, else a fresh build (said loudly).
+fn image_for(meta: &Meta) -> Result<(PathBuf, String)> {
+    let recorded = meta.image.as_ref();
+    if let Some(image) = recorded
+        .and_then(|i| i.key.as_deref())
+        .and_then(harness::image::cached)
+    {
+        eprintln!(
+            "replay: booting the run's image {} ({})",
+            image.key,
+            image.path.display()
+        );
+        return Ok((image.path, image.key));
+    }
+    let why = match recorded {
+        Some(i) => format!(
+            "the run's image {} ({}) is no longer in the cache",
+            i.key.as_deref().unwrap_or("(no key recorded)"),
+            i.path.display()
+        ),
+        None => "the run recorded no image (made before images were recorded)".to_string(),
+    };
+    let modules = meta.kernel.modules.clone();
+    eprintln!(
+        "replay: {why}; building one from the current images/ sources{}",
+        modules.as_ref().map_or(String::new(), |m| format!(
+            " with the kernel's modules from {}",
+            m.display()
+        ))
+    );
+    let image = harness::image::build(&harness::image::ImageRequest { modules })?;
+    eprintln!(
+        "replay: built image {} ({})",
+        image.key,
+        image.path.display()
+    );
+    Ok((image.path, image.key))
 }
 
 pub fn run(args: Args) -> Result<ExitCode> {
-    let meta: Meta = read_json(&args.run.join("meta.json"))?;
-    let schedule: Schedule = read_json(&args.run.join("schedule.json"))?;
+    let meta = read_meta(&args.run.join("meta.json"))?;
+    let schedule = Schedule::load(&args.run.join("schedule.json"))?;
     let kernel = meta.kernel.clone();
     if !kernel.bzimage.is_file() {
         bail!(
@@ -39,10 +90,11 @@ pub fn run(args: Args) -> Result<ExitCode> {
             meta.reproducer
         );
     }
-    let image = harness::image::build(&harness::image::ImageRequest { modules: kernel.modules.clone() })?;
+    let (initrd, image_key) = image_for(&meta)?;
     let request = RunRequest {
         kernel,
-        initrd: image.path,
+        initrd,
+        image_key: Some(image_key),
         schedule,
         accel: args.accel,
         options: RunOptions { unplug_timeout: Duration::from_secs(args.unplug_timeout), ..Default::default() },
@@ -54,5 +106,12 @@ pub fn run(args: Args) -> Result<ExitCode> {
     for f in &verdict.findings {
         println!("    {f}");
     }
-    Ok(if verdict.findings.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(1) })
+    if crate::torture::report_write_errors(std::slice::from_ref(&verdict)) {
+        return Ok(ExitCode::from(2));
+    }
+    Ok(if verdict.findings.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }

@@ -89,13 +89,18 @@ pub fn run(args: Args) -> Result<ExitCode> {
         if args.bzimage.is_some() && series.is_some() {
             bail!("--bzimage runs one prebuilt kernel; it cannot be combined with --kernel resmgr or both");
         }
-        let choice = KernelChoice { bzimage: args.bzimage.clone(), src: args.src.clone(), series: series.map(str::to_string) };
-        let (kernel, image) = artifacts::kernel_and_image(&choice)?;
+        let choice = KernelChoice {
+            bzimage: args.bzimage.clone(),
+            src: args.src.clone(),
+            series: series.map(str::to_string),
+        };
+        let (kernel, image) = artifacts::kernel_and_image_keyed(&choice)?;
         for scenario in &scenarios {
             let schedule: Schedule = schedule::plan(scenario, seed);
             let request = RunRequest {
                 kernel: kernel.meta(),
-                initrd: image.clone(),
+                initrd: image.path.clone(),
+                image_key: Some(image.key.clone()),
                 schedule,
                 accel: args.accel,
                 options: RunOptions { unplug_timeout: Duration::from_secs(args.unplug_timeout), ..Default::default() },
@@ -105,13 +110,33 @@ pub fn run(args: Args) -> Result<ExitCode> {
             let verdict = crate::runtime()?.block_on(run_recorded(request)).context("torture run failed")?;
             let interrupted = verdict.interrupted;
             verdicts.push(verdict);
-            if interrupted {
+            if interrupted || verdicts.last().is_some_and(|v| v.write_error.is_some()) {
                 break;
             }
         }
     }
     print_summary(&verdicts);
-    Ok(if verdicts.iter().all(|v| v.findings.is_empty()) { ExitCode::SUCCESS } else { ExitCode::from(1) })
+    if report_write_errors(&verdicts) {
+        return Ok(ExitCode::from(2));
+    }
+    Ok(if verdicts.iter().all(|v| v.findings.is_empty()) {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+/// Prints every run's results write failure last, where it is seen; true if there was one
+/// (the harness failed: exit 2, whatever the findings).
+pub fn report_write_errors(verdicts: &[RunVerdict]) -> bool {
+    let mut any = false;
+    for v in verdicts {
+        if let Some(e) = &v.write_error {
+            eprintln!("error: results of {} are incomplete: {e}", v.scenario);
+            any = true;
+        }
+    }
+    any
 }
 
 fn fresh_seed() -> u64 {

@@ -22,6 +22,7 @@
 //! [`symbolize`] resolves frames to `file:line` with `addr2line`, [`maintainers`] reads the
 //! kernel's MAINTAINERS, [`taint`] decodes `/proc/sys/kernel/tainted`.
 
+pub mod collect;
 mod formats;
 pub mod line;
 pub mod maintainers;
@@ -35,15 +36,25 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+pub use collect::{parse_collected, Collected, Counted};
 pub use parser::{Limits, Parser};
 pub use taint::Taint;
 pub use title::{normalize as normalize_title, sanitize as sanitize_title, title_to_type};
 
-/// Parses a complete log in one go.
+/// Parses a complete log in one go: every report, in the order the reports started.
+/// Settled reports are taken line by line, so none is lost to the parser's pending limit
+/// (memory grows with the log the caller already holds; for endless streams use a
+/// [`Parser`] or [`parse_collected`]).
 pub fn parse(log: &[u8]) -> Vec<Report> {
     let mut parser = Parser::new();
-    parser.feed(log);
-    parser.finish()
+    let mut reports = Vec::new();
+    for chunk in log.split_inclusive(|&b| b == b'\n') {
+        parser.feed(chunk);
+        reports.extend(parser.take_settled());
+    }
+    reports.extend(parser.finish());
+    reports.sort_by_key(|r| r.start_line);
+    reports
 }
 
 /// One crash report found in the console (or synthesised by the harness).

@@ -81,6 +81,8 @@ struct Active {
     truncated: bool,
     /// Ended because its caller started another report.
     cut_by_next: bool,
+    /// The stream ended before the report did ([`Parser::finish_cut`]): why.
+    cut_off: Option<String>,
     is_kasan: bool,
 }
 
@@ -170,6 +172,17 @@ impl Parser {
         self.done.drain(..).collect()
     }
 
+    /// Like [`Parser::take_reports`], but leaves the latest report while a following
+    /// `Kernel panic` could still be folded into it (within a few lines of its end), so a
+    /// caller that takes reports continuously gets the same reports as one [`Parser::finish`].
+    pub fn take_settled(&mut self) -> Vec<Report> {
+        let keep_last = self
+            .last_finished
+            .is_some_and(|(_, at)| self.line_no - at <= FOLD_WINDOW);
+        let n = self.done.len().saturating_sub(usize::from(keep_last));
+        self.done.drain(..n).collect()
+    }
+
     /// True while a report is being collected (the console may want to drain longer).
     pub fn in_report(&self) -> bool {
         !self.active.is_empty()
@@ -191,11 +204,26 @@ impl Parser {
 
     /// Ends the stream: the unfinished last line is processed, open reports are finished,
     /// and every report not yet taken is returned in the order the reports started.
-    pub fn finish(mut self) -> Vec<Report> {
+    pub fn finish(self) -> Vec<Report> {
+        self.finish_with(None)
+    }
+
+    /// Like [`Parser::finish`], for a stream that was cut off rather than complete (a live
+    /// console whose machine went away: with `panic=-1` a panic reboots before its
+    /// `---[ end Kernel panic` line). Every report still open is returned marked corrupted,
+    /// the way a truncated report is: `why` says what ended the stream.
+    pub fn finish_cut(self, why: &str) -> Vec<Report> {
+        self.finish_with(Some(why))
+    }
+
+    fn finish_with(mut self, cut: Option<&str>) -> Vec<Report> {
         if !self.partial.is_empty() {
             self.flush_partial();
         }
         while !self.active.is_empty() {
+            if let Some(why) = cut {
+                self.active[0].cut_off = Some(why.to_string());
+            }
             self.finish_active(0);
         }
         let mut reports: Vec<Report> = self.done.into_iter().collect();
@@ -288,6 +316,7 @@ impl Parser {
             panicked: false,
             truncated: false,
             cut_by_next: false,
+            cut_off: None,
             is_kasan,
         });
     }
@@ -371,6 +400,11 @@ fn build_report(a: Active) -> Report {
     let desc = title::describe(&body, oops);
     let corrupted = if a.truncated {
         Some(format!("report truncated at {} lines", a.lines.len()))
+    } else if let Some(why) = &a.cut_off {
+        Some(format!(
+            "report cut short: {why} before its end after {} lines",
+            a.lines.len()
+        ))
     } else if a.cut_by_next && !a.caller.is_precise() {
         // Without PRINTK_CALLER a second report in the middle usually means two CPUs
         // printed at once; say so, it tells the reader what to enable.
@@ -468,6 +502,29 @@ mod tests {
         let reports = crate::parse(log.as_bytes());
         assert_eq!(reports.len(), 1);
         assert!(reports[0].panicked);
+    }
+
+    #[test]
+    fn a_report_open_when_the_stream_is_cut_is_kept_and_marked() {
+        // A panic with panic=-1: the machine resets before `---[ end Kernel panic`.
+        let log = "[   40.0][  T55] Kernel panic - not syncing: hung_task: blocked tasks\n[   40.0][  T55] CPU: 0 PID: 55 Comm: khungtaskd\n[   40.0][  T55] Call Trace:\n[   40.0][  T55]  panic+0x1/0x2\n";
+        let mut p = Parser::new();
+        p.feed(log.as_bytes());
+        assert!(p.take_reports().is_empty(), "still open");
+        let reports = p.finish_cut("the console ended");
+        assert_eq!(reports.len(), 1, "{reports:#?}");
+        let why = reports[0].corrupted.as_deref().unwrap_or_default();
+        assert!(
+            why.starts_with("report cut short: the console ended before its end"),
+            "{why}"
+        );
+        // A report that ended on its own is not touched.
+        let mut p = Parser::new();
+        p.feed(KASAN.as_bytes());
+        assert_eq!(
+            p.finish_cut("the console ended"),
+            crate::parse(KASAN.as_bytes())
+        );
     }
 
     #[test]

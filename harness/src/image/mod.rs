@@ -74,6 +74,17 @@ pub fn build(req: &ImageRequest) -> Result<Image> {
     Ok(Image { path, key })
 }
 
+/// The cached image with `key`, if it is still in the cache and still has that content (a
+/// replay boots the image its run used).
+pub fn cached(key: &str) -> Option<Image> {
+    if key.is_empty() || !key.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    let path = paths::cache_dir().join("images").join(key).join("initramfs.cpio");
+    let bytes = std::fs::read(&path).ok()?;
+    (key_of(&bytes) == key).then(|| Image { path, key: key.to_string() })
+}
+
 /// Removes images that are neither among the `keep` most recently built or reused nor used in
 /// the last [`PRUNE_AFTER`], so iterating on the agent does not fill the disk while a long test
 /// run elsewhere still finds the image it started with. Directories without a finished image

@@ -1,0 +1,142 @@
+//! Bounded collections of reports for long streams: the first report of each title is kept
+//! with a count of its repeats, up to [`MAX_TITLES`] distinct titles; reports of further new
+//! titles are counted as dropped, never silently lost. Memory is bounded by the number of
+//! titles, not by how long the console runs.
+
+use serde::Serialize;
+
+use crate::{Parser, Report};
+
+/// Distinct titles kept by default (a kernel that prints more distinct crashes than this in
+/// one run has bigger problems; the count of the rest is kept).
+pub const MAX_TITLES: usize = 256;
+
+/// One title: its first report and how many reports had it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Counted {
+    pub report: Report,
+    pub count: u64,
+    /// Every report with this title was interleaved, truncated or cut short.
+    pub all_corrupted: bool,
+}
+
+/// Reports deduplicated by title, first seen first.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Collected {
+    pub max_titles: usize,
+    pub reports: Vec<Counted>,
+    /// Reports not kept: of new titles past `max_titles`, or lost inside the parser (its
+    /// pending queue was full).
+    pub dropped: u64,
+}
+
+impl Default for Collected {
+    fn default() -> Self {
+        Collected::new(MAX_TITLES)
+    }
+}
+
+impl Collected {
+    pub fn new(max_titles: usize) -> Collected {
+        Collected {
+            max_titles,
+            reports: Vec::new(),
+            dropped: 0,
+        }
+    }
+
+    /// Counts `report` under its title, or keeps it as a new title if there is room.
+    pub fn add(&mut self, report: Report) {
+        if let Some(c) = self
+            .reports
+            .iter_mut()
+            .find(|c| c.report.title == report.title)
+        {
+            c.count += 1;
+            c.all_corrupted &= report.is_corrupted();
+        } else if self.reports.len() < self.max_titles {
+            self.reports.push(Counted {
+                all_corrupted: report.is_corrupted(),
+                report,
+                count: 1,
+            });
+        } else {
+            self.dropped += 1;
+        }
+    }
+
+    /// Total reports seen, kept or not.
+    pub fn total(&self) -> u64 {
+        self.reports.iter().map(|c| c.count).sum::<u64>() + self.dropped
+    }
+
+    /// One line for summaries, `None` when nothing was dropped.
+    pub fn dropped_note(&self) -> Option<String> {
+        (self.dropped > 0).then(|| {
+            format!(
+                "{} more report(s) not kept: only the first {} distinct titles are kept",
+                self.dropped, self.max_titles
+            )
+        })
+    }
+}
+
+/// Parses a whole log, keeping at most `max_titles` titles (see [`Collected`]). Reads the
+/// log line by line, taking finished reports as it goes, so no report is lost to the
+/// parser's own pending limit.
+pub fn parse_collected(log: &[u8], max_titles: usize) -> Collected {
+    let mut out = Collected::new(max_titles);
+    let mut parser = Parser::new();
+    for chunk in log.split_inclusive(|&b| b == b'\n') {
+        parser.feed(chunk);
+        for r in parser.take_settled() {
+            out.add(r);
+        }
+    }
+    out.dropped += parser.dropped();
+    for r in parser.finish() {
+        out.add(r);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn warning(n: usize) -> String {
+        format!(
+            "[   1.0][  T{n}] WARNING: CPU: 0 PID: {n} at drivers/x{n}.c:1 func{n}+0x1/0x2\n\
+             [   1.0][  T{n}] Call Trace:\n[   1.0][  T{n}]  func{n}+0x1/0x2\n[   1.0][  T{n}] ---[ end trace 0000000000000000 ]---\n"
+        )
+    }
+
+    #[test]
+    fn parse_keeps_every_report_past_the_pending_limit() {
+        let log: String = (0..300).map(warning).collect();
+        let reports = crate::parse(log.as_bytes());
+        assert_eq!(reports.len(), 300);
+        assert_eq!(reports[0].title, "WARNING in func0");
+        assert_eq!(reports[299].title, "WARNING in func299");
+    }
+
+    #[test]
+    fn first_titles_kept_repeats_counted_rest_counted_as_dropped() {
+        let mut log = String::new();
+        for n in 0..300 {
+            log.push_str(&warning(n));
+            log.push_str(&warning(n % 3));
+        }
+        let c = parse_collected(log.as_bytes(), MAX_TITLES);
+        assert_eq!(c.reports.len(), MAX_TITLES);
+        assert_eq!(c.reports[0].report.title, "WARNING in func0");
+        // func0 once per loop turn it was drawn by n % 3 == 0, plus its own.
+        assert_eq!(c.reports[0].count, 101);
+        assert_eq!(c.dropped, 300 - MAX_TITLES as u64);
+        assert_eq!(c.total(), 600);
+        assert!(c
+            .dropped_note()
+            .unwrap()
+            .starts_with("44 more report(s) not kept"));
+    }
+}

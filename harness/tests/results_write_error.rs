@@ -1,0 +1,88 @@
+//! A results folder that stops taking writes half-way (a full disk) must not end a run early:
+//! the run still stops QEMU, parses the console to its end, writes what it can and says which
+//! write failed, with its path. Needs root (a 64 KiB tmpfs is the full disk); QEMU is started
+//! but never boots anything (the kernel path does not exist), so no kernel build is needed.
+
+use std::path::Path;
+use std::time::Duration;
+
+use harness::schedule::{Action, Planned, Schedule};
+use harness::torture::{run_recorded, RunOptions, RunRequest};
+
+struct Tmpfs<'a>(&'a Path);
+
+impl Drop for Tmpfs<'_> {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(self.0).status();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_results_disk_is_reported_not_fatal() {
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "this test mounts a tmpfs: run it as root (cargo xtask test does)"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let status = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=64k", "none"])
+        .arg(dir.path())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let _mount = Tmpfs(dir.path());
+
+    // Big enough that schedule.json does not fit after meta.json did: writes fail midway.
+    let actions = (0..3000)
+        .map(|i| Planned {
+            iteration: Some(1),
+            step: i + 1,
+            action: Action::WaitConsole {
+                text: format!("line {i} of a long schedule"),
+            },
+        })
+        .collect();
+    let schedule = Schedule {
+        scenario: "full-disk".into(),
+        seed: 1,
+        cmdline: Vec::new(),
+        actions,
+    };
+    let request = RunRequest {
+        kernel: harness::results::KernelMeta {
+            label: "missing".into(),
+            bzimage: "/nonexistent/bzImage".into(),
+            ..Default::default()
+        },
+        initrd: "/nonexistent/initramfs.cpio".into(),
+        image_key: None,
+        schedule,
+        accel: harness::vm::Accel::Tcg,
+        options: RunOptions::default(),
+        results_root: dir.path().to_path_buf(),
+        reproducer: "test".into(),
+    };
+    let verdict = tokio::time::timeout(Duration::from_secs(120), run_recorded(request))
+        .await
+        .expect("the run ended")
+        .expect("a write error is not an early return");
+    let error = verdict.write_error.expect("the failed write is reported");
+    assert!(
+        error.contains(&verdict.dir.display().to_string()),
+        "{error}"
+    );
+    assert!(error.contains("schedule.json"), "{error}");
+    assert!(
+        verdict
+            .findings
+            .iter()
+            .any(|f| f.starts_with("boot failed")),
+        "{:?}",
+        verdict.findings
+    );
+    // What fitted was written, and is valid.
+    let meta: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(verdict.dir.join("meta.json")).unwrap())
+            .unwrap();
+    assert_eq!(meta["scenario"], "full-disk");
+}
