@@ -26,4 +26,5 @@ pub mod torture;
 pub mod vm;
 
 pub use devices::{at24, cp2112, i2c, usbredir};
+pub use ktap;
 pub use report;
