@@ -9,6 +9,7 @@ mod image;
 mod kernel;
 mod replay;
 mod report;
+mod series;
 mod terminal;
 mod test;
 mod torture;
@@ -41,6 +42,9 @@ enum Command {
     /// Parse console logs and show results.
     #[command(subcommand)]
     Report(report::Command),
+    /// Check patch series: each patch applies in order, checkpatch is clean.
+    #[command(subcommand)]
+    Series(series::Command),
 }
 
 /// The async runtime for commands that drive VMs. Multi-threaded so a slow console or
@@ -66,6 +70,7 @@ fn main() -> std::process::ExitCode {
         Command::Torture(args) => torture::run(args),
         Command::Replay(args) => replay::run(args),
         Command::Bench(args) => bench::run(args),
+        Command::Series(cmd) => series::run(cmd),
     };
     match result {
         Ok(code) => code,

@@ -184,11 +184,7 @@ impl Test {
 }
 
 fn collect_failures<'a>(t: &'a Test, path: &str, out: &mut Vec<(String, &'a Test)>) {
-    let failing: Vec<&Test> = t
-        .subtests
-        .iter()
-        .filter(|s| s.outcome().is_failure())
-        .collect();
+    let failing: Vec<&Test> = t.subtests.iter().filter(|s| s.outcome().is_failure()).collect();
     if failing.is_empty() {
         if t.outcome().is_failure() {
             out.push((path.to_string(), t));
@@ -196,11 +192,7 @@ fn collect_failures<'a>(t: &'a Test, path: &str, out: &mut Vec<(String, &'a Test
         return;
     }
     for s in failing {
-        let name = if s.name.is_empty() {
-            format!("#{}", s.number.unwrap_or(0))
-        } else {
-            s.name.clone()
-        };
+        let name = if s.name.is_empty() { format!("#{}", s.number.unwrap_or(0)) } else { s.name.clone() };
         collect_failures(s, &format!("{path}.{name}"), out);
     }
 }
@@ -290,10 +282,7 @@ pub fn strip_console_prefix(line: &str) -> (Option<f64>, &str) {
     }
     if let Some((inner, rest)) = bracketed(s) {
         let t = inner.trim();
-        if t.len() >= 2
-            && (t.starts_with('T') || t.starts_with('C'))
-            && t[1..].bytes().all(|b| b.is_ascii_digit())
-        {
+        if t.len() >= 2 && (t.starts_with('T') || t.starts_with('C')) && t[1..].bytes().all(|b| b.is_ascii_digit()) {
             s = rest;
             stripped = true;
         }
@@ -329,10 +318,7 @@ enum Kind<'a> {
 }
 
 fn classify(body: &str) -> Kind<'_> {
-    if let Some(rest) = body
-        .strip_prefix("KTAP version ")
-        .or_else(|| body.strip_prefix("TAP version "))
-    {
+    if let Some(rest) = body.strip_prefix("KTAP version ").or_else(|| body.strip_prefix("TAP version ")) {
         if !rest.trim().is_empty() && rest.trim().bytes().all(|b| b.is_ascii_digit()) {
             return Kind::Version;
         }
@@ -374,12 +360,7 @@ fn classify(body: &str) -> Kind<'_> {
     let name = name.trim();
     let name = name.strip_prefix("- ").unwrap_or(name).trim();
     let name = if name == "-" { "" } else { name };
-    Kind::Result {
-        ok,
-        number,
-        name,
-        directive,
-    }
+    Kind::Result { ok, number, name, directive }
 }
 
 /// Leading whitespace width (a tab is one 4-column level) and the rest.
@@ -397,8 +378,7 @@ fn indentation(s: &str) -> (usize, &str) {
 
 fn strip_prefix_ci<'a>(s: &'a str, prefix: &str) -> Option<&'a str> {
     let head = s.get(..prefix.len())?;
-    head.eq_ignore_ascii_case(prefix)
-        .then(|| &s[prefix.len()..])
+    head.eq_ignore_ascii_case(prefix).then(|| &s[prefix.len()..])
 }
 
 /// A duration stated in a diagnostic: `duration: 1.5s`, `time=12ms`, `runtime: 1.0s`.
@@ -407,10 +387,7 @@ fn stated_duration(diag: &str) -> Option<Duration> {
     for key in ["duration:", "duration=", "time=", "runtime:"] {
         let Some(at) = lower.find(key) else { continue };
         let rest = lower[at + key.len()..].trim_start();
-        let n = rest
-            .bytes()
-            .take_while(|b| b.is_ascii_digit() || *b == b'.')
-            .count();
+        let n = rest.bytes().take_while(|b| b.is_ascii_digit() || *b == b'.').count();
         let Ok(value) = rest[..n].parse::<f64>() else {
             continue;
         };
@@ -476,14 +453,7 @@ pub struct Parser {
 
 impl Parser {
     pub fn new(limits: Limits) -> Parser {
-        Parser {
-            limits,
-            stack: Vec::new(),
-            out: Ktap::default(),
-            lines: 0,
-            tests: 0,
-            warned_tests: false,
-        }
+        Parser { limits, stack: Vec::new(), out: Ktap::default(), lines: 0, tests: 0, warned_tests: false }
     }
 
     /// One line, without its newline (a trailing `\r` is ignored).
@@ -491,10 +461,7 @@ impl Parser {
         self.lines += 1;
         if self.lines > self.limits.max_lines {
             if self.lines == self.limits.max_lines + 1 {
-                self.problem(format!(
-                    "more than {} lines: the rest is ignored",
-                    self.limits.max_lines
-                ));
+                self.problem(format!("more than {} lines: the rest is ignored", self.limits.max_lines));
             }
             return;
         }
@@ -525,9 +492,7 @@ impl Parser {
         }
         let depth_ok = self.stack.len() <= self.limits.max_depth;
         match kind {
-            Kind::Version | Kind::Subtest(_) | Kind::Plan(_) | Kind::Result { .. }
-                if indent > self.top().body =>
-            {
+            Kind::Version | Kind::Subtest(_) | Kind::Plan(_) | Kind::Result { .. } if indent > self.top().body => {
                 if !depth_ok {
                     self.diagnostic(indent, body);
                     return;
@@ -587,12 +552,7 @@ impl Parser {
             self.close_missing();
         }
         match kind {
-            Kind::Result {
-                ok,
-                number,
-                name,
-                directive,
-            } => {
+            Kind::Result { ok, number, name, directive } => {
                 let closes_frame = self.stack.len() > 1 && self.top().body > indent;
                 let mut test = if closes_frame {
                     let frame = self.stack.pop().expect("len > 1");
@@ -612,20 +572,14 @@ impl Parser {
                 }
                 test.number = Some(number);
                 test.directive = directive.filter(|d| !d.is_empty()).map(str::to_string);
-                let skip = directive.is_some_and(|d| {
-                    strip_prefix_ci(d, "SKIP").is_some() || strip_prefix_ci(d, "TODO").is_some()
-                });
+                let skip = directive
+                    .is_some_and(|d| strip_prefix_ci(d, "SKIP").is_some() || strip_prefix_ci(d, "TODO").is_some());
                 test.status = match (ok, skip) {
                     (_, true) => Status::Skip,
                     (true, false) => Status::Pass,
                     (false, false) => Status::Fail,
                 };
-                if let Some(d) = test
-                    .diagnostics
-                    .iter()
-                    .rev()
-                    .find_map(|d| stated_duration(d))
-                {
+                if let Some(d) = test.diagnostics.iter().rev().find_map(|d| stated_duration(d)) {
                     test.duration = Some(d);
                 }
                 let top = self.top();
@@ -645,11 +599,7 @@ impl Parser {
                 }
             }
             Kind::Version | Kind::Subtest(_) => {
-                let name = if let Kind::Subtest(n) = kind {
-                    Some(n)
-                } else {
-                    None
-                };
+                let name = if let Kind::Subtest(n) = kind { Some(n) } else { None };
                 if self.stack.len() == 1 {
                     if name.is_none() && indent <= self.stack[0].body {
                         // A new document (the next module's KUnit run).
@@ -708,9 +658,7 @@ impl Parser {
             top.pending_dropped += 1;
         } else if !top.started && top.headed && top.pending.is_empty() && indent >= top.body {
             // Between its header and its plan: the test's own attributes (`# module: x`).
-            top.test
-                .diagnostics
-                .push(format!("{}{}", " ".repeat(extra), body));
+            top.test.diagnostics.push(format!("{}{}", " ".repeat(extra), body));
         } else {
             top.pending.push(format!("{}{}", " ".repeat(extra), body));
         }
@@ -748,17 +696,8 @@ impl Parser {
 
     /// A frame's test with its leftover lines and placeholders for what its plan promised.
     fn finish_frame(&mut self, frame: Frame, end_ts: Option<f64>) -> Test {
-        let Frame {
-            mut test,
-            pending,
-            pending_dropped,
-            start_ts,
-            ..
-        } = frame;
-        let room = self
-            .limits
-            .max_diagnostics
-            .saturating_sub(test.diagnostics.len());
+        let Frame { mut test, pending, pending_dropped, start_ts, .. } = frame;
+        let room = self.limits.max_diagnostics.saturating_sub(test.diagnostics.len());
         let dropped = pending.len().saturating_sub(room);
         test.diagnostics.extend(pending.into_iter().take(room));
         test.dropped_diagnostics += pending_dropped + dropped;
@@ -768,15 +707,11 @@ impl Parser {
         if let Some(plan) = test.plan {
             let have = test.subtests.len() as u64;
             let mut n = have;
-            while n < plan
-                && ((n - have) as usize) < self.limits.max_missing
-                && self.tests < self.limits.max_tests
-            {
+            while n < plan && ((n - have) as usize) < self.limits.max_missing && self.tests < self.limits.max_tests {
                 n += 1;
                 let mut t = Test::new(String::new());
                 t.number = Some(n);
-                t.diagnostics
-                    .push(format!("{NO_RESULT} (test {n} of {plan} never reported)"));
+                t.diagnostics.push(format!("{NO_RESULT} (test {n} of {plan} never reported)"));
                 test.subtests.push(t);
                 self.tests += 1;
             }
@@ -792,10 +727,7 @@ impl Parser {
         let Some(doc) = self.stack.pop() else { return };
         let doc = self.finish_frame(doc, None);
         if doc.unreported > 0 {
-            self.problem(format!(
-                "{} more top-level tests were promised by a plan and never reported",
-                doc.unreported
-            ));
+            self.problem(format!("{} more top-level tests were promised by a plan and never reported", doc.unreported));
         }
         self.out.tests.extend(doc.subtests);
         // Lines after the last top-level result (e.g. `# Totals:`) go nowhere in particular.

@@ -3,17 +3,12 @@ use super::*;
 /// Golden inputs from the kernel's kunit_tool test data (Debian linux-source-6.12,
 /// tools/testing/kunit/test_data/, GPL-2.0 like this project): see tests/data/README.md.
 fn golden(name: &str) -> String {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/data")
-        .join(name);
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data").join(name);
     std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
 fn statuses(t: &Test) -> Vec<(&str, Status)> {
-    t.subtests
-        .iter()
-        .map(|s| (s.name.as_str(), s.outcome()))
-        .collect()
+    t.subtests.iter().map(|s| (s.name.as_str(), s.outcome())).collect()
 }
 
 /// `/sys/kernel/debug/kunit/example/results` as 6.12 writes it (lib/kunit/debugfs.c: the
@@ -57,17 +52,10 @@ not ok 1 example
 #[test]
 fn debugfs_results_with_failure_skip_params_and_duration() {
     let k = parse(DEBUGFS_EXAMPLE);
-    assert_eq!(
-        (k.documents, k.garbage, k.problems.len()),
-        (1, 0, 0),
-        "{k:?}"
-    );
+    assert_eq!((k.documents, k.garbage, k.problems.len()), (1, 0, 0), "{k:?}");
     assert_eq!(k.tests.len(), 1);
     let suite = k.suite("example").unwrap();
-    assert_eq!(
-        (suite.status, suite.number, suite.plan),
-        (Status::Fail, Some(1), Some(4))
-    );
+    assert_eq!((suite.status, suite.number, suite.plan), (Status::Fail, Some(1), Some(4)));
     assert_eq!(
         statuses(suite),
         [
@@ -77,15 +65,7 @@ fn debugfs_results_with_failure_skip_params_and_duration() {
             ("example_slow_test", Status::Pass)
         ]
     );
-    assert_eq!(
-        suite.counts(),
-        Counts {
-            passed: 2,
-            failed: 1,
-            skipped: 1,
-            missing: 0
-        }
-    );
+    assert_eq!(suite.counts(), Counts { passed: 2, failed: 1, skipped: 1, missing: 0 });
     let simple = suite.subtest("example_simple_test").unwrap();
     assert_eq!(
         simple.diagnostics,
@@ -97,40 +77,17 @@ fn debugfs_results_with_failure_skip_params_and_duration() {
             "    3 == 3 (0x3)",
         ]
     );
-    assert_eq!(
-        suite.subtest("example_skip_test").unwrap().skip_reason(),
-        Some("this test should be skipped")
-    );
+    assert_eq!(suite.subtest("example_skip_test").unwrap().skip_reason(), Some("this test should be skipped"));
     let params = suite.subtest("example_params_test").unwrap();
     assert_eq!(params.subtests.len(), 4);
     assert_eq!(params.subtests[3].name, "example value 0");
     assert_eq!(params.subtests[3].status, Status::Skip);
-    assert_eq!(
-        params.subtests[0].diagnostics,
-        ["# example_params_test: initializing"]
-    );
-    assert!(params
-        .diagnostics
-        .contains(&"# example_params_test: pass:3 fail:0 skip:1 total:4".to_string()));
-    assert_eq!(
-        params.counts(),
-        Counts {
-            passed: 3,
-            failed: 0,
-            skipped: 1,
-            missing: 0
-        }
-    );
+    assert_eq!(params.subtests[0].diagnostics, ["# example_params_test: initializing"]);
+    assert!(params.diagnostics.contains(&"# example_params_test: pass:3 fail:0 skip:1 total:4".to_string()));
+    assert_eq!(params.counts(), Counts { passed: 3, failed: 0, skipped: 1, missing: 0 });
     let slow = suite.subtest("example_slow_test").unwrap();
     assert_eq!(slow.duration, Some(Duration::from_secs_f64(1.000514233)));
-    assert!(
-        suite
-            .diagnostics
-            .iter()
-            .any(|d| d.starts_with("# Totals: pass:4")),
-        "{:?}",
-        suite.diagnostics
-    );
+    assert!(suite.diagnostics.iter().any(|d| d.starts_with("# Totals: pass:4")), "{:?}", suite.diagnostics);
     let failures = suite.failures();
     assert_eq!(failures.len(), 1);
     assert_eq!(failures[0].0, "example.example_simple_test");
@@ -163,36 +120,20 @@ fn console_prefixes_and_noise_are_stripped_and_durations_come_from_timestamps() 
     assert_eq!(k.documents, 1);
     assert_eq!(k.garbage, 2, "the taint line and the USB line");
     assert_eq!(
-        k.tests
-            .iter()
-            .map(|t| (t.name.as_str(), t.outcome()))
-            .collect::<Vec<_>>(),
+        k.tests.iter().map(|t| (t.name.as_str(), t.outcome())).collect::<Vec<_>>(),
         [("resmgr", Status::Pass), ("resmgr_devm", Status::Pass)]
     );
     let resmgr = k.suite("resmgr").unwrap();
     assert_eq!(resmgr.diagnostics, ["# module: resmgr_kunit"]);
     let ms = |d: Option<Duration>| d.map(|d| (d.as_secs_f64() * 1e3).round() as u64);
-    assert_eq!(
-        ms(resmgr.subtests[0].duration),
-        Some(100),
-        "from the plan line to its result"
-    );
+    assert_eq!(ms(resmgr.subtests[0].duration), Some(100), "from the plan line to its result");
     assert_eq!(ms(resmgr.subtests[1].duration), Some(200));
     assert_eq!(ms(resmgr.duration), Some(300));
-    assert_eq!(
-        strip_console_prefix("[    9.1][  T201]     ok 1 x"),
-        (Some(9.1), "    ok 1 x")
-    );
-    assert_eq!(
-        strip_console_prefix("<6>[    1.5] KTAP version 1"),
-        (Some(1.5), "KTAP version 1")
-    );
+    assert_eq!(strip_console_prefix("[    9.1][  T201]     ok 1 x"), (Some(9.1), "    ok 1 x"));
+    assert_eq!(strip_console_prefix("<6>[    1.5] KTAP version 1"), (Some(1.5), "KTAP version 1"));
     assert_eq!(strip_console_prefix("[C0] hi"), (None, "hi"));
     assert_eq!(strip_console_prefix("    # a|b: c"), (None, "    # a|b: c"));
-    assert_eq!(
-        strip_console_prefix("[not a time] x"),
-        (None, "[not a time] x")
-    );
+    assert_eq!(strip_console_prefix("[not a time] x"), (None, "[not a time] x"));
 }
 
 /// A KASAN report in the middle of a suite, then the guest dies: the case that was running
@@ -212,47 +153,18 @@ fn crash_mid_suite_leaves_missing_results() {
 [    5.300000] Kernel panic - not syncing: KASAN: panic_on_warn set ...
 ";
     let k = parse(text);
-    assert_eq!(
-        k.tests.len(),
-        2,
-        "the suite and the second suite the plan promised"
-    );
+    assert_eq!(k.tests.len(), 2, "the suite and the second suite the plan promised");
     let suite = &k.tests[0];
-    assert_eq!(
-        (suite.name.as_str(), suite.status),
-        ("resmgr", Status::Missing)
-    );
+    assert_eq!((suite.name.as_str(), suite.status), ("resmgr", Status::Missing));
     assert!(suite.diagnostics.contains(&NO_RESULT.to_string()));
-    assert_eq!(
-        suite.counts(),
-        Counts {
-            passed: 1,
-            failed: 0,
-            skipped: 0,
-            missing: 2
-        }
-    );
+    assert_eq!(suite.counts(), Counts { passed: 1, failed: 0, skipped: 0, missing: 2 });
     let second = &suite.subtests[1];
     assert_eq!((second.number, second.status), (Some(2), Status::Missing));
-    assert!(
-        second.diagnostics[0].starts_with(NO_RESULT),
-        "{:?}",
-        second.diagnostics
-    );
+    assert!(second.diagnostics[0].starts_with(NO_RESULT), "{:?}", second.diagnostics);
     // The indented case log line is kept for the suite (whose next case never reported).
-    assert!(
-        suite
-            .diagnostics
-            .iter()
-            .any(|d| d.contains("freeing the provider")),
-        "{:?}",
-        suite.diagnostics
-    );
+    assert!(suite.diagnostics.iter().any(|d| d.contains("freeing the provider")), "{:?}", suite.diagnostics);
     let promised = &k.tests[1];
-    assert_eq!(
-        (promised.name.as_str(), promised.number, promised.status),
-        ("", Some(2), Status::Missing)
-    );
+    assert_eq!((promised.name.as_str(), promised.number, promised.status), ("", Some(2), Status::Missing));
     assert_eq!(k.garbage, 4);
 }
 
@@ -276,18 +188,8 @@ ok 1 fine
 ";
     let k = parse(text);
     assert_eq!(k.documents, 2);
-    let names: Vec<_> = k
-        .tests
-        .iter()
-        .map(|t| (t.name.as_str(), t.outcome(), t.number))
-        .collect();
-    assert_eq!(
-        names,
-        [
-            ("hangs", Status::Missing, None),
-            ("fine", Status::Pass, Some(1))
-        ]
-    );
+    let names: Vec<_> = k.tests.iter().map(|t| (t.name.as_str(), t.outcome(), t.number)).collect();
+    assert_eq!(names, [("hangs", Status::Missing, None), ("fine", Status::Pass, Some(1))]);
     assert_eq!(k.tests[0].counts().missing, 1);
 }
 
@@ -308,11 +210,7 @@ fn a_sibling_header_closes_a_suite_without_result() {
 ok 2 b
 ";
     let k = parse(text);
-    let names: Vec<_> = k
-        .tests
-        .iter()
-        .map(|t| (t.name.as_str(), t.status))
-        .collect();
+    let names: Vec<_> = k.tests.iter().map(|t| (t.name.as_str(), t.status)).collect();
     assert_eq!(names, [("a", Status::Missing), ("b", Status::Pass)]);
     assert_eq!(k.tests[1].subtests[0].name, "b1");
 }
@@ -323,17 +221,8 @@ fn plan_promising_more_than_arrived_and_huge_plans_are_bounded() {
     let s = &k.tests[0];
     assert_eq!(s.status, Status::Pass, "as printed");
     assert_eq!(s.outcome(), Status::Fail, "four cases never reported");
-    assert_eq!(
-        s.counts(),
-        Counts {
-            passed: 1,
-            failed: 0,
-            skipped: 0,
-            missing: 4
-        }
-    );
-    let k =
-        parse("KTAP version 1\n1..1\n    # Subtest: s\n    1..99999999999999999999999\nok 1 s\n");
+    assert_eq!(s.counts(), Counts { passed: 1, failed: 0, skipped: 0, missing: 4 });
+    let k = parse("KTAP version 1\n1..1\n    # Subtest: s\n    1..99999999999999999999999\nok 1 s\n");
     let s = &k.tests[0];
     assert_eq!(s.subtests.len(), Limits::default().max_missing);
     assert_eq!(s.counts().missing, u64::MAX);
@@ -342,30 +231,12 @@ fn plan_promising_more_than_arrived_and_huge_plans_are_bounded() {
 #[test]
 fn kunit_tool_golden_failure() {
     let k = parse(&golden("test_is_test_passed-failure.log"));
-    let names: Vec<_> = k
-        .tests
-        .iter()
-        .map(|t| (t.name.as_str(), t.outcome()))
-        .collect();
-    assert_eq!(
-        names,
-        [("sysctl_test", Status::Pass), ("example", Status::Fail)]
-    );
-    let simple = k
-        .suite("example")
-        .unwrap()
-        .subtest("example_simple_test")
-        .unwrap();
+    let names: Vec<_> = k.tests.iter().map(|t| (t.name.as_str(), t.outcome())).collect();
+    assert_eq!(names, [("sysctl_test", Status::Pass), ("example", Status::Fail)]);
+    let simple = k.suite("example").unwrap().subtest("example_simple_test").unwrap();
     assert_eq!(simple.status, Status::Fail);
-    assert!(simple
-        .diagnostics
-        .iter()
-        .any(|d| d.contains("EXPECTATION FAILED at lib/kunit/example-test.c:30")));
-    assert!(
-        simple.diagnostics.iter().any(|d| d.trim() == "1 + 1 == 2"),
-        "{:?}",
-        simple.diagnostics
-    );
+    assert!(simple.diagnostics.iter().any(|d| d.contains("EXPECTATION FAILED at lib/kunit/example-test.c:30")));
+    assert!(simple.diagnostics.iter().any(|d| d.trim() == "1 + 1 == 2"), "{:?}", simple.diagnostics);
     assert_eq!(k.suite("sysctl_test").unwrap().counts().passed, 8);
 }
 
@@ -374,19 +245,8 @@ fn kunit_tool_golden_skips_and_hyphens() {
     let k = parse(&golden("test_skip_tests.log"));
     let example = k.suite("example").unwrap();
     assert_eq!(example.outcome(), Status::Pass);
-    assert_eq!(
-        example.subtest("example_skip_test").unwrap().skip_reason(),
-        Some("this test should be skipped")
-    );
-    assert_eq!(
-        example.counts(),
-        Counts {
-            passed: 1,
-            failed: 0,
-            skipped: 1,
-            missing: 0
-        }
-    );
+    assert_eq!(example.subtest("example_skip_test").unwrap().skip_reason(), Some("this test should be skipped"));
+    assert_eq!(example.counts(), Counts { passed: 1, failed: 0, skipped: 1, missing: 0 });
     let k = parse(&golden("test_strip_hyphen.log"));
     let names: Vec<_> = k.tests.iter().map(|t| t.name.as_str()).collect();
     assert_eq!(names, ["sysctl_test", "example"]);
@@ -396,11 +256,7 @@ fn kunit_tool_golden_skips_and_hyphens() {
 #[test]
 fn kunit_tool_golden_panic_interrupts_a_suite() {
     let k = parse(&golden("test_kernel_panic_interrupt.log"));
-    let names: Vec<_> = k
-        .tests
-        .iter()
-        .map(|t| (t.name.as_str(), t.outcome()))
-        .collect();
+    let names: Vec<_> = k.tests.iter().map(|t| (t.name.as_str(), t.outcome())).collect();
     assert_eq!(
         names,
         [
@@ -410,38 +266,15 @@ fn kunit_tool_golden_panic_interrupts_a_suite() {
         ]
     );
     let interrupted = &k.tests[2];
-    assert_eq!(
-        interrupted.counts(),
-        Counts {
-            passed: 1,
-            failed: 0,
-            skipped: 0,
-            missing: 2
-        }
-    );
-    assert!(
-        interrupted
-            .diagnostics
-            .iter()
-            .any(|d| d.contains("Kernel panic")),
-        "{:?}",
-        interrupted.diagnostics
-    );
+    assert_eq!(interrupted.counts(), Counts { passed: 1, failed: 0, skipped: 0, missing: 2 });
+    assert!(interrupted.diagnostics.iter().any(|d| d.contains("Kernel panic")), "{:?}", interrupted.diagnostics);
 }
 
 #[test]
 fn kunit_tool_golden_prefixes_and_interleaving() {
-    for name in [
-        "test_multiple_prefixes.log",
-        "test_interrupted_tap_output.log",
-        "test_pound_sign.log",
-    ] {
+    for name in ["test_multiple_prefixes.log", "test_interrupted_tap_output.log", "test_pound_sign.log"] {
         let k = parse(&golden(name));
-        let names: Vec<_> = k
-            .tests
-            .iter()
-            .map(|t| (t.name.as_str(), t.outcome(), t.counts().total()))
-            .collect();
+        let names: Vec<_> = k.tests.iter().map(|t| (t.name.as_str(), t.outcome(), t.counts().total())).collect();
         assert_eq!(
             names,
             [
@@ -486,10 +319,7 @@ fn garbage_only_and_empty_inputs() {
 fn limits_cut_deep_nesting_long_lines_and_many_diagnostics() {
     let mut text = String::from("KTAP version 1\n1..1\n");
     for level in 1..40 {
-        text.push_str(&format!(
-            "{}# Subtest: level{level}\n",
-            "    ".repeat(level)
-        ));
+        text.push_str(&format!("{}# Subtest: level{level}\n", "    ".repeat(level)));
     }
     let k = parse(&text);
     let mut depth = 0;
@@ -499,10 +329,7 @@ fn limits_cut_deep_nesting_long_lines_and_many_diagnostics() {
         t = next;
     }
     assert!(depth < Limits::default().max_depth, "{depth}");
-    let long = format!(
-        "KTAP version 1\n1..1\n    # Subtest: {}\n",
-        "é".repeat(10_000)
-    );
+    let long = format!("KTAP version 1\n1..1\n    # Subtest: {}\n", "é".repeat(10_000));
     let k = parse(&long);
     assert!(k.tests[0].name.len() <= Limits::default().max_line_bytes);
     let mut many = String::from("KTAP version 1\n1..1\n    # Subtest: s\n    1..1\n");
@@ -520,31 +347,10 @@ fn limits_cut_deep_nesting_long_lines_and_many_diagnostics() {
 fn result_line_forms() {
     assert_eq!(
         classify("not ok 12 - foo bar # SKIP why"),
-        Kind::Result {
-            ok: false,
-            number: 12,
-            name: "foo bar",
-            directive: Some("SKIP why")
-        }
+        Kind::Result { ok: false, number: 12, name: "foo bar", directive: Some("SKIP why") }
     );
-    assert_eq!(
-        classify("ok 1"),
-        Kind::Result {
-            ok: true,
-            number: 1,
-            name: "",
-            directive: None
-        }
-    );
-    assert_eq!(
-        classify("ok 1 x #"),
-        Kind::Result {
-            ok: true,
-            number: 1,
-            name: "x",
-            directive: Some("")
-        }
-    );
+    assert_eq!(classify("ok 1"), Kind::Result { ok: true, number: 1, name: "", directive: None });
+    assert_eq!(classify("ok 1 x #"), Kind::Result { ok: true, number: 1, name: "x", directive: Some("") });
     assert_eq!(classify("ok x"), Kind::Other);
     assert_eq!(classify("ok 1x"), Kind::Other);
     assert_eq!(classify("1..0 # SKIP nothing"), Kind::Plan(Some(0)));
@@ -555,14 +361,8 @@ fn result_line_forms() {
     let k = parse("KTAP version 1\n1..1\nnot ok 1 t # TODO later\n");
     assert_eq!(k.tests[0].status, Status::Skip);
     assert_eq!(k.tests[0].skip_reason(), Some("later"));
-    assert_eq!(
-        stated_duration("# time=12ms"),
-        Some(Duration::from_millis(12))
-    );
-    assert_eq!(
-        stated_duration("# duration: 2s"),
-        Some(Duration::from_secs(2))
-    );
+    assert_eq!(stated_duration("# time=12ms"), Some(Duration::from_millis(12)));
+    assert_eq!(stated_duration("# duration: 2s"), Some(Duration::from_secs(2)));
     assert_eq!(stated_duration("# duration: nan"), None);
 }
 
@@ -578,17 +378,13 @@ mod properties {
             (0u64..6).prop_map(|n| format!("1..{n}")),
             Just("1..18446744073709551616".to_string()),
             ("[a-z_]{0,8}").prop_map(|n| format!("# Subtest: {n}")),
-            (
-                any::<bool>(),
-                0u64..5,
-                "[a-z ]{0,6}",
-                prop::option::of("(SKIP|TODO|x)[ a-z]{0,4}")
-            )
-                .prop_map(|(ok, n, name, d)| format!(
+            (any::<bool>(), 0u64..5, "[a-z ]{0,6}", prop::option::of("(SKIP|TODO|x)[ a-z]{0,4}")).prop_map(
+                |(ok, n, name, d)| format!(
                     "{}ok {n} {name}{}",
                     if ok { "" } else { "not " },
                     d.map(|d| format!(" # {d}")).unwrap_or_default()
-                )),
+                )
+            ),
             "# [ -~]{0,20}",
             "[ -~]{0,30}",
             Just("[    1.000000][  T12] ".to_string()),
@@ -598,11 +394,7 @@ mod properties {
             lines
                 .into_iter()
                 .map(|(level, prefix, l)| {
-                    format!(
-                        "{}{}{l}",
-                        if prefix { "[   12.345678] " } else { "" },
-                        "    ".repeat(level)
-                    )
+                    format!("{}{}{l}", if prefix { "[   12.345678] " } else { "" }, "    ".repeat(level))
                 })
                 .collect::<Vec<_>>()
                 .join("\n")
@@ -615,10 +407,7 @@ mod properties {
         let c = t.counts();
         assert!(c.total() >= t.subtests.len() as u64 || t.subtests.is_empty());
         if let Some(plan) = t.plan {
-            assert!(
-                t.subtests.len() as u64 + t.unreported
-                    >= plan.min(t.subtests.len() as u64 + t.unreported)
-            );
+            assert!(t.subtests.len() as u64 + t.unreported >= plan.min(t.subtests.len() as u64 + t.unreported));
         }
         for s in &t.subtests {
             check(s, depth + 1);
