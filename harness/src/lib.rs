@@ -12,6 +12,7 @@ pub mod host;
 pub mod image;
 pub mod kernel;
 pub mod kmod;
+pub mod kunit;
 pub mod observe;
 pub mod paths;
 pub mod plug;

@@ -57,7 +57,14 @@ impl Kernel {
 
 /// Builds (or reuses) the kernel and the image that matches it.
 pub fn kernel_and_image(choice: &KernelChoice) -> Result<(Kernel, PathBuf)> {
-    let kernel = match &choice.bzimage {
+    let kernel = kernel(choice)?;
+    let image = image_for(&kernel)?;
+    Ok((kernel, image))
+}
+
+/// Builds (or reuses) the kernel alone.
+pub fn kernel(choice: &KernelChoice) -> Result<Kernel> {
+    Ok(match &choice.bzimage {
         Some(path) => {
             if !path.is_file() {
                 bail!("--bzimage {}: no such file", path.display());
@@ -72,7 +79,10 @@ pub fn kernel_and_image(choice: &KernelChoice) -> Result<(Kernel, PathBuf)> {
             })?;
             Kernel { bzimage: built.bzimage.clone(), modules: built.modules.clone(), label: built.describe(), built: Some(built) }
         }
-    };
-    let image = harness::image::build(&harness::image::ImageRequest { modules: kernel.modules.clone() })?;
-    Ok((kernel, image.path))
+    })
+}
+
+/// Builds (or reuses) the initramfs carrying `kernel`'s modules.
+pub fn image_for(kernel: &Kernel) -> Result<PathBuf> {
+    Ok(harness::image::build(&harness::image::ImageRequest { modules: kernel.modules.clone() })?.path)
 }

@@ -7,6 +7,7 @@ mod bench;
 mod boot;
 mod image;
 mod kernel;
+mod kunit;
 mod replay;
 mod report;
 mod series;
@@ -39,6 +40,8 @@ enum Command {
     Bench(bench::Args),
     /// Run the whole test suite (unit and end-to-end) with nextest.
     Test(test::Args),
+    /// Run the kernel's KUnit suites (its test modules and built-in suites) in a VM.
+    Kunit(kunit::Args),
     /// Parse console logs and show results.
     #[command(subcommand)]
     Report(report::Command),
@@ -71,6 +74,7 @@ fn main() -> std::process::ExitCode {
         Command::Replay(args) => replay::run(args),
         Command::Bench(args) => bench::run(args),
         Command::Series(cmd) => series::run(cmd),
+        Command::Kunit(args) => kunit::run(args),
     };
     match result {
         Ok(code) => code,

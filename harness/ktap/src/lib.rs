@@ -135,6 +135,13 @@ impl Test {
         }
     }
 
+    /// A test that never reported: [`Status::Missing`], with [`NO_RESULT`] as its log.
+    pub fn missing(name: &str) -> Test {
+        let mut t = Test::new(name.to_string());
+        t.diagnostics.push(NO_RESULT.to_string());
+        t
+    }
+
     /// The verdict: its own failure or absence, else a failure if any subtest failed or is
     /// missing, else its own status.
     pub fn outcome(&self) -> Status {
