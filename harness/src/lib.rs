@@ -13,6 +13,7 @@ pub mod host;
 pub mod image;
 pub mod kernel;
 pub mod kmod;
+pub mod kunit;
 pub mod observe;
 pub mod pace;
 pub mod paths;
@@ -28,4 +29,5 @@ pub mod torture;
 pub mod vm;
 
 pub use devices::{at24, cp2112, i2c, usbredir};
+pub use ktap;
 pub use report;

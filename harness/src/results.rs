@@ -171,6 +171,11 @@ impl RunDir {
         write_atomic(&self.path.join(name), text.as_bytes())
     }
 
+    /// Writes a whole file `name` (e.g. a command's own `summary.md`) atomically.
+    pub fn write_file(&self, name: &str, bytes: &[u8]) -> Result<()> {
+        write_atomic(&self.path.join(name), bytes)
+    }
+
     /// Appends one step as a JSON line and syncs it to disk.
     pub fn append_step(&mut self, step: &impl Serialize) -> Result<()> {
         let mut line = serde_json::to_string(step)?;

@@ -63,7 +63,14 @@ pub fn kernel_and_image(choice: &KernelChoice) -> Result<(Kernel, PathBuf)> {
 
 /// [`kernel_and_image`] with the image's cache key (recorded by runs, reused by replays).
 pub fn kernel_and_image_keyed(choice: &KernelChoice) -> Result<(Kernel, harness::image::Image)> {
-    let kernel = match &choice.bzimage {
+    let kernel = kernel(choice)?;
+    let image = image_for(&kernel)?;
+    Ok((kernel, image))
+}
+
+/// Builds (or reuses) the kernel alone.
+pub fn kernel(choice: &KernelChoice) -> Result<Kernel> {
+    Ok(match &choice.bzimage {
         Some(path) => {
             if !path.is_file() {
                 bail!("--bzimage {}: no such file", path.display());
@@ -78,9 +85,10 @@ pub fn kernel_and_image_keyed(choice: &KernelChoice) -> Result<(Kernel, harness:
             })?;
             Kernel { bzimage: built.bzimage.clone(), modules: built.modules.clone(), label: built.describe(), built: Some(built) }
         }
-    };
-    let image = harness::image::build(&harness::image::ImageRequest {
-        modules: kernel.modules.clone(),
-    })?;
-    Ok((kernel, image))
+    })
+}
+
+/// Builds (or reuses) the initramfs carrying `kernel`'s modules.
+pub fn image_for(kernel: &Kernel) -> Result<harness::image::Image> {
+    Ok(harness::image::build(&harness::image::ImageRequest { modules: kernel.modules.clone() })?)
 }

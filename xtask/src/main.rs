@@ -7,8 +7,10 @@ mod bench;
 mod boot;
 mod image;
 mod kernel;
+mod kunit;
 mod replay;
 mod report;
+mod series;
 mod terminal;
 mod test;
 mod torture;
@@ -38,9 +40,14 @@ enum Command {
     Bench(bench::Args),
     /// Run the whole test suite (unit and end-to-end) with nextest.
     Test(test::Args),
+    /// Run the kernel's KUnit suites (its test modules and built-in suites) in a VM.
+    Kunit(kunit::Args),
     /// Parse console logs and show results.
     #[command(subcommand)]
     Report(report::Command),
+    /// Check patch series: each patch applies in order, checkpatch is clean.
+    #[command(subcommand)]
+    Series(series::Command),
 }
 
 /// The async runtime for commands that drive VMs. Multi-threaded so a slow console or
@@ -68,6 +75,8 @@ fn main() -> std::process::ExitCode {
         Command::Torture(args) => torture::run(args),
         Command::Replay(args) => replay::run(args),
         Command::Bench(args) => bench::run(args),
+        Command::Series(cmd) => series::run(cmd),
+        Command::Kunit(args) => kunit::run(args),
     };
     match result {
         Ok(code) => code,

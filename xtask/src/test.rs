@@ -22,6 +22,13 @@ pub struct Args {
 
 pub fn run(args: Args) -> Result<ExitCode> {
     let (kernel, image) = artifacts::kernel_and_image(&args.kernel)?;
+    // `e2e_kunit` runs `xtask kunit --series resmgr`: build that kernel and image here, with
+    // progress, rather than inside the test's timeout (it fails by itself without the series).
+    let resmgr = harness::paths::repo_root().join("kernels/patches/resmgr/series");
+    if resmgr.is_file() && args.kernel.series.is_none() && args.kernel.bzimage.is_none() {
+        let choice = KernelChoice { series: Some("resmgr".into()), ..args.kernel.clone() };
+        artifacts::kernel_and_image(&choice)?;
+    }
     let sh = Shell::new()?;
     sh.change_dir(harness::paths::repo_root());
     let profile = &args.profile;

@@ -13,6 +13,7 @@
 
 mod build;
 mod cache;
+pub mod check;
 mod config;
 mod source;
 mod toolchain;

@@ -320,7 +320,7 @@ fn copy_tree(from: &Path, to: &Path) -> Result<()> {
 
 /// `git apply` one patch in `tree`. On failure the error names the patch, quotes git's
 /// complaint and the hunk it could not place.
-fn apply_patch(tree: &Path, patch: &Path) -> Result<()> {
+pub(super) fn apply_patch(tree: &Path, patch: &Path) -> Result<()> {
     let out = Command::new("git")
         .args(["apply", "--verbose", "--whitespace=nowarn"])
         .arg(patch)

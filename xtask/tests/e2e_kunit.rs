@@ -1,0 +1,46 @@
+//! End to end: `cargo xtask kunit --series resmgr` boots the resmgr kernel, loads its KUnit
+//! test modules and every resmgr suite passes (C `resmgr`, Rust `rust_resmgr`).
+//!
+//! It needs the resmgr patch series (kernels/patches/resmgr/); without it the test fails and
+//! says so, it does not skip. `cargo xtask test` builds the resmgr kernel and image first when
+//! the series is there, so this test finds them in the cache.
+
+use std::path::Path;
+use std::process::Command;
+
+#[test]
+fn e2e_kunit_resmgr_suites_pass() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    let series = root.join("kernels/patches/resmgr/series");
+    assert!(
+        series.is_file(),
+        "{} is missing: this test runs the resmgr patch series' KUnit suites, and the series has not been integrated",
+        series.display()
+    );
+    let results = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_xtask"))
+        .args(["kunit", "--series", "resmgr", "--results"])
+        .arg(results.path())
+        .output()
+        .expect("running xtask kunit");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "xtask kunit --series resmgr: {}\nstdout:\n{stdout}\nstderr:\n{stderr}", out.status);
+    // The table: one row per suite, `ok` at the end of each resmgr row.
+    let rows: Vec<&str> = stdout.lines().take_while(|l| !l.is_empty()).skip(1).collect();
+    for suite in ["resmgr", "rust_resmgr"] {
+        let row = rows.iter().find(|r| r.split_whitespace().next() == Some(suite));
+        let row = row.unwrap_or_else(|| panic!("no row for suite {suite}:\n{stdout}"));
+        assert!(row.ends_with("ok"), "{suite}: {row}\n{stdout}");
+        let passed: u64 = row.split_whitespace().nth(1).unwrap().parse().unwrap();
+        assert!(passed > 0, "{suite} ran no case: {row}");
+    }
+    let run = std::fs::read_dir(results.path()).unwrap().next().expect("a run folder").unwrap().path();
+    for file in ["meta.json", "console.log", "ktap.txt", "junit.xml", "summary.md", "steps.jsonl"] {
+        assert!(run.join(file).is_file(), "{} has no {file}", run.display());
+    }
+    let ktap = std::fs::read_to_string(run.join("ktap.txt")).unwrap();
+    let parsed = harness::ktap::parse(&ktap);
+    assert!(parsed.suite("resmgr").is_some_and(|s| !s.outcome().is_failure()), "{ktap}");
+    assert!(!run.join("crashes").exists(), "crash reports filed in {}", run.display());
+}
