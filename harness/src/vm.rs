@@ -355,15 +355,39 @@ fn qemu_command(config: &VmConfig, accel: Accel, dir: &Path, initrd: &Path) -> C
 
 /// Spawns QEMU so that it cannot outlive us: own process group, SIGKILL when our thread
 /// exits, killed when the `Child` is dropped.
+/// Pins QEMU to these CPUs (a comma-separated list of CPU numbers). A deliberately slowed
+/// host for proving that deadlines follow the host's pace: `.ci/slow-host` pins QEMU to one
+/// core and puts busy loops on it.
+pub const QEMU_CPUS_ENV: &str = "UNPLUG_TORTURE_QEMU_CPUS";
+
+/// The CPU set [`QEMU_CPUS_ENV`] asks for, if it is set.
+fn qemu_cpus() -> Result<Option<nix::sched::CpuSet>> {
+    let Ok(list) = std::env::var(QEMU_CPUS_ENV) else { return Ok(None) };
+    let mut set = nix::sched::CpuSet::new();
+    for item in list.split(',') {
+        let cpu: usize = item
+            .trim()
+            .parse()
+            .map_err(|_| anyhow!("{QEMU_CPUS_ENV}={list:?}: {item:?} is not a CPU number (want e.g. \"0\" or \"0,1\")"))?;
+        set.set(cpu).map_err(|_| anyhow!("{QEMU_CPUS_ENV}={list:?}: CPU {cpu} is out of range"))?;
+    }
+    Ok(Some(set))
+}
+
 fn spawn_guarded(mut cmd: Command) -> Result<Child> {
     cmd.kill_on_drop(true).process_group(0);
-    // SAFETY: only async-signal-safe calls (prctl, getppid, _exit) run between fork and exec.
+    let cpus = qemu_cpus()?;
+    // SAFETY: only async-signal-safe calls (prctl, getppid, sched_setaffinity, _exit) run
+    // between fork and exec.
     unsafe {
-        cmd.pre_exec(|| {
+        cmd.pre_exec(move || {
             nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)?;
             // Our parent may have died before prctl took effect.
             if nix::unistd::getppid() == nix::unistd::Pid::from_raw(1) {
                 nix::libc::_exit(1);
+            }
+            if let Some(cpus) = &cpus {
+                nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), cpus)?;
             }
             Ok(())
         });

@@ -28,7 +28,8 @@ pub struct Args {
     /// Accelerator: kvm, tcg, or auto.
     #[arg(long, default_value = "auto")]
     accel: Accel,
-    /// Seconds one module load (all its suites) may take under KVM; tripled under TCG.
+    /// Seconds one module load (all its suites) may take on our reference machines under
+    /// TCG; scaled by the pace this host shows at boot (see `harness::pace`).
     #[arg(long, default_value_t = 120, value_name = "SECONDS")]
     timeout: u64,
     /// Where the run folder goes.
