@@ -45,6 +45,59 @@ pub struct Meta {
     pub started: String,
 }
 
+/// The `meta.json` of a skipped run: a scenario not run on a kernel variant it does not apply
+/// to (its `kernels:` field). The folder holds only this and `summary.md`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SkipMeta {
+    pub run_id: String,
+    pub scenario: String,
+    /// The kernel variant (`vanilla`, `resmgr`) the scenario was not run on.
+    pub kernel_variant: String,
+    /// Why: `applies to: resmgr`.
+    pub skipped: String,
+    /// Command line that runs the scenario on a kernel it applies to.
+    pub reproducer: String,
+    pub started: String,
+}
+
+/// Records a skipped run as `root/<timestamp>-<name>/{meta.json,summary.md}`, so it shows
+/// among the runs; returns the folder.
+pub fn record_skip(root: &Path, scenario: &str, kernel_variant: &str, reason: &str, reproducer: &str) -> Result<PathBuf> {
+    let path = create_folder(root, scenario)?;
+    let run_id = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let meta = SkipMeta {
+        run_id: run_id.clone(),
+        scenario: scenario.to_string(),
+        kernel_variant: kernel_variant.to_string(),
+        skipped: reason.to_string(),
+        reproducer: reproducer.to_string(),
+        started: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
+    };
+    write_atomic(&path.join("meta.json"), serde_json::to_string_pretty(&meta)?.as_bytes())?;
+    let md = format!(
+        "# {scenario} — {run_id}\n\nverdict: **skipped** on {kernel_variant} ({reason}); nothing was booted\n\nRun it with: `{reproducer}`\n"
+    );
+    write_atomic(&path.join("summary.md"), md.as_bytes())?;
+    Ok(path)
+}
+
+/// Creates `root/<timestamp>-<name>` (with a numeric suffix if it exists).
+fn create_folder(root: &Path, name: &str) -> Result<PathBuf> {
+    std::fs::create_dir_all(root).with_context(|| format!("creating {}", root.display()))?;
+    let stamp = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string().replace([':', '-'], "");
+    let base = format!("{}-{name}", stamp.trim_end_matches('Z'));
+    let mut path = root.join(&base);
+    let mut n = 1;
+    while let Err(e) = std::fs::create_dir(&path) {
+        if e.kind() != std::io::ErrorKind::AlreadyExists || n > 1000 {
+            return Err(e).with_context(|| format!("creating {}", path.display()));
+        }
+        n += 1;
+        path = root.join(format!("{base}-{n}"));
+    }
+    Ok(path)
+}
+
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct KernelMeta {
     pub label: String,
@@ -140,18 +193,7 @@ pub struct RunDir {
 impl RunDir {
     /// Creates `root/<timestamp>-<name>` (with a numeric suffix if it exists).
     pub fn create(root: &Path, name: &str) -> Result<RunDir> {
-        std::fs::create_dir_all(root).with_context(|| format!("creating {}", root.display()))?;
-        let stamp = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string().replace([':', '-'], "");
-        let base = format!("{}-{name}", stamp.trim_end_matches('Z'));
-        let mut path = root.join(&base);
-        let mut n = 1;
-        while let Err(e) = std::fs::create_dir(&path) {
-            if e.kind() != std::io::ErrorKind::AlreadyExists || n > 1000 {
-                return Err(e).with_context(|| format!("creating {}", path.display()));
-            }
-            n += 1;
-            path = root.join(format!("{base}-{n}"));
-        }
+        let path = create_folder(root, name)?;
         let steps = std::fs::OpenOptions::new().create(true).append(true).open(path.join("steps.jsonl"))?;
         Ok(RunDir { path, steps, crashes: Vec::new() })
     }
@@ -408,7 +450,7 @@ impl RunView {
     pub fn render(&self) -> String {
         let mut out = format!("run {}\n", self.path.display());
         if let Some(meta) = &self.meta {
-            for key in ["scenario", "seed", "reproducer", "replay", "qemu_version", "accel", "started"] {
+            for key in ["scenario", "kernel_variant", "skipped", "seed", "reproducer", "replay", "qemu_version", "accel", "started"] {
                 if let Some(v) = meta.get(key).filter(|v| !v.is_null()) {
                     let v = v.as_str().map_or_else(|| v.to_string(), str::to_string);
                     out.push_str(&format!("  {key}: {v}\n"));
@@ -577,5 +619,22 @@ mod tests {
         let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
         assert_eq!(names, vec!["a.json"]);
         assert_eq!(std::fs::read_to_string(dir.path().join("a.json")).unwrap(), "{\"x\":1}");
+    }
+
+    #[test]
+    fn a_skipped_run_leaves_meta_and_summary_that_report_show_reads() {
+        let dir = tempfile::tempdir().unwrap();
+        let repro = "cargo xtask torture --scenario s --kernel resmgr --seed 1";
+        let path = record_skip(dir.path(), "s", "vanilla", "applies to: resmgr", repro).unwrap();
+        let mut names: Vec<_> = std::fs::read_dir(&path).unwrap().map(|e| e.unwrap().file_name()).collect();
+        names.sort();
+        assert_eq!(names, vec!["meta.json", "summary.md"]);
+        let meta: SkipMeta = serde_json::from_str(&std::fs::read_to_string(path.join("meta.json")).unwrap()).unwrap();
+        assert_eq!((meta.scenario.as_str(), meta.kernel_variant.as_str(), meta.skipped.as_str()), ("s", "vanilla", "applies to: resmgr"));
+        let shown = RunView::load(&path).unwrap().render();
+        assert!(shown.contains("  skipped: applies to: resmgr\n") && shown.contains("  kernel_variant: vanilla\n"), "{shown}");
+        assert!(shown.contains("verdict: **skipped** on vanilla (applies to: resmgr)"), "{shown}");
+        // A second skip in the same second gets its own folder.
+        assert_ne!(record_skip(dir.path(), "s", "vanilla", "applies to: resmgr", repro).unwrap(), path);
     }
 }

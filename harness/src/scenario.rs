@@ -19,6 +19,9 @@
 //! Consumers are steps too: `hold: { name: h, kind: nvmem-kernel, on: bridge }` starts a holder
 //! on a plugged provider's nodes (it keeps its handle across the provider's unplug) and
 //! `release: h` closes it, so "before, during, after, late close" is the order of the steps.
+//!
+//! `kernels: [resmgr]` limits a scenario to some of the kernel variants `torture --kernel`
+//! knows (default: all); on the others its run is recorded as skipped, with the reason.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -31,6 +34,10 @@ pub struct Scenario {
     pub name: String,
     #[serde(default)]
     pub description: String,
+    /// The kernel variants this scenario applies to (default: all of them). `torture` on
+    /// another variant records the run as skipped, with the reason, and does not boot it.
+    #[serde(default = "all_kernels", deserialize_with = "kernel_list")]
+    pub kernels: Vec<KernelVariant>,
     /// How many times the steps run in one VM.
     #[serde(default = "one")]
     pub iterations: u32,
@@ -47,6 +54,79 @@ pub struct Scenario {
 
 fn one() -> u32 {
     1
+}
+
+/// A kernel the torture runs against, by the name `torture --kernel` takes.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[serde(rename_all = "snake_case")]
+pub enum KernelVariant {
+    /// Debian's 6.12 source as it is.
+    Vanilla,
+    /// The same source with the resmgr patch series (kernels/patches/resmgr).
+    Resmgr,
+}
+
+impl KernelVariant {
+    pub const ALL: [KernelVariant; 2] = [KernelVariant::Vanilla, KernelVariant::Resmgr];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            KernelVariant::Vanilla => "vanilla",
+            KernelVariant::Resmgr => "resmgr",
+        }
+    }
+
+    /// The patch series (`kernels/patches/NAME`) this variant builds with; `None`: unpatched.
+    pub fn series(self) -> Option<&'static str> {
+        match self {
+            KernelVariant::Vanilla => None,
+            KernelVariant::Resmgr => Some("resmgr"),
+        }
+    }
+}
+
+impl std::fmt::Display for KernelVariant {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+fn known_kernels() -> String {
+    KernelVariant::ALL.map(KernelVariant::name).join(", ")
+}
+
+fn all_kernels() -> Vec<KernelVariant> {
+    KernelVariant::ALL.to_vec()
+}
+
+/// `kernels: [...]`: a non-empty list of distinct known variants. Checked while the YAML is
+/// read, so a bad value is an error at its line and column like any other field's.
+fn kernel_list<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<KernelVariant>, D::Error> {
+    struct List;
+    impl<'de> serde::de::Visitor<'de> for List {
+        type Value = Vec<KernelVariant>;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "a sequence of kernel variants ({})", known_kernels())
+        }
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+            let mut list = Vec::new();
+            // Errors are raised while the reader is at the offending item, which locates them.
+            while let Some(kernel) = seq.next_element::<KernelVariant>()? {
+                if list.contains(&kernel) {
+                    return Err(serde::de::Error::custom(format!("lists {kernel} twice")));
+                }
+                list.push(kernel);
+            }
+            if list.is_empty() {
+                return Err(serde::de::Error::custom(format!(
+                    "lists no kernel variant; leave the field out for all of them ({})",
+                    known_kernels()
+                )));
+            }
+            Ok(list)
+        }
+    }
+    d.deserialize_seq(List)
 }
 
 /// One step, as written. Ranges and alternatives are resolved by the schedule.
@@ -281,6 +361,20 @@ pub enum ScenarioError {
 }
 
 impl Scenario {
+    /// Whether this scenario runs on `kernel`.
+    pub fn applies_to(&self, kernel: KernelVariant) -> bool {
+        self.kernels.contains(&kernel)
+    }
+
+    /// Why this scenario does not run on `kernel` (`applies to: resmgr`), or `None` if it does.
+    pub fn skip_reason(&self, kernel: KernelVariant) -> Option<String> {
+        if self.applies_to(kernel) {
+            return None;
+        }
+        let names: Vec<&str> = self.kernels.iter().map(|k| k.name()).collect();
+        Some(format!("applies to: {}", names.join(", ")))
+    }
+
     pub fn load(path: &Path) -> Result<Scenario, ScenarioError> {
         let text = std::fs::read_to_string(path).map_err(|source| ScenarioError::Io { path: path.into(), source })?;
         Self::parse(&text, path)
@@ -496,6 +590,43 @@ steps:
         ] {
             let err = Scenario::parse(text, Path::new("scenarios/t.yaml")).unwrap_err().to_string();
             assert!(err.contains(needle), "{text:?} gave {err}");
+        }
+    }
+
+    #[test]
+    fn kernels_default_to_every_variant() {
+        let s = Scenario::parse(GOOD, Path::new("good.yaml")).unwrap();
+        assert_eq!(s.kernels, KernelVariant::ALL);
+        assert!(KernelVariant::ALL.iter().all(|k| s.applies_to(*k) && s.skip_reason(*k).is_none()));
+        let s = Scenario::parse("name: x\nkernels: [resmgr]\nsteps:\n  - observe\n", Path::new("k.yaml")).unwrap();
+        assert_eq!(s.kernels, [KernelVariant::Resmgr]);
+        assert!(s.applies_to(KernelVariant::Resmgr));
+        assert_eq!(s.skip_reason(KernelVariant::Vanilla).as_deref(), Some("applies to: resmgr"));
+        let s = Scenario::parse("name: x\nkernels:\n  - resmgr\n  - vanilla\nsteps:\n  - observe\n", Path::new("k.yaml")).unwrap();
+        assert_eq!(s.kernels, [KernelVariant::Resmgr, KernelVariant::Vanilla]);
+    }
+
+    /// `kernels:` errors name file, line and column (of the bad value) and the known variants.
+    #[test]
+    fn kernels_errors_are_located() {
+        for (text, expect) in [
+            // An unknown variant: the known ones are listed.
+            ("name: x\nkernels: [resmgr, mainline]\nsteps:\n  - observe\n", "k.yaml:2:19: kernels[1]: unknown variant `mainline`, expected `vanilla` or `resmgr`"),
+            ("name: x\nkernels:\n  - Vanilla\nsteps:\n  - observe\n", "k.yaml:3:5: kernels[0]: unknown variant `Vanilla`, expected `vanilla` or `resmgr`"),
+            // The CLI's `both` is a choice of runs, not a variant.
+            ("name: x\nkernels: [both]\nsteps:\n  - observe\n", "k.yaml:2:11: kernels[0]: unknown variant `both`"),
+            // Wrong types.
+            ("name: x\nkernels: resmgr\nsteps:\n  - observe\n", "k.yaml:2:10: kernels: invalid type: string \"resmgr\", expected a sequence of kernel variants (vanilla, resmgr)"),
+            ("name: x\nkernels: { resmgr: true }\nsteps:\n  - observe\n", "k.yaml:2:10: kernels: invalid type: map, expected a sequence"),
+            ("name: x\nkernels: [3]\nsteps:\n  - observe\n", "k.yaml:2:11: kernels[0]: unknown variant `3`, expected `vanilla` or `resmgr`"),
+            ("name: x\nkernels: [[resmgr]]\nsteps:\n  - observe\n", "k.yaml:2:11: kernels[0]: invalid type: sequence, expected"),
+            // Empty or repeated lists.
+            ("name: x\nkernels: []\nsteps:\n  - observe\n", "k.yaml:2:10: kernels: lists no kernel variant; leave the field out for all of them (vanilla, resmgr)"),
+            ("name: x\nkernels: [resmgr, resmgr]\nsteps:\n  - observe\n", "k.yaml:2:10: kernels: lists resmgr twice"),
+        ] {
+            let err = Scenario::parse(text, Path::new("k.yaml")).unwrap_err().to_string();
+            assert!(err.contains(expect), "{text:?} gave {err}");
+            assert!(matches!(err.split(':').nth(1).map(str::parse::<usize>), Some(Ok(1..))), "{text:?}: no line in {err}");
         }
     }
 

@@ -80,6 +80,18 @@ fn image_for(meta: &Meta) -> Result<(PathBuf, String)> {
 }
 
 pub fn run(args: Args) -> Result<ExitCode> {
+    let skipped = std::fs::read_to_string(args.run.join("meta.json"))
+        .ok()
+        .and_then(|t| serde_json::from_str::<harness::results::SkipMeta>(&t).ok());
+    if let Some(skip) = skipped {
+        bail!(
+            "{} was skipped on {} ({}): there is nothing to replay; run it with: {}",
+            args.run.display(),
+            skip.kernel_variant,
+            skip.skipped,
+            skip.reproducer
+        );
+    }
     let meta = read_meta(&args.run.join("meta.json"))?;
     let schedule = Schedule::load(&args.run.join("schedule.json"))?;
     let kernel = meta.kernel.clone();

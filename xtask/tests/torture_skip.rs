@@ -1,0 +1,31 @@
+//! `cargo xtask torture` on a kernel a scenario does not apply to: the run is recorded as
+//! skipped with the reason, nothing is built or booted, and skips alone exit 0.
+
+use std::path::Path;
+use std::process::Command;
+
+#[test]
+fn resmgr_sample_unplug_on_vanilla_is_skipped_with_the_reason() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    assert!(root.join("scenarios/resmgr-sample-unplug.yaml").is_file());
+    let results = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_xtask"))
+        .args(["torture", "--scenario", "resmgr-sample-unplug", "--kernel", "vanilla", "--seed", "7", "--results"])
+        .arg(results.path())
+        .output()
+        .expect("running xtask torture");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let all = format!("stdout:\n{stdout}\nstderr:\n{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(out.status.code(), Some(0), "{all}");
+    assert!(stdout.lines().any(|l| l.starts_with("resmgr-sample-unplug on vanilla: skipped (applies to: resmgr) ")), "{all}");
+    assert!(stdout.contains("1 run(s): 0 clean, 0 with findings, 1 skipped"), "{all}");
+    let runs: Vec<_> = std::fs::read_dir(results.path()).unwrap().map(|e| e.unwrap().path()).collect();
+    assert_eq!(runs.len(), 1, "{runs:?}");
+    let meta: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(runs[0].join("meta.json")).unwrap()).unwrap();
+    assert_eq!(meta["skipped"], "applies to: resmgr");
+    assert_eq!(meta["kernel_variant"], "vanilla");
+    assert_eq!(meta["reproducer"], "cargo xtask torture --scenario resmgr-sample-unplug --kernel resmgr --seed 7");
+    assert!(std::fs::read_to_string(runs[0].join("summary.md")).unwrap().contains("verdict: **skipped** on vanilla"));
+    // Nothing booted: no console, no steps.
+    assert!(!runs[0].join("console.log").exists() && !runs[0].join("steps.jsonl").exists());
+}
