@@ -99,10 +99,11 @@ async fn boot(args: Args, kernel: artifacts::Kernel, initrd: PathBuf) -> Result<
     let boot_cursor = harness::console::LineCursor::default();
     let mut vm = Vm::boot(&config, Vec::new()).await?;
     eprintln!(
-        "guest agent ready after {:.1} s ({}, QEMU {}); logs in {}",
+        "guest agent ready after {:.1} s ({}, QEMU {}, pace {}: deadlines scaled by it); logs in {}",
         vm.booted_in().as_secs_f64(),
         vm.accel(),
         vm.qemu_version(),
+        vm.pace(),
         vm.log_dir().display()
     );
     let mut testbed = Testbed::new();
