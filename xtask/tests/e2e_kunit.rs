@@ -5,27 +5,15 @@
 //! says so, it does not skip. `cargo xtask test` builds the resmgr kernel and image first when
 //! the series is there, so this test finds them in the cache.
 
-use std::path::Path;
-use std::process::Command;
+mod common;
 
 #[test]
 fn e2e_kunit_resmgr_suites_pass() {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
-    let series = root.join("kernels/patches/resmgr/series");
-    assert!(
-        series.is_file(),
-        "{} is missing: this test runs the resmgr patch series' KUnit suites, and the series has not been integrated",
-        series.display()
-    );
+    common::require_resmgr_series("this test runs the resmgr patch series' KUnit suites");
     let results = tempfile::tempdir().unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_xtask"))
-        .args(["kunit", "--series", "resmgr", "--results"])
-        .arg(results.path())
-        .output()
-        .expect("running xtask kunit");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "xtask kunit --series resmgr: {}\nstdout:\n{stdout}\nstderr:\n{stderr}", out.status);
+    let run = common::xtask(&["kunit", "--series", "resmgr"], results.path());
+    let (stdout, all) = (&run.stdout, &run.all);
+    assert!(run.status.success(), "{all}");
     // The table: one row per suite, `ok` at the end of each resmgr row.
     let rows: Vec<&str> = stdout.lines().take_while(|l| !l.is_empty()).skip(1).collect();
     for suite in ["resmgr", "rust_resmgr"] {

@@ -7,28 +7,19 @@
 //! says so, it does not skip. `cargo xtask test` builds the resmgr kernel and image first when
 //! the series is there (as for `e2e_kunit`), so this test finds them in the cache.
 
-use std::path::Path;
-use std::process::Command;
+mod common;
 
 #[test]
 fn e2e_torture_resmgr_sample_unplug_is_clean_on_resmgr() {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
-    let series = root.join("kernels/patches/resmgr/series");
-    assert!(
-        series.is_file(),
-        "{} is missing: this test runs the resmgr series' rust_resmgr_sample, and the series has not been integrated",
-        series.display()
-    );
+    common::require_resmgr_series("this test runs the resmgr series' rust_resmgr_sample");
+    let root = common::repo_root();
     let results = tempfile::tempdir().unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_xtask"))
-        .args(["torture", "--scenario", "resmgr-sample-unplug", "--kernel", "resmgr", "--seed", "1", "--results"])
-        .arg(results.path())
-        .output()
-        .expect("running xtask torture");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    let all = format!("stdout:\n{stdout}\nstderr:\n{stderr}");
-    assert!(out.status.success(), "xtask torture --kernel resmgr: {}\n{all}", out.status);
+    let run = common::xtask(
+        &["torture", "--scenario", "resmgr-sample-unplug", "--kernel", "resmgr", "--seed", "1"],
+        results.path(),
+    );
+    let (stdout, all) = (&run.stdout, &run.all);
+    assert!(run.status.success(), "{all}");
     assert!(stdout.lines().any(|l| l.starts_with("resmgr-sample-unplug on resmgr: clean ")), "{all}");
 
     let run = std::fs::read_dir(results.path()).unwrap().next().expect("a run folder").unwrap().path();

@@ -1,22 +1,18 @@
 //! `cargo xtask torture` on a kernel a scenario does not apply to: the run is recorded as
 //! skipped with the reason, nothing is built or booted, and skips alone exit 0.
 
-use std::path::Path;
-use std::process::Command;
+mod common;
 
 #[test]
 fn resmgr_sample_unplug_on_vanilla_is_skipped_with_the_reason() {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
-    assert!(root.join("scenarios/resmgr-sample-unplug.yaml").is_file());
+    assert!(common::repo_root().join("scenarios/resmgr-sample-unplug.yaml").is_file());
     let results = tempfile::tempdir().unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_xtask"))
-        .args(["torture", "--scenario", "resmgr-sample-unplug", "--kernel", "vanilla", "--seed", "7", "--results"])
-        .arg(results.path())
-        .output()
-        .expect("running xtask torture");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let all = format!("stdout:\n{stdout}\nstderr:\n{}", String::from_utf8_lossy(&out.stderr));
-    assert_eq!(out.status.code(), Some(0), "{all}");
+    let run = common::xtask(
+        &["torture", "--scenario", "resmgr-sample-unplug", "--kernel", "vanilla", "--seed", "7"],
+        results.path(),
+    );
+    let (stdout, all) = (&run.stdout, &run.all);
+    assert_eq!(run.status.code(), Some(0), "{all}");
     assert!(stdout.lines().any(|l| l.starts_with("resmgr-sample-unplug on vanilla: skipped (applies to: resmgr) ")), "{all}");
     assert!(stdout.contains("1 run(s): 0 clean, 0 with findings, 1 skipped"), "{all}");
     let runs: Vec<_> = std::fs::read_dir(results.path()).unwrap().map(|e| e.unwrap().path()).collect();

@@ -303,18 +303,7 @@ pub fn parse_checkpatch(stdout: &str) -> Checkpatch {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn git(dir: &Path, args: &[&str]) -> String {
-        let out = Command::new("git")
-            .arg("-C")
-            .arg(dir)
-            .args(["-c", "user.name=t", "-c", "user.email=t@t", "-c", "init.defaultBranch=main"])
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-        String::from_utf8(out.stdout).unwrap()
-    }
+    use crate::kernel::source::tests::git;
 
     /// A fake checkpatch: a WARNING for every added line with "printk(", an ERROR for "BAD",
     /// a CHECK for "check me", then the total line, like the real one in --terse mode.

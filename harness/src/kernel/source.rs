@@ -377,7 +377,7 @@ fn failed_hunk(stderr: &str, patch: &str) -> Option<String> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
     fn fake_tree(dir: &Path) {
@@ -428,7 +428,8 @@ mod tests {
         assert_ne!(before, user_tree(dir.path()).unwrap().id);
     }
 
-    fn git(dir: &Path, args: &[&str]) -> String {
+    /// git in `dir` with a throw-away identity; its stdout. (Also used by `check`'s tests.)
+    pub(in crate::kernel) fn git(dir: &Path, args: &[&str]) -> String {
         let out = Command::new("git")
             .arg("-C")
             .arg(dir)
