@@ -16,6 +16,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::sync::broadcast::error::RecvError;
+use std::sync::atomic::{AtomicU64, Ordering};
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
@@ -48,6 +49,9 @@ pub struct HolderLog {
     pub records: Vec<ConsumerRecord>,
     /// When a holder that has not stopped by then counts as hung (deadline + slack).
     hung_after: Option<Instant>,
+    /// Records of this guest's holders the host missed (its reader fell behind the agent's
+    /// event stream); which holder's they were is unknown, so every summary says it.
+    pub records_lost: u64,
 }
 
 impl HolderLog {
@@ -103,6 +107,9 @@ impl HolderLog {
         if !self.stopped() && self.overdue() {
             out.push_str("; hung: no return within the deadline");
         }
+        if self.records_lost > 0 {
+            let _ = write!(out, "; {} holder record(s) lost (the host fell behind), this log may lack some", self.records_lost);
+        }
         out
     }
 
@@ -118,6 +125,8 @@ pub struct Consumers {
     logs: Arc<Mutex<BTreeMap<u64, HolderLog>>>,
     /// Woken on every record the collector files.
     filed: Arc<Notify>,
+    /// Records the collector missed (broadcast lag).
+    lost: Arc<AtomicU64>,
     collector: JoinHandle<()>,
 }
 
@@ -128,12 +137,15 @@ impl Consumers {
         let mut events = agent.subscribe();
         let sink = logs.clone();
         let notify = filed.clone();
+        let lost = Arc::new(AtomicU64::new(0));
+        let missed = lost.clone();
         let collector = tokio::spawn(async move {
             loop {
                 let event = match events.recv().await {
                     Ok(event) => event,
                     Err(RecvError::Lagged(n)) => {
                         tracing::warn!("consumer records lost: {n} events dropped by a slow reader");
+                        missed.fetch_add(n, Ordering::Relaxed);
                         continue;
                     }
                     Err(RecvError::Closed) => return,
@@ -150,7 +162,7 @@ impl Consumers {
                 }
             }
         });
-        Consumers { agent: agent.clone(), logs, filed, collector }
+        Consumers { agent: agent.clone(), logs, filed, lost, collector }
     }
 
     /// Starts a holder; returns its handle once the guest answered. Its first use may still
@@ -209,12 +221,14 @@ impl Consumers {
 
     /// A copy of every holder's log so far, by handle.
     pub fn logs(&self) -> Vec<HolderLog> {
-        lock(&self.logs).iter().map(|(&handle, log)| HolderLog { handle, ..log.clone() }).collect()
+        let records_lost = self.lost.load(Ordering::Relaxed);
+        lock(&self.logs).iter().map(|(&handle, log)| HolderLog { handle, records_lost, ..log.clone() }).collect()
     }
 
     /// A copy of one holder's log so far.
     pub fn log(&self, handle: u64) -> Option<HolderLog> {
-        lock(&self.logs).get(&handle).map(|log| HolderLog { handle, ..log.clone() })
+        let records_lost = self.lost.load(Ordering::Relaxed);
+        lock(&self.logs).get(&handle).map(|log| HolderLog { handle, records_lost, ..log.clone() })
     }
 }
 
@@ -264,5 +278,10 @@ mod tests {
             ..HolderLog::default()
         };
         assert_eq!(polled.summary(), "holder 2 (?): POLLERR|POLLHUP on poll");
+        let lagged = HolderLog { records_lost: 3, ..polled };
+        assert_eq!(
+            lagged.summary(),
+            "holder 2 (?): POLLERR|POLLHUP on poll; 3 holder record(s) lost (the host fell behind), this log may lack some"
+        );
     }
 }

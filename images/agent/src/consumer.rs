@@ -91,6 +91,12 @@ pub fn release(handle: u64, wait: Duration) -> Result<Reply, ErrorReply> {
     }
 }
 
+/// The bitmap of a line request's lines `lines` (indices into the request, at most 64 of
+/// them: a request of all 64 lines is a full mask, not a shift overflow).
+fn line_bits(lines: std::ops::Range<usize>) -> u64 {
+    lines.fold(0u64, |m, i| m | u32::try_from(i).ok().and_then(|i| 1u64.checked_shl(i)).unwrap_or(0))
+}
+
 fn mono_ns() -> u64 {
     let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
     // SAFETY: ts is a valid timespec to write to.
@@ -189,7 +195,7 @@ impl Holder {
                     lr.config.flags |= uapi::FLAG_EDGE_RISING | uapi::FLAG_EDGE_FALLING;
                 }
                 if !req.outputs.is_empty() {
-                    let mask = (req.lines.len()..all.len()).fold(0u64, |m, i| m | 1 << i);
+                    let mask = line_bits(req.lines.len()..all.len());
                     lr.config.num_attrs = 1;
                     lr.config.attrs[0] = uapi::LineConfigAttribute {
                         attr: uapi::LineAttribute { id: uapi::ATTR_ID_FLAGS, padding: 0, value: uapi::FLAG_OUTPUT },
@@ -266,14 +272,14 @@ impl Holder {
             HoldKind::GpioCdev | HoldKind::GpioAggregator => {
                 let line = self.line_fd();
                 let mut values =
-                    uapi::LineValues { bits: 0, mask: (1u64 << (req.lines.len() + req.outputs.len())) - 1 };
+                    uapi::LineValues { bits: 0, mask: line_bits(0..req.lines.len() + req.outputs.len()) };
                 self.call("GPIO_V2_LINE_GET_VALUES_IOCTL", || {
                     // SAFETY: values is the kernel's struct gpio_v2_line_values.
                     unsafe { libc::ioctl(line, uapi::GPIO_V2_LINE_GET_VALUES_IOCTL, &mut values) as i64 }
                 });
                 if !req.outputs.is_empty() {
                     self.toggle = !self.toggle;
-                    let out_mask = (req.lines.len()..req.lines.len() + req.outputs.len()).fold(0u64, |m, i| m | 1 << i);
+                    let out_mask = line_bits(req.lines.len()..req.lines.len() + req.outputs.len());
                     let mut set = uapi::LineValues { bits: if self.toggle { out_mask } else { 0 }, mask: out_mask };
                     self.call("GPIO_V2_LINE_SET_VALUES_IOCTL", || {
                         // SAFETY: as above.
@@ -976,6 +982,15 @@ mod uapi {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn line_bits_cover_a_full_64_line_request() {
+        assert_eq!(line_bits(0..0), 0);
+        assert_eq!(line_bits(0..3), 0b111);
+        assert_eq!(line_bits(2..4), 0b1100);
+        assert_eq!(line_bits(0..64), u64::MAX, "no shift overflow at 64 lines");
+        assert_eq!(line_bits(63..70), 1 << 63, "indices past the bitmap are not lines");
+    }
 
     #[test]
     fn debugfs_reads_give_length_or_the_kernels_errno() {
