@@ -7,7 +7,7 @@ use std::process::Command;
 
 use anyhow::{bail, Context, Result};
 
-use super::cache::{hash, lock_exclusive};
+use super::cache::{hash, lock_exclusive, OBJECTS_IN_TREE};
 
 /// The tarball Debian's `linux-source-6.12` package installs.
 pub const DEBIAN_TARBALL: &str = "/usr/src/linux-source-6.12.tar.xz";
@@ -259,9 +259,18 @@ pub fn patched(cache: &Path, base: &Source, series: &Series) -> Result<Source> {
     );
     let tmp = tempfile::Builder::new().prefix(".patch-").tempdir_in(&root)?;
     let copy = tmp.path().join("tree");
-    copy_tree(&base.tree, &copy)?;
+    // The previous version's objects, once a build configured them, are closer to this
+    // version than the base's (the series' own config fragments, e.g. KUnit, can change
+    // task_struct and so every object): the copy takes those instead.
+    let previous_objects = dest.join(OBJECTS_IN_TREE);
+    let reuse_previous = previous_objects.join(".config").is_file();
+    copy_tree(&base.tree, &copy, if reuse_previous { &[".git", OBJECTS_IN_TREE] } else { &[".git"] })?;
     for patch in &series.patches {
         apply_patch(&copy, patch).with_context(|| format!("series {} on {}", series.name, base.label))?;
+    }
+    if reuse_previous {
+        std::fs::rename(&previous_objects, copy.join(OBJECTS_IN_TREE))
+            .with_context(|| format!("moving {} into the new copy", previous_objects.display()))?;
     }
     // cp -a keeps the base's (old) mtimes, so a file the previous version of the series
     // changed and this one does not would look older than its object and make would keep
@@ -294,15 +303,15 @@ pub fn patched(cache: &Path, base: &Source, series: &Series) -> Result<Source> {
     Ok(source)
 }
 
-/// Copies a source tree without its `.git` (a maintainer's object store can be gigabytes and
-/// the build does not need it). `--reflink=auto` makes it nearly free where the filesystem
-/// shares extents.
-fn copy_tree(from: &Path, to: &Path) -> Result<()> {
+/// Copies a source tree without the top-level entries named in `skip` (`.git`: a maintainer's
+/// object store can be gigabytes, and the build does not need it). `--reflink=auto` makes it
+/// nearly free where the filesystem shares extents.
+fn copy_tree(from: &Path, to: &Path, skip: &[&str]) -> Result<()> {
     std::fs::create_dir(to).with_context(|| format!("creating {}", to.display()))?;
     let mut entries: Vec<PathBuf> = std::fs::read_dir(from)
         .with_context(|| format!("reading {}", from.display()))?
         .flatten()
-        .filter(|e| e.file_name() != ".git")
+        .filter(|e| !skip.iter().any(|s| e.file_name() == *s))
         .map(|e| e.path())
         .collect();
     entries.sort();
@@ -489,6 +498,10 @@ pub(super) mod tests {
         assert_eq!(patched(cache.path(), &base, &series).unwrap().tree, src.tree, "made once");
         assert_eq!(stamp(&src.tree.join("hello.c")), patched_mtime, "an unchanged series is not reapplied");
 
+        // A build configured the copy's objects: the next version keeps those, not the base's.
+        std::fs::write(src.tree.join(".objects/.config"), "CONFIG_A=y\n").unwrap();
+        std::fs::write(src.tree.join(".objects/series-only.o"), "obj").unwrap();
+
         // A new version of the series that no longer touches hello.c: same path, hello.c
         // back to the base text but with a newer mtime than the patched one (make would
         // otherwise keep the object built from the patched text).
@@ -505,6 +518,7 @@ pub(super) mod tests {
         assert_eq!(std::fs::read_to_string(src2.tree.join("hello.c")).unwrap(), "int x = 1;\n");
         assert_eq!(std::fs::read_to_string(src2.tree.join("Kconfig")).unwrap(), "mainmenu \"y\"\n");
         assert!(stamp(&src2.tree.join("hello.c")) > patched_mtime, "reverted file looks new to make");
+        assert!(src2.tree.join(".objects/series-only.o").is_file(), "the previous version's objects are kept");
 
         let bad = patches.path().join("bad");
         std::fs::create_dir(&bad).unwrap();
