@@ -90,5 +90,5 @@ pub fn kernel(choice: &KernelChoice) -> Result<Kernel> {
 
 /// Builds (or reuses) the initramfs carrying `kernel`'s modules.
 pub fn image_for(kernel: &Kernel) -> Result<harness::image::Image> {
-    Ok(harness::image::build(&harness::image::ImageRequest { modules: kernel.modules.clone() })?)
+    harness::image::build(&harness::image::ImageRequest { modules: kernel.modules.clone() })
 }
