@@ -544,8 +544,9 @@ const PLATFORM_DEVICES: &str = "/sys/bus/platform/devices";
 /// An in-kernel consumer the agent set up and drives.
 enum KernelConsumer {
     GpioVirtuser(Virtuser),
-    /// The nvmem-holder module holding one nvmem device.
-    NvmemHolder,
+    /// A holder of the nvmem-holder module (`HOLDER/` in its debugfs dir) owning one
+    /// reference to an nvmem device.
+    NvmemHolder { name: String },
     /// A gpio-aggregator platform device (`gpio-aggregator.N`).
     Aggregator { device: String },
 }
@@ -591,9 +592,13 @@ impl KernelConsumer {
                         )));
                     }
                 }
-                std::fs::write(format!("{NVMEM_HOLDER}/get"), &req.path)
-                    .map_err(|e| ErrorReply::io(format!("nvmem-holder get {:?}", req.path), &e))?;
-                Ok(KernelConsumer::NvmemHolder)
+                if req.path.is_empty() || req.path.contains(char::is_whitespace) {
+                    return Err(ErrorReply::msg(format!("nvmem-kernel needs an nvmem device name as path (got {:?})", req.path)));
+                }
+                let name = format!("holder-{handle}");
+                std::fs::write(format!("{NVMEM_HOLDER}/get"), format!("{name} {}", req.path))
+                    .map_err(|e| ErrorReply::io(format!("nvmem-holder get {name} {:?}", req.path), &e))?;
+                Ok(KernelConsumer::NvmemHolder { name })
             }
             kind => Err(ErrorReply::msg(format!("{} is not an in-kernel holder kind", kind.name()))),
         }
@@ -646,7 +651,7 @@ impl KernelConsumer {
     fn use_files(&self) -> Vec<(&'static str, String)> {
         match self {
             KernelConsumer::GpioVirtuser(v) => v.line_files("value").into_iter().map(|f| ("gpiod_get_value", f)).collect(),
-            KernelConsumer::NvmemHolder => vec![("nvmem_device_read", format!("{NVMEM_HOLDER}/read"))],
+            KernelConsumer::NvmemHolder { name } => vec![("nvmem_device_read", format!("{NVMEM_HOLDER}/{name}/read"))],
             // Used through the line request on the aggregated chip instead.
             KernelConsumer::Aggregator { .. } => Vec::new(),
         }
@@ -657,8 +662,8 @@ impl KernelConsumer {
     fn release(&self) -> Vec<String> {
         match self {
             KernelConsumer::GpioVirtuser(v) => v.release(),
-            KernelConsumer::NvmemHolder => {
-                attempts([("nvmem-holder put".into(), std::fs::write(format!("{NVMEM_HOLDER}/put"), "1"))])
+            KernelConsumer::NvmemHolder { name } => {
+                attempts([(format!("nvmem-holder put {name}"), std::fs::write(format!("{NVMEM_HOLDER}/put"), name.as_str()))])
             }
             KernelConsumer::Aggregator { device } => attempts([(
                 format!("delete_device {device}"),

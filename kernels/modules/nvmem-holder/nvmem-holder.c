@@ -4,89 +4,182 @@
  * provider's removal, for unplug-torture (scenario S1, kernel-notes §8).
  *
  * debugfs /sys/kernel/debug/nvmem-holder/:
- *   get   write a device name: nvmem_device_find(name, device_match_name) and hold it
- *   read  read: nvmem_device_read(dev, 0, 16, buf), printed as hex, or the negative errno
- *   put   write anything: nvmem_device_put() the held device
+ *   get          write "HOLDER DEVICE": nvmem_device_find(DEVICE, device_match_name); the
+ *                holder named HOLDER keeps that reference (-EEXIST if HOLDER exists)
+ *   HOLDER/read  read from offset 0: nvmem_device_read(dev, 0, 16, buf), printed as hex, or
+ *                the negative errno; reads past offset 0 return the rest of that text and
+ *                do not touch the device again (one `cat` = one device read)
+ *   put          write "HOLDER": nvmem_device_put() its reference and remove HOLDER/
  *
- * Nothing here checks whether the provider is still there: that is the point. After the
- * provider (at24) is unbound, a read goes into the provider's freed state on kernels whose
- * nvmem core does not track provider removal.
+ * Every holder owns exactly one reference, so two holders on one device never drop each
+ * other's. Nothing here checks whether the provider is still there: that is the point. After
+ * the provider (at24) is unbound, a read goes into the provider's freed state on kernels
+ * whose nvmem core does not track provider removal.
  */
 #include <linux/debugfs.h>
 #include <linux/device.h>
+#include <linux/list.h>
 #include <linux/module.h>
 #include <linux/mutex.h>
 #include <linux/nvmem-consumer.h>
+#include <linux/slab.h>
 #include <linux/string.h>
 #include <linux/uaccess.h>
 
 #define HOLDER_READ_LEN 16
+#define HOLDER_NAME_LEN 32
 
-static struct dentry *holder_dir;
-static DEFINE_MUTEX(holder_lock);
-static struct nvmem_device *held;
-
-static ssize_t get_write(struct file *file, const char __user *ubuf, size_t len, loff_t *ppos)
-{
-	char name[64];
+struct holder {
+	struct list_head node;
+	char name[HOLDER_NAME_LEN];
 	struct nvmem_device *nvmem;
-	size_t n = min(len, sizeof(name) - 1);
+	struct dentry *dir;
+	/* serialises reads of this holder; text is what the last read at offset 0 said */
+	struct mutex lock;
+	char text[3 * HOLDER_READ_LEN + 16];
+	size_t text_len;
+};
 
-	if (copy_from_user(name, ubuf, n))
-		return -EFAULT;
-	name[n] = '\0';
-	strim(name);
+static struct dentry *holder_root;
+/* protects holders (the list), not what each holder does */
+static DEFINE_MUTEX(holders_lock);
+static LIST_HEAD(holders);
 
-	nvmem = nvmem_device_find(name, device_match_name);
-	if (IS_ERR(nvmem))
-		return PTR_ERR(nvmem);
+static struct holder *holder_find(const char *name)
+{
+	struct holder *h;
 
-	mutex_lock(&holder_lock);
-	if (held)
-		nvmem_device_put(held);
-	held = nvmem;
-	mutex_unlock(&holder_lock);
-	return len;
+	list_for_each_entry(h, &holders, node)
+		if (!strcmp(h->name, name))
+			return h;
+	return NULL;
+}
+
+/* Removes the holder's files (waiting for reads in flight), then drops its reference. */
+static void holder_free(struct holder *h)
+{
+	debugfs_remove_recursive(h->dir);
+	nvmem_device_put(h->nvmem);
+	mutex_destroy(&h->lock);
+	kfree(h);
 }
 
 static ssize_t read_read(struct file *file, char __user *ubuf, size_t len, loff_t *ppos)
 {
+	struct holder *h = file->private_data;
 	u8 buf[HOLDER_READ_LEN];
-	char out[3 * HOLDER_READ_LEN + 16];
-	int ret, n = 0, i;
+	ssize_t ret;
+	int n = 0, i;
 
-	mutex_lock(&holder_lock);
-	ret = held ? nvmem_device_read(held, 0, HOLDER_READ_LEN, buf) : -ENODEV;
-	mutex_unlock(&holder_lock);
-
-	if (ret < 0) {
-		n = scnprintf(out, sizeof(out), "%d\n", ret);
-	} else {
-		for (i = 0; i < ret && i < HOLDER_READ_LEN; i++)
-			n += scnprintf(out + n, sizeof(out) - n, "%02x", buf[i]);
-		n += scnprintf(out + n, sizeof(out) - n, "\n");
+	mutex_lock(&h->lock);
+	if (*ppos == 0) {
+		ret = nvmem_device_read(h->nvmem, 0, HOLDER_READ_LEN, buf);
+		if (ret < 0) {
+			n = scnprintf(h->text, sizeof(h->text), "%zd\n", ret);
+		} else {
+			for (i = 0; i < ret && i < HOLDER_READ_LEN; i++)
+				n += scnprintf(h->text + n, sizeof(h->text) - n, "%02x", buf[i]);
+			n += scnprintf(h->text + n, sizeof(h->text) - n, "\n");
+		}
+		h->text_len = n;
 	}
-	return simple_read_from_buffer(ubuf, len, ppos, out, n);
+	ret = simple_read_from_buffer(ubuf, len, ppos, h->text, h->text_len);
+	mutex_unlock(&h->lock);
+	return ret;
+}
+
+static const struct file_operations read_fops = {
+	.owner = THIS_MODULE,
+	.open = simple_open,
+	.read = read_read,
+};
+
+/* Copies a user write of at most @size - 1 bytes into @buf, NUL-terminated and trimmed. */
+static char *copy_words(char *buf, size_t size, const char __user *ubuf, size_t len)
+{
+	if (len >= size)
+		return ERR_PTR(-E2BIG);
+	if (copy_from_user(buf, ubuf, len))
+		return ERR_PTR(-EFAULT);
+	buf[len] = '\0';
+	return strim(buf);
+}
+
+static ssize_t get_write(struct file *file, const char __user *ubuf, size_t len, loff_t *ppos)
+{
+	char words[HOLDER_NAME_LEN + 64];
+	char *name, *device;
+	struct holder *h;
+	int ret;
+
+	name = copy_words(words, sizeof(words), ubuf, len);
+	if (IS_ERR(name))
+		return PTR_ERR(name);
+	device = strchr(name, ' ');
+	if (!device)
+		return -EINVAL;
+	*device++ = '\0';
+	device = strim(device);
+	if (!*name || !*device || strlen(name) >= HOLDER_NAME_LEN || strchr(name, '/'))
+		return -EINVAL;
+
+	h = kzalloc(sizeof(*h), GFP_KERNEL);
+	if (!h)
+		return -ENOMEM;
+	strscpy(h->name, name);
+	mutex_init(&h->lock);
+
+	h->nvmem = nvmem_device_find(device, device_match_name);
+	if (IS_ERR(h->nvmem)) {
+		ret = PTR_ERR(h->nvmem);
+		goto free;
+	}
+
+	mutex_lock(&holders_lock);
+	if (holder_find(h->name)) {
+		mutex_unlock(&holders_lock);
+		ret = -EEXIST;
+		goto put;
+	}
+	h->dir = debugfs_create_dir(h->name, holder_root);
+	debugfs_create_file("read", 0400, h->dir, h, &read_fops);
+	list_add(&h->node, &holders);
+	mutex_unlock(&holders_lock);
+	return len;
+
+put:
+	nvmem_device_put(h->nvmem);
+free:
+	mutex_destroy(&h->lock);
+	kfree(h);
+	return ret;
 }
 
 static ssize_t put_write(struct file *file, const char __user *ubuf, size_t len, loff_t *ppos)
 {
-	mutex_lock(&holder_lock);
-	if (held)
-		nvmem_device_put(held);
-	held = NULL;
-	mutex_unlock(&holder_lock);
+	char words[HOLDER_NAME_LEN + 1];
+	struct holder *h;
+	char *name;
+
+	name = copy_words(words, sizeof(words), ubuf, len);
+	if (IS_ERR(name))
+		return PTR_ERR(name);
+
+	mutex_lock(&holders_lock);
+	h = holder_find(name);
+	if (h)
+		list_del(&h->node);
+	mutex_unlock(&holders_lock);
+	if (!h)
+		return -ENOENT;
+
+	holder_free(h);
 	return len;
 }
 
 static const struct file_operations get_fops = {
 	.owner = THIS_MODULE,
 	.write = get_write,
-};
-
-static const struct file_operations read_fops = {
-	.owner = THIS_MODULE,
-	.read = read_read,
 };
 
 static const struct file_operations put_fops = {
@@ -96,18 +189,21 @@ static const struct file_operations put_fops = {
 
 static int __init nvmem_holder_init(void)
 {
-	holder_dir = debugfs_create_dir("nvmem-holder", NULL);
-	debugfs_create_file("get", 0200, holder_dir, NULL, &get_fops);
-	debugfs_create_file("read", 0400, holder_dir, NULL, &read_fops);
-	debugfs_create_file("put", 0200, holder_dir, NULL, &put_fops);
+	holder_root = debugfs_create_dir("nvmem-holder", NULL);
+	debugfs_create_file("get", 0200, holder_root, NULL, &get_fops);
+	debugfs_create_file("put", 0200, holder_root, NULL, &put_fops);
 	return 0;
 }
 
 static void __exit nvmem_holder_exit(void)
 {
-	debugfs_remove_recursive(holder_dir);
-	if (held)
-		nvmem_device_put(held);
+	struct holder *h, *next;
+
+	list_for_each_entry_safe(h, next, &holders, node) {
+		list_del(&h->node);
+		holder_free(h);
+	}
+	debugfs_remove_recursive(holder_root);
 }
 
 module_init(nvmem_holder_init);
