@@ -126,7 +126,7 @@ pub fn request_for(kind: HoldKind, nodes: &GuestNodes, deadline: Duration) -> Re
             let (_, name) = nvmem.ok_or_else(|| missing("an nvmem device"))?;
             (format!("/sys/bus/nvmem/devices/{name}/nvmem"), None)
         }
-        HoldKind::NvmemKernel => (nvmem.ok_or_else(|| missing("an nvmem device"))?.1.clone(), None),
+        HoldKind::NvmemKernel | HoldKind::NvmemKernelRs => (nvmem.ok_or_else(|| missing("an nvmem device"))?.1.clone(), None),
         HoldKind::I2cDev | HoldKind::I2cSmbus => {
             let bus = nodes.i2c_bus.ok_or_else(|| missing("an I2C adapter"))?;
             // Talk to the EEPROM if there is one: a client that answers.

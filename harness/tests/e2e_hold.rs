@@ -133,7 +133,9 @@ async fn e2e_hold_cp2112_every_kind_across_a_usb_unplug() {
         Vm::boot(&testenv::vm_config("e2e_hold_cp2112_every_kind_across_a_usb_unplug"), Vec::new()).await.unwrap();
     let mut testbed = Testbed::new();
     testbed.plug(&mut vm, "cp2112", "bridge").await.unwrap();
-    let report = hold_session::run(&mut vm, &mut testbed, &plan("bridge", &HoldKind::ALL, UnplugHow::Graceful), LineCursor::default())
+    // nvmem-kernel-rs is the resmgr series' Rust sample: not in this (vanilla) kernel.
+    let kinds: Vec<HoldKind> = HoldKind::ALL.into_iter().filter(|k| *k != HoldKind::NvmemKernelRs).collect();
+    let report = hold_session::run(&mut vm, &mut testbed, &plan("bridge", &kinds, UnplugHow::Graceful), LineCursor::default())
         .await
         .unwrap();
     print(&report);

@@ -43,7 +43,8 @@ pub struct Args {
     append: Vec<String>,
     /// Hold the first provider (cp2112 or gpio-sim) with a consumer of this kind across an
     /// unplug (repeatable): gpio-cdev, gpio-event, gpio-chip-watch, nvmem-sysfs, i2c-dev,
-    /// i2c-smbus, hidraw, gpio-virtuser, gpio-virtuser-irq, gpio-aggregator, nvmem-kernel.
+    /// i2c-smbus, hidraw, gpio-virtuser, gpio-virtuser-irq, gpio-aggregator, nvmem-kernel,
+    /// nvmem-kernel-rs (resmgr kernel only).
     #[arg(long = "hold", value_name = "KIND")]
     hold: Vec<HoldKind>,
     /// Unplug the first provider while the holders hold: graceful, surprise, disconnect

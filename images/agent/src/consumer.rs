@@ -222,7 +222,7 @@ impl Holder {
             }
             HoldKind::NvmemSysfs | HoldKind::Hidraw => {}
             // Set up by KernelConsumer::set_up.
-            HoldKind::GpioVirtuser | HoldKind::GpioVirtuserIrq | HoldKind::NvmemKernel => {}
+            HoldKind::GpioVirtuser | HoldKind::GpioVirtuserIrq | HoldKind::NvmemKernel | HoldKind::NvmemKernelRs => {}
         }
         if self.kind == HoldKind::I2cSmbus {
             // SMBus has no address in the transfer: bind the fd to the client (FORCE: the
@@ -345,7 +345,7 @@ impl Holder {
                     unsafe { libc::ioctl(fd, uapi::I2C_SMBUS, &mut data) as i64 }
                 });
             }
-            HoldKind::GpioVirtuser | HoldKind::GpioVirtuserIrq | HoldKind::NvmemKernel => {
+            HoldKind::GpioVirtuser | HoldKind::GpioVirtuserIrq | HoldKind::NvmemKernel | HoldKind::NvmemKernelRs => {
                 let files = self.kernel.as_ref().map(KernelConsumer::use_files).unwrap_or_default();
                 for (op, path) in files {
                     self.call(op, || read_debugfs(&path));
@@ -537,7 +537,10 @@ const VIRTUSER_CONFIGFS: &str = "/sys/kernel/config/gpio-virtuser";
 const VIRTUSER_DEBUGFS: &str = "/sys/kernel/debug/gpio-virtuser";
 /// The connection id our gpio-virtuser devices request their lines under.
 const VIRTUSER_CON_ID: &str = "hold";
-const NVMEM_HOLDER: &str = "/sys/kernel/debug/nvmem-holder";
+/// The C nvmem holder (`kernels/modules/nvmem-holder`, both kernels) and its Rust twin (the
+/// resmgr series' sample): module name, debugfs dir. Same interface.
+const NVMEM_HOLDER: (&str, &str) = ("nvmem-holder", "/sys/kernel/debug/nvmem-holder");
+const NVMEM_HOLDER_RS: (&str, &str) = ("rust_nvmem_holder", "/sys/kernel/debug/rust_nvmem_holder");
 const AGGREGATOR_DRIVER: &str = "/sys/bus/platform/drivers/gpio-aggregator";
 const PLATFORM_DEVICES: &str = "/sys/bus/platform/devices";
 
@@ -546,7 +549,7 @@ enum KernelConsumer {
     GpioVirtuser(Virtuser),
     /// A holder of the nvmem-holder module (`HOLDER/` in its debugfs dir) owning one
     /// reference to an nvmem device.
-    NvmemHolder { name: String },
+    NvmemHolder { dir: &'static str, name: String },
     /// A gpio-aggregator platform device (`gpio-aggregator.N`).
     Aggregator { device: String },
 }
@@ -583,12 +586,13 @@ impl KernelConsumer {
                     }
                 }
             }
-            HoldKind::NvmemKernel => {
-                if !std::path::Path::new(NVMEM_HOLDER).exists() {
-                    let status = std::process::Command::new("modprobe").arg("nvmem-holder").status();
+            HoldKind::NvmemKernel | HoldKind::NvmemKernelRs => {
+                let (module, dir) = if req.kind == HoldKind::NvmemKernel { NVMEM_HOLDER } else { NVMEM_HOLDER_RS };
+                if !std::path::Path::new(dir).exists() {
+                    let status = std::process::Command::new("modprobe").arg(module).status();
                     if !status.as_ref().is_ok_and(|s| s.success()) {
                         return Err(ErrorReply::msg(format!(
-                            "modprobe nvmem-holder failed ({status:?}): is the test module in the image?"
+                            "modprobe {module} failed ({status:?}): is the module in the image (nvmem-kernel-rs needs the resmgr kernel)?"
                         )));
                     }
                 }
@@ -596,9 +600,9 @@ impl KernelConsumer {
                     return Err(ErrorReply::msg(format!("nvmem-kernel needs an nvmem device name as path (got {:?})", req.path)));
                 }
                 let name = format!("holder-{handle}");
-                std::fs::write(format!("{NVMEM_HOLDER}/get"), format!("{name} {}", req.path))
-                    .map_err(|e| ErrorReply::io(format!("nvmem-holder get {name} {:?}", req.path), &e))?;
-                Ok(KernelConsumer::NvmemHolder { name })
+                std::fs::write(format!("{dir}/get"), format!("{name} {}", req.path))
+                    .map_err(|e| ErrorReply::io(format!("{module} get {name} {:?}", req.path), &e))?;
+                Ok(KernelConsumer::NvmemHolder { dir, name })
             }
             kind => Err(ErrorReply::msg(format!("{} is not an in-kernel holder kind", kind.name()))),
         }
@@ -651,7 +655,7 @@ impl KernelConsumer {
     fn use_files(&self) -> Vec<(&'static str, String)> {
         match self {
             KernelConsumer::GpioVirtuser(v) => v.line_files("value").into_iter().map(|f| ("gpiod_get_value", f)).collect(),
-            KernelConsumer::NvmemHolder { name } => vec![("nvmem_device_read", format!("{NVMEM_HOLDER}/{name}/read"))],
+            KernelConsumer::NvmemHolder { dir, name } => vec![("nvmem_device_read", format!("{dir}/{name}/read"))],
             // Used through the line request on the aggregated chip instead.
             KernelConsumer::Aggregator { .. } => Vec::new(),
         }
@@ -662,8 +666,8 @@ impl KernelConsumer {
     fn release(&self) -> Vec<String> {
         match self {
             KernelConsumer::GpioVirtuser(v) => v.release(),
-            KernelConsumer::NvmemHolder { name } => {
-                attempts([(format!("nvmem-holder put {name}"), std::fs::write(format!("{NVMEM_HOLDER}/put"), name.as_str()))])
+            KernelConsumer::NvmemHolder { dir, name } => {
+                attempts([(format!("{dir}/put {name}"), std::fs::write(format!("{dir}/put"), name.as_str()))])
             }
             KernelConsumer::Aggregator { device } => attempts([(
                 format!("delete_device {device}"),

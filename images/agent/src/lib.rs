@@ -275,6 +275,9 @@ pub enum HoldKind {
     /// In kernel: our `nvmem-holder` test module takes the nvmem device named `path` and
     /// keeps it; reads of its debugfs `read` are `nvmem_device_read` calls.
     NvmemKernel,
+    /// As `nvmem-kernel`, in Rust: the resmgr series' `rust_nvmem_holder` sample (on
+    /// `kernel::nvmem`), with the same debugfs interface. Resmgr kernel only.
+    NvmemKernelRs,
     /// In kernel: a gpio-aggregator (`new_device`) takes `lines` of the chip `path`; the agent
     /// requests every line of the aggregated chip through its cdev and reads them, which the
     /// aggregator forwards to the descriptors it holds on the provider.
@@ -283,7 +286,7 @@ pub enum HoldKind {
 
 impl HoldKind {
     /// Every kind, for listings and errors.
-    pub const ALL: [HoldKind; 11] = [
+    pub const ALL: [HoldKind; 12] = [
         HoldKind::GpioCdev,
         HoldKind::GpioEvent,
         HoldKind::GpioChipWatch,
@@ -294,6 +297,7 @@ impl HoldKind {
         HoldKind::GpioVirtuser,
         HoldKind::GpioVirtuserIrq,
         HoldKind::NvmemKernel,
+        HoldKind::NvmemKernelRs,
         HoldKind::GpioAggregator,
     ];
 
@@ -310,6 +314,7 @@ impl HoldKind {
             HoldKind::GpioVirtuser => "gpio-virtuser",
             HoldKind::GpioVirtuserIrq => "gpio-virtuser-irq",
             HoldKind::NvmemKernel => "nvmem-kernel",
+            HoldKind::NvmemKernelRs => "nvmem-kernel-rs",
             HoldKind::GpioAggregator => "gpio-aggregator",
         }
     }
@@ -318,7 +323,11 @@ impl HoldKind {
     pub fn in_kernel(self) -> bool {
         matches!(
             self,
-            HoldKind::GpioVirtuser | HoldKind::GpioVirtuserIrq | HoldKind::NvmemKernel | HoldKind::GpioAggregator
+            HoldKind::GpioVirtuser
+                | HoldKind::GpioVirtuserIrq
+                | HoldKind::NvmemKernel
+                | HoldKind::NvmemKernelRs
+                | HoldKind::GpioAggregator
         )
     }
 }
