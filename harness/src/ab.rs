@@ -122,6 +122,14 @@ impl Side {
             (None, false) => "NOT met",
         }
     }
+
+    /// `EXPECTED — **met**` (or `**NOT met**`), or just `skipped`.
+    fn judged(&self) -> String {
+        match &self.skipped {
+            Some(_) => self.verdict().to_string(),
+            None => format!("{} — **{}**", self.expected, self.verdict()),
+        }
+    }
 }
 
 /// Compares one scenario's runs. Titles are listed vanilla's first, in order of appearance,
@@ -191,7 +199,7 @@ pub fn markdown(comparisons: &[Comparison]) -> String {
             Some(false) => "SCHEDULES DIFFER",
             None => "one side skipped",
         };
-        md.push_str(&format!("{schedule}; expected on vanilla: {} — **{}**; on resmgr: {} — **{}**\n", c.vanilla.expected, c.vanilla.verdict(), c.resmgr.expected, c.resmgr.verdict()));
+        md.push_str(&format!("{schedule}; expected on vanilla: {}; on resmgr: {}\n", c.vanilla.judged(), c.resmgr.judged()));
         for (name, side) in [("vanilla", &c.vanilla), ("resmgr", &c.resmgr)] {
             if let Some(why) = &side.skipped {
                 md.push_str(&format!("- {name}: skipped ({why})\n"));
@@ -282,7 +290,8 @@ mod tests {
         let skipped = RunSummary { skipped: Some("applies to: resmgr".into()), expectation_met: true, ..run("vanilla", &[], &[], &[]) };
         let c = compare(&skipped, &run("resmgr", &[(WARN, 2)], &[], &[]), None);
         assert_eq!(c.titles, [TitleRow { title: WARN.into(), vanilla: 0, resmgr: 2, change: None }]);
-        assert_eq!(c.vanilla.verdict(), "skipped");
+        assert_eq!(c.vanilla.judged(), "skipped");
+        assert_eq!(c.resmgr.judged(), "clean — **met**");
     }
 
     /// The Markdown table, byte for byte.

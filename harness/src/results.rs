@@ -74,16 +74,7 @@ pub struct SkipMeta {
 pub fn record_skip(root: &Path, scenario: &str, kernel_variant: &str, seed: u64, reason: &str, reproducer: &str) -> Result<PathBuf> {
     let path = create_folder(root, scenario)?;
     let run_id = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let summary = RunSummary {
-        run_id: run_id.clone(),
-        scenario: scenario.to_string(),
-        kernel: kernel_variant.to_string(),
-        seed,
-        expected: "skipped".into(),
-        expectation_met: true,
-        skipped: Some(reason.to_string()),
-        ..RunSummary::default()
-    };
+    let summary = RunSummary { run_id: run_id.clone(), ..RunSummary::skipped(scenario, kernel_variant, seed, reason) };
     write_atomic(&path.join("summary.json"), serde_json::to_string_pretty(&summary)?.as_bytes())?;
     let meta = SkipMeta {
         run_id: run_id.clone(),
@@ -268,6 +259,22 @@ pub struct RunSummary {
     pub steps_failed: usize,
     pub steps_not_run: usize,
     pub steps: usize,
+}
+
+impl RunSummary {
+    /// The summary of `scenario` not run on `kernel` (it does not apply): nothing shown, nothing
+    /// expected, so the expectation is met.
+    pub fn skipped(scenario: &str, kernel: &str, seed: u64, reason: &str) -> RunSummary {
+        RunSummary {
+            scenario: scenario.to_string(),
+            kernel: kernel.to_string(),
+            seed,
+            expected: "skipped".into(),
+            expectation_met: true,
+            skipped: Some(reason.to_string()),
+            ..RunSummary::default()
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

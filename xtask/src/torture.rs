@@ -255,14 +255,9 @@ impl Run {
     fn summary(&self) -> harness::results::RunSummary {
         match &self.outcome {
             Outcome::Ran(v) => v.summary.clone(),
-            Outcome::Skipped { reason, seed, .. } => harness::results::RunSummary {
-                scenario: self.scenario.clone(),
-                kernel: self.kernel.name().to_string(),
-                seed: *seed,
-                expected: "skipped".into(),
-                expectation_met: true,
-                skipped: Some(reason.clone()),
-                ..Default::default()
+            Outcome::Skipped { reason, seed, dir } => harness::results::RunSummary {
+                run_id: dir.as_ref().ok().and_then(|d| d.file_name()).map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
+                ..harness::results::RunSummary::skipped(&self.scenario, self.kernel.name(), *seed, reason)
             },
         }
     }
