@@ -60,6 +60,26 @@ impl HolderLog {
         self.records.iter().find(|r| r.errno.is_some() || r.revents.is_some_and(|e| e & !POLLIN != 0))
     }
 
+    /// [`HolderLog::first_failure`] by name: the op and the errno or poll flags it got.
+    pub fn first_error(&self) -> Option<FirstError> {
+        self.first_failure().map(|fail| FirstError {
+            op: fail.op.clone(),
+            errno: fail.errno.map(|errno| fail.errno_name.clone().unwrap_or_else(|| format!("errno {errno}"))),
+            // An errno is the answer; poll flags only matter without one.
+            revents: fail.revents.filter(|_| fail.errno.is_none()).map(poll_flags),
+        })
+    }
+
+    /// This holder under the name the scenario gave it, for `summary.json`.
+    pub fn state(&self, name: &str) -> HolderState {
+        HolderState {
+            name: name.to_string(),
+            kind: self.request.as_ref().map_or("?", |r| r.kind.name()).to_string(),
+            first_error: self.first_error(),
+            hung: !self.stopped() && self.overdue(),
+        }
+    }
+
     /// Whether the loop ended (deadline, error or release).
     pub fn stopped(&self) -> bool {
         self.has("stopped")
@@ -91,15 +111,14 @@ impl HolderLog {
                     .filter(|r| r.op == fail.op)
                     .map(|r| r.repeats + u64::from(r.errno.is_none() && r.detail.as_deref() != Some(REPEATED)))
                     .sum();
-                match (fail.errno, fail.revents) {
-                    (Some(errno), _) => {
-                        let name = fail.errno_name.clone().unwrap_or_else(|| format!("errno {errno}"));
+                match self.first_error() {
+                    Some(FirstError { errno: Some(name), .. }) => {
                         let _ = write!(out, "got -{name} on {} after {oks} ok", fail.op);
                     }
-                    (None, Some(revents)) => {
-                        let _ = write!(out, "{} on {}", poll_flags(revents), fail.op);
+                    Some(FirstError { revents: Some(flags), .. }) => {
+                        let _ = write!(out, "{flags} on {}", fail.op);
                     }
-                    (None, None) => {}
+                    _ => {}
                 }
             }
             None => out.push_str("no error"),
@@ -115,6 +134,39 @@ impl HolderLog {
 
     fn overdue(&self) -> bool {
         self.hung_after.is_some_and(|t| Instant::now() > t)
+    }
+}
+
+/// What a holder got first when something went wrong: the op and the errno (`ENODEV`) or,
+/// for a poll, the flags (`POLLERR|POLLHUP`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct FirstError {
+    pub op: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub errno: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revents: Option<String>,
+}
+
+/// A holder by its scenario name, as `summary.json` and the A/B table show it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct HolderState {
+    pub name: String,
+    pub kind: String,
+    /// `None`: no error seen.
+    pub first_error: Option<FirstError>,
+    /// Its last call never returned within the deadline.
+    #[serde(default)]
+    pub hung: bool,
+}
+
+impl std::fmt::Display for FirstError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match (&self.errno, &self.revents) {
+            (Some(errno), _) => write!(f, "{} -> -{errno}", self.op),
+            (None, Some(flags)) => write!(f, "{} -> {flags}", self.op),
+            (None, None) => f.write_str(&self.op),
+        }
     }
 }
 

@@ -2,8 +2,9 @@
 //!
 //! Rooms (see ARCHITECTURE.md): build (`kernel`, `image`), run (`vm`, `qmp`, `console`,
 //! `agent`, `plug`), devices (re-exported from the `devices` crate), judge (`report`,
-//! `results`) and drive (`scenario`, `schedule`).
+//! `results`, `ab`) and drive (`scenario`, `schedule`, `torture`).
 
+pub mod ab;
 pub mod agent;
 pub mod console;
 pub mod consumers;

@@ -9,6 +9,8 @@
 //! steps.jsonl        one line per finished step
 //! crashes/<hash>/    report.txt, title, alt_titles, type, count (and symbolized.txt when available)
 //! summary.md, junit.xml, ktap.txt   written at the end (and rewritten after every crash)
+//! summary.json       the same for scripts: titles with counts, holders' first errors,
+//!                    whether the run met its scenario's expectation and why not
 //! ```
 //!
 //! Whole files are written to a temporary name and renamed, so a reader never sees half a
@@ -22,6 +24,9 @@ use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use crate::consumers::HolderState;
+use crate::scenario::{Expectation, KernelVariant};
+
 /// What identifies a run and how to repeat it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Meta {
@@ -33,6 +38,10 @@ pub struct Meta {
     /// Command line that replays exactly this schedule.
     pub replay: String,
     pub kernel: KernelMeta,
+    /// The kernel variant `kernel` is (absent in runs recorded before variants: see
+    /// [`KernelVariant::of_series`]).
+    #[serde(default)]
+    pub kernel_variant: Option<KernelVariant>,
     /// The initramfs the run booted (absent in runs recorded before it was kept).
     #[serde(default)]
     pub image: Option<ImageMeta>,
@@ -62,9 +71,11 @@ pub struct SkipMeta {
 
 /// Records a skipped run as `root/<timestamp>-<name>/{meta.json,summary.md}`, so it shows
 /// among the runs; returns the folder.
-pub fn record_skip(root: &Path, scenario: &str, kernel_variant: &str, reason: &str, reproducer: &str) -> Result<PathBuf> {
+pub fn record_skip(root: &Path, scenario: &str, kernel_variant: &str, seed: u64, reason: &str, reproducer: &str) -> Result<PathBuf> {
     let path = create_folder(root, scenario)?;
     let run_id = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let summary = RunSummary { run_id: run_id.clone(), ..RunSummary::skipped(scenario, kernel_variant, seed, reason) };
+    write_atomic(&path.join("summary.json"), serde_json::to_string_pretty(&summary)?.as_bytes())?;
     let meta = SkipMeta {
         run_id: run_id.clone(),
         scenario: scenario.to_string(),
@@ -83,10 +94,19 @@ pub fn record_skip(root: &Path, scenario: &str, kernel_variant: &str, reason: &s
 
 /// Creates `root/<timestamp>-<name>` (with a numeric suffix if it exists).
 fn create_folder(root: &Path, name: &str) -> Result<PathBuf> {
-    std::fs::create_dir_all(root).with_context(|| format!("creating {}", root.display()))?;
+    create_unique(root, &format!("{}-{name}", stamp()))
+}
+
+/// Now as run folders name it: `20261130T174412` (UTC).
+pub fn stamp() -> String {
     let stamp = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string().replace([':', '-'], "");
-    let base = format!("{}-{name}", stamp.trim_end_matches('Z'));
-    let mut path = root.join(&base);
+    stamp.trim_end_matches('Z').to_string()
+}
+
+/// Creates `root/base`, or `root/base-N` if it exists.
+pub fn create_unique(root: &Path, base: &str) -> Result<PathBuf> {
+    std::fs::create_dir_all(root).with_context(|| format!("creating {}", root.display()))?;
+    let mut path = root.join(base);
     let mut n = 1;
     while let Err(e) = std::fs::create_dir(&path) {
         if e.kind() != std::io::ErrorKind::AlreadyExists || n > 1000 {
@@ -161,15 +181,41 @@ impl Crash {
     }
 }
 
-/// The end state of a run, for summary.md, junit.xml and ktap.txt.
+/// The end state of a run, for summary.md, summary.json, junit.xml and ktap.txt.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Summary {
     pub scenario: String,
+    /// The kernel variant the run booted.
+    pub kernel: Option<KernelVariant>,
+    pub seed: u64,
+    /// What the scenario expects on this kernel.
+    pub expect: Expectation,
     pub steps: Vec<StepLine>,
     /// Why the run stopped early, if it did.
     pub aborted: Option<String>,
     /// Findings the parser does not see: taint gained in a step, stuck unplugs, a lost guest.
     pub signals: Vec<String>,
+    /// The run's holders as of its last step.
+    pub holders: Vec<HolderState>,
+}
+
+impl Summary {
+    /// Why a run with these crash titles misses its expectation; empty: it meets it. Besides
+    /// the titles (see [`Expectation::mismatches`]): a failed step, a run stopped early, and a
+    /// signal (taint, a failed observer or late close) when no crash title explains it.
+    pub fn why_not(&self, titles: &[&str]) -> Vec<String> {
+        let mut why = self.expect.mismatches(titles);
+        for st in self.steps.iter().filter(|st| !st.ok) {
+            why.push(format!("step {} failed: {} — {}", st.index, st.description, st.detail.as_deref().unwrap_or("")));
+        }
+        if let Some(aborted) = &self.aborted {
+            why.push(format!("stopped early: {aborted}"));
+        }
+        if titles.is_empty() {
+            why.extend(self.signals.iter().map(|s| format!("signal: {s}")));
+        }
+        why
+    }
 }
 
 /// What the summary needs of one step.
@@ -177,9 +223,64 @@ pub struct Summary {
 pub struct StepLine {
     pub index: usize,
     pub description: String,
+    /// False: the step failed (not: it did not run here, see `not_run`).
     pub ok: bool,
     pub detail: Option<String>,
     pub elapsed_ms: f64,
+    /// Why the step did not run on this kernel (`only`), if it did not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub not_run: Option<String>,
+}
+
+/// `summary.json`: a run's end as scripts read it (never summary.md). Skipped runs have one
+/// too, with `skipped` set and nothing else to report.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct RunSummary {
+    pub run_id: String,
+    pub scenario: String,
+    /// The kernel variant (`vanilla`, `resmgr`).
+    pub kernel: String,
+    pub seed: u64,
+    /// Crash titles (synthetic ones included: a stuck unplug, a lost guest) with their counts,
+    /// in order of first appearance.
+    pub titles: Vec<TitleCount>,
+    /// Each holder by its scenario name with the first error it got.
+    pub holders: Vec<HolderState>,
+    /// What the scenario expects on this kernel: `clean`, or the title patterns.
+    pub expected: String,
+    pub expectation_met: bool,
+    /// Why not, when not: each a line.
+    pub why_not: Vec<String>,
+    /// Why the run was not booted (the scenario does not apply to this kernel).
+    pub skipped: Option<String>,
+    /// Why the run stopped early, if it did.
+    pub aborted: Option<String>,
+    /// Steps that failed / did not run on this kernel (`only`) / in all.
+    pub steps_failed: usize,
+    pub steps_not_run: usize,
+    pub steps: usize,
+}
+
+impl RunSummary {
+    /// The summary of `scenario` not run on `kernel` (it does not apply): nothing shown, nothing
+    /// expected, so the expectation is met.
+    pub fn skipped(scenario: &str, kernel: &str, seed: u64, reason: &str) -> RunSummary {
+        RunSummary {
+            scenario: scenario.to_string(),
+            kernel: kernel.to_string(),
+            seed,
+            expected: "skipped".into(),
+            expectation_met: true,
+            skipped: Some(reason.to_string()),
+            ..RunSummary::default()
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TitleCount {
+    pub title: String,
+    pub count: u32,
 }
 
 /// An open run folder.
@@ -274,24 +375,66 @@ impl RunDir {
         self.crashes.iter().map(|(_, c, n)| (c.title.clone(), *n)).collect()
     }
 
-    /// Writes summary.md, junit.xml and ktap.txt for the current state.
+    /// Writes summary.md, summary.json, junit.xml and ktap.txt for the current state.
     pub fn write_summary(&self, summary: &Summary) -> Result<()> {
+        write_atomic(&self.path.join("summary.json"), serde_json::to_string_pretty(&self.run_summary(summary))?.as_bytes())?;
         write_atomic(&self.path.join("summary.md"), self.summary_markdown(summary).as_bytes())?;
         write_atomic(&self.path.join("junit.xml"), self.junit(summary)?.as_bytes())?;
         write_atomic(&self.path.join("ktap.txt"), self.ktap(summary).as_bytes())?;
         Ok(())
     }
 
+    /// The `summary.json` of the current state.
+    pub fn run_summary(&self, s: &Summary) -> RunSummary {
+        let titles: Vec<&str> = self.crashes.iter().map(|(_, c, _)| c.title.as_str()).collect();
+        let why_not = s.why_not(&titles);
+        RunSummary {
+            run_id: self.id(),
+            scenario: s.scenario.clone(),
+            kernel: s.kernel.map(KernelVariant::name).unwrap_or_default().to_string(),
+            seed: s.seed,
+            titles: self.crashes.iter().map(|(_, c, n)| TitleCount { title: c.title.clone(), count: *n }).collect(),
+            holders: s.holders.clone(),
+            expected: s.expect.describe(),
+            expectation_met: why_not.is_empty(),
+            why_not,
+            skipped: None,
+            aborted: s.aborted.clone(),
+            steps_failed: s.steps.iter().filter(|st| !st.ok).count(),
+            steps_not_run: s.steps.iter().filter(|st| st.not_run.is_some()).count(),
+            steps: s.steps.len(),
+        }
+    }
+
     fn summary_markdown(&self, s: &Summary) -> String {
-        let failed = s.steps.iter().filter(|st| !st.ok).count();
+        let judged = self.run_summary(s);
+        let failed = judged.steps_failed;
         let mut md = format!("# {} — {}\n\n", s.scenario, self.id());
         let clean = self.crashes.is_empty() && failed == 0 && s.aborted.is_none() && s.signals.is_empty();
         let verdict = if clean { "clean" } else { "FINDINGS" };
         md.push_str(&format!("verdict: **{verdict}**; {} steps, {failed} not ok", s.steps.len()));
+        if judged.steps_not_run > 0 {
+            md.push_str(&format!(", {} not on this kernel", judged.steps_not_run));
+        }
         if let Some(why) = &s.aborted {
             md.push_str(&format!("; stopped early: {why}"));
         }
-        md.push_str("\n\n");
+        let on = s.kernel.map(|k| format!(" on {k}")).unwrap_or_default();
+        let met = if judged.expectation_met { "met" } else { "NOT met" };
+        md.push_str(&format!("\n\nexpected{on}: {} — **{met}**\n", judged.expected));
+        for why in &judged.why_not {
+            md.push_str(&format!("- {why}\n"));
+        }
+        md.push('\n');
+        if !s.holders.is_empty() {
+            md.push_str("## Holders\n\n| holder | kind | first error |\n|---|---|---|\n");
+            for h in &s.holders {
+                let first = h.first_error.as_ref().map_or_else(|| "none".to_string(), |e| e.to_string());
+                let hung = if h.hung { " (hung)" } else { "" };
+                md.push_str(&format!("| {} | {} | {first}{hung} |\n", h.name, h.kind));
+            }
+            md.push('\n');
+        }
         if !self.crashes.is_empty() {
             md.push_str("## Crashes\n\n| title | type | count | first seen in step | folder |\n|---|---|---|---|---|\n");
             for (hash, c, n) in &self.crashes {
@@ -324,7 +467,11 @@ impl RunDir {
         use quick_junit::{NonSuccessKind, Report, TestCase, TestCaseStatus, TestSuite};
         let mut suite = TestSuite::new(s.scenario.as_str());
         for st in &s.steps {
-            let status = if st.ok {
+            let status = if let Some(why) = &st.not_run {
+                let mut skipped = TestCaseStatus::skipped();
+                skipped.set_message(why.as_str());
+                skipped
+            } else if st.ok {
                 TestCaseStatus::success()
             } else {
                 let mut f = TestCaseStatus::non_success(NonSuccessKind::Failure);
@@ -359,7 +506,8 @@ impl RunDir {
         for st in &s.steps {
             n += 1;
             let ok = if st.ok { "ok" } else { "not ok" };
-            out.push_str(&format!("{ok} {n} step {}: {}\n", st.index, ktap_text(&st.description)));
+            let skip = st.not_run.as_ref().map_or_else(String::new, |why| format!(" # SKIP {}", ktap_text(why)));
+            out.push_str(&format!("{ok} {n} step {}: {}{skip}\n", st.index, ktap_text(&st.description)));
         }
         for (_, c, count) in &self.crashes {
             n += 1;
@@ -548,11 +696,12 @@ mod tests {
         let summary = Summary {
             scenario: "demo".into(),
             steps: vec![
-                StepLine { index: 1, description: "plug cp2112".into(), ok: true, detail: None, elapsed_ms: 5.0 },
-                StepLine { index: 2, description: "unplug # x".into(), ok: false, detail: Some("unplug stuck".into()), elapsed_ms: 1.0 },
+                StepLine { index: 1, description: "plug cp2112".into(), ok: true, detail: None, elapsed_ms: 5.0, not_run: None },
+                StepLine { index: 2, description: "unplug # x".into(), ok: false, detail: Some("unplug stuck".into()), elapsed_ms: 1.0, not_run: None },
             ],
             aborted: None,
             signals: vec!["step 2: kernel taint gained B".into()],
+            ..Summary::default()
         };
         run.write_summary(&summary).unwrap();
         let steps = std::fs::read_to_string(run.path().join("steps.jsonl")).unwrap();
@@ -564,6 +713,120 @@ mod tests {
         let md = std::fs::read_to_string(run.path().join("summary.md")).unwrap();
         assert!(md.contains("- step 2: kernel taint gained B"), "{md}");
         assert!(md.contains("verdict: **FINDINGS**") && md.contains("| KASAN: slab-use-after-free Read in at24_read | KASAN-USE-AFTER-FREE-READ | 2 | 3 |"), "{md}");
+    }
+
+    fn expectation(yaml: &str) -> Expectation {
+        serde_yaml_ng::from_str(yaml).unwrap()
+    }
+
+    /// summary.json, byte for byte: titles with counts, holders' first errors, the expectation
+    /// and why the run misses it (an unexpected title, a missing one, a failed step); a step
+    /// not run on this kernel is neither a failure nor a reason.
+    #[test]
+    fn summary_json_says_what_the_run_showed_and_whether_it_met_its_expectation() {
+        use crate::consumers::FirstError;
+        let root = tempfile::tempdir().unwrap();
+        let mut run = RunDir::create(root.path(), "golden").unwrap();
+        run.add_crash(&crash("KASAN: slab-use-after-free Read in at24_read")).unwrap();
+        run.add_crash(&crash("KASAN: slab-use-after-free Read in at24_read")).unwrap();
+        run.add_crash(&Crash { alt_titles: vec![], ..crash("WARNING in free_irq") }).unwrap();
+        let step = |index: usize, ok: bool, detail: Option<&str>, not_run: Option<&str>| StepLine {
+            index,
+            description: format!("step {index}"),
+            ok,
+            detail: detail.map(str::to_string),
+            elapsed_ms: 1.0,
+            not_run: not_run.map(str::to_string),
+        };
+        let summary = Summary {
+            scenario: "golden".into(),
+            kernel: Some(KernelVariant::Resmgr),
+            seed: 348300539442052,
+            expect: expectation("{ titles: [\"KASAN: * in at24_read\", \"INFO: task hung in *\"], maybe: [\"KASAN: *\"] }"),
+            steps: vec![step(1, true, None, None), step(2, true, None, Some("not on resmgr")), step(3, false, Some("exit status 1"), None)],
+            aborted: None,
+            signals: vec!["step 3: kernel taint gained B".into()],
+            holders: vec![
+                HolderState { name: "kernel".into(), kind: "nvmem-kernel".into(), first_error: Some(FirstError { op: "read".into(), errno: Some("ENODEV".into()), revents: None }), hung: false },
+                HolderState { name: "raw".into(), kind: "hidraw".into(), first_error: Some(FirstError { op: "poll".into(), errno: None, revents: Some("POLLERR|POLLHUP".into()) }), hung: false },
+                HolderState { name: "sysfs".into(), kind: "nvmem-sysfs".into(), first_error: None, hung: true },
+            ],
+        };
+        run.write_summary(&summary).unwrap();
+        let id = run.id();
+        let json = std::fs::read_to_string(run.path().join("summary.json")).unwrap();
+        let golden = r#"{
+  "run_id": "ID",
+  "scenario": "golden",
+  "kernel": "resmgr",
+  "seed": 348300539442052,
+  "titles": [
+    {
+      "title": "KASAN: slab-use-after-free Read in at24_read",
+      "count": 2
+    },
+    {
+      "title": "WARNING in free_irq",
+      "count": 1
+    }
+  ],
+  "holders": [
+    {
+      "name": "kernel",
+      "kind": "nvmem-kernel",
+      "first_error": {
+        "op": "read",
+        "errno": "ENODEV"
+      },
+      "hung": false
+    },
+    {
+      "name": "raw",
+      "kind": "hidraw",
+      "first_error": {
+        "op": "poll",
+        "revents": "POLLERR|POLLHUP"
+      },
+      "hung": false
+    },
+    {
+      "name": "sysfs",
+      "kind": "nvmem-sysfs",
+      "first_error": null,
+      "hung": true
+    }
+  ],
+  "expected": "KASAN: * in at24_read | INFO: task hung in *, maybe KASAN: *",
+  "expectation_met": false,
+  "why_not": [
+    "expected title missing: INFO: task hung in *",
+    "unexpected title: WARNING in free_irq",
+    "step 3 failed: step 3 — exit status 1"
+  ],
+  "skipped": null,
+  "aborted": null,
+  "steps_failed": 1,
+  "steps_not_run": 1,
+  "steps": 3
+}"#;
+        assert_eq!(json, golden.replace("\"ID\"", &format!("{id:?}")));
+        let md = std::fs::read_to_string(run.path().join("summary.md")).unwrap();
+        assert!(md.contains("verdict: **FINDINGS**; 3 steps, 1 not ok, 1 not on this kernel\n\nexpected on resmgr: KASAN: * in at24_read | INFO: task hung in *, maybe KASAN: * — **NOT met**\n- expected title missing: INFO: task hung in *\n"), "{md}");
+        assert!(md.contains("| kernel | nvmem-kernel | read -> -ENODEV |\n| raw | hidraw | poll -> POLLERR|POLLHUP |\n| sysfs | nvmem-sysfs | none (hung) |\n"), "{md}");
+        let ktap = std::fs::read_to_string(run.path().join("ktap.txt")).unwrap();
+        assert!(ktap.contains("ok 2 step 2: step 2 # SKIP not on resmgr\n"), "{ktap}");
+    }
+
+    /// Signals (taint, a failed observer) are judged only when no crash title explains them;
+    /// a run stopped early always misses its expectation.
+    #[test]
+    fn signals_count_only_without_a_title_and_an_early_stop_always_counts() {
+        let summary = Summary { signals: vec!["step 2: observer /proc/interrupts timeout: x".into()], ..Summary::default() };
+        assert_eq!(summary.why_not(&[]), ["signal: step 2: observer /proc/interrupts timeout: x"]);
+        let expected = Summary { expect: expectation("[\"KASAN: *\"]"), ..summary };
+        assert!(expected.why_not(&["KASAN: slab-use-after-free Read in seq_vprintf"]).is_empty());
+        let stopped = Summary { aborted: Some("interrupted by the user".into()), ..expected };
+        assert_eq!(stopped.why_not(&["KASAN: x"]), ["stopped early: interrupted by the user"]);
     }
 
     #[test]
@@ -625,16 +888,18 @@ mod tests {
     fn a_skipped_run_leaves_meta_and_summary_that_report_show_reads() {
         let dir = tempfile::tempdir().unwrap();
         let repro = "cargo xtask torture --scenario s --kernel resmgr --seed 1";
-        let path = record_skip(dir.path(), "s", "vanilla", "applies to: resmgr", repro).unwrap();
+        let path = record_skip(dir.path(), "s", "vanilla", 1, "applies to: resmgr", repro).unwrap();
         let mut names: Vec<_> = std::fs::read_dir(&path).unwrap().map(|e| e.unwrap().file_name()).collect();
         names.sort();
-        assert_eq!(names, vec!["meta.json", "summary.md"]);
+        assert_eq!(names, vec!["meta.json", "summary.json", "summary.md"]);
+        let summary: RunSummary = serde_json::from_str(&std::fs::read_to_string(path.join("summary.json")).unwrap()).unwrap();
+        assert_eq!((summary.skipped.as_deref(), summary.expectation_met, summary.seed), (Some("applies to: resmgr"), true, 1));
         let meta: SkipMeta = serde_json::from_str(&std::fs::read_to_string(path.join("meta.json")).unwrap()).unwrap();
         assert_eq!((meta.scenario.as_str(), meta.kernel_variant.as_str(), meta.skipped.as_str()), ("s", "vanilla", "applies to: resmgr"));
         let shown = RunView::load(&path).unwrap().render();
         assert!(shown.contains("  skipped: applies to: resmgr\n") && shown.contains("  kernel_variant: vanilla\n"), "{shown}");
         assert!(shown.contains("verdict: **skipped** on vanilla (applies to: resmgr)"), "{shown}");
         // A second skip in the same second gets its own folder.
-        assert_ne!(record_skip(dir.path(), "s", "vanilla", "applies to: resmgr", repro).unwrap(), path);
+        assert_ne!(record_skip(dir.path(), "s", "vanilla", 1, "applies to: resmgr", repro).unwrap(), path);
     }
 }

@@ -4,13 +4,20 @@
 //! here, from ChaCha8 seeded with the run's seed, so the same scenario and seed always give
 //! the same schedule. The schedule is saved with the run (`schedule.json`) and `replay` runs
 //! that file, not the scenario, so a replay survives later edits of the scenario.
+//!
+//! The schedule does not depend on the kernel variant: a step the scenario limits to some
+//! variants (`only`) is planned, draws included, like any other and carries their names; the
+//! run on another variant records it as not on this kernel. So one seed is one schedule on
+//! every kernel, which is what makes an A/B comparison fair. The scenario's per-variant
+//! expectations travel with it, so a replay is judged as the run was.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use rand_chacha::rand_core::{RngCore, SeedableRng};
 use serde::{Deserialize, Serialize};
 
-use crate::scenario::{Scenario, Step, UnplugHow};
+use crate::scenario::{Expectation, KernelVariant, Scenario, Step, UnplugHow};
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -18,6 +25,9 @@ pub struct Schedule {
     pub scenario: String,
     pub seed: u64,
     pub cmdline: Vec<String>,
+    /// The scenario's `expect:` (absent in schedules recorded before it existed: clean).
+    #[serde(default)]
+    pub expect: BTreeMap<KernelVariant, Expectation>,
     pub actions: Vec<Planned>,
 }
 
@@ -29,7 +39,28 @@ pub struct Planned {
     pub iteration: Option<u32>,
     /// 1-based step number within its section of the scenario.
     pub step: usize,
+    /// The kernel variants the action runs on (`only`); absent: all.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kernels: Option<Vec<KernelVariant>>,
     pub action: Action,
+}
+
+impl Planned {
+    /// Whether the action runs on `kernel` (elsewhere it is recorded as not on this kernel).
+    pub fn runs_on(&self, kernel: KernelVariant) -> bool {
+        self.kernels.as_ref().is_none_or(|ks| ks.contains(&kernel))
+    }
+
+    /// The action's description, with the variants it is limited to.
+    pub fn describe(&self) -> String {
+        match &self.kernels {
+            None => self.action.describe(),
+            Some(ks) => {
+                let names: Vec<&str> = ks.iter().map(|k| k.name()).collect();
+                format!("[{} only] {}", names.join(", "), self.action.describe())
+            }
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -202,6 +233,12 @@ impl Schedule {
                 return bad(
                     at("/iteration"),
                     "iterations start at 1 (setup steps have none)".into(),
+                );
+            }
+            if planned.kernels.as_ref().is_some_and(Vec::is_empty) {
+                return bad(
+                    at("/kernels"),
+                    "lists no kernel variant; leave the field out for all of them".into(),
                 );
             }
             let nonempty = |field: &str, value: &str| -> Result<(), (String, String)> {
@@ -399,19 +436,29 @@ fn line_column(text: &str, offset: usize) -> (usize, usize) {
 pub fn plan(scenario: &Scenario, seed: u64) -> Schedule {
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
     let mut actions = Vec::new();
+    let mut add = |iteration: Option<u32>, i: usize, step: &Step| {
+        let kernels = match step {
+            Step::Only(only) => Some(only.kernels.clone()),
+            _ => None,
+        };
+        actions.push(Planned { iteration, step: i + 1, kernels, action: resolve(step, &mut rng) });
+    };
     for (i, step) in scenario.setup.iter().enumerate() {
-        actions.push(Planned { iteration: None, step: i + 1, action: resolve(step, &mut rng) });
+        add(None, i, step);
     }
     for iteration in 1..=scenario.iterations {
         for (i, step) in scenario.steps.iter().enumerate() {
-            actions.push(Planned { iteration: Some(iteration), step: i + 1, action: resolve(step, &mut rng) });
+            add(Some(iteration), i, step);
         }
     }
-    Schedule { scenario: scenario.name.clone(), seed, cmdline: scenario.cmdline.clone(), actions }
+    Schedule { scenario: scenario.name.clone(), seed, cmdline: scenario.cmdline.clone(), expect: scenario.expect.clone(), actions }
 }
 
+/// The action of `step` with its random choices drawn from `rng` (whatever kernel it will
+/// run on: an `only` step draws like the step it wraps).
 fn resolve(step: &Step, rng: &mut impl RngCore) -> Action {
     match step {
+        Step::Only(only) => resolve(&only.step, rng),
         Step::Plug(p) => Action::Plug { device: p.device.clone(), id: p.id.clone() },
         Step::Unplug(u) => {
             let choices = u.how.choices();
@@ -512,6 +559,54 @@ mod tests {
         let first: Vec<String> = sched.actions.iter().take(3).map(|p| p.action.describe()).collect();
         // Recorded when the schedule format was introduced; a change here breaks saved replays.
         assert_eq!(first, ["plug usb-kbd as k", "delay 783.257 ms", "unplug k (disconnect)"]);
+    }
+
+    /// An `only` step draws exactly as the step it wraps, so limiting a step to one kernel
+    /// never shifts the draws after it: the schedule is one for every kernel, and equal to the
+    /// unlimited scenario's but for the `kernels` marks.
+    #[test]
+    fn only_steps_keep_the_schedule_identical_across_kernels() {
+        let body = |wrap: &dyn Fn(&str) -> String| {
+            format!(
+                "name: t\niterations: 20\nexpect:\n  vanilla: [\"INFO: task hung in *\"]\nsteps:\n  - plug: {{ device: usb-kbd, id: k }}\n{}\n  - unplug: {{ id: k, how: [graceful, surprise, disconnect] }}\n{}\n  - delay: 1ms..900ms\n",
+                wrap("{ delay: 1ms..900ms }"),
+                wrap("{ wait_console: gone }"),
+            )
+        };
+        let limited = Scenario::parse(&body(&|s| format!("  - only: {{ kernels: [vanilla], step: {s} }}")), Path::new("o.yaml")).unwrap();
+        let plain = Scenario::parse(&body(&|s| format!("  - {s}")), Path::new("p.yaml")).unwrap();
+        let (limited, plain) = (plan(&limited, 11), plan(&plain, 11));
+        assert_eq!(limited.actions.len(), plain.actions.len());
+        for (l, p) in limited.actions.iter().zip(&plain.actions) {
+            assert_eq!((&l.action, l.iteration, l.step), (&p.action, p.iteration, p.step));
+            let limited_step = matches!(l.action, Action::WaitConsole { .. }) || (l.step == 2);
+            assert_eq!(l.kernels.as_deref(), limited_step.then_some(&[KernelVariant::Vanilla][..]), "{l:?}");
+            assert_eq!(p.kernels, None);
+            assert!(l.runs_on(KernelVariant::Vanilla));
+            assert_eq!(l.runs_on(KernelVariant::Resmgr), !limited_step);
+        }
+        // Recorded as JSON, the marks and the expectations come back as they were.
+        let text = serde_json::to_string_pretty(&limited).unwrap();
+        assert!(text.contains("\"kernels\": [\n        \"vanilla\"\n      ],"), "{text}");
+        assert!(text.contains("\"expect\": {\n    \"vanilla\": [\n      \"INFO: task hung in *\"\n    ]\n  },"), "{text}");
+        assert_eq!(Schedule::parse(&text, Path::new("schedule.json")).unwrap(), limited);
+        let second = limited.actions.iter().find(|p| p.kernels.is_some()).unwrap();
+        assert_eq!(second.describe(), format!("[vanilla only] {}", second.action.describe()));
+    }
+
+    /// A schedule from before `expect` and `only` existed still loads: clean, every step runs.
+    #[test]
+    fn an_older_schedule_loads_as_clean_with_no_limited_steps() {
+        let text = r#"{"scenario":"t","seed":1,"cmdline":[],"actions":[{"iteration":1,"step":1,"action":{"op":"observe"}}]}"#;
+        let schedule = Schedule::parse(text, Path::new("s.json")).unwrap();
+        assert!(schedule.expect.is_empty());
+        assert!(schedule.actions[0].runs_on(KernelVariant::Resmgr));
+        let bad = text.replace("\"step\":1,", "\"step\":1,\"kernels\":[],");
+        let err = Schedule::parse(&bad, Path::new("s.json")).unwrap_err().to_string();
+        assert!(err.starts_with("s.json:1:") && err.contains("/actions/0/kernels: lists no kernel variant"), "{err}");
+        let bad = text.replace("\"cmdline\"", "\"expect\":{\"vanilla\":[\"{\"]},\"cmdline\"");
+        let err = Schedule::parse(&bad, Path::new("s.json")).unwrap_err().to_string();
+        assert!(err.starts_with("s.json:1:") && err.contains("bad title pattern"), "{err}");
     }
 
     /// A recorded schedule with every action kind, pretty-printed like `run_recorded` writes it.

@@ -4,7 +4,12 @@
 //! as it ends, so nothing is lost if the run dies later.
 //!
 //! A lost guest (kernel panic, QEMU exit) or an agent that stops answering ends the run with
-//! a synthetic verdict; an unplug that never completes is recorded and the run goes on.
+//! a synthetic verdict; an unplug that never completes is recorded and the run goes on. A
+//! step the scenario limits to other kernel variants is not run but recorded as such.
+//!
+//! A recorded run is judged against what its scenario expects on the kernel it ran on
+//! ([`crate::results::Summary::why_not`]); `summary.json` and [`RunVerdict::summary`] say
+//! whether it met that and why not.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -12,10 +17,11 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use crate::agent::{AgentError, HoldKind};
-use crate::consumers::Consumers;
+use crate::consumers::{Consumers, HolderState};
 use crate::console::ConsoleError;
 use crate::observe::{self, Observation};
 use crate::qmp::QmpError;
+use crate::scenario::KernelVariant;
 use crate::schedule::{Action, Planned, Schedule};
 use crate::pace::Pace;
 use crate::testbed::Testbed;
@@ -53,6 +59,15 @@ pub enum StepStatus {
     UnplugStuck(String),
     /// The action did not finish within the step deadline.
     TimedOut(String),
+    /// Not run: the scenario limits the step to other kernel variants (`only`).
+    NotOnThisKernel(String),
+}
+
+impl StepStatus {
+    /// The step ran and did not do what it should.
+    pub fn failed(&self) -> bool {
+        !matches!(self, StepStatus::Ok | StepStatus::NotOnThisKernel(_))
+    }
 }
 
 /// One executed step, as it goes to `steps.jsonl`.
@@ -79,12 +94,18 @@ pub struct StepRecord {
     /// After the step, one line per holder started so far: what it has seen.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub consumers: Vec<String>,
+    /// The same holders by scenario name, for `summary.json` (the line above is for people).
+    #[serde(skip)]
+    pub holders: Vec<HolderState>,
 }
 
 /// The run's holders, by the names the scenario gave them.
 struct Holders {
     consumers: Consumers,
+    /// Holders not yet released.
     by_name: BTreeMap<String, u64>,
+    /// Every holder's name, released or not.
+    names: BTreeMap<u64, String>,
 }
 
 /// A holder runs until its `release` step (or the end of the VM); this only bounds one the
@@ -93,7 +114,7 @@ const HOLD_DEADLINE: Duration = Duration::from_secs(3600);
 
 impl Holders {
     fn new(vm: &Vm) -> Holders {
-        Holders { consumers: Consumers::new(vm.agent()), by_name: BTreeMap::new() }
+        Holders { consumers: Consumers::new(vm.agent()), by_name: BTreeMap::new(), names: BTreeMap::new() }
     }
 
     /// Starts a holder and returns once its first use returned, so a later unplug step never
@@ -105,6 +126,7 @@ impl Holders {
         let handle = self.consumers.hold(request).await.map_err(|e| e.to_string())?;
         // Named even if not ready: a `release` step must still close it.
         self.by_name.insert(name.to_string(), handle);
+        self.names.insert(handle, name.to_string());
         self.consumers.wait_ready(handle).await?;
         Ok(format!("holder {handle} ({}) on {path}", kind.name()))
     }
@@ -128,6 +150,11 @@ impl Holders {
     fn summaries(&self) -> Vec<String> {
         self.consumers.logs().iter().map(|l| l.summary()).collect()
     }
+
+    fn states(&self) -> Vec<HolderState> {
+        let logs = self.consumers.logs();
+        logs.iter().map(|l| l.state(self.names.get(&l.handle).map_or("?", String::as_str))).collect()
+    }
 }
 
 /// Why a run stopped before its last step.
@@ -144,11 +171,13 @@ pub enum Abort {
     ResultsUnwritable,
 }
 
-/// Runs every action of `schedule`, handing each finished step to `on_step` at once.
+/// Runs every action of `schedule` meant for `kernel` (the others are recorded as not on this
+/// kernel), handing each finished step to `on_step` at once.
 pub async fn run_schedule(
     vm: &mut Vm,
     testbed: &mut Testbed,
     schedule: &Schedule,
+    kernel: KernelVariant,
     options: &RunOptions,
     mut on_step: impl FnMut(&StepRecord),
 ) -> Result<(), Abort> {
@@ -160,7 +189,26 @@ pub async fn run_schedule(
     let mut holders = Holders::new(vm);
     for (i, planned) in schedule.actions.iter().enumerate() {
         let index = i + 1;
-        let description = planned.action.describe();
+        let description = planned.describe();
+        if !planned.runs_on(kernel) {
+            on_step(&StepRecord {
+                index,
+                total,
+                iteration: planned.iteration,
+                step: planned.step,
+                action: planned.action.clone(),
+                description,
+                started_ms: start.elapsed().as_secs_f64() * 1e3,
+                elapsed_ms: 0.0,
+                status: StepStatus::NotOnThisKernel(format!("not on {kernel}")),
+                output: None,
+                taint: None,
+                observations: Vec::new(),
+                consumers: holders.summaries(),
+                holders: holders.states(),
+            });
+            continue;
+        }
         mark_step(vm, index, total, planned, &description).await;
         let step_cursor = vm.console().cursor();
         let started_ms = start.elapsed().as_secs_f64() * 1e3;
@@ -206,9 +254,10 @@ pub async fn run_schedule(
             taint,
             observations,
             consumers: holders.summaries(),
+            holders: holders.states(),
         };
         on_step(&record);
-        if !matches!(record.status, StepStatus::Ok) {
+        if record.status.failed() {
             check_alive(vm).await?;
         }
         previous_cursor = step_cursor;
@@ -327,6 +376,8 @@ async fn check_alive(vm: &mut Vm) -> Result<(), Abort> {
 #[derive(Debug, Clone)]
 pub struct RunRequest {
     pub kernel: crate::results::KernelMeta,
+    /// Which variant `kernel` is: decides the `only` steps and the expectation.
+    pub variant: KernelVariant,
     pub initrd: std::path::PathBuf,
     /// The initramfs's cache key, recorded in meta.json so a replay can boot the same image.
     pub image_key: Option<String>,
@@ -350,6 +401,8 @@ pub struct RunVerdict {
     /// run still shut QEMU down, parsed the console to its end and wrote what it could; the
     /// command exits 2 (harness failure) when this is set.
     pub write_error: Option<String>,
+    /// What `summary.json` says at the end: titles, holders, the expectation met or why not.
+    pub summary: crate::results::RunSummary,
 }
 
 /// How long after QEMU's exit the console may take to reach EOF before the last reports
@@ -427,15 +480,20 @@ impl Recording {
         self.summary.steps.push(StepLine {
             index: step.index,
             description: step.description.clone(),
-            ok: step.status == StepStatus::Ok,
+            ok: !step.status.failed(),
             detail: match &step.status {
-                StepStatus::Ok => None,
+                StepStatus::Ok | StepStatus::NotOnThisKernel(_) => None,
                 StepStatus::Failed(d) | StepStatus::UnplugStuck(d) | StepStatus::TimedOut(d) => {
                     Some(d.clone())
                 }
             },
             elapsed_ms: step.elapsed_ms,
+            not_run: match &step.status {
+                StepStatus::NotOnThisKernel(why) => Some(why.clone()),
+                _ => None,
+            },
         });
+        self.summary.holders = step.holders.clone();
         self.file_collected(reports, Some(step.index));
         // A read of the guest's state that hangs or fails, and a late close that does
         // not return, are findings of their own.
@@ -551,6 +609,7 @@ pub async fn run_recorded(request: RunRequest) -> anyhow::Result<RunVerdict> {
         reproducer: request.reproducer.clone(),
         replay: format!("cargo xtask replay {}", run.path().display()),
         kernel: request.kernel.clone(),
+        kernel_variant: Some(request.variant),
         image: Some(ImageMeta {
             key: request.image_key.clone(),
             path: request.initrd.clone(),
@@ -565,6 +624,9 @@ pub async fn run_recorded(request: RunRequest) -> anyhow::Result<RunVerdict> {
         run,
         summary: Summary {
             scenario: schedule.scenario.clone(),
+            kernel: Some(request.variant),
+            seed: schedule.seed,
+            expect: schedule.expect.get(&request.variant).cloned().unwrap_or_default(),
             ..Default::default()
         },
         findings: Vec::new(),
@@ -624,7 +686,7 @@ pub async fn run_recorded(request: RunRequest) -> anyhow::Result<RunVerdict> {
             let mut testbed = Testbed::new();
             let outcome = {
                 let steps =
-                    run_schedule(&mut vm, &mut testbed, schedule, &options, |step| {
+                    run_schedule(&mut vm, &mut testbed, schedule, request.variant, &options, |step| {
                         progress.inc(1);
                         progress.set_message(step.description.clone());
                         let reports = feed.take();
@@ -693,6 +755,7 @@ pub async fn run_recorded(request: RunRequest) -> anyhow::Result<RunVerdict> {
     Ok(RunVerdict {
         scenario: schedule.scenario.clone(),
         dir: run_path,
+        summary: recording.run.run_summary(&recording.summary),
         findings: recording.findings,
         interrupted,
         write_error,

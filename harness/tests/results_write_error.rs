@@ -35,6 +35,7 @@ async fn a_full_results_disk_is_reported_not_fatal() {
     // Big enough that schedule.json does not fit after meta.json did: writes fail midway.
     let actions = (0..3000)
         .map(|i| Planned {
+            kernels: None,
             iteration: Some(1),
             step: i + 1,
             action: Action::WaitConsole {
@@ -46,9 +47,11 @@ async fn a_full_results_disk_is_reported_not_fatal() {
         scenario: "full-disk".into(),
         seed: 1,
         cmdline: Vec::new(),
+        expect: Default::default(),
         actions,
     };
     let request = RunRequest {
+        variant: harness::scenario::KernelVariant::Vanilla,
         kernel: harness::results::KernelMeta {
             label: "missing".into(),
             bzimage: "/nonexistent/bzImage".into(),

@@ -85,6 +85,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
         reproducer: reproducer.clone(),
         replay: reproducer,
         kernel: kernel.meta(),
+        kernel_variant: harness::scenario::KernelVariant::of_series(args.kernel.series.as_deref()),
         image: Some(harness::results::ImageMeta { key: Some(image.key.clone()), path: image.path.clone() }),
         qemu_version: None,
         accel: None,

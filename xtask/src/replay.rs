@@ -1,6 +1,9 @@
 //! `cargo xtask replay results/RUN`: run a recorded schedule again, step for step, against
 //! the kernel and the image the run used, into a new run folder.
 //!
+//! The replay is judged against the expectation recorded in `schedule.json` for the run's
+//! kernel variant: exit 0 when it meets it, 1 when not, 2 on a harness error.
+//!
 //! `schedule.json` is validated on load (every field; errors name file, line and column and
 //! exit 2). The image is the one recorded in `meta.json` while it is still in the cache;
 //! otherwise the replay says so and builds one from the current `images/` sources.
@@ -11,6 +14,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use harness::results::Meta;
+use harness::scenario::KernelVariant;
 use harness::schedule::Schedule;
 use harness::torture::{run_recorded, RunOptions, RunRequest};
 use harness::vm::Accel;
@@ -103,8 +107,13 @@ pub fn run(args: Args) -> Result<ExitCode> {
         );
     }
     let (initrd, image_key) = image_for(&meta)?;
+    // Runs recorded before meta.json named the variant name its series.
+    let Some(variant) = meta.kernel_variant.or_else(|| KernelVariant::of_series(kernel.series.as_deref())) else {
+        bail!("the run's kernel series {:?} is no kernel variant this version knows", kernel.series);
+    };
     let request = RunRequest {
         kernel,
+        variant,
         initrd,
         image_key: Some(image_key),
         schedule,
@@ -118,12 +127,13 @@ pub fn run(args: Args) -> Result<ExitCode> {
     for f in &verdict.findings {
         println!("    {f}");
     }
+    let judged = &verdict.summary;
+    println!("expected on {variant}: {} — {}", judged.expected, if judged.expectation_met { "met" } else { "NOT met" });
+    for why in &judged.why_not {
+        println!("    {why}");
+    }
     if crate::torture::report_write_errors(std::slice::from_ref(&verdict)) {
         return Ok(ExitCode::from(2));
     }
-    Ok(if verdict.findings.is_empty() {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(1)
-    })
+    Ok(if judged.expectation_met { ExitCode::SUCCESS } else { ExitCode::from(1) })
 }

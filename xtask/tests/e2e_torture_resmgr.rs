@@ -20,7 +20,7 @@ fn e2e_torture_resmgr_sample_unplug_is_clean_on_resmgr() {
     );
     let (stdout, all) = (&run.stdout, &run.all);
     assert!(run.status.success(), "{all}");
-    assert!(stdout.lines().any(|l| l.starts_with("resmgr-sample-unplug on resmgr: clean ")), "{all}");
+    assert!(stdout.lines().any(|l| l.starts_with("resmgr-sample-unplug on resmgr: clean, as expected ")), "{all}");
 
     let run = std::fs::read_dir(results.path()).unwrap().next().expect("a run folder").unwrap().path();
     let steps: Vec<serde_json::Value> = std::fs::read_to_string(run.join("steps.jsonl"))
@@ -55,4 +55,6 @@ fn e2e_torture_resmgr_sample_unplug_is_clean_on_resmgr() {
         assert!(console.contains(line), "no {line:?} in {}", run.join("console.log").display());
     }
     assert!(!run.join("crashes").exists(), "crash reports filed in {}", run.display());
+    let summary: harness::results::RunSummary = serde_json::from_str(&std::fs::read_to_string(run.join("summary.json")).unwrap()).unwrap();
+    assert_eq!((summary.kernel.as_str(), summary.expected.as_str(), summary.expectation_met), ("resmgr", "clean", true), "{summary:?}");
 }

@@ -14,7 +14,7 @@ fn resmgr_sample_unplug_on_vanilla_is_skipped_with_the_reason() {
     let (stdout, all) = (&run.stdout, &run.all);
     assert_eq!(run.status.code(), Some(0), "{all}");
     assert!(stdout.lines().any(|l| l.starts_with("resmgr-sample-unplug on vanilla: skipped (applies to: resmgr) ")), "{all}");
-    assert!(stdout.contains("1 run(s): 0 clean, 0 with findings, 1 skipped"), "{all}");
+    assert!(stdout.contains("1 run(s): 0 as expected, 0 not, 1 skipped (0 clean, 0 with findings)"), "{all}");
     let runs: Vec<_> = std::fs::read_dir(results.path()).unwrap().map(|e| e.unwrap().path()).collect();
     assert_eq!(runs.len(), 1, "{runs:?}");
     let meta: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(runs[0].join("meta.json")).unwrap()).unwrap();
@@ -22,6 +22,8 @@ fn resmgr_sample_unplug_on_vanilla_is_skipped_with_the_reason() {
     assert_eq!(meta["kernel_variant"], "vanilla");
     assert_eq!(meta["reproducer"], "cargo xtask torture --scenario resmgr-sample-unplug --kernel resmgr --seed 7");
     assert!(std::fs::read_to_string(runs[0].join("summary.md")).unwrap().contains("verdict: **skipped** on vanilla"));
+    let summary: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(runs[0].join("summary.json")).unwrap()).unwrap();
+    assert_eq!((&summary["skipped"], &summary["kernel"], &summary["seed"]), (&meta["skipped"], &meta["kernel_variant"], &serde_json::json!(7)));
     // Nothing booted: no console, no steps.
     assert!(!runs[0].join("console.log").exists() && !runs[0].join("steps.jsonl").exists());
 }
