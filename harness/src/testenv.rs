@@ -7,6 +7,8 @@ use std::path::PathBuf;
 
 pub const ENV_BZIMAGE: &str = "UNPLUG_TORTURE_BZIMAGE";
 pub const ENV_INITRD: &str = "UNPLUG_TORTURE_INITRD";
+/// Which kernel variant that bzImage is (`vanilla`, `resmgr`): tests assert its expectations.
+pub const ENV_KERNEL: &str = "UNPLUG_TORTURE_KERNEL";
 
 /// The bzImage and initramfs to boot in end-to-end tests.
 pub fn artifacts() -> (PathBuf, PathBuf) {
@@ -16,6 +18,17 @@ pub fn artifacts() -> (PathBuf, PathBuf) {
         })
     };
     (get(ENV_BZIMAGE), get(ENV_INITRD))
+}
+
+/// The kernel variant under test: what a test that pins kernel behaviour expects.
+pub fn kernel() -> crate::scenario::KernelVariant {
+    let name = std::env::var(ENV_KERNEL).unwrap_or_else(|_| {
+        panic!("{ENV_KERNEL} is not set: run end-to-end tests through `cargo xtask test` (it says which kernel they boot)")
+    });
+    crate::scenario::KernelVariant::ALL
+        .into_iter()
+        .find(|v| v.name() == name)
+        .unwrap_or_else(|| panic!("{ENV_KERNEL}={name:?} is not a kernel variant (vanilla, resmgr)"))
 }
 
 /// A VM configuration for tests: TCG unless the host probe says KVM works, logs kept in a

@@ -1,4 +1,6 @@
-//! End-to-end: run shipped scenarios' schedules in a real VM and check what was recorded.
+//! End-to-end: run shipped scenarios' schedules in a real VM, on the kernel under test
+//! (`testenv::kernel()`), and check what was recorded: the scenario's expectation for that
+//! kernel (the titles on the console), and what each kernel does in detail.
 
 use std::time::Duration;
 
@@ -25,6 +27,18 @@ fn release_summary(steps: &[StepRecord], name: &str) -> String {
     text.lines().find(|l| l.starts_with("holder ")).unwrap_or_default().to_string()
 }
 
+/// The titles of the reports on the VM's console so far, checked against the scenario's
+/// expectation for the kernel under test.
+fn assert_expected(vm: &Vm, name: &str) -> Vec<String> {
+    let console: String = vm.console().lines_since(Default::default()).into_iter().map(|l| l.text + "\n").collect();
+    let titles: Vec<String> = harness::report::parse(console.as_bytes()).into_iter().map(|r| r.title).collect();
+    let refs: Vec<&str> = titles.iter().map(String::as_str).collect();
+    let kernel = testenv::kernel();
+    let misses = scenario(name).expectation(kernel).mismatches(&refs);
+    assert!(misses.is_empty(), "{name} on {kernel}: {misses:?} (titles: {titles:?})");
+    titles
+}
+
 async fn run(name: &str, test: &str, seed: u64) -> (Vm, Vec<StepRecord>) {
     let scenario = scenario(name);
     let schedule = schedule::plan(&scenario, seed);
@@ -33,8 +47,7 @@ async fn run(name: &str, test: &str, seed: u64) -> (Vm, Vec<StepRecord>) {
     let mut vm = Vm::boot(&config, Vec::new()).await.unwrap();
     let mut testbed = Testbed::new();
     let mut steps = Vec::new();
-    // The test environment's kernel (testenv) is vanilla.
-    run_schedule(&mut vm, &mut testbed, &schedule, KernelVariant::Vanilla, &RunOptions::default(), |s| steps.push(s.clone()))
+    run_schedule(&mut vm, &mut testbed, &schedule, testenv::kernel(), &RunOptions::default(), |s| steps.push(s.clone()))
         .await
         .unwrap();
     assert_eq!(steps.len(), schedule.actions.len());
@@ -58,40 +71,55 @@ async fn e2e_usb_kbd_cycle_runs_clean() {
     vm.shutdown(Duration::from_secs(10)).await.unwrap();
 }
 
-/// kernel-notes B4 on vanilla 6.12: the torn-down gpio-virtuser leaves an IRQ action whose
-/// name lives in freed memory. This records the truth of vanilla 6.12.117 (KASAN fires); if it
-/// stops firing, either the kernel changed or the harness stopped driving the scenario.
+/// kernel-notes B4. Vanilla 6.12.117: the torn-down gpio-virtuser leaves an IRQ action whose
+/// name lives in freed memory, and reading /proc/interrupts trips KASAN; if it stops firing,
+/// either the kernel changed or the harness stopped driving the scenario. Resmgr: the IRQ is
+/// freed with the consumer, and the same steps are clean.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn e2e_gpio_virtuser_irq_teardown_trips_kasan_on_vanilla() {
+async fn e2e_gpio_virtuser_irq_teardown() {
     let (vm, steps) = run("gpio-virtuser-irq-teardown", "e2e_gpio_virtuser_irq_teardown", 1).await;
     let failed: Vec<_> = steps.iter().filter(|s| s.status != StepStatus::Ok).map(|s| &s.description).collect();
     assert!(failed.is_empty(), "steps failed: {failed:?}");
     let before = steps.iter().find(|s| s.description.contains("live") && s.description.contains("\"0\"")).unwrap();
     let observe = steps.iter().find(|s| matches!(s.action, Action::Observe)).unwrap();
     assert!(observe.index > before.index);
-    // KASAN's taint flag (B = bit 5) appears with the observe step, not before.
     assert_eq!(before.taint.map(|t| t & 32), Some(0));
-    assert_eq!(observe.taint.map(|t| t & 32), Some(32), "no KASAN taint after reading /proc/interrupts");
-    let kasan = vm
-        .console()
-        .wait_for(Default::default(), "BUG: KASAN: slab-use-after-free", Duration::from_secs(5))
-        .await
-        .unwrap();
-    assert!(kasan.text.contains("string"), "{}", kasan.text);
+    match testenv::kernel() {
+        KernelVariant::Vanilla => {
+            // KASAN's taint flag (B = bit 5) appears with the observe step, not before.
+            assert_eq!(observe.taint.map(|t| t & 32), Some(32), "no KASAN taint after reading /proc/interrupts");
+            let kasan = vm
+                .console()
+                .wait_for(Default::default(), "BUG: KASAN: slab-use-after-free", Duration::from_secs(5))
+                .await
+                .unwrap();
+            assert!(kasan.text.contains("string"), "{}", kasan.text);
+        }
+        KernelVariant::Resmgr => {
+            assert_eq!(observe.taint, Some(0), "the kernel was tainted reading /proc/interrupts");
+        }
+    }
+    assert_expected(&vm, "gpio-virtuser-irq-teardown");
     vm.shutdown(Duration::from_secs(10)).await.unwrap();
 }
 
-/// kernel-notes B6 on vanilla 6.12: an open /dev/i2c-N keeps i2c_del_adapter() waiting, so the
-/// CP2112's USB disconnect hangs in hub_wq until the file is closed.
+/// kernel-notes B6. Vanilla 6.12.117: an open /dev/i2c-N keeps i2c_del_adapter() waiting, so
+/// the CP2112's USB disconnect hangs in hub_wq until the file is closed. Resmgr: the USB
+/// device's removal completes with the file open (the scenario's resmgr-only step checks it).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn e2e_cp2112_unplug_with_i2c_dev_open_hangs_the_hub_on_vanilla() {
+async fn e2e_cp2112_unplug_with_i2c_dev_open() {
     let (vm, steps) = run("cp2112-i2c-dev-held", "e2e_cp2112_i2c_dev_held", 1).await;
-    // The resmgr-only check that the removal completes is recorded as not on this kernel.
+    // The other kernel's step is recorded as not on this kernel.
     let failed: Vec<_> = steps.iter().filter(|s| s.status.failed()).map(|s| &s.description).collect();
     assert!(failed.is_empty(), "steps failed: {failed:?}");
     assert!(steps.iter().any(|s| matches!(s.status, StepStatus::NotOnThisKernel(_))), "{steps:#?}");
     let held = steps.iter().find(|s| matches!(s.action, Action::Exec { .. })).unwrap();
     assert_eq!(held.output.as_deref().map(str::trim), Some("1"), "the i2c-dev file was not held open");
+    assert_expected(&vm, "cp2112-i2c-dev-held");
+    if testenv::kernel() == KernelVariant::Resmgr {
+        vm.shutdown(Duration::from_secs(10)).await.unwrap();
+        return;
+    }
     let lines = vm.console().lines_since(Default::default());
     let report: Vec<&str> = lines
         .iter()
@@ -104,14 +132,23 @@ async fn e2e_cp2112_unplug_with_i2c_dev_open_hangs_the_hub_on_vanilla() {
     vm.shutdown(Duration::from_secs(10)).await.unwrap();
 }
 
-/// kernel-notes B1 / S1, the seed's chain on vanilla 6.12: an in-kernel nvmem holder outlives
-/// the at24 behind an unplugged CP2112 and its next read touches at24's freed devm data.
+/// kernel-notes B1 / S1, the seed's chain: an in-kernel nvmem holder outlives the at24 behind
+/// an unplugged CP2112. Vanilla 6.12.117: its next read touches at24's freed devm data.
+/// Resmgr: the read answers -ENODEV.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn e2e_nvmem_holder_reads_freed_at24_after_cp2112_unplug_on_vanilla() {
+async fn e2e_nvmem_holder_read_after_cp2112_unplug() {
     let (vm, steps) = run("nvmem-holder-cp2112-unplug", "e2e_nvmem_holder_cp2112_unplug", 2).await;
-    let first_read = steps.iter().find(|s| matches!(s.action, Action::Exec { .. })).unwrap();
+    let mut reads = steps.iter().filter(|s| matches!(s.action, Action::Exec { .. }));
+    let first_read = reads.next().unwrap();
     assert_eq!(first_read.status, StepStatus::Ok, "holding the at24 nvmem failed: {:?}", first_read.output);
     assert_eq!(first_read.taint.map(|t| t & 32), Some(0), "KASAN before the unplug");
+    if testenv::kernel() == KernelVariant::Resmgr {
+        let late_read = reads.next().unwrap();
+        assert_eq!(late_read.output.as_deref().map(str::trim), Some("-19"), "{late_read:?}");
+        assert_expected(&vm, "nvmem-holder-cp2112-unplug");
+        vm.shutdown(Duration::from_secs(10)).await.unwrap();
+        return;
+    }
     let kasan = vm
         .console()
         .wait_until(Default::default(), "a KASAN report in at24_read", Duration::from_secs(10), |l| {
@@ -164,29 +201,36 @@ async fn e2e_cp2112_held_across_unplug_records_what_each_holder_saw() {
     vm.shutdown(Duration::from_secs(10)).await.unwrap();
 }
 
-/// The nvmem → at24 link alone: with the in-kernel nvmem-holder keeping a reference, unbinding
-/// at24 leaves the nvmem device registered — its sysfs file too — over at24's freed data.
-/// Vanilla 6.12.117: the user-space holder's reads and writes keep "succeeding" through
-/// freed at24/regmap memory (KASAN), and neither holder sees an error.
+/// The nvmem → at24 link alone: with the in-kernel nvmem-holder keeping a reference, at24 is
+/// unbound. Vanilla 6.12.117: the nvmem device stays registered — its sysfs file too — over
+/// at24's freed data; the user-space holder's reads and writes keep "succeeding" through freed
+/// at24/regmap memory (KASAN), and neither holder sees an error. Resmgr: nvmem unregisters
+/// synchronously and both holders get ENODEV; nothing is reported.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn e2e_at24_unbind_under_an_nvmem_holder_leaves_sysfs_on_freed_at24_on_vanilla() {
-    let (vm, steps) =
-        run("at24-unbind-under-holders", "e2e_at24_unbind_under_an_nvmem_holder_leaves_sysfs_on_freed_at24", 1).await;
+async fn e2e_at24_unbind_under_nvmem_holders() {
+    let (vm, steps) = run("at24-unbind-under-holders", "e2e_at24_unbind_under_nvmem_holders", 1).await;
     let unbind = steps.iter().find(|s| matches!(&s.action, Action::Exec { argv, .. } if argv.join(" ").contains("/unbind"))).unwrap();
     assert_eq!(unbind.status, StepStatus::Ok, "{:?}", unbind.output);
     let before = steps.iter().take_while(|s| s.index < unbind.index).filter_map(|s| s.taint).last();
     assert_eq!(before.map(|t| t & 32), Some(0), "KASAN before the unbind");
-    let console: String = vm.console().lines_since(Default::default()).into_iter().map(|l| l.text + "\n").collect();
-    let titles: Vec<String> = harness::report::parse(console.as_bytes()).into_iter().map(|r| r.title).collect();
-    assert!(
-        titles.iter().any(|t| t.starts_with("KASAN: slab-use-after-free") && (t.contains("at24_write") || t.contains("at24_read"))),
-        "{titles:?}"
-    );
-    // Whether its release returned or (a pwrite still printing KASAN reports on a slow
-    // console) took longer than the agent waits.
+    let titles = assert_expected(&vm, "at24-unbind-under-holders");
     let summary = |name: &str| release_summary(&steps, name);
-    assert_eq!(summary("sysfs"), "holder 1 (nvmem-sysfs): no error");
-    assert_eq!(summary("kernel"), "holder 2 (nvmem-kernel): no error");
+    match testenv::kernel() {
+        KernelVariant::Vanilla => {
+            assert!(
+                titles.iter().any(|t| t.starts_with("KASAN: slab-use-after-free") && (t.contains("at24_write") || t.contains("at24_read"))),
+                "{titles:?}"
+            );
+            // Whether its release returned or (a pwrite still printing KASAN reports on a slow
+            // console) took longer than the agent waits.
+            assert_eq!(summary("sysfs"), "holder 1 (nvmem-sysfs): no error");
+            assert_eq!(summary("kernel"), "holder 2 (nvmem-kernel): no error");
+        }
+        KernelVariant::Resmgr => {
+            assert!(summary("sysfs").starts_with("holder 1 (nvmem-sysfs): got -ENODEV on p"), "{}", summary("sysfs"));
+            assert!(summary("kernel").starts_with("holder 2 (nvmem-kernel): got -ENODEV on nvmem_device_read"), "{}", summary("kernel"));
+        }
+    }
     vm.shutdown(Duration::from_secs(10)).await.unwrap();
 }
 

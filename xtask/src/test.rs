@@ -1,43 +1,81 @@
-//! `cargo xtask test`: the whole suite. Builds (or reuses) the kernel and image first, with
-//! progress, so the end-to-end tests that boot VMs find them, then runs nextest.
+//! `cargo xtask test`: the whole suite. Builds (or reuses) the kernels and images first, with
+//! progress, so the end-to-end tests that boot VMs find them, then runs nextest: everything
+//! against the first kernel, and the VM tests of `harness` (which assert what the kernel under
+//! test is expected to do, `harness::testenv::kernel`) again against the second.
 
 use std::process::ExitCode;
 
-use anyhow::Result;
+use anyhow::{bail, Result};
 use xshell::{cmd, Shell};
 
 use crate::artifacts::{self, KernelChoice};
+use crate::torture::KernelVariant;
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// nextest profile (`ci` also writes target/nextest/ci/junit.xml).
+    /// nextest profile (`ci` also writes target/nextest/ci/junit.xml, per kernel pass).
     #[arg(long, default_value = "default")]
     profile: String,
+    /// The kernel(s) the end-to-end tests boot. With `--bzimage`, `--src` or `--series`, say
+    /// which one that kernel is (its expectations are asserted).
+    #[arg(long, value_enum, default_value = "both")]
+    kernel: KernelVariant,
     #[command(flatten)]
-    kernel: KernelChoice,
+    choice: KernelChoice,
     /// Extra arguments for `cargo nextest run` (e.g. a filter).
     #[arg(last = true)]
     nextest_args: Vec<String>,
 }
 
+/// The harness's VM tests: the ones that boot the kernel under test (`harness::testenv`).
+const VM_TESTS: &str = "package(harness) & binary(/^e2e_/)";
+
 pub fn run(args: Args) -> Result<ExitCode> {
-    let (kernel, image) = artifacts::kernel_and_image(&args.kernel)?;
-    // `e2e_kunit` runs `xtask kunit --series resmgr`: build that kernel and image here, with
-    // progress, rather than inside the test's timeout (it fails by itself without the series).
+    let own_kernel = args.choice.bzimage.is_some() || args.choice.src.is_some() || args.choice.series.is_some();
+    let variants = args.kernel.variants();
+    if own_kernel && variants.len() > 1 {
+        bail!("--bzimage, --src and --series name one kernel: say which it is with --kernel vanilla or --kernel resmgr");
+    }
+    // The resmgr kernel is built whatever `--kernel` says: `e2e_kunit` and the resmgr scenario
+    // tests run `xtask` on it, and building it here shows progress instead of eating into
+    // their timeouts (they fail by themselves without the series).
     let resmgr = harness::paths::repo_root().join("kernels/patches/resmgr/series");
-    if resmgr.is_file() && args.kernel.series.is_none() && args.kernel.bzimage.is_none() {
-        let choice = KernelChoice { series: Some("resmgr".into()), ..args.kernel.clone() };
-        artifacts::kernel_and_image(&choice)?;
+    let mut passes = Vec::new();
+    for &variant in variants {
+        let choice = if own_kernel {
+            args.choice.clone()
+        } else {
+            KernelChoice { series: variant.series().map(String::from), ..args.choice.clone() }
+        };
+        passes.push((variant, artifacts::kernel_and_image(&choice)?));
+    }
+    if resmgr.is_file() && !own_kernel && !variants.contains(&harness::scenario::KernelVariant::Resmgr) {
+        artifacts::kernel_and_image(&KernelChoice { series: Some("resmgr".into()), ..args.choice.clone() })?;
     }
     let sh = Shell::new()?;
     sh.change_dir(harness::paths::repo_root());
     let profile = &args.profile;
     let extra = &args.nextest_args;
-    let status = cmd!(sh, "cargo nextest run --workspace --profile {profile} {extra...}")
-        .env(artifacts::ENV_BZIMAGE, &kernel.bzimage)
-        .env(artifacts::ENV_INITRD, &image)
-        .quiet()
-        .run();
-    // nextest has already printed which tests failed; just pass its verdict on.
-    Ok(if status.is_ok() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+    let mut failed = Vec::new();
+    for (i, (variant, (kernel, image))) in passes.iter().enumerate() {
+        // Everything once; on the other kernels only what boots the kernel under test.
+        let filter: Vec<&str> = if i == 0 { Vec::new() } else { vec!["-E", VM_TESTS] };
+        eprintln!("test: kernel {variant} ({})", kernel.label);
+        let status = cmd!(sh, "cargo nextest run --workspace --profile {profile} {filter...} {extra...}")
+            .env(artifacts::ENV_BZIMAGE, &kernel.bzimage)
+            .env(artifacts::ENV_INITRD, image)
+            .env(harness::testenv::ENV_KERNEL, variant.name())
+            .quiet()
+            .run();
+        // nextest has already printed which tests failed; say on which kernel.
+        if status.is_err() {
+            failed.push(variant.name());
+        }
+    }
+    if failed.is_empty() {
+        Ok(ExitCode::SUCCESS)
+    } else {
+        eprintln!("test: failures on {}", failed.join(", "));
+        Ok(ExitCode::FAILURE)
+    }
 }

@@ -265,7 +265,7 @@ impl Run {
 
 impl KernelVariant {
     /// The variants to run, in order.
-    fn variants(self) -> &'static [Variant] {
+    pub fn variants(self) -> &'static [Variant] {
         match self {
             KernelVariant::Vanilla => &[Variant::Vanilla],
             KernelVariant::Resmgr => &[Variant::Resmgr],
