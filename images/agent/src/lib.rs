@@ -118,6 +118,10 @@ fn default_release_wait_ms() -> u64 {
 /// returned: the host waits for it before anything may unplug the provider.
 pub const HOLDER_READY: &str = "ready";
 
+/// The start of a `stopped` record's [`ConsumerRecord::detail`] when the holder's loop
+/// panicked (a bug in the agent, not the kernel's answer); the panic message follows.
+pub const HOLDER_PANICKED: &str = "panic: ";
+
 fn is_false(b: &bool) -> bool {
     !*b
 }

@@ -39,6 +39,9 @@ const POLL: Duration = Duration::from_millis(100);
 const KILL_GRACE: Duration = Duration::from_secs(2);
 
 fn main() {
+    // Panics (caught and answered, or a holder's, reported as its `stopped` record) are bugs
+    // of the agent: their location and message go to the kernel log, not the console.
+    std::panic::set_hook(Box::new(|info| kmsg(&format!("panic: {info}"))));
     let port = find_port();
     kmsg(&format!("serving on {}", port.display()));
     let file = match OpenOptions::new().read(true).write(true).open(&port) {
@@ -90,6 +93,16 @@ fn hello() -> Hello {
         protocol: PROTOCOL_VERSION,
         agent: env!("CARGO_PKG_VERSION").to_string(),
         kernel_release: release.trim().to_string(),
+    }
+}
+
+/// What a caught panic said (`panic!` with a literal or a formatted message; anything else is
+/// only in the kernel log, where the panic hook wrote it).
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    match (payload.downcast_ref::<&str>(), payload.downcast_ref::<String>()) {
+        (Some(msg), _) => msg.to_string(),
+        (None, Some(msg)) => msg.clone(),
+        (None, None) => "(no message)".into(),
     }
 }
 
@@ -235,9 +248,10 @@ fn handle_line(line: &[u8], writer: &Writer) {
                 let outcome = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(serve)) {
                     Ok(Ok(reply)) => Outcome::Ok(reply),
                     Ok(Err(err)) => Outcome::Err(err),
-                    Err(_) => {
-                        Outcome::Err(ErrorReply::msg("the agent panicked serving this request (see the kernel log)"))
-                    }
+                    Err(panic) => Outcome::Err(ErrorReply::msg(format!(
+                        "the agent panicked serving this request: {}",
+                        panic_message(&*panic)
+                    ))),
                 };
                 worker.respond(id, outcome);
                 if let Some(cmd) = power {
