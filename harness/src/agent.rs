@@ -437,7 +437,7 @@ impl Agent {
     /// for operations without a helper.
     pub async fn call(&self, op: Op, timeout: Duration) -> Result<Reply, AgentError> {
         let what = describe(&op);
-        match tokio::time::timeout(timeout, self.call_inner(op)).await {
+        match tokio::time::timeout(timeout, self.call_inner(op, timeout)).await {
             Ok(Ok(Outcome::Ok(reply))) => Ok(reply),
             Ok(Ok(Outcome::Err(error))) => Err(AgentError::Guest { op: what, error }),
             Ok(Err(e)) => Err(e),
@@ -445,7 +445,7 @@ impl Agent {
         }
     }
 
-    async fn call_inner(&self, op: Op) -> Result<Outcome, AgentError> {
+    async fn call_inner(&self, op: Op, timeout: Duration) -> Result<Outcome, AgentError> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
         lock(&self.shared.pending).insert(id, tx);
@@ -455,7 +455,9 @@ impl Agent {
         if let Some(reason) = self.shared.closed_reason() {
             return Err(AgentError::ConnectionLost(reason));
         }
-        let line = serde_json::to_string(&Request { id, op })
+        // The guest answers a call stuck in the kernel with a timeout error a little before
+        // this deadline, naming it, instead of the host's bare timeout.
+        let line = serde_json::to_string(&Request::new(id, op, timeout))
             .map_err(|e| AgentError::Protocol(format!("cannot encode request: {e}")))?;
         self.shared.log("->", &line);
         if self.lines.send(line).is_err() {
@@ -865,7 +867,8 @@ mod tests {
         guest.reply(req.id, Reply::Hello(hello())).await;
         pending.await.unwrap().unwrap();
         let text = std::fs::read_to_string(&log).unwrap();
-        assert!(text.contains(r#"-> {"id":1,"op":"ping"}"#), "{text}");
+        // The guest's deadline: the host's 30 s less the time to hear its timeout answer.
+        assert!(text.contains(r#"-> {"id":1,"request_deadline_ms":28000,"op":"ping"}"#), "{text}");
         assert!(text.contains("<- {\"response\""), "{text}");
     }
 }

@@ -148,6 +148,8 @@ struct Holder {
     permanent: bool,
     /// Output value toggled by `gpio-cdev`.
     toggle: bool,
+    /// The next record's [`ConsumerRecord::seq`].
+    seq: u64,
 }
 
 impl Holder {
@@ -188,6 +190,7 @@ impl Holder {
             last: HashMap::new(),
             permanent: false,
             toggle: false,
+            seq: 0,
         };
         holder.setup(req).map_err(|e| ErrorReply::io(format!("{:?} setup on {}", req.kind, req.path), &e))?;
         holder.report("open", Outcome::Ok, Some(0), 0, None);
@@ -498,12 +501,12 @@ impl Holder {
         }
     }
 
-    fn report(&self, op: &str, outcome: Outcome, ret: Option<i64>, latency_us: u64, detail: Option<String>) {
+    fn report(&mut self, op: &str, outcome: Outcome, ret: Option<i64>, latency_us: u64, detail: Option<String>) {
         self.send(op, outcome, ret, latency_us, detail, 0);
     }
 
     fn send(
-        &self,
+        &mut self,
         op: &str,
         outcome: Outcome,
         ret: Option<i64>,
@@ -516,9 +519,12 @@ impl Holder {
             Outcome::Errno(e) => (Some(e), None),
             Outcome::Revents(r) => (None, Some(r)),
         };
+        let seq = self.seq;
+        self.seq += 1;
         (self.sink)(ConsumerRecord {
             holder: self.handle,
             kind: self.kind,
+            seq,
             op: op.to_string(),
             ret,
             errno,
@@ -533,27 +539,14 @@ impl Holder {
 
     /// Closes the line fd and the file (a late close when the device is already gone), then
     /// tears down the kernel consumer.
-    fn close(self) {
-        let Holder { handle, kind, sink, line, file, mut undo, .. } = self;
+    fn close(mut self) {
         let t0 = Instant::now();
-        drop(line);
-        drop(file);
+        drop(self.line.take());
+        drop(self.file.take());
         // What the teardown of an in-kernel consumer refused, if anything.
-        let failed = undo.run();
+        let failed = self.undo.run();
         let detail = (!failed.is_empty()).then(|| failed.join("; "));
-        sink(ConsumerRecord {
-            holder: handle,
-            kind,
-            op: "closed".into(),
-            ret: Some(0),
-            errno: None,
-            errno_name: None,
-            revents: None,
-            latency_us: t0.elapsed().as_micros() as u64,
-            mono_ns: mono_ns(),
-            repeats: 0,
-            detail,
-        });
+        self.report("closed", Outcome::Ok, Some(0), t0.elapsed().as_micros() as u64, detail);
     }
 }
 
@@ -1118,6 +1111,7 @@ mod tests {
             last: HashMap::new(),
             permanent: false,
             toggle: false,
+            seq: 0,
         };
         // Leaves ENOENT in errno.
         assert!(File::open(dir.0.join("absent")).is_err());
@@ -1154,6 +1148,8 @@ mod tests {
         let stopped = ops.iter().find(|(op, _)| *op == "stopped");
         assert_eq!(stopped, Some(&("stopped", Some("panic: the sink fails"))), "{ops:?}");
         assert_eq!(ops.last().map(|(op, _)| *op), Some("closed"), "{ops:?}");
+        let seqs: Vec<u64> = records.iter().map(|r| r.seq).collect();
+        assert_eq!(seqs, (0..records.len() as u64).collect::<Vec<_>>(), "numbered without gaps");
     }
 
     /// A stand-in for the kernel's gpio-aggregator under a scratch root: `new_device` is a
