@@ -439,6 +439,12 @@ impl Agent {
         let what = describe(&op);
         match tokio::time::timeout(timeout, self.call_inner(op, timeout)).await {
             Ok(Ok(Outcome::Ok(reply))) => Ok(reply),
+            // The guest's own deadline: the call is stuck in the kernel, a timeout like the
+            // host's, with the guest's word on it.
+            Ok(Ok(Outcome::Err(error))) if error.stuck => Err(AgentError::Timeout {
+                what: format!("{what} (the guest: {})", error.message),
+                waited: agent::guest_deadline(timeout),
+            }),
             Ok(Ok(Outcome::Err(error))) => Err(AgentError::Guest { op: what, error }),
             Ok(Err(e)) => Err(e),
             Err(_) => Err(AgentError::Timeout { what, waited: timeout }),
@@ -761,11 +767,25 @@ mod tests {
         let req = guest.request().await;
         let Op::Write { data, .. } = &req.op else { panic!("{req:?}") };
         assert_eq!(data.0, b"0-0050");
-        let error = ErrorReply { errno: Some(19), message: "write /sys/x/unbind: No such device".into() };
+        let error = ErrorReply::errno(19, "write /sys/x/unbind: No such device");
         guest.send(&GuestMessage::Response(Response { id: req.id, outcome: Outcome::Err(error) })).await;
         let err = pending.await.unwrap().unwrap_err();
         assert_eq!(err.errno(), Some(19));
         assert!(err.to_string().contains("No such device"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_guest_deadline_is_a_timeout_with_the_guests_word() {
+        let (agent, mut guest) = pair();
+        let a = agent.clone();
+        let pending = tokio::spawn(async move { a.write_file("/sys/x/unbind", b"0-0050").await });
+        let req = guest.request().await;
+        assert_eq!(req.request_deadline_ms, Some(28_000), "the guest hears the host's deadline");
+        let error = ErrorReply::stuck("no answer within its deadline: the call is stuck in the kernel");
+        guest.send(&GuestMessage::Response(Response { id: req.id, outcome: Outcome::Err(error) })).await;
+        let err = pending.await.unwrap().unwrap_err();
+        assert!(matches!(err, AgentError::Timeout { waited, .. } if waited == Duration::from_secs(28)), "{err:?}");
+        assert!(err.to_string().contains("write /sys/x/unbind (the guest: no answer within"), "{err}");
     }
 
     #[tokio::test]

@@ -183,7 +183,7 @@ impl Dispatcher {
                     flight.running, flight.stuck
                 );
                 drop(flight);
-                self.writer.respond(id, Outcome::Err(ErrorReply { errno: Some(libc::EBUSY), message }));
+                self.writer.respond(id, Outcome::Err(ErrorReply::errno(libc::EBUSY, message)));
                 return;
             }
             flight.running += 1;
@@ -293,7 +293,7 @@ impl Dispatcher {
              at most {} requests at once)",
             self.limit
         );
-        self.writer.respond(pending.id, Outcome::Err(ErrorReply { errno: Some(libc::ETIMEDOUT), message }));
+        self.writer.respond(pending.id, Outcome::Err(ErrorReply::stuck(message)));
     }
 }
 
@@ -374,7 +374,7 @@ mod tests {
         unstick(&fifo);
         let answer = answer.expect("answered");
         let Outcome::Err(err) = answer.outcome else { panic!("{answer:?}") };
-        assert_eq!(err.errno, Some(libc::ETIMEDOUT), "{err}");
+        assert_eq!((err.errno, err.stuck), (Some(libc::ETIMEDOUT), true), "{err}");
         assert!(t0.elapsed() < Duration::from_secs(3), "{:?}", t0.elapsed());
         assert_eq!(stuck, 1);
         // Once the kernel lets go, the worker is no longer counted and its answer is dropped.

@@ -60,6 +60,11 @@ pub struct Request {
     pub op: Op,
 }
 
+/// The guest deadline of a request the host waits `host_wait` for.
+pub fn guest_deadline(host_wait: std::time::Duration) -> std::time::Duration {
+    host_wait - (host_wait / 10).min(std::time::Duration::from_secs(2))
+}
+
 /// A request's deadline in the guest when it carries none: the host's reference deadline for
 /// a request, on top of an exec's timeout or a release's wait.
 pub const DEFAULT_DEADLINE_MS: u64 = 30_000;
@@ -69,8 +74,7 @@ impl Request {
     /// the answer: a tenth (at most 2 s) less, so the guest's timeout answer arrives before
     /// the host gives up and says which call was stuck.
     pub fn new(id: u64, op: Op, host_wait: std::time::Duration) -> Request {
-        let margin = (host_wait / 10).min(std::time::Duration::from_secs(2));
-        let deadline = u64::try_from((host_wait - margin).as_millis()).unwrap_or(u64::MAX);
+        let deadline = u64::try_from(guest_deadline(host_wait).as_millis()).unwrap_or(u64::MAX);
         Request { id, request_deadline_ms: Some(deadline), op }
     }
 
@@ -492,17 +496,31 @@ pub struct ErrorReply {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub errno: Option<i32>,
     pub message: String,
+    /// The request's deadline passed with its call still in the kernel (errno `ETIMEDOUT`,
+    /// which a call can also return itself).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub stuck: bool,
 }
 
 impl ErrorReply {
     /// Wraps an I/O error with context, keeping its errno.
     pub fn io(context: impl fmt::Display, err: &std::io::Error) -> Self {
-        ErrorReply { errno: err.raw_os_error(), message: format!("{context}: {err}") }
+        ErrorReply { errno: err.raw_os_error(), message: format!("{context}: {err}"), stuck: false }
     }
 
     /// An error with no errno (bad request, unsupported operation).
     pub fn msg(message: impl Into<String>) -> Self {
-        ErrorReply { errno: None, message: message.into() }
+        ErrorReply { errno: None, message: message.into(), stuck: false }
+    }
+
+    /// An error with this errno and no call to name.
+    pub fn errno(errno: i32, message: impl Into<String>) -> Self {
+        ErrorReply { errno: Some(errno), message: message.into(), stuck: false }
+    }
+
+    /// The answer to a request whose deadline passed: see [`ErrorReply::stuck`].
+    pub fn stuck(message: impl Into<String>) -> Self {
+        ErrorReply { errno: Some(libc::ETIMEDOUT), message: message.into(), stuck: true }
     }
 }
 
@@ -727,7 +745,11 @@ mod tests {
             replies.into_iter().map(|r| GuestMessage::Response(Response { id: 1, outcome: Outcome::Ok(r) })).collect();
         messages.push(GuestMessage::Response(Response {
             id: u64::MAX,
-            outcome: Outcome::Err(ErrorReply { errno: Some(19), message: "no such device".into() }),
+            outcome: Outcome::Err(ErrorReply::errno(19, "no such device")),
+        }));
+        messages.push(GuestMessage::Response(Response {
+            id: 3,
+            outcome: Outcome::Err(ErrorReply::stuck("no answer within 28s")),
         }));
         messages.push(GuestMessage::Response(Response { id: 2, outcome: Outcome::Err(ErrorReply::msg("bad")) }));
         messages.push(GuestMessage::Ready(hello));

@@ -383,7 +383,7 @@ fn absolute(path: &str) -> Result<&str, ErrorReply> {
     if path.starts_with('/') {
         Ok(path)
     } else {
-        Err(ErrorReply { errno: Some(libc::EINVAL), message: format!("{path}: not an absolute path") })
+        Err(ErrorReply::errno(libc::EINVAL, format!("{path}: not an absolute path")))
     }
 }
 
