@@ -437,15 +437,21 @@ impl Agent {
     /// for operations without a helper.
     pub async fn call(&self, op: Op, timeout: Duration) -> Result<Reply, AgentError> {
         let what = describe(&op);
-        match tokio::time::timeout(timeout, self.call_inner(op)).await {
+        match tokio::time::timeout(timeout, self.call_inner(op, timeout)).await {
             Ok(Ok(Outcome::Ok(reply))) => Ok(reply),
+            // The guest's own deadline: the call is stuck in the kernel, a timeout like the
+            // host's, with the guest's word on it.
+            Ok(Ok(Outcome::Err(error))) if error.stuck => Err(AgentError::Timeout {
+                what: format!("{what} (the guest: {})", error.message),
+                waited: agent::guest_deadline(timeout),
+            }),
             Ok(Ok(Outcome::Err(error))) => Err(AgentError::Guest { op: what, error }),
             Ok(Err(e)) => Err(e),
             Err(_) => Err(AgentError::Timeout { what, waited: timeout }),
         }
     }
 
-    async fn call_inner(&self, op: Op) -> Result<Outcome, AgentError> {
+    async fn call_inner(&self, op: Op, timeout: Duration) -> Result<Outcome, AgentError> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
         lock(&self.shared.pending).insert(id, tx);
@@ -455,7 +461,9 @@ impl Agent {
         if let Some(reason) = self.shared.closed_reason() {
             return Err(AgentError::ConnectionLost(reason));
         }
-        let line = serde_json::to_string(&Request { id, op })
+        // The guest answers a call stuck in the kernel with a timeout error a little before
+        // this deadline, naming it, instead of the host's bare timeout.
+        let line = serde_json::to_string(&Request::new(id, op, timeout))
             .map_err(|e| AgentError::Protocol(format!("cannot encode request: {e}")))?;
         self.shared.log("->", &line);
         if self.lines.send(line).is_err() {
@@ -759,11 +767,25 @@ mod tests {
         let req = guest.request().await;
         let Op::Write { data, .. } = &req.op else { panic!("{req:?}") };
         assert_eq!(data.0, b"0-0050");
-        let error = ErrorReply { errno: Some(19), message: "write /sys/x/unbind: No such device".into() };
+        let error = ErrorReply::errno(19, "write /sys/x/unbind: No such device");
         guest.send(&GuestMessage::Response(Response { id: req.id, outcome: Outcome::Err(error) })).await;
         let err = pending.await.unwrap().unwrap_err();
         assert_eq!(err.errno(), Some(19));
         assert!(err.to_string().contains("No such device"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_guest_deadline_is_a_timeout_with_the_guests_word() {
+        let (agent, mut guest) = pair();
+        let a = agent.clone();
+        let pending = tokio::spawn(async move { a.write_file("/sys/x/unbind", b"0-0050").await });
+        let req = guest.request().await;
+        assert_eq!(req.request_deadline_ms, Some(28_000), "the guest hears the host's deadline");
+        let error = ErrorReply::stuck("no answer within its deadline: the call is stuck in the kernel");
+        guest.send(&GuestMessage::Response(Response { id: req.id, outcome: Outcome::Err(error) })).await;
+        let err = pending.await.unwrap().unwrap_err();
+        assert!(matches!(err, AgentError::Timeout { waited, .. } if waited == Duration::from_secs(28)), "{err:?}");
+        assert!(err.to_string().contains("write /sys/x/unbind (the guest: no answer within"), "{err}");
     }
 
     #[tokio::test]
@@ -865,7 +887,8 @@ mod tests {
         guest.reply(req.id, Reply::Hello(hello())).await;
         pending.await.unwrap().unwrap();
         let text = std::fs::read_to_string(&log).unwrap();
-        assert!(text.contains(r#"-> {"id":1,"op":"ping"}"#), "{text}");
+        // The guest's deadline: the host's 30 s less the time to hear its timeout answer.
+        assert!(text.contains(r#"-> {"id":1,"request_deadline_ms":28000,"op":"ping"}"#), "{text}");
         assert!(text.contains("<- {\"response\""), "{text}");
     }
 }

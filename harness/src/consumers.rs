@@ -94,6 +94,34 @@ impl HolderLog {
         self.records.iter().any(|r| r.op == op)
     }
 
+    /// What the agent's own panic said, if the holder's loop ended in one (a bug in the
+    /// agent: whatever the kernel answered, the run is not clean).
+    pub fn panicked(&self) -> Option<&str> {
+        self.records
+            .iter()
+            .filter(|r| r.op == "stopped")
+            .find_map(|r| r.detail.as_deref()?.strip_prefix(agent::HOLDER_PANICKED))
+    }
+
+    /// Records of this holder that never reached its log: gaps in their numbering (the
+    /// agent's queue was full, or the host fell behind). Records after the last one that
+    /// arrived are not counted (see `records_lost`).
+    pub fn missing(&self) -> u64 {
+        let mut seqs: Vec<u64> = self.records.iter().map(|r| r.seq).collect();
+        seqs.sort_unstable();
+        seqs.dedup();
+        seqs.last().map_or(0, |&last| last + 1 - seqs.len() as u64)
+    }
+
+    /// Why this holder needs a look whatever the kernel answered: it hung, or the agent
+    /// failed it.
+    pub fn trouble(&self) -> Option<String> {
+        if let Some(panic) = self.panicked() {
+            return Some(format!("the agent panicked running it: {panic}"));
+        }
+        (!self.stopped() && self.overdue()).then(|| "hung: no return within the deadline".to_string())
+    }
+
     /// One line: what the holder saw first go wrong, after how many successes; or that it
     /// ran clean; or that it hung.
     pub fn summary(&self) -> String {
@@ -123,8 +151,12 @@ impl HolderLog {
             }
             None => out.push_str("no error"),
         }
-        if !self.stopped() && self.overdue() {
-            out.push_str("; hung: no return within the deadline");
+        if let Some(trouble) = self.trouble() {
+            let _ = write!(out, "; {trouble}");
+        }
+        let missing = self.missing();
+        if missing > 0 {
+            let _ = write!(out, "; {missing} of its records lost on the way (gaps in their numbering)");
         }
         if self.records_lost > 0 {
             let _ = write!(out, "; {} holder record(s) lost (the host fell behind), this log may lack some", self.records_lost);
@@ -303,6 +335,7 @@ mod tests {
         ConsumerRecord {
             holder: 1,
             kind: HoldKind::GpioCdev,
+            seq: 0,
             op: op.into(),
             ret: errno.is_none().then_some(0),
             errno,
@@ -315,18 +348,55 @@ mod tests {
         }
     }
 
+    /// Numbered as the agent numbers them.
+    fn numbered(records: Vec<ConsumerRecord>) -> Vec<ConsumerRecord> {
+        records.into_iter().enumerate().map(|(i, r)| ConsumerRecord { seq: i as u64, ..r }).collect()
+    }
+
+    #[test]
+    fn a_holder_that_panicked_in_the_agent_is_trouble_not_clean() {
+        let stopped = ConsumerRecord { detail: Some("panic: index out of bounds".into()), ..record("stopped", None, None, 0) };
+        let log = HolderLog {
+            handle: 1,
+            records: numbered(vec![record("open", None, None, 0), record("pread", None, None, 0), stopped]),
+            ..HolderLog::default()
+        };
+        assert_eq!(log.panicked(), Some("index out of bounds"));
+        assert_eq!(log.summary(), "holder 1 (?): no error; the agent panicked running it: index out of bounds");
+        assert!(log.trouble().is_some());
+        let released = ConsumerRecord { detail: Some("released".into()), ..record("stopped", None, None, 0) };
+        let clean = HolderLog { handle: 1, records: numbered(vec![record("open", None, None, 0), released]), ..HolderLog::default() };
+        assert_eq!((clean.panicked(), clean.trouble()), (None, None));
+    }
+
+    #[test]
+    fn every_record_lost_on_the_way_is_said() {
+        let mut records = numbered(vec![
+            record("open", None, None, 0),
+            record("pread", None, None, 0),
+            record("pread", Some(19), None, 0),
+            record("stopped", None, None, 0),
+            record("closed", None, None, 0),
+        ]);
+        records.remove(2);
+        records.remove(2);
+        let log = HolderLog { handle: 1, records, ..HolderLog::default() };
+        assert_eq!(log.missing(), 2);
+        assert_eq!(log.summary(), "holder 1 (?): no error; 2 of its records lost on the way (gaps in their numbering)");
+    }
+
     #[test]
     fn summary_counts_successes_before_the_first_error() {
         let op = "GPIO_V2_LINE_GET_VALUES_IOCTL";
         let log = HolderLog {
             handle: 1,
-            records: vec![record("open", None, None, 0), record(op, None, None, 0), record(op, Some(19), None, 2)],
+            records: numbered(vec![record("open", None, None, 0), record(op, None, None, 0), record(op, Some(19), None, 2)]),
             ..HolderLog::default()
         };
         assert_eq!(log.summary(), format!("holder 1 (?): got -ENODEV on {op} after 3 ok"));
         let polled = HolderLog {
             handle: 2,
-            records: vec![record("poll", None, Some(0x18), 0), record("stopped", None, None, 0)],
+            records: numbered(vec![record("poll", None, Some(0x18), 0), record("stopped", None, None, 0)]),
             ..HolderLog::default()
         };
         assert_eq!(polled.summary(), "holder 2 (?): POLLERR|POLLHUP on poll");

@@ -46,6 +46,9 @@ pub struct HolderReport {
     pub setup_error: Option<String>,
     /// One line: the first failure and what preceded it, or "no error", or hung.
     pub summary: String,
+    /// Why it needs a look whatever the kernel answered (hung, the agent panicked).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub trouble: Option<String>,
     pub records: Vec<ConsumerRecord>,
     /// The late close: `None` if it returned, the error (e.g. stuck in the kernel) if not.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -87,13 +90,13 @@ pub struct HoldReport {
 
 impl HoldReport {
     /// Whether a maintainer must look: a crash, a bad taint, an unplug that failed, a lost
-    /// guest, a holder stuck in the kernel.
+    /// guest, a holder stuck in the kernel or failed by the agent.
     pub fn has_findings(&self) -> bool {
         !self.crashes.is_empty()
             || self.taint.is_some_and(|t| report::Taint(t).is_bad())
             || self.unplug.is_err()
             || self.agent_lost.is_some()
-            || self.holders.iter().any(|h| h.release_error.is_some() || h.summary.contains("hung"))
+            || self.holders.iter().any(|h| h.release_error.is_some() || h.trouble.is_some())
     }
 }
 
@@ -176,7 +179,7 @@ pub async fn run(vm: &mut Vm, testbed: &mut Testbed, plan: &HoldPlan, boot: Line
             Ok(h) => (Some(h), None),
             Err(e) => (None, Some(e.to_string())),
         };
-        holders.push(HolderReport { kind, request, handle, setup_error, summary: String::new(), records: Vec::new(), release_error: None });
+        holders.push(HolderReport { kind, request, handle, setup_error, summary: String::new(), trouble: None, records: Vec::new(), release_error: None });
     }
     // No unplug before every holder's first use returned: `before` is time held on top.
     for holder in &mut holders {
@@ -223,6 +226,7 @@ pub async fn run(vm: &mut Vm, testbed: &mut Testbed, plan: &HoldPlan, boot: Line
         match holder.handle.and_then(|h| consumers.log(h)) {
             Some(log) => {
                 holder.summary = log.summary();
+                holder.trouble = log.trouble();
                 holder.records = log.records;
             }
             None => holder.summary = format!("not started: {}", holder.setup_error.as_deref().unwrap_or("?")),

@@ -141,9 +141,10 @@ impl Holders {
             out.push('\n');
             out.push_str(&serde_json::to_string(record).unwrap_or_default());
         }
-        match released {
-            Ok(()) => Ok(out),
-            Err(e) => Err(format!("{e}\n{out}")),
+        match (released, log.trouble()) {
+            (Ok(()), None) => Ok(out),
+            (Ok(()), Some(trouble)) => Err(format!("holder {handle}: {trouble}\n{out}")),
+            (Err(e), _) => Err(format!("{e}\n{out}")),
         }
     }
 

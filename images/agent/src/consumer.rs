@@ -13,7 +13,10 @@
 //! the kernel consumer up through configfs/debugfs, makes it use its handle by reading a
 //! debugfs file per iteration (the kernel's errno comes back from that read), and tears it
 //! down on release. `gpio-aggregator` is both: the aggregator holds the provider's
-//! descriptors, and the agent uses them through a line request on the aggregated chip.
+//! descriptors, and the agent uses them through a line request on the aggregated chip. Each
+//! set-up step records its undo as it succeeds ([`Undo`]), so a set-up that fails half way,
+//! a panic or a release all tear down exactly what exists, last first. Those interfaces are
+//! found under a [`Root`], so tests can stand in for the kernel with a scratch directory.
 //!
 //! The ioctl structs are the kernel UAPI layouts (include/uapi/linux/gpio.h, i2c-dev.h,
 //! hidraw.h), `repr(C)` with their sizes checked in the tests.
@@ -22,6 +25,8 @@ use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::unix::io::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::path::{Path, PathBuf};
+use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::thread;
@@ -36,8 +41,9 @@ struct Held {
     stop: Arc<AtomicBool>,
     /// Tells the holder thread to close its fds (it waits for this after its loop ends).
     close: mpsc::Sender<()>,
-    /// Signalled by the holder thread after it closed its fds.
-    closed: mpsc::Receiver<()>,
+    /// Signalled by the holder thread after it closed its fds, or with the panic that
+    /// stopped the close.
+    closed: mpsc::Receiver<Result<(), String>>,
 }
 
 static NEXT_HANDLE: AtomicU64 = AtomicU64::new(1);
@@ -46,7 +52,7 @@ static HOLDERS: Mutex<Option<HashMap<u64, Held>>> = Mutex::new(None);
 /// Starts a holder; answers once its setup succeeded (or with the setup's error).
 pub fn hold(req: HoldRequest, sink: Sink) -> Result<Reply, ErrorReply> {
     let handle = NEXT_HANDLE.fetch_add(1, Ordering::Relaxed);
-    let mut holder = Holder::open(handle, &req, sink)?;
+    let mut holder = Holder::open(&Root::system(), handle, &req, sink)?;
     let stop = Arc::new(AtomicBool::new(false));
     let (closed_tx, closed) = mpsc::channel();
     let (close, close_rx) = mpsc::channel::<()>();
@@ -54,12 +60,18 @@ pub fn hold(req: HoldRequest, sink: Sink) -> Result<Reply, ErrorReply> {
     thread::Builder::new()
         .name(format!("holder-{handle}"))
         .spawn(move || {
-            holder.run(&req, &flag);
+            // A panic is a bug in the agent, not something the kernel answered: it ends the
+            // loop with a `stopped` record saying so (the host counts it as a failure, not a
+            // clean run), and the handles are still held until the release closes them.
+            if let Err(panic) = std::panic::catch_unwind(AssertUnwindSafe(|| holder.run(&req, &flag))) {
+                let why = format!("{}{}", agent::HOLDER_PANICKED, crate::panic_message(&*panic));
+                holder.report("stopped", Outcome::Ok, None, 0, Some(why));
+            }
             // The fds stay open past the loop until released: the close may come long after
             // the unplug (a late close), which is its own path through the kernel.
             let _ = close_rx.recv();
-            holder.close();
-            let _ = closed_tx.send(());
+            let closed = std::panic::catch_unwind(AssertUnwindSafe(|| holder.close()));
+            let _ = closed_tx.send(closed.map_err(|panic| crate::panic_message(&*panic)));
         })
         .map_err(|e| ErrorReply::io("starting a holder thread", &e))?;
     HOLDERS
@@ -84,7 +96,11 @@ pub fn release(handle: u64, wait: Duration) -> Result<Reply, ErrorReply> {
     held.stop.store(true, Ordering::Relaxed);
     let _ = held.close.send(());
     match held.closed.recv_timeout(wait) {
-        Ok(()) | Err(mpsc::RecvTimeoutError::Disconnected) => Ok(Reply::Done),
+        Ok(Ok(())) => Ok(Reply::Done),
+        Ok(Err(panic)) => Err(ErrorReply::msg(format!("holder {handle}: the agent panicked closing it: {panic}"))),
+        Err(mpsc::RecvTimeoutError::Disconnected) => Err(ErrorReply::msg(format!(
+            "holder {handle}: its thread ended without closing it (the agent panicked: see the kernel log)"
+        ))),
         Err(mpsc::RecvTimeoutError::Timeout) => {
             Err(ErrorReply::msg(format!("holder {handle} did not stop within {wait:?}: stuck in the kernel")))
         }
@@ -112,37 +128,45 @@ enum Outcome {
     Revents(i16),
 }
 
+/// One holder's handles. Field order is drop order, the reverse of set-up: the line request,
+/// then the file it was made on, then the kernel consumer the file belongs to.
 struct Holder {
     handle: u64,
     kind: HoldKind,
     sink: Sink,
+    /// The line-request fd for the GPIO kinds that get one.
+    line: Option<OwnedFd>,
     /// The device node or file opened by path (user-space kinds).
     file: Option<File>,
     /// The consumer in the kernel (in-kernel kinds).
     kernel: Option<KernelConsumer>,
-    /// The line-request fd for the GPIO kinds that get one.
-    line: Option<OwnedFd>,
+    /// Tears down what set-up did in the kernel.
+    undo: Undo,
     /// Per op: last outcome and how often it repeated since it was reported.
     last: HashMap<&'static str, (Outcome, u64)>,
     /// An error that will not go away was seen (loop stops unless keep_going).
     permanent: bool,
     /// Output value toggled by `gpio-cdev`.
     toggle: bool,
+    /// The next record's [`ConsumerRecord::seq`].
+    seq: u64,
 }
 
 impl Holder {
-    fn open(handle: u64, req: &HoldRequest, sink: Sink) -> Result<Holder, ErrorReply> {
+    /// Opens the handle and makes its setup request. On any error, what was already set up
+    /// is undone (see [`Undo`]) before the error is returned.
+    fn open(root: &Root, handle: u64, req: &HoldRequest, sink: Sink) -> Result<Holder, ErrorReply> {
+        let mut undo = Undo::default();
         let (file, kernel) = if req.kind == HoldKind::GpioAggregator {
-            let (consumer, chip) = KernelConsumer::aggregate(req)?;
-            match OpenOptions::new().read(true).write(true).open(&chip) {
-                Ok(file) => (Some(file), Some(consumer)),
-                Err(e) => {
-                    consumer.release();
-                    return Err(ErrorReply::io(format!("open the aggregated chip {chip}"), &e));
-                }
-            }
+            let (consumer, chip) = KernelConsumer::aggregate(root, req, &mut undo)?;
+            let file = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(&chip)
+                .map_err(|e| ErrorReply::io(format!("open the aggregated chip {}", chip.display()), &e))?;
+            (Some(file), Some(consumer))
         } else if req.kind.in_kernel() {
-            (None, Some(KernelConsumer::set_up(handle, req)?))
+            (None, Some(KernelConsumer::set_up(root, handle, req, &mut undo)?))
         } else {
             if !req.path.starts_with('/') {
                 return Err(ErrorReply::msg(format!("path must be absolute: {:?}", req.path)));
@@ -159,12 +183,14 @@ impl Holder {
             handle,
             kind: req.kind,
             sink,
+            line: None,
             file,
             kernel,
-            line: None,
+            undo,
             last: HashMap::new(),
             permanent: false,
             toggle: false,
+            seq: 0,
         };
         holder.setup(req).map_err(|e| ErrorReply::io(format!("{:?} setup on {}", req.kind, req.path), &e))?;
         holder.report("open", Outcome::Ok, Some(0), 0, None);
@@ -275,7 +301,7 @@ impl Holder {
                     uapi::LineValues { bits: 0, mask: line_bits(0..req.lines.len() + req.outputs.len()) };
                 self.call("GPIO_V2_LINE_GET_VALUES_IOCTL", || {
                     // SAFETY: values is the kernel's struct gpio_v2_line_values.
-                    unsafe { libc::ioctl(line, uapi::GPIO_V2_LINE_GET_VALUES_IOCTL, &mut values) as i64 }
+                    sys(unsafe { libc::ioctl(line, uapi::GPIO_V2_LINE_GET_VALUES_IOCTL, &mut values) }.into())
                 });
                 if !req.outputs.is_empty() {
                     self.toggle = !self.toggle;
@@ -283,7 +309,7 @@ impl Holder {
                     let mut set = uapi::LineValues { bits: if self.toggle { out_mask } else { 0 }, mask: out_mask };
                     self.call("GPIO_V2_LINE_SET_VALUES_IOCTL", || {
                         // SAFETY: as above.
-                        unsafe { libc::ioctl(line, uapi::GPIO_V2_LINE_SET_VALUES_IOCTL, &mut set) as i64 }
+                        sys(unsafe { libc::ioctl(line, uapi::GPIO_V2_LINE_SET_VALUES_IOCTL, &mut set) }.into())
                     });
                 }
             }
@@ -302,7 +328,7 @@ impl Holder {
                 let mut info = uapi::HidrawDevinfo { bustype: 0, vendor: 0, product: 0 };
                 self.call("HIDIOCGRAWINFO", || {
                     // SAFETY: info is the kernel's struct hidraw_devinfo.
-                    unsafe { libc::ioctl(fd, uapi::HIDIOCGRAWINFO, &mut info) as i64 }
+                    sys(unsafe { libc::ioctl(fd, uapi::HIDIOCGRAWINFO, &mut info) }.into())
                 });
                 self.poll_then_read::<[u8; 64]>(fd, interval, |r| to_hex(&r[..8]));
             }
@@ -311,14 +337,14 @@ impl Holder {
                 let mut got = 0;
                 self.call("pread", || {
                     // SAFETY: buf is valid for its length.
-                    let n = unsafe { libc::pread(fd, buf.as_mut_ptr().cast(), buf.len(), 0) };
-                    got = usize::try_from(n).unwrap_or(0);
-                    n as i64
+                    let n = sys(unsafe { libc::pread(fd, buf.as_mut_ptr().cast(), buf.len(), 0) } as i64);
+                    got = n.as_ref().map_or(0, |&n| usize::try_from(n).unwrap_or(0));
+                    n
                 });
                 if got > 0 {
                     self.call("pwrite", || {
                         // SAFETY: as above, the bytes just read written back in place.
-                        unsafe { libc::pwrite(fd, buf.as_ptr().cast(), got, 0) as i64 }
+                        sys(unsafe { libc::pwrite(fd, buf.as_ptr().cast(), got, 0) } as i64)
                     });
                 }
             }
@@ -329,7 +355,7 @@ impl Holder {
                 let mut data = uapi::I2cRdwrData { msgs: &mut msg, nmsgs: 1 };
                 self.call("I2C_RDWR", || {
                     // SAFETY: data points at one valid i2c_msg whose buffer is one byte.
-                    unsafe { libc::ioctl(fd, uapi::I2C_RDWR, &mut data) as i64 }
+                    sys(unsafe { libc::ioctl(fd, uapi::I2C_RDWR, &mut data) }.into())
                 });
             }
             HoldKind::I2cSmbus => {
@@ -342,7 +368,7 @@ impl Holder {
                 };
                 self.call("I2C_SMBUS", || {
                     // SAFETY: data points at a buffer the size of union i2c_smbus_data.
-                    unsafe { libc::ioctl(fd, uapi::I2C_SMBUS, &mut data) as i64 }
+                    sys(unsafe { libc::ioctl(fd, uapi::I2C_SMBUS, &mut data) }.into())
                 });
             }
             HoldKind::GpioVirtuser | HoldKind::GpioVirtuserIrq | HoldKind::NvmemKernel | HoldKind::NvmemKernelRs => {
@@ -422,22 +448,22 @@ impl Holder {
         }
     }
 
-    /// Runs `f` (returning >= 0 or -errno, or -1 with errno set for raw ioctls) and records it.
-    fn call(&mut self, op: &'static str, f: impl FnOnce() -> i64) {
+    /// Runs `f` and records its outcome. `f` carries the errno in its error (see [`sys`]):
+    /// reading `errno` here, after other calls, could see a later call's value.
+    fn call(&mut self, op: &'static str, f: impl FnOnce() -> io::Result<i64>) {
         let t0 = Instant::now();
-        let rc = f();
+        let result = f();
         let latency = t0.elapsed();
-        let outcome = match rc {
-            -1 => Outcome::Errno(io::Error::last_os_error().raw_os_error().unwrap_or(0)),
-            rc if rc < 0 => Outcome::Errno(i32::try_from(-rc).unwrap_or(0)),
-            _ => Outcome::Ok,
+        let outcome = match &result {
+            Ok(_) => Outcome::Ok,
+            Err(e) => Outcome::Errno(e.raw_os_error().unwrap_or(0)),
         };
         if let Outcome::Errno(errno) = outcome {
             if matches!(errno, libc::ENODEV | libc::EBADF | libc::ESHUTDOWN | libc::ENXIO) {
                 self.permanent = true;
             }
         }
-        self.outcome(op, outcome, (rc >= 0).then_some(rc), latency, None);
+        self.outcome(op, outcome, result.ok(), latency, None);
     }
 
     /// Reports `outcome` if it differs from the op's last one; otherwise counts a repeat.
@@ -475,12 +501,12 @@ impl Holder {
         }
     }
 
-    fn report(&self, op: &str, outcome: Outcome, ret: Option<i64>, latency_us: u64, detail: Option<String>) {
+    fn report(&mut self, op: &str, outcome: Outcome, ret: Option<i64>, latency_us: u64, detail: Option<String>) {
         self.send(op, outcome, ret, latency_us, detail, 0);
     }
 
     fn send(
-        &self,
+        &mut self,
         op: &str,
         outcome: Outcome,
         ret: Option<i64>,
@@ -493,9 +519,12 @@ impl Holder {
             Outcome::Errno(e) => (Some(e), None),
             Outcome::Revents(r) => (None, Some(r)),
         };
+        let seq = self.seq;
+        self.seq += 1;
         (self.sink)(ConsumerRecord {
             holder: self.handle,
             kind: self.kind,
+            seq,
             op: op.to_string(),
             ret,
             errno,
@@ -508,28 +537,16 @@ impl Holder {
         });
     }
 
-    /// Closes the line fd and the file (a late close when the device is already gone).
-    fn close(self) {
-        let Holder { handle, kind, sink, file, line, kernel, .. } = self;
+    /// Closes the line fd and the file (a late close when the device is already gone), then
+    /// tears down the kernel consumer.
+    fn close(mut self) {
         let t0 = Instant::now();
-        drop(line);
-        drop(file);
+        drop(self.line.take());
+        drop(self.file.take());
         // What the teardown of an in-kernel consumer refused, if anything.
-        let failed = kernel.map(|k| k.release()).unwrap_or_default();
+        let failed = self.undo.run();
         let detail = (!failed.is_empty()).then(|| failed.join("; "));
-        sink(ConsumerRecord {
-            holder: handle,
-            kind,
-            op: "closed".into(),
-            ret: Some(0),
-            errno: None,
-            errno_name: None,
-            revents: None,
-            latency_us: t0.elapsed().as_micros() as u64,
-            mono_ns: mono_ns(),
-            repeats: 0,
-            detail,
-        });
+        self.report("closed", Outcome::Ok, Some(0), t0.elapsed().as_micros() as u64, detail);
     }
 }
 
@@ -544,27 +561,80 @@ const NVMEM_HOLDER_RS: (&str, &str) = ("rust_nvmem_holder", "/sys/kernel/debug/r
 const AGGREGATOR_DRIVER: &str = "/sys/bus/platform/drivers/gpio-aggregator";
 const PLATFORM_DEVICES: &str = "/sys/bus/platform/devices";
 
-/// An in-kernel consumer the agent set up and drives.
-enum KernelConsumer {
-    GpioVirtuser(Virtuser),
-    /// A holder of the nvmem-holder module (`HOLDER/` in its debugfs dir) owning one
-    /// reference to an nvmem device.
-    NvmemHolder { dir: &'static str, name: String },
-    /// A gpio-aggregator platform device (`gpio-aggregator.N`).
-    Aggregator { device: String },
+/// Where the kernel interfaces the in-kernel kinds drive are mounted: `/` in the guest, a
+/// scratch directory standing in for the kernel in tests.
+#[derive(Clone)]
+pub struct Root(PathBuf);
+
+impl Root {
+    pub fn system() -> Root {
+        Root(PathBuf::from("/"))
+    }
+
+    /// `abs` (an absolute path as the guest knows it) under this root.
+    fn path(&self, abs: &str) -> PathBuf {
+        self.0.join(abs.trim_start_matches('/'))
+    }
 }
 
-/// A gpio-virtuser device (configfs dir) with one entry per requested line.
+/// What a holder's set-up did in the kernel, undone in reverse order: by [`Undo::run`] on
+/// release, which says what failed, or on drop when set-up stops half way (a later step
+/// failed, the holder thread did not start, a panic), so no kernel consumer outlives its
+/// holder.
+#[derive(Default)]
+struct Undo(Vec<(String, UndoStep)>);
+
+type UndoStep = Box<dyn FnOnce() -> io::Result<()> + Send>;
+
+impl Undo {
+    /// Records how to undo a step that just succeeded.
+    fn push(&mut self, what: impl Into<String>, undo: impl FnOnce() -> io::Result<()> + Send + 'static) {
+        self.0.push((what.into(), Box::new(undo)));
+    }
+
+    /// Undoes every step, last first, each attempted even if an earlier one failed; returns
+    /// what failed.
+    fn run(&mut self) -> Vec<String> {
+        let mut failed = Vec::new();
+        while let Some((what, undo)) = self.0.pop() {
+            if let Err(e) = undo() {
+                failed.push(format!("{what}: {e}"));
+            }
+        }
+        failed
+    }
+}
+
+impl Drop for Undo {
+    fn drop(&mut self) {
+        let failed = self.run();
+        if !failed.is_empty() {
+            crate::kmsg(&format!("undoing a holder's set-up failed: {}", failed.join("; ")));
+        }
+    }
+}
+
+/// An in-kernel consumer the agent set up and drives (its teardown is in the holder's
+/// [`Undo`]).
+enum KernelConsumer {
+    GpioVirtuser(Virtuser),
+    /// A holder of the nvmem-holder module or its Rust twin, owning one reference to an
+    /// nvmem device: its debugfs `HOLDER/read`.
+    NvmemHolder { read: PathBuf },
+    /// A gpio-aggregator platform device (`gpio-aggregator.N`), used through the line
+    /// request on its aggregated chip.
+    Aggregator,
+}
+
+/// A live gpio-virtuser device with one entry per requested line.
 struct Virtuser {
-    configfs: String,
-    /// Its debugfs dir, once it is live.
-    debugfs: String,
-    /// Entries created so far.
+    /// Its debugfs dir.
+    debugfs: PathBuf,
     entries: usize,
 }
 
 impl KernelConsumer {
-    fn set_up(handle: u64, req: &HoldRequest) -> Result<KernelConsumer, ErrorReply> {
+    fn set_up(root: &Root, handle: u64, req: &HoldRequest, undo: &mut Undo) -> Result<KernelConsumer, ErrorReply> {
         match req.kind {
             HoldKind::GpioVirtuser | HoldKind::GpioVirtuserIrq => {
                 if req.lines.is_empty() || req.path.is_empty() || req.path.contains('\n') {
@@ -575,20 +645,12 @@ impl KernelConsumer {
                         req.lines
                     )));
                 }
-                let mut virtuser =
-                    Virtuser { configfs: format!("{VIRTUSER_CONFIGFS}/holder-{handle}"), debugfs: String::new(), entries: 0 };
-                match virtuser.build(req) {
-                    Ok(()) => Ok(KernelConsumer::GpioVirtuser(virtuser)),
-                    Err(e) => {
-                        // Leave no half-built device behind.
-                        virtuser.release();
-                        Err(e)
-                    }
-                }
+                Virtuser::build(root, handle, req, undo).map(KernelConsumer::GpioVirtuser)
             }
             HoldKind::NvmemKernel | HoldKind::NvmemKernelRs => {
                 let (module, dir) = if req.kind == HoldKind::NvmemKernel { NVMEM_HOLDER } else { NVMEM_HOLDER_RS };
-                if !std::path::Path::new(dir).exists() {
+                let dir = root.path(dir);
+                if !dir.exists() {
                     let status = std::process::Command::new("modprobe").arg(module).status();
                     if !status.as_ref().is_ok_and(|s| s.success()) {
                         return Err(ErrorReply::msg(format!(
@@ -597,12 +659,17 @@ impl KernelConsumer {
                     }
                 }
                 if req.path.is_empty() || req.path.contains(char::is_whitespace) {
-                    return Err(ErrorReply::msg(format!("nvmem-kernel needs an nvmem device name as path (got {:?})", req.path)));
+                    return Err(ErrorReply::msg(format!("{} needs an nvmem device name as path (got {:?})", req.kind.name(), req.path)));
                 }
                 let name = format!("holder-{handle}");
-                std::fs::write(format!("{dir}/get"), format!("{name} {}", req.path))
+                std::fs::write(dir.join("get"), format!("{name} {}", req.path))
                     .map_err(|e| ErrorReply::io(format!("{module} get {name} {:?}", req.path), &e))?;
-                Ok(KernelConsumer::NvmemHolder { dir, name })
+                let put = dir.join("put");
+                undo.push(format!("{module} put {name}"), {
+                    let name = name.clone();
+                    move || std::fs::write(put, name)
+                });
+                Ok(KernelConsumer::NvmemHolder { read: dir.join(name).join("read") })
             }
             kind => Err(ErrorReply::msg(format!("{} is not an in-kernel holder kind", kind.name()))),
         }
@@ -610,14 +677,15 @@ impl KernelConsumer {
 
     /// Creates a gpio-aggregator of `req.lines` of chip `req.path`; returns it and the
     /// aggregated chip's `/dev` node.
-    fn aggregate(req: &HoldRequest) -> Result<(KernelConsumer, String), ErrorReply> {
+    fn aggregate(root: &Root, req: &HoldRequest, undo: &mut Undo) -> Result<(KernelConsumer, PathBuf), ErrorReply> {
         if req.lines.is_empty() {
             return Err(ErrorReply::msg("gpio-aggregator needs at least one line"));
         }
         let label = chip_key(&req.path)?;
         let offsets: Vec<String> = req.lines.iter().map(u32::to_string).collect();
+        let devices = root.path(PLATFORM_DEVICES);
         let aggregators = || -> Vec<String> {
-            std::fs::read_dir(PLATFORM_DEVICES)
+            std::fs::read_dir(&devices)
                 .map(|d| {
                     d.filter_map(|e| e.ok()?.file_name().into_string().ok())
                         .filter(|n| n.starts_with("gpio-aggregator."))
@@ -625,54 +693,49 @@ impl KernelConsumer {
                 })
                 .unwrap_or_default()
         };
+        let driver = root.path(AGGREGATOR_DRIVER);
         let before = aggregators();
-        std::fs::write(format!("{AGGREGATOR_DRIVER}/new_device"), format!("{label} {}", offsets.join(",")))
+        std::fs::write(driver.join("new_device"), format!("{label} {}", offsets.join(",")))
             .map_err(|e| ErrorReply::io(format!("gpio-aggregator new_device {label:?} {offsets:?}"), &e))?;
-        let Some(device) = aggregators().into_iter().find(|n| !before.contains(n)) else {
-            return Err(ErrorReply::msg("gpio-aggregator new_device made no new platform device"));
-        };
-        let consumer = KernelConsumer::Aggregator { device: device.clone() };
-        // The aggregated chip appears under the device once the aggregator has probed.
+        // The kernel registers the device within the write and the aggregated chip once the
+        // aggregator probed; both are looked for until the deadline.
         let deadline = Instant::now() + Duration::from_secs(5);
+        let mut device = None;
         loop {
-            let chip = std::fs::read_dir(format!("{PLATFORM_DEVICES}/{device}")).ok().and_then(|d| {
-                d.filter_map(|e| e.ok()?.file_name().into_string().ok()).find(|n| n.starts_with("gpiochip"))
+            if device.is_none() {
+                device = aggregators().into_iter().find(|n| !before.contains(n));
+                if let Some(device) = &device {
+                    let (delete, name) = (driver.join("delete_device"), device.clone());
+                    undo.push(format!("delete_device {device}"), move || std::fs::write(delete, name));
+                }
+            }
+            let chip = device.as_ref().and_then(|device| {
+                std::fs::read_dir(devices.join(device)).ok().and_then(|d| {
+                    d.filter_map(|e| e.ok()?.file_name().into_string().ok()).find(|n| n.starts_with("gpiochip"))
+                })
             });
             if let Some(chip) = chip {
-                return Ok((consumer, format!("/dev/{chip}")));
+                return Ok((KernelConsumer::Aggregator, root.path("/dev").join(chip)));
             }
             if Instant::now() > deadline {
-                consumer.release();
-                return Err(ErrorReply::msg(format!(
-                    "{device} has no gpiochip after 5 s: the aggregator did not get lines {offsets:?} of {label:?}"
-                )));
+                return Err(ErrorReply::msg(match device {
+                    None => "gpio-aggregator new_device made no new platform device".to_string(),
+                    Some(device) => format!(
+                        "{device} has no gpiochip after 5 s: the aggregator did not get lines {offsets:?} of {label:?}"
+                    ),
+                }));
             }
             thread::sleep(Duration::from_millis(20));
         }
     }
 
     /// The debugfs files one iteration reads, each named by the kernel call it makes.
-    fn use_files(&self) -> Vec<(&'static str, String)> {
+    fn use_files(&self) -> Vec<(&'static str, PathBuf)> {
         match self {
             KernelConsumer::GpioVirtuser(v) => v.line_files("value").into_iter().map(|f| ("gpiod_get_value", f)).collect(),
-            KernelConsumer::NvmemHolder { dir, name } => vec![("nvmem_device_read", format!("{dir}/{name}/read"))],
+            KernelConsumer::NvmemHolder { read } => vec![("nvmem_device_read", read.clone())],
             // Used through the line request on the aggregated chip instead.
-            KernelConsumer::Aggregator { .. } => Vec::new(),
-        }
-    }
-
-    /// Releases the kernel's handle (`live=0`, nvmem-holder's `put`, `delete_device`) and
-    /// removes what set-up created; returns what failed.
-    fn release(&self) -> Vec<String> {
-        match self {
-            KernelConsumer::GpioVirtuser(v) => v.release(),
-            KernelConsumer::NvmemHolder { dir, name } => {
-                attempts([(format!("{dir}/put {name}"), std::fs::write(format!("{dir}/put"), name.as_str()))])
-            }
-            KernelConsumer::Aggregator { device } => attempts([(
-                format!("delete_device {device}"),
-                std::fs::write(format!("{AGGREGATOR_DRIVER}/delete_device"), device.as_str()),
-            )]),
+            KernelConsumer::Aggregator => Vec::new(),
         }
     }
 }
@@ -680,59 +743,47 @@ impl KernelConsumer {
 impl Virtuser {
     /// Creates the configfs groups, requests the lines (`live=1`) and, for
     /// `gpio-virtuser-irq`, their IRQs; the others become outputs, so each iteration can
-    /// toggle them as well as read them.
-    fn build(&mut self, req: &HoldRequest) -> Result<(), ErrorReply> {
+    /// toggle them as well as read them. Each configfs step pushes its undo: `live=0`, then
+    /// the groups, innermost first.
+    fn build(root: &Root, handle: u64, req: &HoldRequest, undo: &mut Undo) -> Result<Virtuser, ErrorReply> {
         let step = |what: &str, r: io::Result<()>| r.map_err(|e| ErrorReply::io(what.to_string(), &e));
-        let configfs = self.configfs.clone();
         let label = chip_key(&req.path)?;
-        step(&format!("mkdir {configfs}"), std::fs::create_dir(&configfs))?;
-        step("gpio-virtuser connection", std::fs::create_dir(format!("{configfs}/{VIRTUSER_CON_ID}")))?;
+        let mut mkdir = |what: &str, dir: PathBuf| {
+            step(&format!("mkdir {what}"), std::fs::create_dir(&dir))?;
+            undo.push(format!("rmdir {what}"), move || std::fs::remove_dir(dir));
+            Ok::<(), ErrorReply>(())
+        };
+        let configfs = root.path(VIRTUSER_CONFIGFS).join(format!("holder-{handle}"));
+        mkdir(&configfs.display().to_string(), configfs.clone())?;
+        let connection = configfs.join(VIRTUSER_CON_ID);
+        mkdir("gpio-virtuser connection", connection.clone())?;
         for (i, offset) in req.lines.iter().enumerate() {
-            let entry = format!("{configfs}/{VIRTUSER_CON_ID}/{i}");
-            step(&format!("mkdir {entry}"), std::fs::create_dir(&entry))?;
-            self.entries = i + 1;
-            step(&format!("{entry}/key"), std::fs::write(format!("{entry}/key"), &label))?;
-            step(&format!("{entry}/offset"), std::fs::write(format!("{entry}/offset"), offset.to_string()))?;
+            let entry = connection.join(i.to_string());
+            mkdir(&format!("entry {i}"), entry.clone())?;
+            step(&format!("{}/key", entry.display()), std::fs::write(entry.join("key"), &label))?;
+            step(&format!("{}/offset", entry.display()), std::fs::write(entry.join("offset"), offset.to_string()))?;
         }
-        step("gpio-virtuser live=1 (requests the lines)", std::fs::write(format!("{configfs}/live"), "1"))?;
-        let dev = std::fs::read_to_string(format!("{configfs}/dev_name"))
+        let live = configfs.join("live");
+        step("gpio-virtuser live=1 (requests the lines)", std::fs::write(&live, "1"))?;
+        undo.push("live=0", move || std::fs::write(live, "0"));
+        let dev = std::fs::read_to_string(configfs.join("dev_name"))
             .map_err(|e| ErrorReply::io("gpio-virtuser dev_name", &e))?;
-        self.debugfs = format!("{VIRTUSER_DEBUGFS}/{}", dev.trim());
+        let virtuser = Virtuser { debugfs: root.path(VIRTUSER_DEBUGFS).join(dev.trim()), entries: req.lines.len() };
         let (attr, value, call) = if req.kind == HoldKind::GpioVirtuserIrq {
             ("interrupts", "1", "request_irq")
         } else {
             ("direction", "output-low", "gpiod_direction_output")
         };
-        for path in self.line_files(attr) {
-            step(&format!("{call} through {path}"), std::fs::write(&path, value))?;
+        for path in virtuser.line_files(attr) {
+            step(&format!("{call} through {}", path.display()), std::fs::write(&path, value))?;
         }
-        Ok(())
+        Ok(virtuser)
     }
 
     /// The debugfs attribute `attr` of each line.
-    fn line_files(&self, attr: &str) -> Vec<String> {
-        (0..self.entries).map(|i| format!("{}/gpiod:{VIRTUSER_CON_ID}:{i}/{attr}", self.debugfs)).collect()
+    fn line_files(&self, attr: &str) -> Vec<PathBuf> {
+        (0..self.entries).map(|i| self.debugfs.join(format!("gpiod:{VIRTUSER_CON_ID}:{i}")).join(attr)).collect()
     }
-
-    /// `live=0` (when it got that far), then the configfs groups, innermost first.
-    fn release(&self) -> Vec<String> {
-        let configfs = &self.configfs;
-        let mut steps = Vec::new();
-        if std::path::Path::new(&format!("{configfs}/live")).exists() {
-            steps.push(("live=0".to_string(), std::fs::write(format!("{configfs}/live"), "0")));
-        }
-        for i in (0..self.entries).rev() {
-            steps.push((format!("rmdir entry {i}"), std::fs::remove_dir(format!("{configfs}/{VIRTUSER_CON_ID}/{i}"))));
-        }
-        steps.push(("rmdir connection".into(), std::fs::remove_dir(format!("{configfs}/{VIRTUSER_CON_ID}"))));
-        steps.push(("rmdir device".into(), std::fs::remove_dir(configfs)));
-        attempts(steps)
-    }
-}
-
-/// What failed among teardown steps that were all attempted.
-fn attempts(steps: impl IntoIterator<Item = (String, io::Result<()>)>) -> Vec<String> {
-    steps.into_iter().filter_map(|(what, r)| r.err().map(|e| format!("{what}: {e}"))).collect()
 }
 
 /// How gpio-virtuser and gpio-aggregator name a chip: its label (looked up from a `/dev`
@@ -757,32 +808,34 @@ fn chip_label(path: &str) -> Result<String, ErrorReply> {
     Ok(String::from_utf8_lossy(&info.label[..len]).into_owned())
 }
 
-/// Writes a debugfs attribute: 0, or -errno.
-fn write_debugfs(path: &str, data: &str) -> i64 {
-    match std::fs::write(path, data) {
-        Ok(()) => 0,
-        Err(e) => -i64::from(e.raw_os_error().unwrap_or(libc::EIO)),
+/// Writes a debugfs attribute: 0, or the write's error.
+fn write_debugfs(path: &Path, data: &str) -> io::Result<i64> {
+    std::fs::write(path, data).map(|()| 0)
+}
+
+/// Reads a debugfs attribute from a fresh open (gpio-virtuser's files refuse `pread`): its
+/// length, or the error. nvmem-holder reports a failed read as a negative errno in the text,
+/// which becomes that error.
+fn read_debugfs(path: &Path) -> io::Result<i64> {
+    let text = std::fs::read_to_string(path)?;
+    match text.trim().parse::<i64>() {
+        Ok(n) if n < 0 => Err(io::Error::from_raw_os_error(i32::try_from(-n).unwrap_or(libc::EIO))),
+        _ => Ok(text.len() as i64),
     }
 }
 
-/// Reads a debugfs attribute from a fresh open (gpio-virtuser's files refuse `pread`):
-/// its length, or -errno. nvmem-holder reports a failed read as a negative number in the text.
-fn read_debugfs(path: &str) -> i64 {
-    match std::fs::read_to_string(path) {
-        Ok(text) => match text.trim().parse::<i64>() {
-            Ok(n) if n < 0 => n,
-            _ => text.len() as i64,
-        },
-        Err(e) => -i64::from(e.raw_os_error().unwrap_or(libc::EIO)),
+/// A raw system call's return value, with the errno read right after the call when it
+/// failed (before anything else can change it).
+fn sys(rc: i64) -> io::Result<i64> {
+    if rc < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(rc)
     }
 }
 
 fn cvt(rc: libc::c_int) -> io::Result<()> {
-    if rc < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(())
-    }
+    sys(rc.into()).map(drop)
 }
 
 fn to_hex(bytes: &[u8]) -> String {
@@ -1001,17 +1054,175 @@ mod tests {
         assert_eq!(line_bits(63..70), 1 << 63, "indices past the bitmap are not lines");
     }
 
+    /// A scratch directory removed on drop.
+    struct Scratch(PathBuf);
+
+    impl Scratch {
+        fn new(name: &str) -> Scratch {
+            let dir = std::env::temp_dir().join(format!("agent-{name}-{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&dir);
+            std::fs::create_dir_all(&dir).unwrap();
+            Scratch(dir)
+        }
+    }
+
+    impl Drop for Scratch {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    /// A sink keeping every record.
+    fn collecting() -> (Sink, Arc<Mutex<Vec<ConsumerRecord>>>) {
+        let records: Arc<Mutex<Vec<ConsumerRecord>>> = Arc::default();
+        let into = records.clone();
+        (Arc::new(move |r| into.lock().unwrap().push(r)), records)
+    }
+
+    fn request(kind: HoldKind, path: &str, lines: Vec<u32>) -> HoldRequest {
+        HoldRequest {
+            kind,
+            path: path.into(),
+            lines,
+            outputs: vec![],
+            addr: None,
+            interval_ms: 1,
+            deadline_ms: 60_000,
+            keep_going: false,
+        }
+    }
+
     #[test]
     fn debugfs_reads_give_length_or_the_kernels_errno() {
-        let dir = std::env::temp_dir().join(format!("agent-debugfs-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let value = dir.join("value");
+        let dir = Scratch::new("debugfs");
+        let value = dir.0.join("value");
         std::fs::write(&value, "1\n").unwrap();
-        assert_eq!(read_debugfs(value.to_str().unwrap()), 2);
+        assert_eq!(read_debugfs(&value).unwrap(), 2);
         // nvmem-holder prints a failed nvmem_device_read as its negative errno.
         std::fs::write(&value, "-19\n").unwrap();
-        assert_eq!(read_debugfs(value.to_str().unwrap()), -19);
-        assert_eq!(read_debugfs(dir.join("absent").to_str().unwrap()), -i64::from(libc::ENOENT));
-        std::fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(read_debugfs(&value).unwrap_err().raw_os_error(), Some(libc::ENODEV));
+        assert_eq!(read_debugfs(&dir.0.join("absent")).unwrap_err().raw_os_error(), Some(libc::ENOENT));
+    }
+
+    /// nvmem-holder's -EPERM is "-1", which a caller reading `errno` after the fact took for
+    /// "look at errno" and recorded whatever an unrelated earlier call left there.
+    #[test]
+    fn a_kernel_errno_of_one_is_recorded_as_eperm() {
+        let dir = Scratch::new("eperm");
+        let read = dir.0.join("read");
+        std::fs::write(&read, "-1\n").unwrap();
+        let (sink, records) = collecting();
+        let mut holder = Holder {
+            handle: 1,
+            kind: HoldKind::NvmemKernel,
+            sink,
+            line: None,
+            file: None,
+            kernel: Some(KernelConsumer::NvmemHolder { read }),
+            undo: Undo::default(),
+            last: HashMap::new(),
+            permanent: false,
+            toggle: false,
+            seq: 0,
+        };
+        // Leaves ENOENT in errno.
+        assert!(File::open(dir.0.join("absent")).is_err());
+        holder.iterate(&request(HoldKind::NvmemKernel, "nvmem0", vec![]), Duration::from_millis(1));
+        let records = records.lock().unwrap();
+        assert_eq!(records.len(), 1, "{records:?}");
+        assert_eq!((records[0].op.as_str(), records[0].errno), ("nvmem_device_read", Some(libc::EPERM)));
+    }
+
+    #[test]
+    fn a_panicking_holder_says_so_and_still_closes() {
+        let dir = Scratch::new("panic");
+        let nvmem = dir.0.join("nvmem");
+        std::fs::write(&nvmem, "0123456789abcdef").unwrap();
+        let (keep, records) = collecting();
+        // The panic comes from the sink, the one piece of a holder's loop a test can make fail.
+        let sink: Sink = Arc::new(move |r: ConsumerRecord| {
+            let ready = r.op == agent::HOLDER_READY;
+            keep(r);
+            assert!(!ready, "the sink fails");
+        });
+        let Reply::Held { handle } = hold(request(HoldKind::NvmemSysfs, nvmem.to_str().unwrap(), vec![]), sink).unwrap()
+        else {
+            panic!("not held")
+        };
+        let t0 = Instant::now();
+        while !records.lock().unwrap().iter().any(|r| r.op == "stopped") && t0.elapsed() < Duration::from_secs(10) {
+            thread::sleep(Duration::from_millis(5));
+        }
+        let released = release(handle, Duration::from_secs(10));
+        let records = records.lock().unwrap();
+        let ops: Vec<(&str, Option<&str>)> = records.iter().map(|r| (r.op.as_str(), r.detail.as_deref())).collect();
+        assert_eq!(released, Ok(Reply::Done), "{ops:?}");
+        let stopped = ops.iter().find(|(op, _)| *op == "stopped");
+        assert_eq!(stopped, Some(&("stopped", Some("panic: the sink fails"))), "{ops:?}");
+        assert_eq!(ops.last().map(|(op, _)| *op), Some("closed"), "{ops:?}");
+        let seqs: Vec<u64> = records.iter().map(|r| r.seq).collect();
+        assert_eq!(seqs, (0..records.len() as u64).collect::<Vec<_>>(), "numbered without gaps");
+    }
+
+    /// A stand-in for the kernel's gpio-aggregator under a scratch root: `new_device` is a
+    /// FIFO whose reader registers `gpio-aggregator.7` with a `gpiochip9`, whose `/dev` node is
+    /// a plain file, so the line request on it fails (ENOTTY) after the aggregator exists.
+    #[test]
+    fn a_set_up_that_fails_late_deletes_its_aggregator() {
+        let dir = Scratch::new("aggregator");
+        let root = Root(dir.0.clone());
+        let driver = root.path(AGGREGATOR_DRIVER);
+        for d in [driver.clone(), root.path(PLATFORM_DEVICES), root.path("/dev")] {
+            std::fs::create_dir_all(d).unwrap();
+        }
+        let new_device = driver.join("new_device");
+        let fifo = std::ffi::CString::new(new_device.to_str().unwrap()).unwrap();
+        // SAFETY: a valid C string.
+        assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
+        let kernel = {
+            let root = root.clone();
+            thread::spawn(move || {
+                let asked = std::fs::read_to_string(new_device).unwrap();
+                std::fs::create_dir_all(root.path(PLATFORM_DEVICES).join("gpio-aggregator.7/gpiochip9")).unwrap();
+                std::fs::write(root.path("/dev/gpiochip9"), "").unwrap();
+                asked
+            })
+        };
+        let (sink, _) = collecting();
+        let req = request(HoldKind::GpioAggregator, "gpio-sim.0-node0", vec![5, 6]);
+        let err = Holder::open(&root, 1, &req, sink).err().expect("a line request on a plain file fails");
+        assert_eq!(kernel.join().unwrap(), "gpio-sim.0-node0 5,6");
+        assert_eq!(err.errno, Some(libc::ENOTTY), "{err}");
+        let deleted = std::fs::read_to_string(driver.join("delete_device"));
+        assert_eq!(deleted.ok().as_deref(), Some("gpio-aggregator.7"), "the aggregator outlived its holder");
+    }
+
+    #[test]
+    fn undo_runs_last_first_on_run_and_on_drop() {
+        let done: Arc<Mutex<Vec<u32>>> = Arc::default();
+        let step = |n: u32, fails: bool| {
+            let done = done.clone();
+            move || {
+                done.lock().unwrap().push(n);
+                if fails {
+                    Err(io::Error::from_raw_os_error(libc::EBUSY))
+                } else {
+                    Ok(())
+                }
+            }
+        };
+        let mut undo = Undo::default();
+        undo.push("one", step(1, false));
+        undo.push("two", step(2, true));
+        undo.push("three", step(3, false));
+        let failed = undo.run();
+        assert_eq!(failed.len(), 1);
+        assert!(failed[0].starts_with("two: "), "{failed:?}");
+        assert!(undo.run().is_empty(), "each step undone once");
+        undo.push("four", step(4, false));
+        undo.push("five", step(5, false));
+        drop(undo);
+        assert_eq!(*done.lock().unwrap(), [3, 2, 1, 5, 4]);
     }
 }
+

@@ -50,8 +50,46 @@ pub const MAX_READ: u64 = 4 << 20;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Request {
     pub id: u64,
+    /// How long the guest may take (named apart from every [`Op`]'s fields, which share the
+    /// object): past it the agent answers with an `ETIMEDOUT` error while
+    /// the call, stuck in the kernel, keeps its thread (see [`Request::deadline`] when absent).
+    /// The host sets it from its own deadline, scaled by its pace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_deadline_ms: Option<u64>,
     #[serde(flatten)]
     pub op: Op,
+}
+
+/// The guest deadline of a request the host waits `host_wait` for.
+pub fn guest_deadline(host_wait: std::time::Duration) -> std::time::Duration {
+    host_wait - (host_wait / 10).min(std::time::Duration::from_secs(2))
+}
+
+/// A request's deadline in the guest when it carries none: the host's reference deadline for
+/// a request, on top of an exec's timeout or a release's wait.
+pub const DEFAULT_DEADLINE_MS: u64 = 30_000;
+
+impl Request {
+    /// `op` with the guest deadline the host should give it when it waits `host_wait` for
+    /// the answer: a tenth (at most 2 s) less, so the guest's timeout answer arrives before
+    /// the host gives up and says which call was stuck.
+    pub fn new(id: u64, op: Op, host_wait: std::time::Duration) -> Request {
+        let deadline = u64::try_from(guest_deadline(host_wait).as_millis()).unwrap_or(u64::MAX);
+        Request { id, request_deadline_ms: Some(deadline), op }
+    }
+
+    /// How long the guest may take before it answers with a timeout.
+    pub fn deadline(&self) -> std::time::Duration {
+        let ms = self.request_deadline_ms.unwrap_or_else(|| {
+            let own = match &self.op {
+                Op::Exec(exec) => exec.timeout_ms,
+                Op::Release { wait_ms, .. } => *wait_ms,
+                _ => 0,
+            };
+            own.saturating_add(DEFAULT_DEADLINE_MS)
+        });
+        std::time::Duration::from_millis(ms)
+    }
 }
 
 /// What the host asks for. Paths of file operations must be absolute.
@@ -117,6 +155,10 @@ fn default_release_wait_ms() -> u64 {
 /// The [`ConsumerRecord::op`] a holder sends once its first use (a call, or a poll window)
 /// returned: the host waits for it before anything may unplug the provider.
 pub const HOLDER_READY: &str = "ready";
+
+/// The start of a `stopped` record's [`ConsumerRecord::detail`] when the holder's loop
+/// panicked (a bug in the agent, not the kernel's answer); the panic message follows.
+pub const HOLDER_PANICKED: &str = "panic: ";
 
 fn is_false(b: &bool) -> bool {
     !*b
@@ -376,6 +418,10 @@ pub struct HoldRequest {
 pub struct ConsumerRecord {
     pub holder: u64,
     pub kind: HoldKind,
+    /// This holder's records are numbered from 0 without gaps, so a receiver sees every one
+    /// lost on the way (dropped by the agent's full queue, or by the host falling behind).
+    #[serde(default)]
+    pub seq: u64,
     /// The call or step: `open`, `GPIO_V2_LINE_GET_VALUES_IOCTL`, `poll`, `read`, `pread`,
     /// `I2C_RDWR`, `ready` ([`HOLDER_READY`]), `stopped`, `closed`, ...
     pub op: String,
@@ -459,17 +505,31 @@ pub struct ErrorReply {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub errno: Option<i32>,
     pub message: String,
+    /// The request's deadline passed with its call still in the kernel (errno `ETIMEDOUT`,
+    /// which a call can also return itself).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub stuck: bool,
 }
 
 impl ErrorReply {
     /// Wraps an I/O error with context, keeping its errno.
     pub fn io(context: impl fmt::Display, err: &std::io::Error) -> Self {
-        ErrorReply { errno: err.raw_os_error(), message: format!("{context}: {err}") }
+        ErrorReply { errno: err.raw_os_error(), message: format!("{context}: {err}"), stuck: false }
     }
 
     /// An error with no errno (bad request, unsupported operation).
     pub fn msg(message: impl Into<String>) -> Self {
-        ErrorReply { errno: None, message: message.into() }
+        ErrorReply { errno: None, message: message.into(), stuck: false }
+    }
+
+    /// An error with this errno and no call to name.
+    pub fn errno(errno: i32, message: impl Into<String>) -> Self {
+        ErrorReply { errno: Some(errno), message: message.into(), stuck: false }
+    }
+
+    /// The answer to a request whose deadline passed: see [`ErrorReply::stuck`].
+    pub fn stuck(message: impl Into<String>) -> Self {
+        ErrorReply { errno: Some(libc::ETIMEDOUT), message: message.into(), stuck: true }
     }
 }
 
@@ -623,7 +683,7 @@ mod tests {
     }
 
     fn req(op: Op) -> Request {
-        Request { id: 42, op }
+        Request { id: 42, request_deadline_ms: None, op }
     }
 
     #[test]
@@ -694,7 +754,11 @@ mod tests {
             replies.into_iter().map(|r| GuestMessage::Response(Response { id: 1, outcome: Outcome::Ok(r) })).collect();
         messages.push(GuestMessage::Response(Response {
             id: u64::MAX,
-            outcome: Outcome::Err(ErrorReply { errno: Some(19), message: "no such device".into() }),
+            outcome: Outcome::Err(ErrorReply::errno(19, "no such device")),
+        }));
+        messages.push(GuestMessage::Response(Response {
+            id: 3,
+            outcome: Outcome::Err(ErrorReply::stuck("no answer within 28s")),
         }));
         messages.push(GuestMessage::Response(Response { id: 2, outcome: Outcome::Err(ErrorReply::msg("bad")) }));
         messages.push(GuestMessage::Ready(hello));
@@ -729,6 +793,7 @@ mod tests {
         let record = ConsumerRecord {
             holder: 3,
             kind: HoldKind::I2cDev,
+            seq: 7,
             op: "I2C_RDWR".into(),
             ret: None,
             errno: Some(19),
@@ -747,12 +812,26 @@ mod tests {
     fn wire_format_is_stable() {
         let line = serde_json::to_string(&req(Op::Read { path: "/p".into(), offset: 0, max_len: 8 })).unwrap();
         assert_eq!(line, r#"{"id":42,"op":"read","path":"/p","offset":0,"max_len":8}"#);
+        let line = serde_json::to_string(&Request::new(1, Op::Ping, std::time::Duration::from_secs(30))).unwrap();
+        assert_eq!(line, r#"{"id":1,"request_deadline_ms":28000,"op":"ping"}"#);
         let resp = GuestMessage::Response(Response { id: 3, outcome: Outcome::Ok(Reply::Done) });
         assert_eq!(serde_json::to_string(&resp).unwrap(), r#"{"response":{"id":3,"ok":{"kind":"done"}}}"#);
         // Optional fields may be omitted by hand-written requests.
         let parsed: Request = serde_json::from_str(r#"{"id":1,"op":"exec","argv":["ls"],"timeout_ms":5}"#).unwrap();
         let Op::Exec(exec) = parsed.op else { panic!("not exec") };
         assert_eq!(exec.max_output, DEFAULT_MAX_OUTPUT);
+    }
+
+    #[test]
+    fn deadlines_leave_the_host_time_to_hear_the_timeout() {
+        use std::time::Duration;
+        assert_eq!(Request::new(1, Op::Ping, Duration::from_secs(5)).deadline(), Duration::from_millis(4500));
+        assert_eq!(Request::new(1, Op::Ping, Duration::from_secs(300)).deadline(), Duration::from_secs(298));
+        let exec = Op::Exec(ExecRequest::new(&["true"], Duration::from_secs(60)));
+        let default = Duration::from_millis(DEFAULT_DEADLINE_MS);
+        assert_eq!(req(exec).deadline(), Duration::from_secs(60) + default, "an exec's own timeout comes first");
+        assert_eq!(req(Op::Release { handle: 1, wait_ms: 20_000 }).deadline(), Duration::from_secs(20) + default);
+        assert_eq!(req(Op::Ping).deadline(), default);
     }
 
     #[test]

@@ -2,14 +2,15 @@
 //!
 //! Started (and restarted if it dies) by `/init`, which stays PID 1 and reaps orphans. The
 //! agent finds the virtio-serial port named [`agent::PORT_NAME`], announces itself with a
-//! `ready` line and then serves JSON-line requests, each on its own thread so that a request
-//! stuck in the kernel (a hung sysfs read during an unplug) never blocks `ping` or the others.
+//! `ready` line and then serves JSON-line requests, each on a worker thread with a deadline
+//! and a bound on how many run at once (see `dispatch`), so that a request stuck in the kernel
+//! (a hung sysfs read during an unplug) never blocks `ping` or the others.
 //!
 //! virtio-serial semantics shape the I/O loop: while no host is connected to the chardev,
 //! `read(2)` on the port returns 0 (not a real EOF) and `write(2)` blocks until one connects.
-//! So EOF means "wait and read again", and all writes go through one lock-protected writer
-//! that may block; requests queued by the host before we opened the port are delivered once
-//! we do.
+//! So EOF means "wait and read again", and all writes go through one queue to one writer
+//! thread, the only one that waits for the port; requests queued by the host before we
+//! opened the port are delivered once we do.
 //!
 //! The agent never writes to the console: ttyS0 carries only the kernel log. Its own
 //! diagnostics go to `/dev/kmsg` as single records prefixed `unplug-agent:`.
@@ -25,9 +26,12 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 mod consumer;
+mod dispatch;
+
+use dispatch::{bad_request, Dispatcher, Writer};
 
 use agent::{
-    Bytes, ErrorReply, Event, ExecRequest, ExecResult, GuestMessage, Hello, Op, Outcome, Reply, Request, Response,
+    Bytes, ErrorReply, ExecRequest, ExecResult, GuestMessage, Hello, Op, Reply,
     MAX_LINE, MAX_OUTPUT, MAX_READ, PORT_NAME, PROTOCOL_VERSION,
 };
 
@@ -39,6 +43,9 @@ const POLL: Duration = Duration::from_millis(100);
 const KILL_GRACE: Duration = Duration::from_secs(2);
 
 fn main() {
+    // Panics (caught and answered, or a holder's, reported as its `stopped` record) are bugs
+    // of the agent: their location and message go to the kernel log, not the console.
+    std::panic::set_hook(Box::new(|info| kmsg(&format!("panic: {info}"))));
     let port = find_port();
     kmsg(&format!("serving on {}", port.display()));
     let file = match OpenOptions::new().read(true).write(true).open(&port) {
@@ -48,17 +55,18 @@ fn main() {
             std::process::exit(1);
         }
     };
-    let writer = Writer(Arc::new(Mutex::new(file.try_clone().unwrap_or_else(|e| {
-        kmsg(&format!("cannot dup {}: {e}", port.display()));
+    let started = file
+        .try_clone()
+        .and_then(Writer::spawn)
+        .and_then(|writer| Dispatcher::spawn(writer, dispatch::MAX_IN_FLIGHT));
+    let dispatcher = started.unwrap_or_else(|e| {
+        kmsg(&format!("cannot start serving {}: {e}", port.display()));
         std::process::exit(1)
-    }))));
-    {
-        // Announce from a thread: the write blocks until the host connects, and requests may
-        // already be waiting to be read.
-        let writer = writer.clone();
-        thread::spawn(move || writer.send(&GuestMessage::Ready(hello())));
-    }
-    serve(file, writer);
+    });
+    // Queued: the writer thread sends it once a host connects, while requests that may
+    // already be waiting are read.
+    dispatcher.writer().send(&GuestMessage::Ready(hello()));
+    serve(file, dispatcher);
 }
 
 /// Waits for the virtio-serial port named `PORT_NAME` and returns its `/dev` node.
@@ -93,6 +101,16 @@ fn hello() -> Hello {
     }
 }
 
+/// What a caught panic said (`panic!` with a literal or a formatted message; anything else is
+/// only in the kernel log, where the panic hook wrote it).
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    match (payload.downcast_ref::<&str>(), payload.downcast_ref::<String>()) {
+        (Some(msg), _) => msg.to_string(),
+        (None, Some(msg)) => msg.clone(),
+        (None, None) => "(no message)".into(),
+    }
+}
+
 /// Writes one record to the kernel log (a single `write(2)` is a single record).
 fn kmsg(msg: &str) {
     let line = format!("unplug-agent: {msg}\n");
@@ -103,58 +121,8 @@ fn kmsg(msg: &str) {
     }
 }
 
-/// The one path to the host. Lines are written whole under the lock so concurrent responses
-/// never interleave.
-#[derive(Clone)]
-struct Writer(Arc<Mutex<File>>);
-
-impl Writer {
-    fn send(&self, msg: &GuestMessage) {
-        let mut line = match serde_json::to_vec(msg) {
-            Ok(line) => line,
-            Err(e) => {
-                kmsg(&format!("cannot encode a message: {e}"));
-                return;
-            }
-        };
-        line.push(b'\n');
-        let mut port = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        // write(2) blocks while no host is connected. It returns 0 when the virtqueue filled
-        // up between the driver's check and the send: wait and continue with the rest (never
-        // restart, the prefix is already out). Other errors mean the port is gone; the rest
-        // is dropped and the host's request deadline reports it.
-        let mut rest = &line[..];
-        let mut stalls = 0;
-        while !rest.is_empty() {
-            match port.write(rest) {
-                Ok(0) if stalls < 100 => {
-                    stalls += 1;
-                    thread::sleep(POLL);
-                }
-                Ok(0) => {
-                    kmsg("dropping a message: the port accepts no data");
-                    return;
-                }
-                Ok(n) => {
-                    rest = &rest[n..];
-                    stalls = 0;
-                }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => {
-                    kmsg(&format!("dropping a message: {e}"));
-                    return;
-                }
-            }
-        }
-    }
-
-    fn respond(&self, id: u64, outcome: Outcome) {
-        self.send(&GuestMessage::Response(Response { id, outcome }));
-    }
-}
-
-/// Reads request lines forever, one thread per request.
-fn serve(mut port: File, writer: Writer) -> ! {
+/// Reads request lines forever and hands them to the dispatcher.
+fn serve(mut port: File, dispatcher: Dispatcher) -> ! {
     let mut buf: Vec<u8> = Vec::with_capacity(64 * 1024);
     let mut chunk = vec![0u8; 64 * 1024];
     // Set while skipping the rest of an over-long line.
@@ -180,7 +148,7 @@ fn serve(mut port: File, writer: Writer) -> ! {
                 discarding = false;
             } else {
                 buf.extend_from_slice(&rest[..pos]);
-                handle_line(&buf, &writer);
+                dispatcher.handle_line(&buf);
             }
             buf.clear();
             rest = &rest[pos + 1..];
@@ -188,75 +156,9 @@ fn serve(mut port: File, writer: Writer) -> ! {
         if !discarding {
             buf.extend_from_slice(rest);
             if buf.len() > MAX_LINE {
-                bad_request(&writer, format!("request line longer than {MAX_LINE} bytes dropped"), &buf);
+                bad_request(dispatcher.writer(), format!("request line longer than {MAX_LINE} bytes dropped"), &buf);
                 buf.clear();
                 discarding = true;
-            }
-        }
-    }
-}
-
-fn bad_request(writer: &Writer, message: String, line: &[u8]) {
-    let excerpt = String::from_utf8_lossy(&line[..line.len().min(200)]).into_owned();
-    writer.send(&GuestMessage::Event(Event {
-        source: "agent".into(),
-        kind: "bad_request".into(),
-        data: serde_json::json!({ "message": message, "line": excerpt }),
-    }));
-}
-
-fn handle_line(line: &[u8], writer: &Writer) {
-    if line.iter().all(u8::is_ascii_whitespace) {
-        return;
-    }
-    match serde_json::from_slice::<Request>(line) {
-        Ok(Request { id, op }) => {
-            let worker = writer.clone();
-            let spawned = thread::Builder::new().name(format!("req-{id}")).spawn(move || {
-                let power = match op {
-                    Op::Reboot => Some(libc::RB_AUTOBOOT),
-                    Op::Poweroff => Some(libc::RB_POWER_OFF),
-                    _ => None,
-                };
-                // A panic is a bug in the agent; answering keeps it from looking like a hang.
-                let serve = || match op {
-                    // Holders stream their records as events on the same port.
-                    Op::Hold(req) => {
-                        let events = worker.clone();
-                        let sink: consumer::Sink = Arc::new(move |record| {
-                            let source = format!("holder-{}", record.holder);
-                            let data = serde_json::to_value(&record).unwrap_or_default();
-                            events.send(&GuestMessage::Event(Event { source, kind: "consumer".into(), data }));
-                        });
-                        consumer::hold(req, sink)
-                    }
-                    op => run(op),
-                };
-                let outcome = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(serve)) {
-                    Ok(Ok(reply)) => Outcome::Ok(reply),
-                    Ok(Err(err)) => Outcome::Err(err),
-                    Err(_) => {
-                        Outcome::Err(ErrorReply::msg("the agent panicked serving this request (see the kernel log)"))
-                    }
-                };
-                worker.respond(id, outcome);
-                if let Some(cmd) = power {
-                    power_off(cmd);
-                }
-            });
-            if let Err(e) = spawned {
-                // Out of threads or memory: say so instead of leaving the host to time out.
-                writer.respond(id, Outcome::Err(ErrorReply::io("starting a request thread", &e)));
-            }
-        }
-        Err(e) => {
-            // Answer the request if we can tell which one it was; otherwise report an event.
-            let id = serde_json::from_slice::<serde_json::Value>(line)
-                .ok()
-                .and_then(|v| v.get("id").and_then(serde_json::Value::as_u64));
-            match id {
-                Some(id) => writer.respond(id, Outcome::Err(ErrorReply::msg(format!("bad request: {e}")))),
-                None => bad_request(writer, format!("unparseable request: {e}"), line),
             }
         }
     }
@@ -481,7 +383,7 @@ fn absolute(path: &str) -> Result<&str, ErrorReply> {
     if path.starts_with('/') {
         Ok(path)
     } else {
-        Err(ErrorReply { errno: Some(libc::EINVAL), message: format!("{path}: not an absolute path") })
+        Err(ErrorReply::errno(libc::EINVAL, format!("{path}: not an absolute path")))
     }
 }
 
@@ -593,6 +495,7 @@ mod tests {
         assert_eq!(err.errno, Some(libc::EINVAL));
         assert!(run(Op::Symlink { target: "relative/is/fine".into(), link: "x".into() }).is_err());
     }
+
 
     #[test]
     fn file_ops_round_trip_binary_data() {
