@@ -20,7 +20,7 @@ use tokio::process::{Child, Command};
 use crate::pace::Pace;
 use crate::agent::Agent;
 use crate::console::{Console, LineSink};
-use crate::qmp::Qmp;
+use crate::qmp::{Qmp, QmpError};
 
 /// Root ports created empty at boot for hot-plugged PCI devices (q35's pcie.0 cannot hotplug).
 const ROOT_PORTS: usize = 4;
@@ -140,9 +140,19 @@ impl Vm {
         let console = Console::spawn(stdout, &log_dir.join("console.log"), sinks)?;
 
         let qmp_sock = dir.path().join("qmp.sock");
-        let qmp = match wait_for_socket(&mut child, &qmp_sock, Duration::from_secs(20)).await {
-            Ok(()) => Qmp::connect(&qmp_sock, Some(&log_dir.join("qmp.log"))).await?,
-            Err(e) => return Err(e.context(qemu_failure_hint(&log_dir))),
+        let deadline = Instant::now() + QMP_SOCKET_WAIT;
+        let qmp = loop {
+            if let Err(e) = wait_for_socket(&mut child, &qmp_sock, deadline).await {
+                return Err(e.context(qemu_failure_hint(&log_dir)));
+            }
+            match Qmp::connect(&qmp_sock, Some(&log_dir.join("qmp.log"))).await {
+                // QEMU binds the socket before it listens on it: a connect in between (a
+                // loaded host widens the gap) is refused. Try again while QEMU runs.
+                Err(QmpError::Io(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused && Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                connected => break connected?,
+            }
         };
         let qemu_version = qmp.version().await?;
         let agent = Agent::connect(&dir.path().join("agent.sock"), Some(&log_dir.join("agent.log")))
@@ -395,18 +405,23 @@ fn spawn_guarded(mut cmd: Command) -> Result<Child> {
     cmd.spawn().context("starting qemu-system-x86_64")
 }
 
-async fn wait_for_socket(child: &mut Child, path: &Path, timeout: Duration) -> Result<()> {
-    let deadline = Instant::now() + timeout;
-    while !path.exists() {
+/// How long QEMU gets from its start to listening on its QMP socket (before the guest runs:
+/// the host's pace is not known yet).
+const QMP_SOCKET_WAIT: Duration = Duration::from_secs(20);
+
+async fn wait_for_socket(child: &mut Child, path: &Path, deadline: Instant) -> Result<()> {
+    loop {
         if let Some(status) = child.try_wait()? {
             bail!("QEMU exited during start-up with {status}");
         }
+        if path.exists() {
+            return Ok(());
+        }
         if Instant::now() > deadline {
-            bail!("QEMU did not create {} within {timeout:?}", path.display());
+            bail!("QEMU did not create {} within {QMP_SOCKET_WAIT:?}", path.display());
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    Ok(())
 }
 
 /// Linux unpacks concatenated newc archives in order, so extra archives (kernel modules)
