@@ -211,6 +211,9 @@ pub enum CrashType {
     AgentUnresponsive,
     #[serde(rename = "UNPLUG_STUCK")]
     UnplugStuck,
+    /// syzkaller itself failed (`SYZFAIL:`, `SYZFATAL:`), not the kernel.
+    #[serde(rename = "SYZ_FAILURE")]
+    SyzFailure,
     #[serde(rename = "UNKNOWN")]
     Unknown,
 }
@@ -257,6 +260,7 @@ impl CrashType {
             LostConnection => "LOST_CONNECTION",
             AgentUnresponsive => "AGENT_UNRESPONSIVE",
             UnplugStuck => "UNPLUG_STUCK",
+            SyzFailure => "SYZ_FAILURE",
             Unknown => "UNKNOWN",
         }
     }

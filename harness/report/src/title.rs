@@ -571,11 +571,12 @@ pub fn title_to_type(title: &str) -> CrashType {
         (
             &[
                 "Alignment trap in", "BUG: Object already free", "Internal error in", "PANIC: double fault", "Unhandled fault in",
-                "divide error in", "general protection fault in", "int3 in", "invalid opcode in", "kernel panic:",
+                "divide error in", "general protection fault in", "go runtime error", "int3 in", "invalid opcode in", "kernel panic:",
                 "kernel stack overflow", "stack segment fault in", "unregister_netdevice: waiting for DEV to become free",
             ],
             DoS,
         ),
+        (&["SYZFAIL:", "SYZFATAL:"], SyzFailure),
         (&[crate::synthetic::NO_OUTPUT], NoOutput),
         (&[crate::synthetic::LOST_CONNECTION], LostConnection),
         (&[crate::synthetic::AGENT_UNRESPONSIVE], AgentUnresponsive),
