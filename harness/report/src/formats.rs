@@ -505,6 +505,18 @@ pub(crate) const OOPSES: &[OopsSpec] = &[
         formats: &[FormatSpec { stack: Some(spec(&[Part::Line(RIP)], &[])), ..fmt("PANIC: double fault", "PANIC: double fault in {1}") }],
         suppressions: &[],
     },
+    // Rust-for-Linux's panic handler: `pr_emerg!("{info}")` prints "panicked at FILE:L:C:"
+    // and the message on the next line, then BUG()s (see START_IGNORES). The message names
+    // the bug; the guilty frame is the first below the panic machinery (`core::panicking`).
+    OopsSpec {
+        header: "rust_kernel: panicked",
+        formats: &[FormatSpec {
+            report: Some(r"rust_kernel: panicked at [^\n]*?\n(.+?)\n"),
+            stack: Some(spec(TRACE, &["rust_begin_unwind"])),
+            ..fmt("rust_kernel: panicked", "{1} in {2}")
+        }],
+        suppressions: &[],
+    },
     OopsSpec {
         header: "kernel BUG",
         formats: &[
@@ -639,6 +651,8 @@ pub(crate) const START_IGNORES: &[&str] = &[
     "unregister_netdevice: waiting for",
     "PANIC: double fault",
     "Internal error:",
+    // The BUG() a Rust panic ends in (`rust/helpers/bug.c`, `rust/helpers.c` before 6.11).
+    "kernel BUG at rust/helpers",
 ];
 
 /// Lines that start a stack trace section.

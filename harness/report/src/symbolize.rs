@@ -252,6 +252,8 @@ const GUILTY_IGNORES: &[&str] = &[
     r"^kernel/sched/.*\.c", r"^kernel/stacktrace\.c", r"^kernel/time/timer\.c",
     r"^kernel/workqueue\.c", r"^fs/proc/generic\.c", r"^fs/seq_file\.c", r"^drivers/usb/core/urb\.c",
     r"^drivers/base/dd\.c", r"^drivers/base/core\.c", r"^drivers/base/devres\.c",
+    // The BUG() every Rust panic ends in; the panic's own location comes first.
+    r"^rust/helpers.*",
 ];
 
 /// Lines that name a file for another reason than being on the crashing stack (lockdep's
@@ -264,7 +266,7 @@ pub fn guilty_file(symbolized: &str) -> Option<String> {
     static RES: OnceLock<(Regex, regex::RegexSet, Regex)> = OnceLock::new();
     let (file_re, ignores, line_ignore) = RES.get_or_init(|| {
         (
-            Regex::new(r"([a-zA-Z0-9_\-\./]*[a-zA-Z0-9_\-]+\.(c|h)):[0-9]+").expect("static"),
+            Regex::new(r"([a-zA-Z0-9_\-\./]*[a-zA-Z0-9_\-]+\.(c|h|rs)):[0-9]+").expect("static"),
             regex::RegexSet::new(GUILTY_IGNORES).expect("static"),
             Regex::new(GUILTY_LINE_IGNORE).expect("static"),
         )
