@@ -655,6 +655,12 @@ pub(crate) const START_IGNORES: &[&str] = &[
     "kernel BUG at rust/helpers",
 ];
 
+/// Beginnings of unprefixed lines that quote a crash title rather than print a report: a
+/// pasted mail's `Subject: [syzbot] BUG: soft lockup in foo`. The kernel never prints these;
+/// taken as report starts they would file a frameless duplicate before the real report.
+/// (Report files' `TITLE:` headers are split off whole: [`crate::split_expectations`].)
+pub(crate) const TITLE_QUOTES: &[&str] = &["Subject:"];
+
 /// Lines that start a stack trace section.
 pub(crate) const STACK_START: &[&str] = &[
     r"Call (?:T|t)race",
