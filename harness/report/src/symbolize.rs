@@ -157,6 +157,12 @@ impl Symbolizer {
     }
 
     /// Adds a module's `.ko` for frames printed as `func+0x1/0x2 [name]`.
+    ///
+    /// Not wired up yet, and not right yet for real modules: a `.ko` is relocatable, its
+    /// sections (`.text`, `.init.text`, `.exit.text`, …) all start at address 0 and its DWARF
+    /// is unrelocated, so functions of different sections resolve to each other's lines
+    /// (tried on our nvmem-holder.ko). It needs section addresses laid out and the DWARF
+    /// relocated before it can be called for modules.
     pub fn add_module(&mut self, name: &str, path: &Path) -> Result<(), SymbolizeError> {
         self.modules.insert(name.to_string(), Binary::open(path)?);
         Ok(())
