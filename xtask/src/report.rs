@@ -63,7 +63,18 @@ fn parse(log: &Path, json: bool, vmlinux: Option<&Path>, src: Option<&Path>) -> 
         Some(src) => Some(report::maintainers::Maintainers::load(src)?),
         None => None,
     };
-    let reports = report::parse(&bytes);
+    // A report file (syzkaller's test corpus, our golden logs) starts with the titles it
+    // expects; parse only its console text, and give line numbers in the file.
+    let (header, console) = report::split_expectations(&bytes);
+    let header_lines = header.iter().filter(|&&b| b == b'\n').count() as u64 + u64::from(!header.is_empty());
+    let mut reports = report::parse(console);
+    for r in &mut reports {
+        r.start_line += header_lines;
+        r.end_line += header_lines;
+    }
+    if !header.is_empty() && !json {
+        eprintln!("{}: skipped the expectation header (lines 1-{header_lines})", log.display());
+    }
     for r in &reports {
         let symbolized = symbolizer.as_ref().map(|s| s.symbolize_text(&r.text));
         let guilty = report::symbolize::guilty_file(symbolized.as_deref().unwrap_or(&r.text));

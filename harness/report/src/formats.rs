@@ -359,7 +359,11 @@ pub(crate) const OOPSES: &[OopsSpec] = &[
             "WARNING: /etc/ssh/moduli does not exist, using fixed modulus",
             "WARNING: workqueue cpumask: online intersect > possible intersect",
             "WARNING: [Tt]he mand mount option",
+            // Printed when glibc is dumped.
+            r"WARNING: Unsupported flag value\(s\) of 0x%x in DT_FLAGS_1",
             "WARNING: Unprivileged eBPF is enabled with eIBRS",
+            // A driver's notice that it left the screen size alone, not a kernel WARNING.
+            r"WARNING: fbcon: Driver '(.*)' missed to adjust virtual screen size \(\d+x\d+ vs\. \d+x\d+\)",
             "WARNING: See https.* for mitigation options.",
             "WARNING: kernel not compiled with CPU_SRSO",
             r"EXT4-[Ff][Ss](?: \(.*\))?:",
@@ -501,6 +505,18 @@ pub(crate) const OOPSES: &[OopsSpec] = &[
         formats: &[FormatSpec { stack: Some(spec(&[Part::Line(RIP)], &[])), ..fmt("PANIC: double fault", "PANIC: double fault in {1}") }],
         suppressions: &[],
     },
+    // Rust-for-Linux's panic handler: `pr_emerg!("{info}")` prints "panicked at FILE:L:C:"
+    // and the message on the next line, then BUG()s (see START_IGNORES). The message names
+    // the bug; the guilty frame is the first below the panic machinery (`core::panicking`).
+    OopsSpec {
+        header: "rust_kernel: panicked",
+        formats: &[FormatSpec {
+            report: Some(r"rust_kernel: panicked at [^\n]*?\n(.+?)\n"),
+            stack: Some(spec(TRACE, &["rust_begin_unwind"])),
+            ..fmt("rust_kernel: panicked", "{1} in {2}")
+        }],
+        suppressions: &[],
+    },
     OopsSpec {
         header: "kernel BUG",
         formats: &[
@@ -604,6 +620,24 @@ pub(crate) const OOPSES: &[OopsSpec] = &[
         }],
         suppressions: &[],
     },
+    // syzkaller's own failures, for logs of syzkaller runs pasted into `report parse`: the
+    // executor's fail(), the tools' log.Fatal, and a crashed Go runtime (its programs').
+    OopsSpec {
+        header: "SYZFAIL:",
+        formats: &[FormatSpec { no_stack: true, ..fmt("SYZFAIL:(.*)", "SYZFAIL:{1}") }],
+        suppressions: &[],
+    },
+    OopsSpec {
+        header: "SYZFATAL:",
+        formats: &[FormatSpec { alt: &["SYZFATAL"], no_stack: true, ..fmt("SYZFATAL:(.*)", "SYZFATAL:{1}") }],
+        suppressions: &[],
+    },
+    OopsSpec {
+        header: "fatal error:",
+        formats: &[FormatSpec { no_stack: true, ..fmt("fatal error:", "go runtime error") }],
+        // Go prints it at the start of a line; in the middle of one it is a driver's message.
+        suppressions: &["ALSA", "fatal error: cannot create timer", ".fatal error:"],
+    },
 ];
 
 const BAD_ACCESS_3: &[&str] = &["bad-access in {3}"];
@@ -611,8 +645,21 @@ const BAD_ACCESS_4: &[&str] = &["bad-access in {4}"];
 
 /// Lines that contain a report header but, inside a report, continue it rather than start a
 /// new one (they are printed as part of the report being written).
-pub(crate) const START_IGNORES: &[&str] =
-    &["invalid opcode: 0000", "Kernel panic - not syncing", "unregister_netdevice: waiting for", "PANIC: double fault", "Internal error:"];
+pub(crate) const START_IGNORES: &[&str] = &[
+    "invalid opcode: 0000",
+    "Kernel panic - not syncing",
+    "unregister_netdevice: waiting for",
+    "PANIC: double fault",
+    "Internal error:",
+    // The BUG() a Rust panic ends in (`rust/helpers/bug.c`, `rust/helpers.c` before 6.11).
+    "kernel BUG at rust/helpers",
+];
+
+/// Beginnings of unprefixed lines that quote a crash title rather than print a report: a
+/// pasted mail's `Subject: [syzbot] BUG: soft lockup in foo`. The kernel never prints these;
+/// taken as report starts they would file a frameless duplicate before the real report.
+/// (Report files' `TITLE:` headers are split off whole: [`crate::split_expectations`].)
+pub(crate) const TITLE_QUOTES: &[&str] = &["Subject:"];
 
 /// Lines that start a stack trace section.
 pub(crate) const STACK_START: &[&str] = &[

@@ -129,6 +129,22 @@ fn strip_host_time(raw: &[u8]) -> &[u8] {
     }
 }
 
+/// Strips mail quoting (`> `, `>> `, `> > `) from the start of a raw line, so a report quoted
+/// in a reply parses like the original. A `>` is a quote marker only when a space, another
+/// `>` or the end of the line follows: KASAN's shadow dump marks the buggy row with a bare
+/// `>ffff888003b1c400: fa fb`, which stays.
+pub fn strip_mail_quote(raw: &[u8]) -> &[u8] {
+    let mut rest = raw;
+    while let [b'>', after @ ..] = rest {
+        match after {
+            [b' ', tail @ ..] => rest = tail,
+            [b'>', ..] | [] | [b'\r' | b'\n', ..] => rest = after,
+            _ => break,
+        }
+    }
+    rest
+}
+
 /// Cleans a raw console line and parses its printk prefix.
 pub fn parse(raw: &[u8]) -> Line {
     let cleaned = clean(strip_host_time(raw));
@@ -176,6 +192,16 @@ mod tests {
         let l = parse(b" dump_stack+0x1/0x2");
         assert_eq!(l.caller, Caller::Unknown);
         assert_eq!(l.text, " dump_stack+0x1/0x2");
+    }
+
+    #[test]
+    fn mail_quotes_are_stripped_kasan_row_markers_are_not() {
+        assert_eq!(strip_mail_quote(b"> BUG: KASAN: x"), b"BUG: KASAN: x");
+        assert_eq!(strip_mail_quote(b">> > Call Trace:"), b"Call Trace:");
+        assert_eq!(strip_mail_quote(b">"), b"");
+        assert_eq!(strip_mail_quote(b">ffff888003b1c400: fa fb"), b">ffff888003b1c400: fa fb");
+        assert_eq!(strip_mail_quote(b"> >ffff888003b1c400: fa fb"), b">ffff888003b1c400: fa fb");
+        assert_eq!(strip_mail_quote(b" > not a quote"), b" > not a quote");
     }
 
     #[test]

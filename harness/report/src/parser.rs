@@ -11,6 +11,13 @@
 //! been silent for [`Limits::idle_lines`] lines, when it reaches [`Limits::max_report_lines`]
 //! (then it is marked corrupted as truncated), or at [`Parser::finish`].
 //!
+//! Pasted mails (a syzbot report, a reply quoting one) parse like the console they quote:
+//! `> ` quoting is stripped from every line, soft line breaks are undone once a
+//! `Content-Type: …; format=flowed` header said the mail has them (RFC 3676: a line ending
+//! in a space continues on the next), a `Subject:` naming the crash starts no report, and
+//! the `… [inline]` lines syzbot's symbolizer prints above a report's header line belong to
+//! the report that header starts.
+//!
 //! Memory is bounded whatever the input: a line is cut at [`Limits::max_line_bytes`], at
 //! most [`Limits::max_active`] reports are open, finished reports not yet taken are capped
 //! at [`Limits::max_pending`] (further ones are counted in [`Parser::dropped`]), and the
@@ -18,7 +25,7 @@
 
 use std::collections::VecDeque;
 
-use crate::formats::START_IGNORES;
+use crate::formats::{START_IGNORES, TITLE_QUOTES};
 use crate::line::{self, Caller};
 use crate::title::{self, tables};
 use crate::Report;
@@ -86,6 +93,14 @@ struct Active {
     is_kasan: bool,
 }
 
+/// Whether the input is a mail whose long lines are soft-wrapped (RFC 3676 `format=flowed`),
+/// and whether the space before each soft break is the mail's or the wrapper's (`DelSp=yes`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Flowed {
+    Off,
+    On { delsp: bool },
+}
+
 struct Recent {
     caller: Caller,
     text: String,
@@ -104,6 +119,13 @@ pub struct Parser {
     last_finished: Option<(Caller, u64)>,
     dropped: u64,
     bytes: u64,
+    flowed: Flowed,
+    /// The previous line was a `Content-Type:` header (whose parameters may be folded).
+    in_content_type: bool,
+    /// Soft-wrapped lines of a flowed mail waiting for the line that ends them (at most
+    /// [`Limits::max_line_bytes`]), and how many lines they were.
+    carry: Vec<u8>,
+    carry_lines: u64,
 }
 
 impl Default for Parser {
@@ -128,6 +150,10 @@ impl Parser {
             last_finished: None,
             dropped: 0,
             bytes: 0,
+            flowed: Flowed::Off,
+            in_content_type: false,
+            carry: Vec::new(),
+            carry_lines: 0,
         }
     }
 
@@ -162,9 +188,64 @@ impl Parser {
 
     fn flush_partial(&mut self) {
         let raw = std::mem::take(&mut self.partial);
-        self.process(&raw);
+        self.unwrap_mail(&raw);
         self.partial = raw;
         self.partial.clear();
+    }
+
+    /// Undoes what mail did to a line before it is processed: quoting always, soft line
+    /// breaks when the mail declared them.
+    fn unwrap_mail(&mut self, raw: &[u8]) {
+        let text = line::strip_mail_quote(raw);
+        let text = text.strip_suffix(b"\r").unwrap_or(text);
+        if self.carry.len() + text.len() > self.limits.max_line_bytes {
+            self.flush_carry(None);
+        }
+        if let Flowed::On { delsp } = self.flowed {
+            // The signature separator "-- " is the one line that ends in a space unbroken.
+            if text.last() == Some(&b' ') && text != b"-- " {
+                let keep = if delsp { text.len() - 1 } else { text.len() };
+                self.carry.extend_from_slice(&text[..keep]);
+                self.carry_lines += 1;
+                return;
+            }
+        }
+        if self.carry_lines > 0 {
+            self.flush_carry(Some(text));
+        } else {
+            self.note_content_type(text);
+            self.process(text);
+        }
+    }
+
+    /// Processes the carried soft-wrapped lines, with the line that ends them if it came.
+    fn flush_carry(&mut self, last: Option<&[u8]>) {
+        let mut joined = std::mem::take(&mut self.carry);
+        let mut lines = std::mem::take(&mut self.carry_lines);
+        if let Some(last) = last {
+            joined.extend_from_slice(last);
+            lines += 1;
+        }
+        if lines == 0 {
+            return;
+        }
+        // Line numbers stay those of the input: the joined line spans all of its lines.
+        self.line_no += lines - 1;
+        self.process(&joined);
+    }
+
+    /// `Content-Type: text/plain; charset="UTF-8"; format=flowed` (parameters possibly on
+    /// folded continuation lines) turns on [`Flowed`] for the rest of the input.
+    fn note_content_type(&mut self, text: &[u8]) {
+        if self.flowed != Flowed::Off {
+            return;
+        }
+        let header = text.len() >= 13 && text[..13].eq_ignore_ascii_case(b"content-type:");
+        let folded = self.in_content_type && matches!(text.first(), Some(b' ' | b'\t'));
+        self.in_content_type = header || folded;
+        if self.in_content_type && contains_ignore_case(text, b"format=flowed") {
+            self.flowed = Flowed::On { delsp: contains_ignore_case(text, b"delsp=yes") };
+        }
     }
 
     /// Finished reports so far, oldest first; they are not returned again.
@@ -220,6 +301,7 @@ impl Parser {
         if !self.partial.is_empty() {
             self.flush_partial();
         }
+        self.flush_carry(None);
         while !self.active.is_empty() {
             if let Some(why) = cut {
                 self.active[0].cut_off = Some(why.to_string());
@@ -246,7 +328,12 @@ impl Parser {
             return;
         }
         let questionable = t.is_questionable(&l.text);
-        let oops = t.match_oops(&l.text);
+        let quotes_title = l.caller == Caller::Unknown && TITLE_QUOTES.iter().any(|q| l.text.starts_with(q));
+        // syzbot's symbolizer expands a header line whose frame has inlined callees into one
+        // line per inlined frame above it ("BUG: KASAN: … in foo drivers/x.c:12 [inline]"):
+        // those belong to the report the real header line starts.
+        let inline_frame = l.text.trim_end().ends_with("[inline]");
+        let oops = if quotes_title || inline_frame { None } else { t.match_oops(&l.text) };
         let idx = self.active_for(l.caller);
 
         if let Some(oops) = oops {
@@ -385,6 +472,10 @@ impl Parser {
         }
         self.done.push_back(report);
     }
+}
+
+fn contains_ignore_case(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w.eq_ignore_ascii_case(needle))
 }
 
 fn is_end_marker(text: &str, is_kasan: bool) -> bool {
@@ -527,6 +618,52 @@ mod tests {
         );
     }
 
+    const MAIL_REPORT: &str = "\
+==================================================================
+BUG: KASAN: slab-use-after-free in at24_translate_offset drivers/misc/eeprom/at24.c:384 [inline]
+BUG: KASAN: slab-use-after-free in at24_read+0x4b3/0x4f0 drivers/misc/eeprom/at24.c:447
+Read of size 8 at addr ffff888006a3d8c0 by task cat/230
+Call Trace:
+ <TASK>
+ dump_stack_lvl+0x116/0x1f0 lib/dump_stack.c:120
+ at24_read+0x4b3/0x4f0 drivers/misc/eeprom/at24.c:447
+ </TASK>
+==================================================================
+";
+
+    fn titles(log: &str) -> Vec<String> {
+        crate::parse(log.as_bytes()).into_iter().map(|r| r.title).collect()
+    }
+
+    #[test]
+    fn a_pasted_syzbot_mail_is_one_report() {
+        let want = ["KASAN: slab-use-after-free Read in at24_read"];
+        // The [inline] header line and the Subject naming the crash start no report.
+        let mail = format!("Subject: [syzbot] BUG: unable to handle kernel paging request in at24_read\n\n{MAIL_REPORT}");
+        assert_eq!(titles(&mail), want);
+        // Quoted in a reply.
+        let quoted: String = MAIL_REPORT.lines().map(|l| format!("> {l}\n")).collect();
+        assert_eq!(titles(&quoted), want);
+        // Soft-wrapped (format=flowed): the frame went to the next line.
+        let flowed = format!(
+            "Content-Type: text/plain; charset=\"UTF-8\"; format=flowed\n\n{}",
+            MAIL_REPORT.replace("slab-use-after-free in at24_read+", "slab-use-after-free in \nat24_read+")
+        );
+        let reports = crate::parse(flowed.as_bytes());
+        assert_eq!(reports.iter().map(|r| r.title.as_str()).collect::<Vec<_>>(), want);
+        // Line numbers stay the input's: the report ends on the closing rule, line 13.
+        assert_eq!(reports[0].end_line, 13);
+    }
+
+    #[test]
+    fn trailing_spaces_join_lines_only_in_a_flowed_mail() {
+        // Our 6.12 kernel ends "CPU: … Not tainted 6.12.117 #1 " with a space.
+        let log = "BUG: KASAN: slab-use-after-free in at24_read+0x4b3/0x4f0\nRead of size 8 at addr ffff888006a3d8c0 by task cat/230\nCPU: 0 UID: 0 PID: 230 Comm: cat Not tainted 6.12.117 #1 \nCall Trace:\n at24_read+0x4b3/0x4f0\n";
+        let reports = crate::parse(log.as_bytes());
+        assert_eq!(reports.len(), 1);
+        assert!(reports[0].text.contains("#1 \nCall Trace:"), "{}", reports[0].text);
+    }
+
     #[test]
     fn bounded_on_endless_report() {
         let limits = Limits { max_report_lines: 50, max_pending: 4, ..Limits::default() };
@@ -536,6 +673,13 @@ mod tests {
             p.feed(b" foo+0x1/0x2\nBUG: soft lockup - CPU#0 stuck for 22s!\n");
         }
         p.feed(&vec![b'x'; 1 << 20]);
+        // An endless soft-wrapped mail line is cut like any long line.
+        p.feed(b"Content-Type: text/plain; format=flowed\n");
+        for _ in 0..100_000 {
+            p.feed(b"soft ");
+            p.feed(b"\n");
+        }
+        assert!(p.carry.len() <= limits.max_line_bytes);
         assert!(p.take_reports().len() <= 4);
         assert!(p.dropped() > 0);
         assert!(p.partial.len() <= limits.max_line_bytes);

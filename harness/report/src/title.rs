@@ -124,9 +124,11 @@ impl Tables {
             .find(|&i| !self.oopses[i].suppressions.as_ref().is_some_and(|s| s.is_match(line)))
     }
 
-    /// ` ? func+0x…`: an unreliable frame the unwinder found on the stack by scanning.
+    /// ` ? func+0x…` (x86) or `… func+0x…/0x… (unreliable)` (powerpc): a frame the unwinder
+    /// found on the stack by scanning, not by following frame links.
     pub fn is_questionable(&self, line: &str) -> bool {
-        line.contains("? ") && !line.contains("<EOI>") && self.questionable.is_match(line)
+        !line.contains("<EOI>")
+            && ((line.contains("? ") && self.questionable.is_match(line)) || line.ends_with(" (unreliable)"))
     }
 
     fn frame_names<'a>(&self, line: &'a str) -> Option<regex::Captures<'a>> {
@@ -344,20 +346,52 @@ fn strip_frame(frame: &str) -> String {
         .filter_map(|p| frame.strip_prefix(p))
         .min_by_key(|s| s.len())
         .unwrap_or(frame);
-    demangle_rust(stripped)
+    demangle(stripped)
 }
 
-/// Rust-for-Linux functions appear in kallsyms v0-mangled (`_RNvMNtCs…_6kernel5error…`);
-/// a title names them as Rust does (`<kernel::error::Error>::name`), without the crate hashes.
-/// C names (and anything that does not demangle) are left alone.
-fn demangle_rust(frame: &str) -> String {
-    if !frame.starts_with("_R") {
-        return frame.to_string();
+/// Names a mangled frame as its language does. Rust-for-Linux functions appear in kallsyms
+/// v0-mangled (`_RNvMNtCs…_6kernel5error…`): `<kernel::error::Error>::name`, without the
+/// crate hashes. C++ (Itanium) names, which syzkaller demangles without parameters too:
+/// `_Z8fakeNameiii` is `fakeName`, `_ZN2ns3fooEv` is `ns::foo`; only plain and nested
+/// names, the rest stays mangled. C names (and anything that does not demangle) are left
+/// alone.
+fn demangle(frame: &str) -> String {
+    if frame.starts_with("_R") {
+        if let Ok(d) = rustc_demangle::try_demangle(frame) {
+            return format!("{d:#}");
+        }
+    } else if let Some(name) = frame.strip_prefix("_Z").and_then(demangle_itanium_name) {
+        return name;
     }
-    match rustc_demangle::try_demangle(frame) {
-        Ok(d) => format!("{d:#}"),
-        Err(_) => frame.to_string(),
+    frame.to_string()
+}
+
+/// The name part of an Itanium-mangled symbol (after `_Z`): `<len><id>` or
+/// `N<len><id>…E`, whatever parameter types follow.
+fn demangle_itanium_name(mangled: &str) -> Option<String> {
+    let (nested, mut rest) = match mangled.strip_prefix('N') {
+        Some(rest) => (true, rest),
+        None => (false, mangled),
+    };
+    let mut parts = Vec::new();
+    loop {
+        let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+        let len: usize = rest[..digits].parse().ok()?;
+        let id = rest.get(digits..digits + len)?;
+        if len == 0 || !id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+            return None;
+        }
+        parts.push(id);
+        rest = &rest[digits + len..];
+        if !nested {
+            break;
+        }
+        // The parameter types after the closing `E` are dropped.
+        if rest.starts_with('E') {
+            break;
+        }
     }
+    Some(parts.join("::"))
 }
 
 /// The frame just above the first generic dispatcher (see [`formats::STALL_ANCHORS`]).
@@ -571,11 +605,12 @@ pub fn title_to_type(title: &str) -> CrashType {
         (
             &[
                 "Alignment trap in", "BUG: Object already free", "Internal error in", "PANIC: double fault", "Unhandled fault in",
-                "divide error in", "general protection fault in", "int3 in", "invalid opcode in", "kernel panic:",
+                "divide error in", "general protection fault in", "go runtime error", "int3 in", "invalid opcode in", "kernel panic:",
                 "kernel stack overflow", "stack segment fault in", "unregister_netdevice: waiting for DEV to become free",
             ],
             DoS,
         ),
+        (&["SYZFAIL:", "SYZFATAL:"], SyzFailure),
         (&[crate::synthetic::NO_OUTPUT], NoOutput),
         (&[crate::synthetic::LOST_CONNECTION], LostConnection),
         (&[crate::synthetic::AGENT_UNRESPONSIVE], AgentUnresponsive),
@@ -628,10 +663,15 @@ mod tests {
     #[test]
     fn rust_frames_are_demangled_c_frames_untouched() {
         // Symbols from our 6.12 vmlinux (`nm`).
-        assert_eq!(demangle_rust("_RNvMNtCsl7L7n58I0Vr_6kernel5errorNtB2_5Error4name"), "<kernel::error::Error>::name");
+        assert_eq!(demangle("_RNvMNtCsl7L7n58I0Vr_6kernel5errorNtB2_5Error4name"), "<kernel::error::Error>::name");
         assert_eq!(strip_frame("_RNvMNtCsl7L7n58I0Vr_6kernel5allocNtB2_5Flags8contains"), "<kernel::alloc::Flags>::contains");
         assert_eq!(strip_frame("at24_read"), "at24_read");
-        assert_eq!(demangle_rust("_Rgarbage"), "_Rgarbage");
+        assert_eq!(demangle("_Rgarbage"), "_Rgarbage");
+        assert_eq!(demangle("_Z8fakeNameiii"), "fakeName");
+        assert_eq!(demangle("_ZN2ns3fooEv"), "ns::foo");
+        for garbage in ["_Z", "_Z9short", "_Z0x", "_ZN2ns3foo", "_Z99999999999999999999999x"] {
+            assert_eq!(demangle(garbage), garbage);
+        }
         assert_eq!(title_to_type("WARNING: refcount bug in x"), CrashType::RefcountWarning);
         assert_eq!(title_to_type("possible deadlock in x"), CrashType::Lockdep);
         assert_eq!(title_to_type("INFO: task hung in i2c_del_adapter"), CrashType::Hang);

@@ -21,6 +21,13 @@ const VOCAB: &[&str] = &[
     "---[ end trace 0000000000000000 ]---\n",
     "** replaying previous printk message **\n",
     "Sending NMI from CPU 0 to CPUs 1:\n",
+    // Pasted mails: quoting, a flowed declaration, soft breaks, symbolizer's inline lines.
+    "> ",
+    "Content-Type: text/plain; format=flowed\n",
+    "Subject: [syzbot] BUG: soft lockup in foo\n",
+    "BUG: KASAN: slab-use-after-free in foo drivers/x.c:12 [inline]\n",
+    " \n",
+    "-- \n",
     "\r\n",
     "\x1b[31m",
     "\n",
