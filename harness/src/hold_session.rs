@@ -160,7 +160,7 @@ pub async fn run(vm: &mut Vm, testbed: &mut Testbed, plan: &HoldPlan, boot: Line
         bail!("{:?} is not a plugged provider with guest nodes (cp2112 or gpio-sim); plugged: {:?}", plan.provider, testbed.ids());
     };
     // The holders run until released; the deadline only bounds a session that lost track.
-    let deadline = plan.before + plan.after + plan.unplug_timeout + Duration::from_secs(60);
+    let deadline = plan.before + vm.pace().scale(plan.after + plan.unplug_timeout + Duration::from_secs(60));
     let mut kinds = plan.kinds.clone();
     // A line-info watch first, so it sees the other holders' line requests.
     kinds.sort_by_key(|k| *k != HoldKind::GpioChipWatch);
@@ -196,9 +196,10 @@ pub async fn run(vm: &mut Vm, testbed: &mut Testbed, plan: &HoldPlan, boot: Line
         .await
         .map_err(|e| format!("{e:#}"));
 
-    // Until every holder stopped on its own, or `after` is up.
+    // Until every holder stopped on its own, or `after` (a wait on the guest: scaled by the
+    // host's pace, like every such wait) is up.
     let started: Vec<u64> = holders.iter().filter_map(|h| h.handle).collect();
-    let settle = tokio::time::Instant::now() + plan.after;
+    let settle = tokio::time::Instant::now() + vm.pace().scale(plan.after);
     for &handle in &started {
         let left = settle.saturating_duration_since(tokio::time::Instant::now());
         consumers.wait_stopped(handle, left).await;
