@@ -23,10 +23,10 @@ use crate::artifacts::{self, KernelChoice};
 pub struct Args {
     #[command(flatten)]
     kernel: KernelChoice,
-    /// Plug this device after boot (repeatable): cp2112, gpio-sim, usb-kbd, usb-mouse, usb-tablet.
+    /// Plug this device after boot (repeatable): cp2112, virtio-i2c, gpio-sim, usb-kbd, usb-mouse, usb-tablet.
     #[arg(long = "with", value_name = "DEVICE")]
     with: Vec<String>,
-    /// EEPROMs behind a cp2112 (repeatable), e.g. 0x50:24c02 (the default when none is given).
+    /// EEPROMs behind a cp2112 or virtio-i2c (repeatable), e.g. 0x50:24c02 (the default when none is given).
     #[arg(long = "with-at24", value_name = "ADDR:PART")]
     with_at24: Vec<harness::testbed::At24Spec>,
     /// Accelerator: kvm, tcg, or auto (probe KVM with a real boot, fall back to TCG).
