@@ -76,7 +76,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
         anyhow::bail!("--hold needs --unplug HOW (graceful, surprise, disconnect, unbind): holders exist to see an unplug");
     }
     if args.unplug.is_some() && provider(&args.with).is_none() {
-        anyhow::bail!("--unplug needs a provider to unplug: add --with cp2112 or --with gpio-sim");
+        anyhow::bail!("--unplug needs a provider to unplug: add --with cp2112, --with virtio-i2c or --with gpio-sim");
     }
     for (flag, secs) in [("--hold-before", args.hold_before), ("--hold-after", args.hold_after)] {
         if !(0.0..=3600.0).contains(&secs) {
@@ -169,7 +169,7 @@ async fn boot(args: Args, kernel: artifacts::Kernel, initrd: PathBuf) -> Result<
 
 /// The id `boot` gives the first provider among the `--with` devices.
 fn provider(with: &[String]) -> Option<String> {
-    with.iter().enumerate().find(|(_, d)| matches!(d.as_str(), "cp2112" | "gpio-sim")).map(|(i, d)| format!("{d}{i}"))
+    with.iter().enumerate().find(|(_, d)| matches!(d.as_str(), "cp2112" | "virtio-i2c" | "gpio-sim")).map(|(i, d)| format!("{d}{i}"))
 }
 
 fn kinds_list(kinds: &[HoldKind]) -> String {
