@@ -27,8 +27,10 @@
 //! * surprise (the backend goes away): QEMU only stops vhost; the PCI device and the guest's
 //!   adapter stay. Requests already queued and new ones are never completed: Linux's
 //!   `virtio_i2c_xfer` waits without a timeout (interruptibly), so an I2C user blocks until
-//!   signalled. A following `device_del` still works (virtio_i2c_remove does not wait for the
-//!   device), which is how the testbed cleans up after it.
+//!   signalled. With the adapter idle a following `device_del` still completes (that is how
+//!   the testbed cleans up after a surprise; `e2e_virtio_i2c`); with a transfer in flight the
+//!   users hang in `i2c_transfer` and the removal in `kernfs_drain`, and no `DEVICE_DELETED`
+//!   comes (scenario `virtio-i2c-backend-vanishes`).
 
 use std::io;
 use std::os::fd::{AsFd, AsRawFd};
