@@ -14,7 +14,11 @@
 //! realize runs the vhost-user handshake synchronously), and a supervisor thread of ours
 //! accepts, runs the `VhostUserDaemon` (its request thread plus the vring worker thread)
 //! until QEMU hangs up or we [`Backend::close`] it, then drops it, which joins the worker.
-//! [`Backend::join`] returns once all three threads are gone; no socket file is left.
+//! [`Backend::join`] returns once all three threads are gone; no socket file is left. After a
+//! stuck unplug (no `DEVICE_DELETED`) the device may still complete its removal later, so
+//! [`VirtioI2c::unplug`] neither closes the backend nor removes the chardev: the backend's
+//! threads end when QEMU hangs up (the late removal, or QEMU's exit) and the root port stays
+//! claimed.
 //!
 //! What the guest sees:
 //! * graceful (`device_del`): q35's root ports use ACPI PCI hotplug; the guest's acpiphp
