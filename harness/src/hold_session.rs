@@ -157,7 +157,7 @@ pub fn request_for(kind: HoldKind, nodes: &GuestNodes, deadline: Duration) -> Re
 /// the first holder starts is recorded in the report.
 pub async fn run(vm: &mut Vm, testbed: &mut Testbed, plan: &HoldPlan, boot: LineCursor) -> Result<HoldReport> {
     let Some(nodes) = testbed.nodes(&plan.provider).cloned() else {
-        bail!("{:?} is not a plugged provider with guest nodes (cp2112 or gpio-sim); plugged: {:?}", plan.provider, testbed.ids());
+        bail!("{:?} is not a plugged provider with guest nodes (cp2112, virtio-i2c or gpio-sim); plugged: {:?}", plan.provider, testbed.ids());
     };
     // The holders run until released; the deadline only bounds a session that lost track.
     let deadline = plan.before + vm.pace().scale(plan.after + plan.unplug_timeout + Duration::from_secs(60));

@@ -27,6 +27,7 @@ pub mod schedule;
 pub mod testbed;
 pub mod testenv;
 pub mod torture;
+pub mod vhost_i2c;
 pub mod vm;
 
 pub use devices::{at24, cp2112, i2c, usbredir};

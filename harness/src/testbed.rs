@@ -9,6 +9,13 @@
 //! has no device tree to describe them), so the whole chain nvmem → at24 → regmap → I2C →
 //! hid-cp2112 → HID → USB exists before the first scenario step.
 //!
+//! A `virtio-i2c` is our vhost-user-i2c backend ([`crate::vhost_i2c`]) with the same at24
+//! EEPROMs behind it, hot-plugged as QEMU's `vhost-user-i2c-pci` on a PCIe root port; the
+//! guest's i2c-virtio binds and the at24 clients are instantiated the same way. It unplugs
+//! `graceful` (`device_del`, ACPI hotplug in the guest), `surprise` (the backend goes away:
+//! the guest's adapter stays, its requests hang; then `device_del` takes the device out) or
+//! `unbind` (i2c_virtio unbound in sysfs).
+//!
 //! A `gpio-sim` is an in-kernel provider (configfs), plugged through the agent; its graceful
 //! unplug is `live=0`. Any provider can be `unbind`-unplugged: its driver is unbound in sysfs
 //! while the device stays plugged under its id, driverless, until it is bound again
@@ -30,12 +37,14 @@ use crate::plug::Redir;
 use crate::providers::GpioSim;
 use crate::qmp::QmpError;
 use crate::scenario::UnplugHow;
+use crate::vhost_i2c::VirtioI2c;
 use crate::vm::{Vm, USB_BUS};
 
 /// QEMU's own USB devices: the xHCI/usbhid disconnect path without any emulator of ours.
 const QEMU_USB: &[&str] = &["usb-kbd", "usb-mouse", "usb-tablet"];
 const CP2112: &str = "cp2112";
 const GPIO_SIM: &str = "gpio-sim";
+const VIRTIO_I2C: &str = "virtio-i2c";
 /// Lines of a plugged gpio-sim chip (the CP2112 has 8 too).
 const GPIO_SIM_LINES: u32 = 8;
 
@@ -49,7 +58,7 @@ const ENUMERATE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Every device name `plug` accepts.
 pub fn known_devices() -> Vec<&'static str> {
     let mut all = QEMU_USB.to_vec();
-    all.extend([CP2112, GPIO_SIM]);
+    all.extend([CP2112, GPIO_SIM, VIRTIO_I2C]);
     all
 }
 
@@ -123,13 +132,18 @@ enum Plugged {
         drop_at_transfer: Option<u64>,
         nodes: GuestNodes,
     },
+    VirtioI2c {
+        device: VirtioI2c,
+        eeproms: Vec<(At24Spec, Arc<Mutex<At24>>)>,
+        nodes: GuestNodes,
+    },
 }
 
 impl Plugged {
     /// The provider's guest nodes (QEMU's own devices have none tracked).
     fn nodes(&self) -> Option<&GuestNodes> {
         match self {
-            Plugged::Cp2112 { nodes, .. } | Plugged::GpioSim { nodes, .. } => Some(nodes),
+            Plugged::Cp2112 { nodes, .. } | Plugged::GpioSim { nodes, .. } | Plugged::VirtioI2c { nodes, .. } => Some(nodes),
             Plugged::QemuUsb { .. } => None,
         }
     }
@@ -209,6 +223,14 @@ impl Testbed {
         }
     }
 
+    /// The virtio-i2c device plugged as `id` (host-side view: its backend's counters).
+    pub fn virtio_i2c(&self, id: &str) -> Option<&VirtioI2c> {
+        match self.plugged.get(id) {
+            Some(Plugged::VirtioI2c { device, .. }) => Some(device),
+            _ => None,
+        }
+    }
+
     /// Where the provider plugged as `id` shows in the guest (`None` while its driver is
     /// unbound).
     pub fn nodes(&self, id: &str) -> Option<&GuestNodes> {
@@ -218,10 +240,10 @@ impl Testbed {
         self.plugged.get(id).and_then(Plugged::nodes)
     }
 
-    /// The EEPROM at `address` behind the CP2112 `id`.
+    /// The EEPROM at `address` behind the CP2112 or virtio-i2c adapter `id`.
     pub fn eeprom(&self, id: &str, address: u8) -> Option<Arc<Mutex<At24>>> {
         match self.plugged.get(id) {
-            Some(Plugged::Cp2112 { eeproms, .. }) => {
+            Some(Plugged::Cp2112 { eeproms, .. } | Plugged::VirtioI2c { eeproms, .. }) => {
                 eeproms.iter().find(|(spec, _)| spec.address == address).map(|(_, e)| e.clone())
             }
             _ => None,
@@ -264,7 +286,7 @@ impl Testbed {
         self.plug_with(vm, device, id, &[DEFAULT_AT24]).await
     }
 
-    /// Plugs `device` as `id`; a `cp2112` gets the EEPROMs in `at24` behind it.
+    /// Plugs `device` as `id`; a `cp2112` or `virtio-i2c` gets the EEPROMs in `at24` behind it.
     pub async fn plug_with(&mut self, vm: &mut Vm, device: &str, id: &str, at24: &[At24Spec]) -> Result<Outcome> {
         if self.plugged.contains_key(id) {
             bail!("a device with id {id:?} is already plugged");
@@ -275,6 +297,8 @@ impl Testbed {
         let start = Instant::now();
         let (plugged, guest_saw) = if device == CP2112 {
             plug_cp2112(vm, id, at24).await?
+        } else if device == VIRTIO_I2C {
+            plug_virtio_i2c(vm, id, at24).await?
         } else if device == GPIO_SIM {
             plug_gpio_sim(vm, id).await?
         } else if let Some(driver) = QEMU_USB.iter().copied().find(|d| *d == device) {
@@ -403,6 +427,25 @@ async fn unplug_plugged(
                 "{id} is a gpio-sim chip: its unplugs are graceful (live=0) and unbind, not {}",
                 how.name()
             )
+        }
+        (Plugged::VirtioI2c { device, nodes, .. }, how @ (UnplugHow::Graceful | UnplugHow::Surprise)) => {
+            let adapter = format!("/sys/bus/i2c/devices/i2c-{}", nodes.i2c_bus.unwrap_or_default());
+            let port = device.port().to_string();
+            let surprise = if how == UnplugHow::Surprise {
+                // The backend goes away; QEMU stops vhost, the guest's adapter stays.
+                device.surprise();
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                let still = vm.agent().exec(&["test", "-e", &adapter], vm.pace().scale(ENUMERATE_TIMEOUT)).await?;
+                format!("backend closed: {adapter} {}; then ", if still.success() { "stays" } else { "went away" })
+            } else {
+                String::new()
+            };
+            let end = device.unplug(vm, timeout).await?;
+            vm.release_root_port(&port);
+            format!("{surprise}device_del: DEVICE_DELETED, {}; vhost-user session: {end:?}", node_gone(vm, &adapter).await?)
+        }
+        (Plugged::VirtioI2c { .. }, how) => {
+            bail!("{id} is a virtio-i2c adapter: its unplugs are graceful, surprise and unbind, not {}", how.name())
         }
         (
             Plugged::Cp2112 {
@@ -537,6 +580,86 @@ async fn plug_cp2112(vm: &mut Vm, id: &str, at24: &[At24Spec]) -> Result<(Plugge
     ))
 }
 
+async fn plug_virtio_i2c(vm: &mut Vm, id: &str, at24: &[At24Spec]) -> Result<(Plugged, String)> {
+    let mut bus = devices::i2c::I2cBus::new();
+    let mut eeproms = Vec::new();
+    for spec in at24 {
+        let eeprom = Arc::new(Mutex::new(At24::new(spec.kind)));
+        eeprom.lock().unwrap_or_else(|e| e.into_inner()).seed(0, &seed_pattern(spec.kind.size()));
+        bus.attach(spec.address, Box::new(eeprom.clone())).map_err(|e| anyhow::anyhow!("at24 at {:#04x}: {e}", spec.address))?;
+        eeproms.push((*spec, eeprom));
+    }
+    // The adapters there before, so the new one is told apart from a surprise-removed one.
+    let before = vm
+        .agent()
+        .exec_ok(&["sh", "-c", "grep -l i2c_virtio /sys/bus/i2c/devices/i2c-*/name 2>/dev/null; true"], vm.pace().scale(ENUMERATE_TIMEOUT))
+        .await?
+        .stdout_text()
+        .to_string();
+    let port = vm.claim_root_port().context("no free PCIe root port for a virtio-i2c adapter")?;
+    let device = match VirtioI2c::plug(vm, id, &port, bus).await {
+        Ok(device) => device,
+        Err(e) => {
+            vm.release_root_port(&port);
+            return Err(e);
+        }
+    };
+    match discover_virtio_i2c(vm, &before, at24).await {
+        Ok((nodes, summary)) => Ok((Plugged::VirtioI2c { device, eeproms, nodes }, format!("i2c-virtio bound; {summary}"))),
+        Err(e) => Err(match device.unplug(vm, CLEANUP_TIMEOUT).await {
+            Ok(_) => {
+                vm.release_root_port(&port);
+                e.context(format!("the plug of {id} failed; its device was removed again"))
+            }
+            Err(cleanup) => e.context(format!("the plug of {id} failed, and removing its device failed too: {cleanup:#}")),
+        }),
+    }
+}
+
+/// Waits for the new i2c-virtio adapter (not among `before`), instantiates the at24 clients.
+async fn discover_virtio_i2c(vm: &Vm, before: &str, at24: &[At24Spec]) -> Result<(GuestNodes, String)> {
+    let mut script = format!(
+        r#"set -e
+before="{}"
+for i in $(seq 400); do
+  f=""
+  for n in $(grep -l i2c_virtio /sys/bus/i2c/devices/i2c-*/name 2>/dev/null); do
+    case " $before " in *" $n "*) ;; *) f=$n;; esac
+  done
+  [ -n "$f" ] && break
+  sleep 0.05
+done
+[ -n "$f" ] || {{ echo "no new i2c-virtio adapter appeared" >&2; exit 1; }}
+bus=$(basename $(dirname $f)); echo "bus=${{bus#i2c-}}"
+vdev=$(dirname $(readlink -f /sys/bus/i2c/devices/$bus)); echo "hid=$(basename $vdev)"
+echo "driver=$(readlink -f $vdev/driver)"
+"#,
+        before.split_whitespace().collect::<Vec<_>>().join(" ")
+    );
+    for spec in at24 {
+        script.push_str(&at24_instantiate(spec));
+    }
+    let out = vm.agent().exec_ok(&["sh", "-c", &script], vm.pace().scale(ENUMERATE_TIMEOUT)).await.context("finding the i2c-virtio adapter and instantiating its at24 clients")?;
+    let text = out.stdout_text();
+    let mut nodes = cp2112_nodes(&text).with_context(|| format!("reading the adapter's nodes from the guest's answer {text:?}"))?;
+    nodes.gpio_lines = 0;
+    Ok((nodes, text.split_whitespace().collect::<Vec<_>>().join(" ")))
+}
+
+/// The shell lines that instantiate one at24 client on adapter `$bus` and print its nvmem.
+fn at24_instantiate(spec: &At24Spec) -> String {
+    let client = format!("${{bus#i2c-}}-{:04x}", spec.address);
+    format!(
+        "echo {} {:#04x} > /sys/bus/i2c/devices/$bus/new_device\n\
+         for i in $(seq 200); do [ -e /sys/bus/i2c/devices/{client}/driver ] && break; sleep 0.05; done\n\
+         [ -e /sys/bus/i2c/devices/{client}/driver ] || {{ echo \"at24 did not bind to {client}\" >&2; exit 1; }}\n\
+         echo \"nvmem {:#04x}=$(ls /sys/bus/i2c/devices/{client}/ | grep -- '-' | head -1)\"\n",
+        spec.kind.name(),
+        spec.address,
+        spec.address
+    )
+}
+
 /// Waits for hid_connect's line: hid-cp2112 has started the HID device.
 async fn wait_cp2112_bound(vm: &Vm, id: &str, cursor: crate::console::LineCursor) -> Result<()> {
     vm.console()
@@ -566,16 +689,7 @@ echo "gpiochip=$(cd $hid && ls -d gpiochip* | head -1)"
 "#,
     );
     for spec in at24 {
-        let client = format!("${{bus#i2c-}}-{:04x}", spec.address);
-        script.push_str(&format!(
-            "echo {} {:#04x} > /sys/bus/i2c/devices/$bus/new_device\n\
-             for i in $(seq 200); do [ -e /sys/bus/i2c/devices/{client}/driver ] && break; sleep 0.05; done\n\
-             [ -e /sys/bus/i2c/devices/{client}/driver ] || {{ echo \"at24 did not bind to {client}\" >&2; exit 1; }}\n\
-             echo \"nvmem {:#04x}=$(ls /sys/bus/i2c/devices/{client}/ | grep -- '-' | head -1)\"\n",
-            spec.kind.name(),
-            spec.address,
-            spec.address
-        ));
+        script.push_str(&at24_instantiate(spec));
     }
     let out = vm.agent().exec_ok(&["sh", "-c", &script], vm.pace().scale(ENUMERATE_TIMEOUT)).await.context("finding the CP2112's nodes and instantiating its at24 clients")?;
     let text = out.stdout_text();

@@ -111,6 +111,8 @@ pub struct Vm {
     accel: Accel,
     qemu_version: String,
     usb_controller: bool,
+    /// Root ports (other than the xHCI's) holding a hot-plugged PCI device.
+    ports_in_use: std::collections::BTreeSet<String>,
     booted_in: Duration,
     pace: Pace,
 }
@@ -181,6 +183,7 @@ impl Vm {
             accel,
             qemu_version,
             usb_controller: false,
+            ports_in_use: Default::default(),
             booted_in: start.elapsed(),
             pace,
         })
@@ -271,6 +274,19 @@ impl Vm {
             .context("xHCI controller did not come up in the guest")?;
         self.usb_controller = true;
         Ok(())
+    }
+
+    /// Claims a free root port for a hot-plugged PCI device (`vhost-user-i2c-pci`), or `None`
+    /// when all [`ROOT_PORTS`] but the xHCI's are taken.
+    pub fn claim_root_port(&mut self) -> Option<String> {
+        let port = (1..ROOT_PORTS).map(|i| format!("rp{i}")).find(|p| !self.ports_in_use.contains(p))?;
+        self.ports_in_use.insert(port.clone());
+        Some(port)
+    }
+
+    /// Gives a root port back once QEMU deleted its device.
+    pub fn release_root_port(&mut self, port: &str) {
+        self.ports_in_use.remove(port);
     }
 
     /// Asks the guest to power off, then waits for QEMU to exit (killing it after `timeout`).

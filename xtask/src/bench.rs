@@ -32,6 +32,9 @@ pub struct Args {
     /// Only the resmgr overhead figures (vanilla vs resmgr on the same guest loops).
     #[arg(long)]
     overhead_only: bool,
+    /// Only the virtio-i2c (vhost-user-i2c-pci) plug/unplug figures.
+    #[arg(long)]
+    virtio_i2c_only: bool,
 }
 
 #[derive(Serialize)]
@@ -46,6 +49,12 @@ pub fn run(args: Args) -> Result<ExitCode> {
     let mut figures = Vec::new();
     if args.overhead_only {
         figures.extend(overhead(&args)?);
+        print(&figures, args.json)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    if args.virtio_i2c_only {
+        let (kernel, image) = artifacts::kernel_and_image(&args.kernel)?;
+        figures.extend(virtio_i2c(&args, &kernel.bzimage, &image)?);
         print(&figures, args.json)?;
         return Ok(ExitCode::SUCCESS);
     }
@@ -162,9 +171,58 @@ pub fn run(args: Args) -> Result<ExitCode> {
         note: format!("{cycles} cycles in {:.1} s, rotating graceful, socket close and device_disconnect", elapsed.as_secs_f64()),
     });
 
+    figures.extend(virtio_i2c(&args, &kernel.bzimage, &image)?);
     figures.extend(overhead(&args)?);
     print(&figures, args.json)?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// The virtio-i2c chain: plug (vhost-user-i2c-pci on a root port) until the at24's nvmem file
+/// exists in the guest, then unplug, alternating graceful (`device_del` through the guest's
+/// ACPI hotplug) and surprise (the backend goes away, then `device_del`).
+fn virtio_i2c(args: &Args, bzimage: &std::path::Path, image: &std::path::Path) -> Result<Vec<Figure>> {
+    let cycles = args.cycles.max(1);
+    let mut config = VmConfig::new(bzimage.to_path_buf(), vec![image.to_path_buf()]);
+    config.accel = args.accel;
+    config.log_dir = Some(harness::paths::results_dir().join("bench-virtio-i2c"));
+    let (ready, graceful, elapsed) = crate::runtime()?.block_on(async {
+        let mut vm = Vm::boot(&config, Vec::new()).await?;
+        let mut testbed = Testbed::new();
+        let (mut ready, mut graceful) = (Vec::new(), Vec::new());
+        let start = Instant::now();
+        for i in 0..cycles {
+            let how = [UnplugHow::Graceful, UnplugHow::Surprise][i as usize % 2];
+            let plugged = testbed.plug(&mut vm, "virtio-i2c", "vi2c").await?;
+            ready.push(plugged.elapsed_ms / 1e3);
+            let unplugged = testbed.unplug(&mut vm, "vi2c", how, Duration::from_secs(30)).await?;
+            if how == UnplugHow::Graceful {
+                graceful.push(unplugged.elapsed_ms / 1e3);
+            }
+        }
+        let elapsed = start.elapsed();
+        vm.shutdown(Duration::from_secs(10)).await?;
+        anyhow::Ok((ready, graceful, elapsed))
+    })?;
+    Ok(vec![
+        Figure {
+            name: "virtio-i2c plug to nvmem ready",
+            value: mean(&ready),
+            unit: "s",
+            note: format!("vhost-user handshake, i2c-virtio bound, at24 instantiated, nvmem present ({} plugs: {})", ready.len(), list(&ready)),
+        },
+        Figure {
+            name: "virtio-i2c graceful unplug",
+            value: mean(&graceful),
+            unit: "s",
+            note: format!("device_del to DEVICE_DELETED, chardev removed, backend joined ({})", list(&graceful)),
+        },
+        Figure {
+            name: "virtio-i2c plug/unplug cycles",
+            value: cycles as f64 / elapsed.as_secs_f64() * 60.0,
+            unit: "/min",
+            note: format!("{cycles} cycles in {:.1} s, alternating graceful and surprise", elapsed.as_secs_f64()),
+        },
+    ])
 }
 
 fn print(figures: &[Figure], json: bool) -> Result<()> {

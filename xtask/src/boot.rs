@@ -23,10 +23,10 @@ use crate::artifacts::{self, KernelChoice};
 pub struct Args {
     #[command(flatten)]
     kernel: KernelChoice,
-    /// Plug this device after boot (repeatable): cp2112, gpio-sim, usb-kbd, usb-mouse, usb-tablet.
+    /// Plug this device after boot (repeatable): cp2112, virtio-i2c, gpio-sim, usb-kbd, usb-mouse, usb-tablet.
     #[arg(long = "with", value_name = "DEVICE")]
     with: Vec<String>,
-    /// EEPROMs behind a cp2112 (repeatable), e.g. 0x50:24c02 (the default when none is given).
+    /// EEPROMs behind a cp2112 or virtio-i2c (repeatable), e.g. 0x50:24c02 (the default when none is given).
     #[arg(long = "with-at24", value_name = "ADDR:PART")]
     with_at24: Vec<harness::testbed::At24Spec>,
     /// Accelerator: kvm, tcg, or auto (probe KVM with a real boot, fall back to TCG).
@@ -76,7 +76,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
         anyhow::bail!("--hold needs --unplug HOW (graceful, surprise, disconnect, unbind): holders exist to see an unplug");
     }
     if args.unplug.is_some() && provider(&args.with).is_none() {
-        anyhow::bail!("--unplug needs a provider to unplug: add --with cp2112 or --with gpio-sim");
+        anyhow::bail!("--unplug needs a provider to unplug: add --with cp2112, --with virtio-i2c or --with gpio-sim");
     }
     for (flag, secs) in [("--hold-before", args.hold_before), ("--hold-after", args.hold_after)] {
         if !(0.0..=3600.0).contains(&secs) {
@@ -169,7 +169,7 @@ async fn boot(args: Args, kernel: artifacts::Kernel, initrd: PathBuf) -> Result<
 
 /// The id `boot` gives the first provider among the `--with` devices.
 fn provider(with: &[String]) -> Option<String> {
-    with.iter().enumerate().find(|(_, d)| matches!(d.as_str(), "cp2112" | "gpio-sim")).map(|(i, d)| format!("{d}{i}"))
+    with.iter().enumerate().find(|(_, d)| matches!(d.as_str(), "cp2112" | "virtio-i2c" | "gpio-sim")).map(|(i, d)| format!("{d}{i}"))
 }
 
 fn kinds_list(kinds: &[HoldKind]) -> String {
