@@ -135,15 +135,27 @@ async fn e2e_consumers_i2c_stub_and_at24_go_away_under_held_handles() {
 
     providers::at24_delete(&agent, bus, 0x50).await.unwrap();
     assert!(consumers.wait_stopped(held_nvmem, vm.pace().scale(Duration::from_secs(20))).await);
-    let rmmod = {
+    let mut rmmod = {
         let agent = agent.clone();
-        let timeout = agent.pace().scale(Duration::from_secs(20));
+        let timeout = agent.pace().scale(Duration::from_secs(40));
         tokio::spawn(async move { agent.exec(&["rmmod", "i2c-stub"], timeout).await })
     };
-    tokio::time::sleep(vm.pace().scale(Duration::from_secs(3))).await;
-    let stuck = !rmmod.is_finished();
+    // Vanilla refuses at once. Resmgr completes the removal with the file still open, after
+    // the adapter's last reference goes (DEBUG_KOBJECT_RELEASE delays each release by
+    // seconds): wait for it, well short of rmmod's own timeout, before the late close.
+    let while_held = vm.pace().scale(Duration::from_secs(match testenv::kernel() {
+        KernelVariant::Vanilla => 3,
+        KernelVariant::Resmgr => 30,
+    }));
+    let done_while_held = tokio::time::timeout(while_held, &mut rmmod).await.ok();
+    let stuck = done_while_held.is_none();
     consumers.release(held_i2c).await.unwrap();
-    let rmmod = rmmod.await.unwrap().unwrap();
+    let rmmod = match done_while_held {
+        Some(done) => done,
+        None => rmmod.await,
+    }
+    .unwrap()
+    .unwrap();
     for log in consumers.logs() {
         println!("{}", log.summary());
         for r in &log.records {
