@@ -245,9 +245,6 @@ fn run_checkpatch(tree: &Path, script: &Path, patch: &Path) -> Result<Checkpatch
     let out = Command::new("perl")
         .arg(script)
         .args(["--strict", "--terse", "--no-color"])
-        // Debian's source has no upstream history: every `Fixes:` id would be "unknown" to
-        // it. The tag's form is still checked (GIT_COMMIT_ID); the id is checked upstream.
-        .args(["--ignore", "UNKNOWN_COMMIT_ID"])
         .arg(&patch)
         .current_dir(tree)
         .output()
