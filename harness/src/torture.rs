@@ -192,22 +192,9 @@ pub async fn run_schedule(
         let index = i + 1;
         let description = planned.describe();
         if !planned.runs_on(kernel) {
-            on_step(&StepRecord {
-                index,
-                total,
-                iteration: planned.iteration,
-                step: planned.step,
-                action: planned.action.clone(),
-                description,
-                started_ms: start.elapsed().as_secs_f64() * 1e3,
-                elapsed_ms: 0.0,
-                status: StepStatus::NotOnThisKernel(format!("not on {kernel}")),
-                output: None,
-                taint: None,
-                observations: Vec::new(),
-                consumers: holders.summaries(),
-                holders: holders.states(),
-            });
+            let skipped = (StepStatus::NotOnThisKernel(format!("not on {kernel}")), None, Vec::new());
+            let started_ms = start.elapsed().as_secs_f64() * 1e3;
+            on_step(&step_record((index, total), planned, description, (started_ms, 0.0), skipped, None, &holders));
             continue;
         }
         mark_step(vm, index, total, planned, &description).await;
@@ -241,22 +228,8 @@ pub async fn run_schedule(
             observations = observe::observe_all(vm.agent()).await;
         }
         let taint = observe::taint(vm.agent()).await;
-        let record = StepRecord {
-            index,
-            total,
-            iteration: planned.iteration,
-            step: planned.step,
-            action: planned.action.clone(),
-            description,
-            started_ms,
-            elapsed_ms: step_start.elapsed().as_secs_f64() * 1e3,
-            status,
-            output,
-            taint,
-            observations,
-            consumers: holders.summaries(),
-            holders: holders.states(),
-        };
+        let times = (started_ms, step_start.elapsed().as_secs_f64() * 1e3);
+        let record = step_record((index, total), planned, description, times, (status, output, observations), taint, &holders);
         on_step(&record);
         if record.status.failed() {
             check_alive(vm).await?;
@@ -267,6 +240,35 @@ pub async fn run_schedule(
 }
 
 type Outcome = (StepStatus, Option<String>, Vec<Observation>);
+
+/// The record of planned step `index` of `total`: when it started and how long it took (ms),
+/// its outcome, the taint after it, and what the holders have seen so far.
+fn step_record(
+    (index, total): (usize, usize),
+    planned: &Planned,
+    description: String,
+    (started_ms, elapsed_ms): (f64, f64),
+    (status, output, observations): Outcome,
+    taint: Option<u64>,
+    holders: &Holders,
+) -> StepRecord {
+    StepRecord {
+        index,
+        total,
+        iteration: planned.iteration,
+        step: planned.step,
+        action: planned.action.clone(),
+        description,
+        started_ms,
+        elapsed_ms,
+        status,
+        output,
+        taint,
+        observations,
+        consumers: holders.summaries(),
+        holders: holders.states(),
+    }
+}
 
 /// Start of the kmsg line written before every step.
 pub const STEP_MARKER: &str = "unplug-torture: step ";
