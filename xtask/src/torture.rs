@@ -41,6 +41,9 @@ pub struct Args {
     /// Scenarios to run: a glob over the names in scenarios/ (without .yaml).
     #[arg(long, default_value = "*")]
     scenario: String,
+    /// Read scenarios from DIR instead of this checkout's scenarios/.
+    #[arg(long, value_name = "DIR")]
+    scenario_dir: Option<PathBuf>,
     /// Which kernel(s) to run against.
     #[arg(long, value_enum, default_value = "vanilla")]
     kernel: KernelVariant,
@@ -72,7 +75,7 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> Result<ExitCode> {
-    let dir = harness::paths::repo_root().join("scenarios");
+    let dir = args.scenario_dir.clone().unwrap_or_else(|| harness::paths::repo_root().join("scenarios"));
     let paths = scenario::find(&dir, &args.scenario)?;
     if paths.is_empty() {
         let all: Vec<String> = scenario::find(&dir, "*")?
@@ -297,6 +300,9 @@ fn reproducer(args: &Args, scenario: &Scenario, kernel: Variant, seed: u64) -> S
     let mut cmd = format!("cargo xtask torture --scenario {} --kernel {kernel} --seed {seed}", scenario.name);
     if let Some(n) = args.iterations {
         cmd.push_str(&format!(" --iterations {n}"));
+    }
+    if let Some(dir) = &args.scenario_dir {
+        cmd.push_str(&format!(" --scenario-dir {}", dir.display()));
     }
     if let Some(src) = &args.src {
         cmd.push_str(&format!(" --src {}", src.display()));
