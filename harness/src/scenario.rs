@@ -626,8 +626,69 @@ pub enum ScenarioError {
     Io { path: PathBuf, source: std::io::Error },
     #[error("{path}:{line}:{column}: {message}")]
     Syntax { path: PathBuf, line: usize, column: usize, message: String },
-    #[error("{path}: {message}")]
-    Invalid { path: PathBuf, message: String },
+    /// Parsed, but not a scenario that can run; located at the value at fault.
+    #[error("{path}:{line}:{column}: {message}")]
+    Invalid { path: PathBuf, line: usize, column: usize, message: String },
+}
+
+/// One step of the way from a YAML document's root to one of its values.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Seg {
+    Key(&'static str),
+    Index(usize),
+}
+
+/// Where the value at `path` starts in `text` (1-based line and column), found by
+/// deserializing `text` once more with a probe that fails on arrival there: the YAML reader
+/// attaches its own position to that error. `(1, 1)` if the value is not in the text.
+fn locate(text: &str, path: &[Seg]) -> (usize, usize) {
+    use serde::de::{DeserializeSeed, Error, IgnoredAny, MapAccess, SeqAccess, Visitor};
+
+    /// Walks `0` down; fails at its end.
+    struct Probe<'p>(&'p [Seg]);
+
+    impl<'de> DeserializeSeed<'de> for Probe<'_> {
+        type Value = ();
+        fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+            d.deserialize_any(self)
+        }
+    }
+
+    impl<'de> Visitor<'de> for Probe<'_> {
+        type Value = ();
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            // Only reached at the end of the path: every `visit_*` left to its default fails.
+            f.write_str("the located value")
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+            let Some((Seg::Key(wanted), rest)) = self.0.split_first() else {
+                return Err(A::Error::custom("the located value"));
+            };
+            while let Some(key) = map.next_key::<serde_yaml_ng::Value>()? {
+                if key.as_str() == Some(*wanted) {
+                    return map.next_value_seed(Probe(rest));
+                }
+                map.next_value::<IgnoredAny>()?;
+            }
+            Ok(())
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+            let Some((Seg::Index(wanted), rest)) = self.0.split_first() else {
+                return Err(A::Error::custom("the located value"));
+            };
+            for _ in 0..*wanted {
+                if seq.next_element::<IgnoredAny>()?.is_none() {
+                    return Ok(());
+                }
+            }
+            seq.next_element_seed(Probe(rest)).map(drop)
+        }
+    }
+
+    match Probe(path).deserialize(serde_yaml_ng::Deserializer::from_str(text)) {
+        Err(e) => e.location().map_or((1, 1), |l| (l.line(), l.column())),
+        Ok(()) => (1, 1),
+    }
 }
 
 impl Scenario {
@@ -654,7 +715,15 @@ impl Scenario {
     }
 
     pub fn load(path: &Path) -> Result<Scenario, ScenarioError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ScenarioError::Io { path: path.into(), source })?;
+        let bytes = std::fs::read(path).map_err(|source| ScenarioError::Io { path: path.into(), source })?;
+        let text = String::from_utf8(bytes).map_err(|e| {
+            let valid = &e.as_bytes()[..e.utf8_error().valid_up_to()];
+            let line = valid.iter().filter(|b| **b == b'\n').count() + 1;
+            // `valid` is UTF-8 up to there: count characters, not bytes, for the column.
+            let line_start = valid.iter().rposition(|b| *b == b'\n').map_or(0, |p| p + 1);
+            let column = String::from_utf8_lossy(&valid[line_start..]).chars().count() + 1;
+            ScenarioError::Syntax { path: path.into(), line, column, message: "not UTF-8 text".into() }
+        })?;
         Self::parse(&text, path)
     }
 
@@ -662,24 +731,34 @@ impl Scenario {
     pub fn parse(text: &str, origin: &Path) -> Result<Scenario, ScenarioError> {
         let scenario: Scenario = serde_yaml_ng::from_str(text).map_err(|e| {
             let (line, column) = e.location().map(|l| (l.line(), l.column())).unwrap_or((0, 0));
-            ScenarioError::Syntax { path: origin.into(), line, column, message: e.to_string() }
+            // The location is ours, in front: not again at the end of the message.
+            let message = e.to_string();
+            let message = message.rsplit_once(" at line ").map_or(message.as_str(), |(m, _)| m).to_string();
+            ScenarioError::Syntax { path: origin.into(), line, column, message }
         })?;
-        scenario.validate().map_err(|message| ScenarioError::Invalid { path: origin.into(), message })?;
+        scenario.validate().map_err(|(at, message)| {
+            let (line, column) = locate(text, &at);
+            ScenarioError::Invalid { path: origin.into(), line, column, message }
+        })?;
         Ok(scenario)
     }
 
-    fn validate(&self) -> Result<(), String> {
+    /// Checks what the types do not; an error names the value at fault (for [`locate`]).
+    fn validate(&self) -> Result<(), (Vec<Seg>, String)> {
         if self.name.is_empty() || !self.name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
-            return Err(format!("name {:?} must be non-empty and use only letters, digits, '-' and '_'", self.name));
+            return Err((vec![Seg::Key("name")], format!("name {:?} must be non-empty and use only letters, digits, '-' and '_'", self.name)));
         }
         if self.steps.is_empty() {
-            return Err("a scenario needs at least one step".into());
+            return Err((vec![Seg::Key("steps")], "a scenario needs at least one step".into()));
         }
         if self.iterations == 0 || self.iterations > 100_000 {
-            return Err(format!("iterations must be between 1 and 100000, not {}", self.iterations));
+            return Err((vec![Seg::Key("iterations")], format!("iterations must be between 1 and 100000, not {}", self.iterations)));
         }
         if let Some(kernel) = self.expect.keys().find(|k| !self.applies_to(**k)) {
-            return Err(format!("expect names {kernel}, which `kernels:` leaves out (it applies to {})", self.kernel_names()));
+            return Err((
+                vec![Seg::Key("expect"), Seg::Key(kernel.name())],
+                format!("expect names {kernel}, which `kernels:` leaves out (it applies to {})", self.kernel_names()),
+            ));
         }
         // A plug id must exist before it is unplugged, and stay unique while plugged; the same
         // for holder names between hold and release.
@@ -687,16 +766,17 @@ impl Scenario {
         let mut held: Vec<&str> = Vec::new();
         // Plugged devices whose driver an `unbind` took away (still plugged, no nodes).
         let mut unbound: Vec<&str> = Vec::new();
-        let all = self.setup.iter().map(|s| ("setup", s)).chain(self.steps.iter().map(|s| ("steps", s)));
-        for (index, (section, step)) in all.enumerate() {
-            let at = format!("{section} step {}", index + 1 - if section == "steps" { self.setup.len() } else { 0 });
+        let all = self.setup.iter().enumerate().map(|(i, s)| ("setup", i, s)).chain(self.steps.iter().enumerate().map(|(i, s)| ("steps", i, s)));
+        for (section, index, step) in all {
+            let at = format!("{section} step {}", index + 1);
+            let here = |message: String| Err((vec![Seg::Key(section), Seg::Index(index)], message));
             let step = match step {
                 Step::Only(only) => {
                     if !only.step.changes_no_state() {
-                        return Err(format!("{at}: `only` can limit exec, write, mkdir, rmdir, wait_console, delay and observe steps: anything else would leave the kernels in different states"));
+                        return here(format!("{at}: `only` can limit exec, write, mkdir, rmdir, wait_console, delay and observe steps: anything else would leave the kernels in different states"));
                     }
                     if let Some(kernel) = only.kernels.iter().find(|k| !self.applies_to(**k)) {
-                        return Err(format!("{at}: `only` names {kernel}, which `kernels:` leaves out (it applies to {})", self.kernel_names()));
+                        return here(format!("{at}: `only` names {kernel}, which `kernels:` leaves out (it applies to {})", self.kernel_names()));
                     }
                     &*only.step
                 }
@@ -705,25 +785,25 @@ impl Scenario {
             match step {
                 Step::Plug(p) => {
                     if plugged.contains(&p.id.as_str()) {
-                        return Err(format!("{at}: id {:?} is already plugged", p.id));
+                        return here(format!("{at}: id {:?} is already plugged", p.id));
                     }
                     plugged.push(&p.id);
                 }
                 Step::Unplug(u) => {
                     let Some(pos) = plugged.iter().position(|id| *id == u.id) else {
-                        return Err(format!("{at}: unplug of {:?}, which no earlier step plugged", u.id));
+                        return here(format!("{at}: unplug of {:?}, which no earlier step plugged", u.id));
                     };
                     let choices = u.how.choices();
                     if choices.is_empty() {
-                        return Err(format!("{at}: `how` lists no unplug method"));
+                        return here(format!("{at}: `how` lists no unplug method"));
                     }
                     if choices.contains(&UnplugHow::Unbind) {
                         // An unbind leaves the device plugged: it cannot be one draw among removals.
                         if choices.len() > 1 {
-                            return Err(format!("{at}: `unbind` keeps the device plugged, so it cannot be a choice among unplug methods"));
+                            return here(format!("{at}: `unbind` keeps the device plugged, so it cannot be a choice among unplug methods"));
                         }
                         if unbound.contains(&u.id.as_str()) {
-                            return Err(format!("{at}: {:?}'s driver is already unbound", u.id));
+                            return here(format!("{at}: {:?}'s driver is already unbound", u.id));
                         }
                         unbound.push(&u.id);
                     } else {
@@ -733,38 +813,38 @@ impl Scenario {
                 }
                 Step::Bind(id) => {
                     let Some(pos) = unbound.iter().position(|u| u == id) else {
-                        return Err(format!("{at}: bind of {id:?}, whose driver no earlier step unbound"));
+                        return here(format!("{at}: bind of {id:?}, whose driver no earlier step unbound"));
                     };
                     unbound.remove(pos);
                 }
-                Step::Exec(e) if e.argv.is_empty() => return Err(format!("{at}: exec with an empty argv")),
+                Step::Exec(e) if e.argv.is_empty() => return here(format!("{at}: exec with an empty argv")),
                 Step::Hold(h) => {
                     if held.contains(&h.name.as_str()) {
-                        return Err(format!("{at}: holder {:?} is already held", h.name));
+                        return here(format!("{at}: holder {:?} is already held", h.name));
                     }
                     if !plugged.contains(&h.on.as_str()) {
-                        return Err(format!("{at}: hold on {:?}, which is not plugged at that point", h.on));
+                        return here(format!("{at}: hold on {:?}, which is not plugged at that point", h.on));
                     }
                     if unbound.contains(&h.on.as_str()) {
-                        return Err(format!("{at}: hold on {:?}, whose driver is unbound at that point", h.on));
+                        return here(format!("{at}: hold on {:?}, whose driver is unbound at that point", h.on));
                     }
                     held.push(&h.name);
                 }
                 Step::Release(name) => {
                     let Some(pos) = held.iter().position(|n| n == name) else {
-                        return Err(format!("{at}: release of {name:?}, which no earlier step holds"));
+                        return here(format!("{at}: release of {name:?}, which no earlier step holds"));
                     };
                     held.remove(pos);
                 }
                 Step::Fault(f) => {
                     if !plugged.contains(&f.id.as_str()) {
-                        return Err(format!("{at}: fault for {:?}, which is not plugged at that point", f.id));
+                        return here(format!("{at}: fault for {:?}, which is not plugged at that point", f.id));
                     }
                     if f.unplug_after_transfers == Some(0) {
-                        return Err(format!("{at}: unplug_after_transfers counts from 1 (the next transfer)"));
+                        return here(format!("{at}: unplug_after_transfers counts from 1 (the next transfer)"));
                     }
                     if matches!(f.unplug_how, Some(UnplugHow::Graceful | UnplugHow::Unbind)) {
-                        return Err(format!("{at}: a fault unplug is `disconnect` or `surprise`; graceful and unbind are steps of their own"));
+                        return here(format!("{at}: a fault unplug is `disconnect` or `surprise`; graceful and unbind are steps of their own"));
                     }
                 }
                 _ => {}
@@ -772,21 +852,20 @@ impl Scenario {
         }
         // Steps repeat, so whatever they plug they must also unplug.
         if self.iterations > 1 {
-            let in_steps: Vec<&str> = self
-                .steps
-                .iter()
-                .filter_map(|s| if let Step::Plug(p) = s { Some(p.id.as_str()) } else { None })
-                .filter(|id| plugged.contains(id))
-                .collect();
-            if let Some(id) = in_steps.first() {
-                return Err(format!("steps plug {id:?} without unplugging it, so iteration 2 would plug it twice"));
-            }
-            let held_in_steps = self.steps.iter().find_map(|s| match s {
-                Step::Hold(h) if held.contains(&h.name.as_str()) => Some(h.name.as_str()),
+            let at = |i: usize| vec![Seg::Key("steps"), Seg::Index(i)];
+            let plugged_in_steps = self.steps.iter().enumerate().find_map(|(i, s)| match s {
+                Step::Plug(p) if plugged.contains(&p.id.as_str()) => Some((i, p.id.as_str())),
                 _ => None,
             });
-            if let Some(name) = held_in_steps {
-                return Err(format!("steps hold {name:?} without releasing it, so iteration 2 would hold it twice"));
+            if let Some((i, id)) = plugged_in_steps {
+                return Err((at(i), format!("steps plug {id:?} without unplugging it, so iteration 2 would plug it twice")));
+            }
+            let held_in_steps = self.steps.iter().enumerate().find_map(|(i, s)| match s {
+                Step::Hold(h) if held.contains(&h.name.as_str()) => Some((i, h.name.as_str())),
+                _ => None,
+            });
+            if let Some((i, name)) = held_in_steps {
+                return Err((at(i), format!("steps hold {name:?} without releasing it, so iteration 2 would hold it twice")));
             }
         }
         Ok(())
@@ -1002,9 +1081,9 @@ steps:
             assert!(err.starts_with(want), "{text:?} gave {err}");
             assert!(matches!(err.split(':').nth(1).map(str::parse::<usize>), Some(Ok(1..))), "{text:?}: no line in {err}");
         }
-        // Consistency with `kernels:` is checked after parsing (no position to name).
+        // Consistency with `kernels:` is checked after parsing, located at the value at fault.
         let err = Scenario::parse("name: x\nkernels: [resmgr]\nexpect:\n  vanilla: clean\nsteps:\n  - observe\n", Path::new("e.yaml")).unwrap_err().to_string();
-        assert_eq!(err, "e.yaml: expect names vanilla, which `kernels:` leaves out (it applies to resmgr)");
+        assert_eq!(err, "e.yaml:4:12: expect names vanilla, which `kernels:` leaves out (it applies to resmgr)");
     }
 
     /// `only` wraps a step for some variants; it must be a step that changes no state, for
@@ -1020,10 +1099,10 @@ steps:
             (step("{ wait_console: x }"), None),
             (step("{ delay: 1ms..5ms }"), None),
             (step("observe"), None),
-            (step("{ unplug: { id: b } }"), Some("o.yaml: steps step 2: `only` can limit exec, write, mkdir, rmdir, wait_console, delay and observe steps")),
+            (step("{ unplug: { id: b } }"), Some("o.yaml:4:5: steps step 2: `only` can limit exec, write, mkdir, rmdir, wait_console, delay and observe steps")),
             (step("{ hold: { name: h, kind: hidraw, on: b } }"), Some("`only` can limit")),
             (step("{ only: { kernels: [vanilla], step: observe } }"), Some("`only` can limit")),
-            (step("{ exec: { argv: [] } }"), Some("o.yaml: steps step 2: exec with an empty argv")),
+            (step("{ exec: { argv: [] } }"), Some("o.yaml:4:5: steps step 2: exec with an empty argv")),
             (step("{ frobnicate: 1 }"), Some("o.yaml:4:")),
             ("name: x\nsteps:\n  - only: { kernels: [mainline], step: observe }\n".into(), Some("o.yaml:3:23: steps[0].only.kernels[0]: unknown variant `mainline`")),
             ("name: x\nsteps:\n  - only: { kernels: [], step: observe }\n".into(), Some("o.yaml:3:22: steps[0].only.kernels: lists no kernel variant")),
