@@ -23,8 +23,11 @@ use tokio::sync::watch;
 
 /// Longer lines are split: a guest spewing without newlines must not grow memory.
 const MAX_LINE: usize = 16 * 1024;
-/// Lines kept in memory for waiters; everything is in console.log.
+/// Lines kept in memory for waiters, at most this many and this much text; everything is in
+/// console.log. (Lines alone do not bound it: a flood without line ends is 16 KiB lines, each
+/// up to three times that once invalid bytes are replaced.)
 const RING_LEN: usize = 20_000;
+const RING_BYTES: usize = 4 << 20;
 const PANIC_MARKER: &str = "Kernel panic - not syncing";
 
 #[derive(Debug, Clone)]
@@ -73,8 +76,27 @@ impl<F: FnMut(&ConsoleLine) + Send> LineSink for F {
     }
 }
 
+/// The recent lines, and their text's size.
+#[derive(Default)]
+struct Ring {
+    lines: VecDeque<ConsoleLine>,
+    bytes: usize,
+}
+
+impl Ring {
+    fn push(&mut self, line: ConsoleLine) {
+        self.bytes += line.text.len();
+        self.lines.push_back(line);
+        while self.lines.len() > RING_LEN || (self.bytes > RING_BYTES && self.lines.len() > 1) {
+            if let Some(old) = self.lines.pop_front() {
+                self.bytes -= old.text.len();
+            }
+        }
+    }
+}
+
 struct Shared {
-    ring: Mutex<VecDeque<ConsoleLine>>,
+    ring: Mutex<Ring>,
     next_index: AtomicU64,
     tick: watch::Sender<u64>,
     ended: AtomicBool,
@@ -96,7 +118,7 @@ impl Console {
         let file = std::fs::OpenOptions::new().create(true).append(true).open(log)?;
         let (tx, rx) = watch::channel(0);
         let shared = Arc::new(Shared {
-            ring: Mutex::new(VecDeque::new()),
+            ring: Mutex::new(Ring::default()),
             next_index: AtomicU64::new(0),
             tick: tx,
             ended: AtomicBool::new(false),
@@ -112,7 +134,7 @@ impl Console {
 
     /// Lines at or after `cursor` still held in memory.
     pub fn lines_since(&self, cursor: LineCursor) -> Vec<ConsoleLine> {
-        lock(&self.shared.ring).iter().filter(|l| l.index >= cursor.0).cloned().collect()
+        lock(&self.shared.ring).lines.iter().filter(|l| l.index >= cursor.0).cloned().collect()
     }
 
     pub fn has_ended(&self) -> bool {
@@ -141,7 +163,7 @@ impl Console {
             {
                 let ring = lock(&self.shared.ring);
                 let from = scanned;
-                for line in ring.iter().filter(|l| l.index >= from) {
+                for line in ring.lines.iter().filter(|l| l.index >= from) {
                     if matches(&line.text) {
                         return Ok(line.clone());
                     }
@@ -169,10 +191,10 @@ impl Console {
             tick.borrow_and_update();
             {
                 let ring = lock(&self.shared.ring);
-                if let Some(line) = ring.iter().find(|l| l.index >= scanned && l.text.contains(PANIC_MARKER)) {
+                if let Some(line) = ring.lines.iter().find(|l| l.index >= scanned && l.text.contains(PANIC_MARKER)) {
                     return ConsoleError::KernelPanic { what: "the guest".into(), line: line.text.clone() };
                 }
-                scanned = ring.back().map_or(scanned, |l| l.index + 1);
+                scanned = ring.lines.back().map_or(scanned, |l| l.index + 1);
             }
             if self.has_ended() {
                 return ConsoleError::Ended { what: "the guest".into(), last: self.last_line() };
@@ -183,7 +205,7 @@ impl Console {
     }
 
     fn last_line(&self) -> Option<String> {
-        lock(&self.shared.ring).back().map(|l| l.text.clone())
+        lock(&self.shared.ring).lines.back().map(|l| l.text.clone())
     }
 }
 
@@ -218,13 +240,7 @@ async fn drain<R: AsyncRead + Unpin>(
         for sink in sinks.iter_mut() {
             sink.line(&line);
         }
-        {
-            let mut ring = lock(&shared.ring);
-            ring.push_back(line);
-            if ring.len() > RING_LEN {
-                ring.pop_front();
-            }
-        }
+        lock(&shared.ring).push(line);
         shared.next_index.store(index + 1, Ordering::SeqCst);
         shared.tick.send_modify(|t| *t += 1);
     };

@@ -19,6 +19,9 @@ use report::{Collected, Parser};
 
 use crate::console::{ConsoleLine, LineSink};
 
+/// Console lines queued for the parser thread at most (16 KiB each at most).
+const QUEUE_LINES: usize = 256;
+
 struct State {
     parser: Parser,
     pending: Collected,
@@ -65,7 +68,7 @@ impl ReportFeed {
             pending: Collected::default(),
             dropped_seen: 0,
         }));
-        let (tx, rx) = mpsc::channel::<String>();
+        let (tx, rx) = mpsc::sync_channel::<String>(QUEUE_LINES);
         let (done_tx, done) = tokio::sync::oneshot::channel();
         let thread_state = state.clone();
         std::thread::Builder::new()
@@ -92,7 +95,12 @@ impl ReportFeed {
         let sink = move |line: &ConsoleLine| {
             // The thread only ends when every sender is gone, so a send cannot fail while we
             // hold one; if it ever did, the line is still in console.log.
-            let _ = tx.send(line.text.clone());
+            if let Err(mpsc::TrySendError::Full(text)) = tx.try_send(line.text.clone()) {
+                // A flood the parser cannot keep up with: wait for it (the console drain
+                // stops reading, QEMU buffers, the guest's UART waits) rather than queue
+                // without bound or lose a line. Off the runtime's worker while waiting.
+                let _ = tokio::task::block_in_place(|| tx.send(text));
+            }
         };
         Ok((ReportFeed { state, done }, Box::new(sink)))
     }

@@ -15,7 +15,7 @@ use tokio::io::AsyncWriteExt;
 const FLOOD: usize = 100 << 20;
 /// What the flood may add to the process's peak RSS: the console keeps a bounded ring of
 /// recent lines, the parser bounded reports; neither may grow with the flood.
-const MAX_GROWTH: u64 = 96 << 20;
+const MAX_GROWTH: u64 = 64 << 20;
 
 /// `VmHWM` (peak) or `VmRSS` of this process, in bytes. nextest runs each test in a process of
 /// its own, so the peak is this test's.

@@ -122,7 +122,7 @@ async fn a_lying_agent_gets_errors_never_a_panic_or_a_hang() {
                     Some("write") => ok(id, serde_json::json!({ "kind": "written", "len": u64::MAX })),
                     // 2 MiB per 1 MiB asked, never at its end.
                     Some("read") => ok(id, serde_json::json!({ "kind": "data", "data": "x".repeat(2 << 20), "eof": false })),
-                    _ => line(serde_json::json!({ "response": { "id": id, "err": { "errno": i64::MIN, "message": "\u{0}".repeat(70000) } } })),
+                    _ => line(serde_json::json!({ "response": { "id": id, "err": { "errno": 99999, "message": "\u{0}".repeat(70000) } } })),
                 }
             }),
         ),

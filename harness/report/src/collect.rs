@@ -1,7 +1,9 @@
 //! Bounded collections of reports for long streams: the first report of each title is kept
 //! with a count of its repeats, up to [`MAX_TITLES`] distinct titles; reports of further new
 //! titles are counted as dropped, never silently lost. Memory is bounded by the number of
-//! titles, not by how long the console runs.
+//! titles, not by how long the console runs. When every place is taken, a whole report takes
+//! the place of the latest title whose every report was corrupted: a flood of cut or garbled
+//! reports must not crowd out the real one that follows it.
 
 use serde::Serialize;
 
@@ -45,7 +47,8 @@ impl Collected {
         }
     }
 
-    /// Counts `report` under its title, or keeps it as a new title if there is room.
+    /// Counts `report` under its title, or keeps it as a new title if there is room (or a
+    /// corrupted title to evict, for a whole report).
     pub fn add(&mut self, report: Report) {
         if let Some(c) = self
             .reports
@@ -54,15 +57,26 @@ impl Collected {
         {
             c.count += 1;
             c.all_corrupted &= report.is_corrupted();
-        } else if self.reports.len() < self.max_titles {
-            self.reports.push(Counted {
-                all_corrupted: report.is_corrupted(),
-                report,
-                count: 1,
-            });
-        } else {
-            self.dropped += 1;
+            return;
         }
+        if self.reports.len() >= self.max_titles {
+            let evict = match report.is_corrupted() {
+                true => None,
+                false => self.reports.iter().rposition(|c| c.all_corrupted),
+            };
+            match evict {
+                Some(at) => self.dropped += self.reports.remove(at).count,
+                None => {
+                    self.dropped += 1;
+                    return;
+                }
+            }
+        }
+        self.reports.push(Counted {
+            all_corrupted: report.is_corrupted(),
+            report,
+            count: 1,
+        });
     }
 
     /// Total reports seen, kept or not.
@@ -138,5 +152,34 @@ mod tests {
             .dropped_note()
             .unwrap()
             .starts_with("44 more report(s) not kept"));
+    }
+
+    #[test]
+    fn a_whole_report_takes_the_place_of_a_corrupted_title_when_full() {
+        let mut c = Collected::new(3);
+        let report = |title: &str, corrupted: bool| Report {
+            corrupted: corrupted.then(|| "cut short".to_string()),
+            ..crate::synthetic::agent_unresponsive(title)
+        };
+        let named = |title: &str, corrupted: bool| Report { title: title.into(), ..report(title, corrupted) };
+        for t in ["a", "b", "c"] {
+            c.add(named(t, true));
+        }
+        c.add(named("b", true));
+        c.add(named("d", true));
+        assert_eq!(c.dropped, 1, "a corrupted report never evicts");
+        c.add(named("whole", false));
+        let titles: Vec<&str> = c.reports.iter().map(|r| r.report.title.as_str()).collect();
+        assert_eq!(titles, ["a", "b", "whole"]);
+        assert_eq!(c.dropped, 2, "c's one report is counted as dropped");
+        c.add(named("whole too", false));
+        assert_eq!(c.reports.iter().map(|r| r.report.title.as_str()).collect::<Vec<_>>(), ["a", "whole", "whole too"]);
+        assert_eq!(c.dropped, 4, "b's two reports");
+        c.add(named("third", false));
+        assert_eq!(c.reports.iter().map(|r| r.report.title.as_str()).collect::<Vec<_>>(), ["whole", "whole too", "third"]);
+        c.add(named("fourth", false));
+        assert_eq!(c.reports.len(), 3);
+        assert_eq!(c.dropped, 6, "nothing corrupted left to evict: counted as dropped");
+        assert_eq!(c.total(), 9);
     }
 }
