@@ -151,7 +151,9 @@ pub struct Crash {
     pub alt_titles: Vec<String>,
     /// syzkaller-style type, e.g. `KASAN-USE-AFTER-FREE-READ`, `UNPLUG-STUCK`.
     pub kind: String,
-    pub corrupted: bool,
+    /// Why the report is incomplete or untrustworthy (cut short when the machine stopped,
+    /// truncated, interleaved), when it is: `crashes/<hash>/corrupted`.
+    pub corrupted: Option<String>,
     pub report: String,
     pub symbolized: Option<String>,
     /// The step that was running when it appeared, when known.
@@ -165,7 +167,7 @@ impl Crash {
             title: report.title.clone(),
             alt_titles: report.alt_titles.clone(),
             kind: report.crash_type.as_str().to_string(),
-            corrupted: report.is_corrupted(),
+            corrupted: report.corrupted.clone(),
             report: report.text.clone(),
             symbolized,
             step,
@@ -319,12 +321,18 @@ impl RunDir {
         write_atomic(&self.path.join(name), bytes)
     }
 
-    /// Appends one step as a JSON line and syncs it to disk.
+    /// Appends one step as a JSON line and syncs it to disk. A write that fails half-way (a
+    /// full disk) is taken back, so the file stays whole lines.
     pub fn append_step(&mut self, step: &impl Serialize) -> Result<()> {
         let mut line = serde_json::to_string(step)?;
         line.push('\n');
         let path = || format!("appending to {}", self.path.join("steps.jsonl").display());
-        self.steps.write_all(line.as_bytes()).with_context(path)?;
+        let len = self.steps.metadata().with_context(path)?.len();
+        if let Err(e) = self.steps.write_all(line.as_bytes()) {
+            // Best effort: the error below is what matters.
+            let _ = self.steps.set_len(len);
+            return Err(e).with_context(path);
+        }
         self.steps.sync_data().with_context(path)?;
         Ok(())
     }
@@ -354,6 +362,9 @@ impl RunDir {
                 let alts: String = crash.alt_titles.iter().map(|t| format!("{t}\n")).collect();
                 write_atomic(&dir.join("alt_titles"), alts.as_bytes())?;
                 write_atomic(&dir.join("type"), format!("{}\n", crash.kind).as_bytes())?;
+                if let Some(why) = &crash.corrupted {
+                    write_atomic(&dir.join("corrupted"), format!("{why}\n").as_bytes())?;
+                }
                 if let Some(sym) = &crash.symbolized {
                     write_atomic(&dir.join("symbolized.txt"), sym.as_bytes())?;
                 }
@@ -439,7 +450,7 @@ impl RunDir {
             md.push_str("## Crashes\n\n| title | type | count | first seen in step | folder |\n|---|---|---|---|---|\n");
             for (hash, c, n) in &self.crashes {
                 let step = c.step.map(|s| s.to_string()).unwrap_or_else(|| "-".into());
-                let corrupted = if c.corrupted { " (corrupted)" } else { "" };
+                let corrupted = c.corrupted.as_ref().map_or_else(String::new, |why| format!(" (corrupted: {why})"));
                 md.push_str(&format!("| {}{corrupted} | {} | {n} | {step} | crashes/{hash} |\n", c.title, c.kind));
             }
             md.push('\n');
@@ -672,7 +683,7 @@ mod tests {
             title: title.into(),
             alt_titles: vec!["bad-access in at24_read".into()],
             kind: "KASAN-USE-AFTER-FREE-READ".into(),
-            corrupted: false,
+            corrupted: None,
             report: "BUG: KASAN: slab-use-after-free in at24_read\n".into(),
             symbolized: None,
             step: Some(3),
@@ -689,8 +700,15 @@ mod tests {
         run.append_step(&serde_json::json!({"index": 2})).unwrap();
         let dir = run.add_crash(&crash("KASAN: slab-use-after-free Read in at24_read")).unwrap();
         run.add_crash(&crash("KASAN: slab-use-after-free Read in at24_read")).unwrap();
-        let hang = Crash { alt_titles: vec!["hang in i2c_del_adapter".into()], kind: "HANG".into(), ..crash("INFO: task hung in i2c_del_adapter") };
-        run.add_crash(&hang).unwrap();
+        let hang = Crash {
+            alt_titles: vec!["hang in i2c_del_adapter".into()],
+            kind: "HANG".into(),
+            corrupted: Some("cut short: the console ended (the machine stopped)".into()),
+            ..crash("INFO: task hung in i2c_del_adapter")
+        };
+        let hang_dir = run.add_crash(&hang).unwrap();
+        assert_eq!(std::fs::read_to_string(hang_dir.join("corrupted")).unwrap(), "cut short: the console ended (the machine stopped)\n");
+        assert!(!dir.join("corrupted").exists(), "a whole report has no `corrupted`");
         assert_eq!(std::fs::read_to_string(dir.join("count")).unwrap(), "2\n");
         assert_eq!(run.crash_titles().len(), 2);
         let summary = Summary {

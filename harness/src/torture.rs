@@ -166,8 +166,10 @@ pub enum Abort {
     GuestLost(String),
     /// The agent stopped answering pings.
     AgentUnresponsive(String),
-    /// The user pressed Ctrl-C.
-    Interrupted,
+    /// Nothing answers: not the agent, not the console, not QEMU's monitor (a frozen machine).
+    NoOutput(String),
+    /// SIGINT (Ctrl-C) or SIGTERM (a CI job's timeout, `kill`): which one.
+    Interrupted(&'static str),
     /// Writing the run folder failed (see [`RunVerdict::write_error`]).
     ResultsUnwritable,
 }
@@ -231,7 +233,9 @@ pub async fn run_schedule(
         let times = (started_ms, step_start.elapsed().as_secs_f64() * 1e3);
         let record = step_record((index, total), planned, description, times, (status, output, observations), taint, &holders);
         on_step(&record);
-        if record.status.failed() {
+        // A step that only waits (a delay) cannot fail: the taint read after it failing is
+        // what shows a guest that stopped answering.
+        if record.status.failed() || taint.is_none() {
             check_alive(vm).await?;
         }
         previous_cursor = step_cursor;
@@ -367,13 +371,27 @@ async fn mark_step(vm: &Vm, index: usize, total: usize, planned: &Planned, descr
 const MARK_DEADLINE: Duration = Duration::from_secs(5);
 
 /// After a failed step: is the guest still there to run the next one? (Busy printing is
-/// alive: see [`Vm::responsive`].)
+/// alive: see [`Vm::responsive`].) A mute agent on a machine whose QEMU does not answer its
+/// monitor either is a frozen machine: no output at all.
 async fn check_alive(vm: &mut Vm) -> Result<(), Abort> {
     if !vm.is_running() || vm.console().has_ended() {
         return Err(Abort::GuestLost("QEMU exited".into()));
     }
-    vm.responsive().await.map_err(Abort::AgentUnresponsive)
+    let mute = match vm.responsive().await {
+        Ok(()) => return Ok(()),
+        Err(why) => why,
+    };
+    let patience = vm.pace().scale(MONITOR_PATIENCE);
+    match tokio::time::timeout(patience, vm.qmp().execute(qapi::qmp::query_status {})).await {
+        Ok(Ok(_)) => Err(Abort::AgentUnresponsive(mute)),
+        Ok(Err(e)) => Err(Abort::NoOutput(format!("{mute}; QEMU's monitor failed too: {e}"))),
+        Err(_) => Err(Abort::NoOutput(format!("{mute}; QEMU's monitor did not answer within {patience:?} either"))),
+    }
 }
+
+/// How long QEMU's monitor gets to answer `query-status` (reference machines; scaled) when
+/// the agent is mute. It answers from QEMU's main loop, whatever the guest does.
+const MONITOR_PATIENCE: Duration = Duration::from_secs(5);
 
 /// Everything one recorded run needs.
 #[derive(Debug, Clone)]
@@ -663,16 +681,26 @@ pub async fn run_recorded(request: RunRequest) -> anyhow::Result<RunVerdict> {
     progress.set_message("booting");
 
     let mut interrupted = false;
+    let mut stop = StopSignals::listen()?;
     let (feed, sink) = crate::crash_feed::ReportFeed::start()?;
-    match crate::vm::Vm::boot(&config, vec![sink]).await {
-        Err(e) => {
+    let booted = tokio::select! {
+        booted = crate::vm::Vm::boot(&config, vec![sink]) => Ok(booted),
+        // Dropping the boot kills QEMU and removes its directory.
+        signal = stop.recv() => Err(signal),
+    };
+    match booted {
+        Err(signal) => {
+            interrupted = true;
+            recorder.send(move |r| r.summary.aborted = Some(format!("interrupted by {signal} during boot")));
+        }
+        Ok(Err(e)) => {
             let why = format!("boot failed: {e:#}");
             recorder.send(move |r| {
                 r.summary.aborted = Some(why.clone());
                 r.findings.push(why);
             });
         }
-        Ok(mut vm) => {
+        Ok(Ok(mut vm)) => {
             meta.qemu_version = Some(vm.qemu_version().to_string());
             meta.accel = Some(vm.accel().to_string());
             meta.pace = Some(vm.pace());
@@ -698,15 +726,15 @@ pub async fn run_recorded(request: RunRequest) -> anyhow::Result<RunVerdict> {
                     });
                 tokio::select! {
                     r = steps => r,
-                    _ = tokio::signal::ctrl_c() => Err(Abort::Interrupted),
+                    signal = stop.recv() => Err(Abort::Interrupted(signal)),
                     _ = write_failed.notified() => Err(Abort::ResultsUnwritable),
                 }
             };
             match outcome {
                 Ok(()) => {}
-                Err(Abort::Interrupted) => {
+                Err(Abort::Interrupted(signal)) => {
                     interrupted = true;
-                    recorder.send(|r| r.summary.aborted = Some("interrupted by the user".into()));
+                    recorder.send(move |r| r.summary.aborted = Some(format!("interrupted by {signal}")));
                 }
                 Err(Abort::ResultsUnwritable) => {
                     recorder
@@ -717,6 +745,7 @@ pub async fn run_recorded(request: RunRequest) -> anyhow::Result<RunVerdict> {
                     let synthetic = match &abort {
                         Abort::GuestLost(detail) => report::synthetic::vm_died(detail),
                         Abort::AgentUnresponsive(detail) => report::synthetic::agent_unresponsive(detail),
+                        Abort::NoOutput(detail) => report::synthetic::no_output(detail),
                         other => report::synthetic::agent_unresponsive(&format!("{other:?}")),
                     };
                     recorder.send(move |r| {
@@ -763,6 +792,30 @@ pub async fn run_recorded(request: RunRequest) -> anyhow::Result<RunVerdict> {
         interrupted,
         write_error,
     })
+}
+
+/// SIGINT (Ctrl-C) and SIGTERM (a CI job's timeout, `kill`), listened for from before the boot
+/// to the end of the run: either stops the run between steps, and the run still shuts QEMU
+/// down, parses the console to its end and writes its summary. (Their default action would
+/// end the process on the spot: no summary, and the VM's directory with its sockets left.)
+struct StopSignals {
+    interrupt: tokio::signal::unix::Signal,
+    terminate: tokio::signal::unix::Signal,
+}
+
+impl StopSignals {
+    fn listen() -> std::io::Result<StopSignals> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(StopSignals { interrupt: signal(SignalKind::interrupt())?, terminate: signal(SignalKind::terminate())? })
+    }
+
+    /// The next stop signal's name.
+    async fn recv(&mut self) -> &'static str {
+        tokio::select! {
+            _ = self.interrupt.recv() => "SIGINT",
+            _ = self.terminate.recv() => "SIGTERM",
+        }
+    }
 }
 
 /// Files reports into a run folder, symbolizing them with the kernel's vmlinux when there is

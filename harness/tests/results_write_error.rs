@@ -89,3 +89,24 @@ async fn a_full_results_disk_is_reported_not_fatal() {
             .unwrap();
     assert_eq!(meta["scenario"], "full-disk");
 }
+
+/// A step line that a full disk cuts half-way is taken back: `steps.jsonl` stays whole lines,
+/// every one of them valid JSON.
+#[test]
+fn a_step_line_cut_by_a_full_disk_is_taken_back() {
+    assert!(nix::unistd::geteuid().is_root(), "this test mounts a tmpfs: run it as root (cargo xtask test does)");
+    let dir = tempfile::tempdir().unwrap();
+    let status = std::process::Command::new("mount").args(["-t", "tmpfs", "-o", "size=16k", "none"]).arg(dir.path()).status().unwrap();
+    assert!(status.success());
+    let _mount = Tmpfs(dir.path());
+    let mut run = harness::results::RunDir::create(dir.path(), "full").unwrap();
+    let error = (0..1000)
+        .find_map(|i| run.append_step(&serde_json::json!({ "index": i, "output": "x".repeat(1500) })).err())
+        .expect("the disk fills up");
+    assert!(format!("{error:#}").contains("No space left on device"), "{error:#}");
+    let text = std::fs::read_to_string(run.path().join("steps.jsonl")).unwrap();
+    assert!(text.ends_with('\n'), "the last line is cut: ...{:?}", &text[text.len().saturating_sub(40)..]);
+    for line in text.lines() {
+        serde_json::from_str::<serde_json::Value>(line).unwrap();
+    }
+}

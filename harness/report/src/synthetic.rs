@@ -30,13 +30,10 @@ fn synthetic(title: String, crash_type: CrashType, text: String) -> Report {
     }
 }
 
-/// The console stayed silent for `silence` while the guest was expected to make progress.
-pub fn no_output(silence: Duration) -> Report {
-    synthetic(
-        NO_OUTPUT.to_string(),
-        CrashType::NoOutput,
-        format!("no console output for {}\n", humanize(silence)),
-    )
+/// The machine stopped answering altogether: no console output, no agent, no monitor while
+/// the guest was expected to make progress; `detail` says what was tried for how long.
+pub fn no_output(detail: &str) -> Report {
+    synthetic(NO_OUTPUT.to_string(), CrashType::NoOutput, format!("{detail}\n"))
 }
 
 /// QEMU exited or its sockets closed unexpectedly; `detail` is what the harness saw
@@ -78,7 +75,7 @@ mod tests {
         assert!(a.same_bug(&b));
         assert_eq!(a.crash_type, CrashType::UnplugStuck);
         assert_eq!(crate::title_to_type(&a.title), CrashType::UnplugStuck);
-        assert_eq!(no_output(Duration::from_secs(300)).crash_type, CrashType::NoOutput);
+        assert_eq!(no_output("no answer for 10s").crash_type, CrashType::NoOutput);
         assert_eq!(crate::title_to_type(&vm_died("qemu exited with 1").title), CrashType::LostConnection);
         let r = agent_unresponsive("no answer to ping within 10s and the console was silent meanwhile");
         assert_eq!(r.title, "guest agent unresponsive");
