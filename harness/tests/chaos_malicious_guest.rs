@@ -8,8 +8,9 @@
 //!   and never end, a writer that claims more bytes than it was given, absurd numbers.
 //! - The CP2112's usbredir link (the same `devices::usbredir::driver` QEMU's `usb-redir`
 //!   connects to, over a socketpair): malformed packets made by hand, and every input of the
-//!   usbredir fuzz target's corpus (`fuzz/corpus/usbredir`, when `cargo fuzz` has run here;
-//!   the same format: a first byte giving the read size, then the bytes QEMU sends).
+//!   usbredir fuzz target's corpus (`tests/data/usbredir-corpus`, and `fuzz/corpus/usbredir`
+//!   when `cargo fuzz` has run here; the fuzz target's format: a first byte giving the read
+//!   size, then the bytes QEMU sends).
 //!
 //! A panic anywhere (a spawned task, an emulator thread) is counted by a panic hook: the count
 //! must stay zero.
@@ -182,11 +183,15 @@ fn malformed() -> Vec<(String, Vec<u8>, usize)> {
     cases
 }
 
-/// The usbredir fuzz target's corpus, if `cargo fuzz run usbredir` has built one here.
+/// The usbredir fuzz target's corpus: the one kept here (`tests/data/usbredir-corpus`, from a
+/// 10-minute `cargo fuzz run usbredir`), and `fuzz/corpus/usbredir` if `cargo fuzz` has grown
+/// one in this checkout.
 fn fuzz_corpus() -> Vec<(String, Vec<u8>, usize)> {
-    let dir = harness::paths::repo_root().join("fuzz/corpus/usbredir");
-    let Ok(entries) = std::fs::read_dir(&dir) else { return Vec::new() };
-    entries
+    let root = harness::paths::repo_root();
+    let dirs = [root.join("harness/tests/data/usbredir-corpus"), root.join("fuzz/corpus/usbredir")];
+    dirs.iter()
+        .filter_map(|dir| std::fs::read_dir(dir).ok())
+        .flatten()
         .filter_map(|e| e.ok())
         .filter_map(|e| Some((e.path(), std::fs::read(e.path()).ok()?)))
         .filter_map(|(path, data)| {

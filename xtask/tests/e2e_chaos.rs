@@ -255,11 +255,13 @@ const HUNG_TASK_START: &[&str] = &[
     "INFO: task chaos-hung:77 blocked for more than 10 seconds.",
     "      Not tainted 6.12.117 #1",
     "\"echo 0 > /proc/sys/kernel/hung_task_timeout_secs\" disables this message.",
-    "task:chaos-hung      state:D stack:0     pid:77    tgid:77    ppid:1      flags:0x00004000",
+    "task:chaos-hung      state:D stack:0     pid:77    tgid:77    ppid:1      task_flags:0x400140 flags:0x00004000",
     "Call Trace:",
     " <TASK>",
-    " __schedule+0x10/0x20",
-    " chaos_wait_forever+0x10/0x20",
+    " __schedule+0x10e9/0x6820",
+    " schedule+0xdd/0x390",
+    " chaos_blocked_read+0x299/0x5a0",
+    " vfs_read+0x678/0xd40",
 ];
 
 /// A shell command printing `lines` to the kernel log at level 4, one record each.
@@ -282,7 +284,7 @@ fn e2e_reports_cut_short_at_shutdown_are_filed_titled_and_marked_cut_short() {
     let (run, summary) = ended(&sandbox, &finished, 1);
     print_row("reports cut short at shutdown", &summary, &finished);
     assert_eq!(summary.aborted, None, "every step ran: {summary:?}");
-    for title in ["WARNING in chaos_cut_short", "INFO: task hung in chaos_wait_forever"] {
+    for title in ["WARNING in chaos_cut_short", "INFO: task hung in chaos_blocked_read"] {
         let crash = std::fs::read_dir(run.join("crashes"))
             .unwrap()
             .map(|e| e.unwrap().path())
