@@ -384,9 +384,26 @@ async fn check_alive(vm: &mut Vm) -> Result<(), Abort> {
     let patience = vm.pace().scale(MONITOR_PATIENCE);
     match tokio::time::timeout(patience, vm.qmp().execute(qapi::qmp::query_status {})).await {
         Ok(Ok(_)) => Err(Abort::AgentUnresponsive(mute)),
+        // A monitor that fails because QEMU is on its way out (a guest power-off closes the
+        // socket before the process is reaped) is a lost machine, not a frozen one.
+        Ok(Err(e)) if qemu_exits_within(vm, patience).await => {
+            Err(Abort::GuestLost(format!("QEMU exited ({mute}; its monitor: {e})")))
+        }
         Ok(Err(e)) => Err(Abort::NoOutput(format!("{mute}; QEMU's monitor failed too: {e}"))),
         Err(_) => Err(Abort::NoOutput(format!("{mute}; QEMU's monitor did not answer within {patience:?} either"))),
     }
+}
+
+/// Whether QEMU's process ends within `patience` (polled: it is our child, reaped by tokio).
+async fn qemu_exits_within(vm: &mut Vm, patience: Duration) -> bool {
+    let deadline = tokio::time::Instant::now() + patience;
+    while vm.is_running() {
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    true
 }
 
 /// How long QEMU's monitor gets to answer `query-status` (reference machines; scaled) when
