@@ -166,7 +166,7 @@ pub enum Abort {
     GuestLost(String),
     /// The agent stopped answering pings.
     AgentUnresponsive(String),
-    /// The user pressed Ctrl-C.
+    /// The stop token was cancelled (Ctrl-C, SIGTERM).
     Interrupted,
     /// Writing the run folder failed (see [`RunVerdict::write_error`]).
     ResultsUnwritable,
@@ -390,6 +390,30 @@ pub struct RunRequest {
     pub results_root: std::path::PathBuf,
     /// Command line that reruns the scenario with the same seed.
     pub reproducer: String,
+    /// Which repeat of its matrix cell this is (recorded in meta.json); `None`: not repeated.
+    pub repeat: Option<crate::matrix::RepeatMeta>,
+    /// Stops the run between steps (Ctrl-C, SIGTERM: see [`stop_on_signals`]); QEMU is still
+    /// shut down and the summary written.
+    pub stop: tokio_util::sync::CancellationToken,
+    pub progress: crate::progress::Progress,
+}
+
+/// A stop token cancelled on the first SIGINT (Ctrl-C) or SIGTERM. Must be called inside the
+/// runtime; every run holding a clone stops between steps.
+pub fn stop_on_signals() -> std::io::Result<tokio_util::sync::CancellationToken> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let token = tokio_util::sync::CancellationToken::new();
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    let mut terminate = signal(SignalKind::terminate())?;
+    let cancel = token.clone();
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = interrupt.recv() => {}
+            _ = terminate.recv() => {}
+        }
+        cancel.cancel();
+    });
+    Ok(token)
 }
 
 /// How a recorded run ended.
@@ -400,6 +424,8 @@ pub struct RunVerdict {
     /// Crash titles, stuck unplugs, a lost guest: everything a maintainer should look at.
     pub findings: Vec<String>,
     pub interrupted: bool,
+    /// Whether the VM booted (to the agent): a kernel that does not boot cannot be tested.
+    pub booted: bool,
     /// The first results write that failed (with its path), and how many failed in all. The
     /// run still shut QEMU down, parsed the console to its end and wrote what it could; the
     /// command exits 2 (harness failure) when this is set.
@@ -621,6 +647,7 @@ pub async fn run_recorded(request: RunRequest) -> anyhow::Result<RunVerdict> {
         accel: None,
         pace: None,
         started: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
+        repeat: request.repeat.clone(),
     };
     let write_failed = std::sync::Arc::new(tokio::sync::Notify::new());
     let recorder = Recorder::start(Recording {
@@ -630,6 +657,7 @@ pub async fn run_recorded(request: RunRequest) -> anyhow::Result<RunVerdict> {
             kernel: Some(request.variant),
             seed: schedule.seed,
             expect: schedule.expect.get(&request.variant).cloned().unwrap_or_default(),
+            in_progress: true,
             ..Default::default()
         },
         findings: Vec::new(),
@@ -655,14 +683,14 @@ pub async fn run_recorded(request: RunRequest) -> anyhow::Result<RunVerdict> {
     config.accel = request.accel;
     config.cmdline = schedule.cmdline.clone();
     config.log_dir = Some(run_path.clone());
-    let progress = indicatif::ProgressBar::new(schedule.actions.len() as u64).with_style(
-        indicatif::ProgressStyle::with_template("{prefix:.bold} [{bar:30}] {pos}/{len} {msg}")
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-    );
-    progress.set_prefix(schedule.scenario.clone());
-    progress.set_message("booting");
+    let repeat = match &request.repeat {
+        Some(r) if r.of > 1 => format!(" #{}/{}", r.index, r.of),
+        _ => String::new(),
+    };
+    let progress = request.progress.run(&format!("{} on {}{repeat}", schedule.scenario, request.variant), schedule.actions.len() as u64);
 
     let mut interrupted = false;
+    let mut booted = false;
     let (feed, sink) = crate::crash_feed::ReportFeed::start()?;
     match crate::vm::Vm::boot(&config, vec![sink]).await {
         Err(e) => {
@@ -673,6 +701,7 @@ pub async fn run_recorded(request: RunRequest) -> anyhow::Result<RunVerdict> {
             });
         }
         Ok(mut vm) => {
+            booted = true;
             meta.qemu_version = Some(vm.qemu_version().to_string());
             meta.accel = Some(vm.accel().to_string());
             meta.pace = Some(vm.pace());
@@ -690,15 +719,21 @@ pub async fn run_recorded(request: RunRequest) -> anyhow::Result<RunVerdict> {
             let outcome = {
                 let steps =
                     run_schedule(&mut vm, &mut testbed, schedule, request.variant, &options, |step| {
-                        progress.inc(1);
-                        progress.set_message(step.description.clone());
+                        let status = match &step.status {
+                            StepStatus::Ok => "ok",
+                            StepStatus::Failed(_) => "failed",
+                            StepStatus::UnplugStuck(_) => "unplug stuck",
+                            StepStatus::TimedOut(_) => "timed out",
+                            StepStatus::NotOnThisKernel(_) => "not on this kernel",
+                        };
+                        progress.step(step.index, &step.description, status);
                         let reports = feed.take();
                         let step = step.clone();
                         recorder.send(move |r| r.step(&step, &reports));
                     });
                 tokio::select! {
                     r = steps => r,
-                    _ = tokio::signal::ctrl_c() => Err(Abort::Interrupted),
+                    _ = request.stop.cancelled() => Err(Abort::Interrupted),
                     _ = write_failed.notified() => Err(Abort::ResultsUnwritable),
                 }
             };
@@ -706,7 +741,7 @@ pub async fn run_recorded(request: RunRequest) -> anyhow::Result<RunVerdict> {
                 Ok(()) => {}
                 Err(Abort::Interrupted) => {
                     interrupted = true;
-                    recorder.send(|r| r.summary.aborted = Some("interrupted by the user".into()));
+                    recorder.send(|r| r.summary.aborted = Some("interrupted (Ctrl-C or SIGTERM)".into()));
                 }
                 Err(Abort::ResultsUnwritable) => {
                     recorder
@@ -733,7 +768,7 @@ pub async fn run_recorded(request: RunRequest) -> anyhow::Result<RunVerdict> {
             let _ = vm.shutdown(std::time::Duration::from_secs(10)).await;
         }
     }
-    progress.finish_and_clear();
+    drop(progress);
     // Whatever the console printed after the last step (or during a failed boot), to its
     // very end: QEMU is gone, so the console reaches EOF and a report it cut off is filed
     // as cut short.
@@ -745,6 +780,7 @@ pub async fn run_recorded(request: RunRequest) -> anyhow::Result<RunVerdict> {
             r.summary.signals.push(signal.clone());
             r.findings.push(signal);
         }
+        r.summary.in_progress = false;
         r.write_summary();
     });
     let recording = recorder.finish().await?;
@@ -761,6 +797,7 @@ pub async fn run_recorded(request: RunRequest) -> anyhow::Result<RunVerdict> {
         summary: recording.run.run_summary(&recording.summary),
         findings: recording.findings,
         interrupted,
+        booted,
         write_error,
     })
 }
