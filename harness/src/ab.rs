@@ -291,15 +291,8 @@ mod tests {
         let vanilla = run("vanilla", &[(UAF, 24), (REGMAP, 640)], &[("kernel", Some("EIO"), false), ("late", None, true)], &[]);
         let resmgr = run("resmgr", &[(REGMAP, 1), (WARN, 1)], &[("kernel", Some("ENODEV"), false)], &["unexpected title: x"]);
         let c = compare(&[vanilla, resmgr], Some(true));
-        let rows: Vec<(&str, &[u32], &[Option<Change>])> = c.titles.iter().map(|t| (t.title.as_str(), &t.counts[..], &t.changes[..])).collect();
-        assert_eq!(
-            rows,
-            [
-                (UAF, &[24, 0][..], &[Some(Change::Fixed)][..]),
-                (REGMAP, &[640, 1][..], &[Some(Change::Still)][..]),
-                (WARN, &[0, 1][..], &[Some(Change::New)][..])
-            ]
-        );
+        let row = |title: &str, counts: &[u32], change: Change| TitleRow { title: title.into(), counts: counts.to_vec(), changes: vec![Some(change)] };
+        assert_eq!(c.titles, [row(UAF, &[24, 0], Change::Fixed), row(REGMAP, &[640, 1], Change::Still), row(WARN, &[0, 1], Change::New)]);
         let holders: Vec<String> = c.holders.iter().map(|h| format!("{}: {} / {}", h.name, h.sides[0], h.sides[1])).collect();
         assert_eq!(holders, ["kernel: read -> -EIO / read -> -ENODEV", "late: hung / -"]);
         assert!(c.sides[0].expectation_met && !c.sides[1].expectation_met);
