@@ -118,16 +118,44 @@ pub fn ensure(reqs: &[Requirement]) -> Result<()> {
     Ok(())
 }
 
+/// Runs apt-get with its output captured: a line of what it set up on success (the full
+/// output of an install is hundreds of lines a CI log does not need), the output's tail on
+/// failure.
 fn run_apt(args: &[&str]) -> Result<()> {
-    let status = Command::new("apt-get")
+    let started = std::time::Instant::now();
+    let out = Command::new("apt-get")
         .args(args)
         .env("DEBIAN_FRONTEND", "noninteractive")
-        .status()
+        .stdin(std::process::Stdio::null())
+        .output()
         .context("running apt-get")?;
-    if !status.success() {
-        bail!("apt-get {} failed with {status}", args.join(" "));
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    if !out.status.success() {
+        let lines: Vec<&str> = text.lines().collect();
+        let tail = lines.get(lines.len().saturating_sub(APT_TAIL_LINES)..).unwrap_or_default();
+        bail!("apt-get {} failed with {}; last lines:\n  {}", args.join(" "), out.status, tail.join("\n  "));
+    }
+    if let Some(summary) = apt_summary(&text) {
+        eprintln!("unplug-torture: apt-get {}: {summary} in {:.0?}", args.first().copied().unwrap_or_default(), started.elapsed());
     }
     Ok(())
+}
+
+/// How many lines of a failed apt-get's output the error shows.
+const APT_TAIL_LINES: usize = 20;
+
+/// `set up N package(s): a, b, ...` from apt-get's `Setting up NAME (VERSION) ...` lines;
+/// `None` when it set nothing up.
+fn apt_summary(output: &str) -> Option<String> {
+    const SHOWN: usize = 8;
+    let names: Vec<&str> =
+        output.lines().filter_map(|l| l.strip_prefix("Setting up ")).filter_map(|rest| rest.split_whitespace().next()).collect();
+    if names.is_empty() {
+        return None;
+    }
+    let more = names.len().saturating_sub(SHOWN);
+    let and_more = if more > 0 { format!(" and {more} more") } else { String::new() };
+    Some(format!("set up {} package(s): {}{and_more}", names.len(), names.iter().take(SHOWN).copied().collect::<Vec<_>>().join(", ")))
 }
 
 #[cfg(test)]
@@ -138,6 +166,15 @@ mod tests {
     fn which_finds_sh_and_not_nonsense() {
         assert!(which("sh").is_some());
         assert!(which("definitely-not-a-command-unplug-torture").is_none());
+    }
+
+    #[test]
+    fn apt_output_is_summarised() {
+        let out = "Reading package lists...\nSetting up bc (1.07.1-3+b1) ...\nSetting up flex (2.6.4-8.2) ...\nProcessing triggers for man-db\n";
+        assert_eq!(apt_summary(out).as_deref(), Some("set up 2 package(s): bc, flex"));
+        let many: String = (0..10).map(|i| format!("Setting up p{i}:amd64 (1) ...\n")).collect();
+        assert_eq!(apt_summary(&many).as_deref(), Some("set up 10 package(s): p0:amd64, p1:amd64, p2:amd64, p3:amd64, p4:amd64, p5:amd64, p6:amd64, p7:amd64 and 2 more"));
+        assert_eq!(apt_summary("Hit:1 http://deb.debian.org bookworm InRelease\n"), None);
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //!
 //! Rooms (see ARCHITECTURE.md): build (`kernel`, `image`), run (`vm`, `qmp`, `console`,
 //! `agent`, `plug`), devices (re-exported from the `devices` crate), judge (`report`,
-//! `results`, `ab`) and drive (`scenario`, `schedule`, `torture`).
+//! `results`, `ab`, `tally`) and drive (`scenario`, `schedule`, `matrix`, `torture`, `progress`).
 
 pub mod ab;
 pub mod agent;
@@ -15,15 +15,18 @@ pub mod image;
 pub mod kernel;
 pub mod kmod;
 pub mod kunit;
+pub mod matrix;
 pub mod observe;
 pub mod pace;
 pub mod paths;
 pub mod plug;
+pub mod progress;
 pub mod providers;
 pub mod qmp;
 pub mod results;
 pub mod scenario;
 pub mod schedule;
+pub mod tally;
 pub mod testbed;
 pub mod testenv;
 pub mod torture;

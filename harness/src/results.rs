@@ -52,6 +52,10 @@ pub struct Meta {
     #[serde(default)]
     pub pace: Option<crate::pace::Pace>,
     pub started: String,
+    /// Which repeat of its matrix cell this run is and how its seed derives from the base
+    /// seed (absent in runs recorded before `--repeat`: repeat 1 of 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repeat: Option<crate::matrix::RepeatMeta>,
 }
 
 /// The `meta.json` of a skipped run: a scenario not run on a kernel variant it does not apply
@@ -199,6 +203,9 @@ pub struct Summary {
     pub signals: Vec<String>,
     /// The run's holders as of its last step.
     pub holders: Vec<HolderState>,
+    /// The run has not ended yet: a summary written on the way. One left behind means the
+    /// run was killed; it misses any expectation.
+    pub in_progress: bool,
 }
 
 impl Summary {
@@ -213,12 +220,18 @@ impl Summary {
         if let Some(aborted) = &self.aborted {
             why.push(format!("stopped early: {aborted}"));
         }
+        if self.in_progress {
+            why.push(format!("{IN_PROGRESS} (after {} steps)", self.steps.len()));
+        }
         if titles.is_empty() {
             why.extend(self.signals.iter().map(|s| format!("signal: {s}")));
         }
         why
     }
 }
+
+/// Why a summary written on the way misses its expectation.
+pub const IN_PROGRESS: &str = "the run had not ended when this summary was written (killed?)";
 
 /// What the summary needs of one step.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -261,6 +274,9 @@ pub struct RunSummary {
     pub steps_failed: usize,
     pub steps_not_run: usize,
     pub steps: usize,
+    /// Written on the way, not at the run's end (see [`Summary::in_progress`]).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub in_progress: bool,
 }
 
 impl RunSummary {
@@ -414,6 +430,7 @@ impl RunDir {
             steps_failed: s.steps.iter().filter(|st| !st.ok).count(),
             steps_not_run: s.steps.iter().filter(|st| st.not_run.is_some()).count(),
             steps: s.steps.len(),
+            in_progress: s.in_progress,
         }
     }
 
@@ -769,6 +786,7 @@ mod tests {
                 HolderState { name: "raw".into(), kind: "hidraw".into(), first_error: Some(FirstError { op: "poll".into(), errno: None, revents: Some("POLLERR|POLLHUP".into()) }), hung: false },
                 HolderState { name: "sysfs".into(), kind: "nvmem-sysfs".into(), first_error: None, hung: true },
             ],
+            in_progress: false,
         };
         run.write_summary(&summary).unwrap();
         let id = run.id();

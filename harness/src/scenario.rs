@@ -884,19 +884,10 @@ pub fn find(dir: &Path, pattern: &str) -> Result<Vec<PathBuf>, ScenarioError> {
     Ok(found)
 }
 
+/// Whether `text` matches the glob `pattern` (`*`, `?`, `[...]`, `{a,b}`; globset's syntax). A
+/// pattern globset rejects matches nothing.
 fn glob_match(pattern: &str, text: &str) -> bool {
-    fn go(p: &[char], t: &[char]) -> bool {
-        match (p.first(), t.first()) {
-            (None, None) => true,
-            (Some('*'), _) => go(&p[1..], t) || (!t.is_empty() && go(p, &t[1..])),
-            (Some('?'), Some(_)) => go(&p[1..], &t[1..]),
-            (Some(a), Some(b)) if a == b => go(&p[1..], &t[1..]),
-            _ => false,
-        }
-    }
-    let p: Vec<char> = pattern.chars().collect();
-    let t: Vec<char> = text.chars().collect();
-    go(&p, &t)
+    globset::Glob::new(pattern).is_ok_and(|g| g.compile_matcher().is_match(text))
 }
 
 #[cfg(test)]
@@ -1159,6 +1150,10 @@ steps:
         assert!(glob_match("*kbd*", "usb-kbd-cycle"));
         assert!(glob_match("gpio-?im", "gpio-sim"));
         assert!(!glob_match("usb-*", "gpio-sim"));
+        // Alternatives: two named scenarios in one --scenario.
+        assert!(glob_match("{usb-kbd-cycle,gpio-sim}", "gpio-sim"));
+        assert!(!glob_match("{usb-kbd-cycle,gpio-sim}", "gpio"));
+        assert!(!glob_match("[", "["), "a bad glob matches nothing");
     }
 
     #[test]

@@ -168,7 +168,7 @@ pub enum Abort {
     AgentUnresponsive(String),
     /// Nothing answers: not the agent, not the console, not QEMU's monitor (a frozen machine).
     NoOutput(String),
-    /// SIGINT (Ctrl-C) or SIGTERM (a CI job's timeout, `kill`): which one.
+    /// The command was stopped ([`Stop`]): by what (`SIGINT`, `SIGTERM`).
     Interrupted(&'static str),
     /// Writing the run folder failed (see [`RunVerdict::write_error`]).
     ResultsUnwritable,
@@ -425,6 +425,57 @@ pub struct RunRequest {
     pub results_root: std::path::PathBuf,
     /// Command line that reruns the scenario with the same seed.
     pub reproducer: String,
+    /// Which repeat of its matrix cell this is (recorded in meta.json); `None`: not repeated.
+    pub repeat: Option<crate::matrix::RepeatMeta>,
+    /// Stops the run during its boot or between steps (Ctrl-C, SIGTERM: see
+    /// [`stop_on_signals`]); QEMU is still shut down and the summary written.
+    pub stop: Stop,
+    pub progress: crate::progress::Progress,
+}
+
+/// The stop request every run of one command shares: the first SIGINT (Ctrl-C) or SIGTERM
+/// (a CI job's timeout, `kill`) stops them all, and each run's summary says which signal it was.
+/// (The signals' default action would end the process on the spot: no summary, and the VMs'
+/// directories with their sockets left.)
+#[derive(Debug, Clone, Default)]
+pub struct Stop {
+    token: tokio_util::sync::CancellationToken,
+    why: std::sync::Arc<std::sync::OnceLock<&'static str>>,
+}
+
+impl Stop {
+    /// Stops every run holding a clone; the first reason given is the one recorded.
+    pub fn stop(&self, why: &'static str) {
+        let _ = self.why.set(why);
+        self.token.cancel();
+    }
+
+    pub fn is_stopped(&self) -> bool {
+        self.token.is_cancelled()
+    }
+
+    /// Resolves when stopped, with the reason.
+    pub async fn stopped(&self) -> &'static str {
+        self.token.cancelled().await;
+        self.why.get().copied().unwrap_or("a stop request")
+    }
+}
+
+/// A [`Stop`] stopped by the first SIGINT or SIGTERM. Must be called inside the runtime.
+pub fn stop_on_signals() -> std::io::Result<Stop> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let stop = Stop::default();
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    let mut terminate = signal(SignalKind::terminate())?;
+    let on_signal = stop.clone();
+    tokio::spawn(async move {
+        let why = tokio::select! {
+            _ = interrupt.recv() => "SIGINT",
+            _ = terminate.recv() => "SIGTERM",
+        };
+        on_signal.stop(why);
+    });
+    Ok(stop)
 }
 
 /// How a recorded run ended.
@@ -435,6 +486,8 @@ pub struct RunVerdict {
     /// Crash titles, stuck unplugs, a lost guest: everything a maintainer should look at.
     pub findings: Vec<String>,
     pub interrupted: bool,
+    /// Whether the VM booted (to the agent): a kernel that does not boot cannot be tested.
+    pub booted: bool,
     /// The first results write that failed (with its path), and how many failed in all. The
     /// run still shut QEMU down, parsed the console to its end and wrote what it could; the
     /// command exits 2 (harness failure) when this is set.
@@ -656,6 +709,7 @@ pub async fn run_recorded(request: RunRequest) -> anyhow::Result<RunVerdict> {
         accel: None,
         pace: None,
         started: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
+        repeat: request.repeat.clone(),
     };
     let write_failed = std::sync::Arc::new(tokio::sync::Notify::new());
     let recorder = Recorder::start(Recording {
@@ -665,6 +719,7 @@ pub async fn run_recorded(request: RunRequest) -> anyhow::Result<RunVerdict> {
             kernel: Some(request.variant),
             seed: schedule.seed,
             expect: schedule.expect.get(&request.variant).cloned().unwrap_or_default(),
+            in_progress: true,
             ..Default::default()
         },
         findings: Vec::new(),
@@ -690,22 +745,21 @@ pub async fn run_recorded(request: RunRequest) -> anyhow::Result<RunVerdict> {
     config.accel = request.accel;
     config.cmdline = schedule.cmdline.clone();
     config.log_dir = Some(run_path.clone());
-    let progress = indicatif::ProgressBar::new(schedule.actions.len() as u64).with_style(
-        indicatif::ProgressStyle::with_template("{prefix:.bold} [{bar:30}] {pos}/{len} {msg}")
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-    );
-    progress.set_prefix(schedule.scenario.clone());
-    progress.set_message("booting");
+    let repeat = match &request.repeat {
+        Some(r) if r.of > 1 => format!(" #{}/{}", r.index, r.of),
+        _ => String::new(),
+    };
+    let progress = request.progress.run(&format!("{} on {}{repeat}", schedule.scenario, request.variant), schedule.actions.len() as u64);
 
     let mut interrupted = false;
-    let mut stop = StopSignals::listen()?;
+    let mut booted = false;
     let (feed, sink) = crate::crash_feed::ReportFeed::start()?;
-    let booted = tokio::select! {
-        booted = crate::vm::Vm::boot(&config, vec![sink]) => Ok(booted),
+    let boot = tokio::select! {
+        boot = crate::vm::Vm::boot(&config, vec![sink]) => Ok(boot),
         // Dropping the boot kills QEMU and removes its directory.
-        signal = stop.recv() => Err(signal),
+        signal = request.stop.stopped() => Err(signal),
     };
-    match booted {
+    match boot {
         Err(signal) => {
             interrupted = true;
             recorder.send(move |r| r.summary.aborted = Some(format!("interrupted by {signal} during boot")));
@@ -718,6 +772,7 @@ pub async fn run_recorded(request: RunRequest) -> anyhow::Result<RunVerdict> {
             });
         }
         Ok(Ok(mut vm)) => {
+            booted = true;
             meta.qemu_version = Some(vm.qemu_version().to_string());
             meta.accel = Some(vm.accel().to_string());
             meta.pace = Some(vm.pace());
@@ -735,15 +790,21 @@ pub async fn run_recorded(request: RunRequest) -> anyhow::Result<RunVerdict> {
             let outcome = {
                 let steps =
                     run_schedule(&mut vm, &mut testbed, schedule, request.variant, &options, |step| {
-                        progress.inc(1);
-                        progress.set_message(step.description.clone());
+                        let status = match &step.status {
+                            StepStatus::Ok => "ok",
+                            StepStatus::Failed(_) => "failed",
+                            StepStatus::UnplugStuck(_) => "unplug stuck",
+                            StepStatus::TimedOut(_) => "timed out",
+                            StepStatus::NotOnThisKernel(_) => "not on this kernel",
+                        };
+                        progress.step(step.index, &step.description, status);
                         let reports = feed.take();
                         let step = step.clone();
                         recorder.send(move |r| r.step(&step, &reports));
                     });
                 tokio::select! {
                     r = steps => r,
-                    signal = stop.recv() => Err(Abort::Interrupted(signal)),
+                    signal = request.stop.stopped() => Err(Abort::Interrupted(signal)),
                     _ = write_failed.notified() => Err(Abort::ResultsUnwritable),
                 }
             };
@@ -779,7 +840,7 @@ pub async fn run_recorded(request: RunRequest) -> anyhow::Result<RunVerdict> {
             let _ = vm.shutdown(std::time::Duration::from_secs(10)).await;
         }
     }
-    progress.finish_and_clear();
+    drop(progress);
     // Whatever the console printed after the last step (or during a failed boot), to its
     // very end: QEMU is gone, so the console reaches EOF and a report it cut off is filed
     // as cut short.
@@ -791,6 +852,7 @@ pub async fn run_recorded(request: RunRequest) -> anyhow::Result<RunVerdict> {
             r.summary.signals.push(signal.clone());
             r.findings.push(signal);
         }
+        r.summary.in_progress = false;
         r.write_summary();
     });
     let recording = recorder.finish().await?;
@@ -807,32 +869,9 @@ pub async fn run_recorded(request: RunRequest) -> anyhow::Result<RunVerdict> {
         summary: recording.run.run_summary(&recording.summary),
         findings: recording.findings,
         interrupted,
+        booted,
         write_error,
     })
-}
-
-/// SIGINT (Ctrl-C) and SIGTERM (a CI job's timeout, `kill`), listened for from before the boot
-/// to the end of the run: either stops the run between steps, and the run still shuts QEMU
-/// down, parses the console to its end and writes its summary. (Their default action would
-/// end the process on the spot: no summary, and the VM's directory with its sockets left.)
-struct StopSignals {
-    interrupt: tokio::signal::unix::Signal,
-    terminate: tokio::signal::unix::Signal,
-}
-
-impl StopSignals {
-    fn listen() -> std::io::Result<StopSignals> {
-        use tokio::signal::unix::{signal, SignalKind};
-        Ok(StopSignals { interrupt: signal(SignalKind::interrupt())?, terminate: signal(SignalKind::terminate())? })
-    }
-
-    /// The next stop signal's name.
-    async fn recv(&mut self) -> &'static str {
-        tokio::select! {
-            _ = self.interrupt.recv() => "SIGINT",
-            _ = self.terminate.recv() => "SIGTERM",
-        }
-    }
 }
 
 /// Files reports into a run folder, symbolizing them with the kernel's vmlinux when there is

@@ -64,6 +64,9 @@ async fn a_full_results_disk_is_reported_not_fatal() {
         options: RunOptions::default(),
         results_root: dir.path().to_path_buf(),
         reproducer: "test".into(),
+        repeat: None,
+        stop: Default::default(),
+        progress: harness::progress::Progress::Lines,
     };
     let verdict = tokio::time::timeout(Duration::from_secs(120), run_recorded(request))
         .await

@@ -91,6 +91,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
         accel: None,
         pace: None,
         started: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
+        repeat: None,
     };
     run.write_json("meta.json", &meta)?;
 

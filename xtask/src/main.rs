@@ -10,6 +10,7 @@ mod kernel;
 mod kunit;
 mod replay;
 mod report;
+mod results;
 mod series;
 mod terminal;
 mod test;
@@ -45,6 +46,9 @@ enum Command {
     /// Parse console logs and show results.
     #[command(subcommand)]
     Report(report::Command),
+    /// Work on results folders: merge shards into one summary.
+    #[command(subcommand)]
+    Results(results::Command),
     /// Check patch series: each patch applies in order, checkpatch is clean.
     #[command(subcommand)]
     Series(series::Command),
@@ -71,6 +75,7 @@ fn main() -> std::process::ExitCode {
         Command::Image(args) => image::run(args),
         Command::Boot(args) => boot::run(args),
         Command::Report(cmd) => report::run(cmd),
+        Command::Results(cmd) => results::run(cmd),
         Command::Test(args) => test::run(args),
         Command::Torture(args) => torture::run(args),
         Command::Replay(args) => replay::run(args),

@@ -9,17 +9,18 @@ use anyhow::{bail, Result};
 use xshell::{cmd, Shell};
 
 use crate::artifacts::{self, KernelChoice};
-use crate::torture::KernelVariant;
+use crate::torture::KernelList;
 
 #[derive(clap::Args)]
 pub struct Args {
     /// nextest profile (`ci` also writes target/nextest/ci/junit.xml, per kernel pass).
     #[arg(long, default_value = "default")]
     profile: String,
-    /// The kernel(s) the end-to-end tests boot. With `--bzimage`, `--src` or `--series`, say
-    /// which one that kernel is (its expectations are asserted).
-    #[arg(long, value_enum, default_value = "both")]
-    kernel: KernelVariant,
+    /// The kernel(s) the end-to-end tests boot, comma-separated (`both` = vanilla,resmgr).
+    /// With `--bzimage`, `--src` or `--series`, say which one that kernel is (its expectations
+    /// are asserted).
+    #[arg(long, default_value = "both")]
+    kernel: KernelList,
     #[command(flatten)]
     choice: KernelChoice,
     /// Extra arguments for `cargo nextest run` (e.g. a filter).
@@ -32,7 +33,7 @@ const VM_TESTS: &str = "package(harness) & binary(/^e2e_/)";
 
 pub fn run(args: Args) -> Result<ExitCode> {
     let own_kernel = args.choice.bzimage.is_some() || args.choice.src.is_some() || args.choice.series.is_some();
-    let variants = args.kernel.variants();
+    let variants = &args.kernel.0;
     if own_kernel && variants.len() > 1 {
         bail!("--bzimage, --src and --series name one kernel: say which it is with --kernel vanilla or --kernel resmgr");
     }
@@ -41,7 +42,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
     // their timeouts (they fail by themselves without the series).
     let resmgr = harness::paths::repo_root().join("kernels/patches/resmgr/series");
     let mut passes = Vec::new();
-    for &variant in variants {
+    for &variant in variants.iter() {
         let choice = if own_kernel {
             args.choice.clone()
         } else {

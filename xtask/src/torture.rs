@@ -1,39 +1,48 @@
-//! `cargo xtask torture`: the main job. For each kernel variant and each matching scenario:
-//! plan a seeded schedule, boot a fresh VM, run the schedule, and file everything into
-//! `results/<run-id>/` as it happens. A scenario whose `kernels:` leaves the variant out is
-//! recorded as skipped (a run folder with `meta.json` and `summary.md` saying why) and shown
-//! as such in the summary; a variant no selected scenario applies to is not even built.
+//! `cargo xtask torture`: the main job. The run matrix — every matching scenario on every
+//! kernel variant given (`--kernel vanilla,resmgr`), `--repeat N` times with derived seeds
+//! (`harness::matrix`) — or one shard of it (`--shard K/N`); each cell a fresh VM (up to
+//! `--jobs` at once) running the cell's seeded schedule, filed into `results/<run-id>/` as it
+//! happens. A scenario whose `kernels:` leaves the variant out is recorded as skipped (a run
+//! folder with `meta.json` and `summary.md` saying why); a variant no cell boots is not built.
 //!
 //! Every run is judged against what its scenario expects on that kernel (`expect:`, see
 //! `harness::scenario`). Exit status: 0 when every run met its expectation, 1 when some run
 //! did not (a title it does not allow, an expected title missing, a failed step), 2 when the
 //! harness itself failed (bad input, a build or results write that failed). Skips meet
-//! theirs: alone they exit 0. `--check` only reads and validates the scenarios.
+//! theirs: alone they exit 0. `--check` only reads and validates the scenarios; `--list`
+//! prints the matrix (or the shard's part of it) and runs nothing.
 //!
-//! `--kernel both` runs every scenario on vanilla, then on resmgr, with one schedule per
-//! scenario (same seed, same draws), and ends with the A/B table (`harness::ab`), also
-//! written to `results/ab-<stamp>/`.
+//! With several kernels or repeats the end is the summary of `harness::tally` (reproduction
+//! rates, the A/B tables against the first kernel), also in `results/summary-<stamp>/`.
+//!
+//! `--bisect` is for `git bisect run`: 0 the finding is absent, 1 present, 125 the revision
+//! cannot be tested (its kernel does not configure, build or boot), 128 the harness failed.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use harness::scenario::{self, KernelVariant as Variant, Scenario};
-use harness::schedule::{self, Schedule};
+use futures::StreamExt;
+use harness::matrix::{self, Cell, MatrixRecord, Shard};
+use harness::scenario::{self, KernelVariant as Variant, Scenario, TitlePattern};
+use harness::schedule;
 use harness::vm::Accel;
 
 use crate::artifacts::{self, KernelChoice};
 use harness::torture::{run_recorded, RunOptions, RunRequest, RunVerdict};
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum KernelVariant {
-    /// Debian's 6.12 source as it is.
-    Vanilla,
-    /// The same source with our resmgr patch series (kernels/patches/resmgr).
-    Resmgr,
-    /// Both, one after the other, for an A/B comparison.
-    Both,
+/// `--kernel`: kernel variants in order, the first the A/B baseline (`vanilla,resmgr`; `both`
+/// is `vanilla,resmgr`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KernelList(pub Vec<Variant>);
+
+impl std::str::FromStr for KernelList {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<KernelList, String> {
+        matrix::parse_kernels(text).map(KernelList)
+    }
 }
 
 #[derive(clap::Args)]
@@ -44,15 +53,41 @@ pub struct Args {
     /// Read scenarios from DIR instead of this checkout's scenarios/.
     #[arg(long, value_name = "DIR")]
     scenario_dir: Option<PathBuf>,
-    /// Which kernel(s) to run against.
-    #[arg(long, value_enum, default_value = "vanilla")]
-    kernel: KernelVariant,
-    /// Seed for the schedules (delays, unplug methods); printed so a run can be repeated.
+    /// Kernel variants to run against, comma-separated (vanilla, resmgr; `both` = vanilla,resmgr);
+    /// the first is the baseline of the A/B tables.
+    #[arg(long, default_value = "vanilla")]
+    kernel: KernelList,
+    /// Base seed for the schedules (delays, unplug methods); printed so a run can be repeated.
+    /// Required with --shard (every shard must plan the same matrix).
     #[arg(long)]
     seed: Option<u64>,
     /// Run every scenario's steps this many times instead of its own `iterations`.
     #[arg(long)]
     iterations: Option<u32>,
+    /// Run every scenario on every kernel this many times, each repeat with its own seed
+    /// derived from the base seed; the summary gives each title's reproduction rate.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    repeat: u32,
+    /// VMs to run at once (default: from the cores and the free memory).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    jobs: Option<u32>,
+    /// Run only the K-th of N deterministic, balanced slices of the matrix (all kernels of one
+    /// scenario and repeat stay together).
+    #[arg(long, value_name = "K/N")]
+    shard: Option<Shard>,
+    /// Print the matrix (or this shard's part of it), one line per run, and run nothing.
+    #[arg(long)]
+    list: bool,
+    /// With --list: the cells as a JSON array.
+    #[arg(long, requires = "list")]
+    json: bool,
+    /// For `git bisect run`: exit 0 when the finding is absent, 1 when present, 125 when the
+    /// kernel cannot be tested (does not configure, build or boot), 128 on a harness failure.
+    #[arg(long, requires = "src")]
+    bisect: bool,
+    /// With --bisect: the finding, a title pattern as in `expect:` (default: any crash title).
+    #[arg(long, requires = "bisect")]
+    title: Option<String>,
     /// Kernel tree to build instead of Debian's 6.12 source (never written to).
     #[arg(long, value_name = "DIR")]
     src: Option<PathBuf>,
@@ -74,7 +109,49 @@ pub struct Args {
     check: bool,
 }
 
+/// `--bisect` exit statuses (`git bisect run`'s contract).
+pub mod bisect {
+    pub const ABSENT: u8 = 0;
+    pub const PRESENT: u8 = 1;
+    /// This revision cannot be tested: git bisect skips it.
+    pub const UNTESTABLE: u8 = 125;
+    /// The harness failed: git bisect stops.
+    pub const HARNESS: u8 = 128;
+}
+
 pub fn run(args: Args) -> Result<ExitCode> {
+    if !args.bisect {
+        return torture(&args).map(|done| done.exit);
+    }
+    // Whatever happens, a bisect gets one of its four answers.
+    let code = match torture(&args) {
+        Ok(done) => done.bisect,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            if e.downcast_ref::<harness::kernel::BuildFailed>().is_some() {
+                eprintln!("bisect: the kernel does not configure or build: cannot test this revision (125)");
+                bisect::UNTESTABLE
+            } else {
+                bisect::HARNESS
+            }
+        }
+    };
+    Ok(ExitCode::from(code))
+}
+
+/// How `torture` ended: its normal exit status and the one `--bisect` gives.
+struct Done {
+    exit: ExitCode,
+    bisect: u8,
+}
+
+impl Done {
+    fn both(code: u8) -> Done {
+        Done { exit: ExitCode::from(code), bisect: if code == 0 { bisect::ABSENT } else { bisect::HARNESS } }
+    }
+}
+
+fn torture(args: &Args) -> Result<Done> {
     let dir = args.scenario_dir.clone().unwrap_or_else(|| harness::paths::repo_root().join("scenarios"));
     let paths = scenario::find(&dir, &args.scenario)?;
     if paths.is_empty() {
@@ -88,89 +165,249 @@ pub fn run(args: Args) -> Result<ExitCode> {
     let mut scenarios: Vec<Scenario> = paths.iter().map(|p| Scenario::load(p)).collect::<Result<_, _>>()?;
     if args.check {
         print!("{}", check_text(&scenarios));
-        return Ok(ExitCode::SUCCESS);
+        return Ok(Done::both(0));
     }
     if let Some(n) = args.iterations {
         for s in &mut scenarios {
             s.iterations = n;
         }
     }
+    let shard = args.shard.unwrap_or(Shard::ALL);
+    if shard.count > 1 && args.seed.is_none() {
+        bail!("--shard {shard} needs --seed: every shard must plan the same matrix from the same seed");
+    }
+    let title = args.title.as_deref().map(TitlePattern::new).transpose().map_err(|e| anyhow::anyhow!("--title: {e}"))?;
     let seed = args.seed.unwrap_or_else(fresh_seed);
-    let variants = args.kernel.variants();
-    if args.bzimage.is_some() && variants != [Variant::Vanilla] {
-        bail!("--bzimage runs one prebuilt kernel; it cannot be combined with --kernel resmgr or both");
+    let variants = &args.kernel.0;
+    let cells = matrix::shard_cells(matrix::plan(&scenarios, variants, args.repeat, seed, shard.count), shard);
+    if args.list {
+        if args.json {
+            println!("{}", serde_json::to_string_pretty(&cells)?);
+        } else {
+            print!("{}", matrix::list_text(&cells));
+        }
+        return Ok(Done::both(0));
+    }
+    if args.bzimage.is_some() && variants != &[Variant::Vanilla] {
+        bail!("--bzimage runs one prebuilt kernel; it cannot be combined with --kernel {}", names(variants));
+    }
+    if args.bisect && variants.len() != 1 {
+        bail!("--bisect tests one kernel; --kernel {} names {}", names(variants), variants.len());
     }
     let results_root = args.results.clone().unwrap_or_else(harness::paths::results_dir);
-    eprintln!("torture: {} scenario(s), seed {seed}", scenarios.len());
-    // One schedule per scenario, whatever the kernel: the A/B compares like with like.
-    let schedules: Vec<Schedule> = scenarios.iter().map(|s| schedule::plan(s, seed)).collect();
+    let booting = cells.iter().filter(|c| c.skip.is_none()).count();
+    let jobs = args.jobs.map_or_else(default_jobs, |j| j as usize).clamp(1, booting.max(1));
+    eprintln!(
+        "torture: {} scenario(s) x {} kernel(s) x {} repeat(s), base seed {seed}; shard {shard}: {} run(s), {booting} to boot, {jobs} at a time",
+        scenarios.len(),
+        variants.len(),
+        args.repeat,
+        cells.len()
+    );
+    let record = MatrixRecord { base_seed: seed, repeats: args.repeat, kernels: variants.clone(), shard, cells: cells.clone() };
+    record.write(&results_root).context("recording the matrix")?;
 
-    let mut runs: Vec<Run> = Vec::new();
-    let mut stop = false;
+    // Only the variants a cell boots are built; before the runtime starts (builds block).
+    let mut built = Vec::new();
     for &variant in variants {
-        if stop {
-            break;
+        if cells.iter().any(|c| c.kernel == variant && c.skip.is_none()) {
+            let choice = KernelChoice { bzimage: args.bzimage.clone(), src: args.src.clone(), series: variant.series().map(str::to_string) };
+            let (kernel, image) = artifacts::kernel_and_image_keyed(&choice)?;
+            built.push((variant, kernel, image));
         }
-        // Built on the first scenario that applies: a variant nothing applies to costs nothing.
-        let mut built = None;
-        for (scenario, schedule) in scenarios.iter().zip(&schedules) {
-            if let Some(reason) = scenario.skip_reason(variant) {
-                let reproducer = scenario.kernels.first().map_or_else(String::new, |&k| reproducer(&args, scenario, k, seed));
-                let dir = harness::results::record_skip(&results_root, &scenario.name, variant.name(), seed, &reason, &reproducer)
-                    .map_err(|e| format!("recording the skip of {} on {variant}: {e:#}", scenario.name));
-                runs.push(Run { scenario: scenario.name.clone(), kernel: variant, outcome: Outcome::Skipped { reason, dir, seed } });
-                continue;
-            }
-            let (kernel, image) = match &built {
-                Some(b) => b,
-                None => {
-                    let choice = KernelChoice {
-                        bzimage: args.bzimage.clone(),
-                        src: args.src.clone(),
-                        series: variant.series().map(str::to_string),
-                    };
-                    built.insert(artifacts::kernel_and_image_keyed(&choice)?)
-                }
-            };
-            let request = RunRequest {
-                kernel: kernel.meta(),
-                variant,
-                initrd: image.path.clone(),
-                image_key: Some(image.key.clone()),
-                schedule: schedule.clone(),
-                accel: args.accel,
-                options: RunOptions { unplug_timeout: Duration::from_secs(args.unplug_timeout), ..Default::default() },
-                results_root: results_root.clone(),
-                reproducer: reproducer(&args, scenario, variant, seed),
-            };
-            let verdict = crate::runtime()?.block_on(run_recorded(request)).context("torture run failed")?;
-            stop = verdict.interrupted || verdict.write_error.is_some();
-            runs.push(Run { scenario: scenario.name.clone(), kernel: variant, outcome: Outcome::Ran(Box::new(verdict)) });
-            if stop {
-                break;
+    }
+    let mut runs: Vec<Run> = Vec::new();
+    let mut skip_write_failed = false;
+    for cell in cells.iter().filter(|c| c.skip.is_some()) {
+        let reason = cell.skip.clone().unwrap_or_default();
+        let scenario = scenarios.iter().find(|s| s.name == cell.scenario);
+        let reproducer = scenario.and_then(|s| s.kernels.first()).map_or_else(String::new, |&k| reproducer(args, &cell.scenario, k, cell.seed));
+        let dir = harness::results::record_skip(&results_root, &cell.scenario, cell.kernel.name(), cell.seed, &reason, &reproducer);
+        let dir = dir.map_err(|e| {
+            eprintln!("error: recording the skip of {}: {e:#}", cell.label());
+            skip_write_failed = true;
+        });
+        runs.push(Run { cell: cell.clone(), outcome: Outcome::Skipped { reason, dir: dir.ok() } });
+    }
+    let ran = crate::runtime()?.block_on(run_cells(args, &scenarios, &cells, &built, &results_root, seed, jobs))?;
+    runs.extend(ran);
+    let order = |c: &Cell| cells.iter().position(|x| x == c);
+    runs.sort_by_key(|r| order(&r.cell));
+
+    print!("{}", summary_text(&runs));
+    let entries: Vec<harness::tally::Entry> = runs.iter().filter_map(Run::dir).map(harness::tally::Entry::load).collect();
+    let kernels: Vec<String> = variants.iter().map(|k| k.name().to_string()).collect();
+    let tally = harness::tally::Tally::for_cells(&kernels, &cells, entries, Vec::new());
+    let mut harness_failed = skip_write_failed;
+    if variants.len() > 1 || args.repeat > 1 {
+        print!("\n{}", tally.rates_markdown());
+        if !tally.ab.is_empty() {
+            print!("{}", harness::ab::markdown(&tally.ab));
+        }
+        for c in tally.ab.iter().filter(|c| c.same_schedule == Some(false)) {
+            eprintln!("error: {} (seed {}): the kernels recorded different schedules for the same seed", c.scenario, c.seed);
+            harness_failed = true;
+        }
+        let dir = harness::results::create_unique(&results_root, &format!("summary-{}", harness::results::stamp()));
+        match dir.and_then(|d| tally.write(&d).map(|()| d)) {
+            Ok(d) => println!("summary written to {}", d.display()),
+            Err(e) => {
+                eprintln!("error: writing the summary: {e:#}");
+                harness_failed = true;
             }
         }
     }
-    print!("{}", summary_text(&runs));
-    let ab_failed = args.kernel == KernelVariant::Both && !stop && write_ab(&runs, &results_root);
     let verdicts: Vec<RunVerdict> = runs
         .iter()
         .filter_map(|r| match &r.outcome {
             Outcome::Ran(v) => Some(RunVerdict::clone(v)),
-            Outcome::Skipped { .. } => None,
+            _ => None,
         })
         .collect();
-    let skip_write_failed = runs.iter().any(|r| match &r.outcome {
-        Outcome::Skipped { dir: Err(e), .. } => {
-            eprintln!("error: {e}");
-            true
-        }
-        _ => false,
-    });
-    if report_write_errors(&verdicts) || skip_write_failed || ab_failed {
-        return Ok(ExitCode::from(2));
+    harness_failed |= report_write_errors(&verdicts);
+    let all_met = runs.iter().all(Run::met);
+    let exit = ExitCode::from(if harness_failed { 2 } else if all_met { 0 } else { 1 });
+    Ok(Done { exit, bisect: bisect_code(&runs, title.as_ref(), harness_failed) })
+}
+
+/// `--bisect`'s answer for these runs: a harness failure or a stopped run (128) before an
+/// untestable kernel (a run that did not boot: 125) before the finding (`title`, or any crash
+/// title) present in some run (1) or absent from all (0).
+fn bisect_code(runs: &[Run], title: Option<&TitlePattern>, harness_failed: bool) -> u8 {
+    let verdicts: Vec<&RunVerdict> = runs
+        .iter()
+        .filter_map(|r| match &r.outcome {
+            Outcome::Ran(v) => Some(&**v),
+            _ => None,
+        })
+        .collect();
+    let not_started = runs.iter().any(|r| matches!(r.outcome, Outcome::NotStarted));
+    if harness_failed || not_started || verdicts.iter().any(|v| v.interrupted || v.write_error.is_some()) {
+        return bisect::HARNESS;
     }
-    Ok(if runs.iter().all(Run::met) { ExitCode::SUCCESS } else { ExitCode::from(1) })
+    if verdicts.iter().any(|v| !v.booted) {
+        return bisect::UNTESTABLE;
+    }
+    let present = verdicts.iter().flat_map(|v| &v.summary.titles).any(|t| title.is_none_or(|p| p.matches(&t.title)));
+    if present {
+        bisect::PRESENT
+    } else {
+        bisect::ABSENT
+    }
+}
+
+fn names(variants: &[Variant]) -> String {
+    variants.iter().map(|k| k.name()).collect::<Vec<_>>().join(",")
+}
+
+/// VMs at once by default: one per core (a TCG guest is one busy vCPU), at most as many as
+/// the free memory holds (guest RAM plus QEMU's own), at least one.
+fn default_jobs() -> usize {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let per_vm_kib = (u64::from(harness::vm::VmConfig::new(PathBuf::new(), Vec::new()).memory_mib) + 512) * 1024;
+    let available_kib = std::fs::read_to_string("/proc/meminfo").ok().and_then(|t| mem_available_kib(&t));
+    let by_memory = available_kib.map_or(cores, |kib| (kib / per_vm_kib) as usize);
+    cores.min(by_memory).max(1)
+}
+
+/// `MemAvailable:` of /proc/meminfo, in KiB.
+fn mem_available_kib(meminfo: &str) -> Option<u64> {
+    meminfo.lines().find_map(|l| l.strip_prefix("MemAvailable:")).and_then(|v| v.split_whitespace().next()).and_then(|n| n.parse().ok())
+}
+
+/// Runs the booting cells, up to `jobs` at once, one line per finished run. After Ctrl-C or
+/// SIGTERM every running VM stops between steps and is shut down, its summary written, and
+/// no further cell starts; the same after a results write that failed.
+async fn run_cells(
+    args: &Args,
+    scenarios: &[Scenario],
+    cells: &[Cell],
+    built: &[(Variant, artifacts::Kernel, harness::image::Image)],
+    results_root: &Path,
+    base_seed: u64,
+    jobs: usize,
+) -> Result<Vec<Run>> {
+    let stop = harness::torture::stop_on_signals().context("installing the Ctrl-C/SIGTERM handler")?;
+    let no_more = tokio_util::sync::CancellationToken::new();
+    let progress = harness::progress::Progress::auto();
+    let booting: Vec<&Cell> = cells.iter().filter(|c| c.skip.is_none()).collect();
+    let total = booting.len();
+    let mut finished = 0;
+    let mut out = Vec::new();
+    let mut runs = futures::stream::iter(booting.into_iter().map(|cell| {
+        let (stop, no_more, progress) = (stop.clone(), no_more.clone(), progress.clone());
+        async move {
+            if stop.is_stopped() || no_more.is_cancelled() {
+                return Ok(Run { cell: cell.clone(), outcome: Outcome::NotStarted });
+            }
+            let scenario = scenarios.iter().find(|s| s.name == cell.scenario).context("a cell of no scenario")?;
+            let (_, kernel, image) = built.iter().find(|(v, _, _)| *v == cell.kernel).context("a cell of no built kernel")?;
+            let request = RunRequest {
+                kernel: kernel.meta(),
+                variant: cell.kernel,
+                initrd: image.path.clone(),
+                image_key: Some(image.key.clone()),
+                schedule: schedule::plan(scenario, cell.seed),
+                accel: args.accel,
+                options: RunOptions { unplug_timeout: Duration::from_secs(args.unplug_timeout), ..Default::default() },
+                results_root: results_root.to_path_buf(),
+                reproducer: reproducer(args, &cell.scenario, cell.kernel, cell.seed),
+                repeat: Some(cell.repeat_meta(base_seed)),
+                stop,
+                progress,
+            };
+            let verdict = run_recorded(request).await.with_context(|| format!("torture run {} failed", cell.label()))?;
+            if verdict.write_error.is_some() {
+                no_more.cancel();
+            }
+            Ok::<Run, anyhow::Error>(Run { cell: cell.clone(), outcome: Outcome::Ran(Box::new(verdict)) })
+        }
+    }))
+    .buffer_unordered(jobs);
+    while let Some(run) = runs.next().await {
+        let run = run?;
+        if !matches!(run.outcome, Outcome::NotStarted) {
+            finished += 1;
+            progress.line(&format!("[{finished}/{total}] {}", run_line(&run)));
+        }
+        out.push(run);
+    }
+    Ok(out)
+}
+
+/// One run of the matrix and how it came out.
+struct Run {
+    cell: Cell,
+    outcome: Outcome,
+}
+
+enum Outcome {
+    Ran(Box<RunVerdict>),
+    /// Not booted: the scenario does not apply to this variant. `dir` is the run folder that
+    /// records the skip, unless it could not be written.
+    Skipped { reason: String, dir: Option<PathBuf> },
+    /// Never started: the command was stopped first.
+    NotStarted,
+}
+
+impl Run {
+    /// Whether the run met its scenario's expectation on its kernel (a skip always does; a
+    /// run that never started does not).
+    fn met(&self) -> bool {
+        match &self.outcome {
+            Outcome::Ran(v) => v.summary.expectation_met,
+            Outcome::Skipped { .. } => true,
+            Outcome::NotStarted => false,
+        }
+    }
+
+    fn dir(&self) -> Option<&Path> {
+        match &self.outcome {
+            Outcome::Ran(v) => Some(&v.dir),
+            Outcome::Skipped { dir, .. } => dir.as_deref(),
+            Outcome::NotStarted => None,
+        }
+    }
 }
 
 /// `--check`: one line per scenario with the kernels it applies to and what it expects on each.
@@ -182,99 +419,6 @@ fn check_text(scenarios: &[Scenario]) -> String {
     }
     out.push_str(&format!("{} scenario(s) valid\n", scenarios.len()));
     out
-}
-
-/// Prints the A/B table of `runs` and writes it under `root`; true if writing failed (or the
-/// two kernels did not run the same schedule: then the comparison is void).
-fn write_ab(runs: &[Run], root: &std::path::Path) -> bool {
-    let comparisons = ab_comparisons(runs);
-    print!("\n{}", harness::ab::markdown(&comparisons));
-    let mut failed = false;
-    for c in comparisons.iter().filter(|c| c.same_schedule == Some(false)) {
-        eprintln!("error: {}: vanilla and resmgr recorded different schedules for the same seed", c.scenario);
-        failed = true;
-    }
-    match harness::ab::write(root, &comparisons) {
-        Ok(dir) => println!("A/B written to {}", dir.display()),
-        Err(e) => {
-            eprintln!("error: writing the A/B summary: {e:#}");
-            failed = true;
-        }
-    }
-    failed
-}
-
-/// One comparison per scenario that has a run (or a skip) on both kernels.
-fn ab_comparisons(runs: &[Run]) -> Vec<harness::ab::Comparison> {
-    let on = |kernel: Variant, name: &str| runs.iter().find(|r| r.kernel == kernel && r.scenario == name);
-    runs.iter()
-        .filter(|r| r.kernel == Variant::Vanilla)
-        .filter_map(|v| Some((v, on(Variant::Resmgr, &v.scenario)?)))
-        .map(|(v, r)| {
-            let same = match (v.dir(), r.dir()) {
-                (Some(a), Some(b)) if v.ran() && r.ran() => harness::ab::same_schedule(a, b),
-                _ => None,
-            };
-            harness::ab::compare(&v.summary(), &r.summary(), same)
-        })
-        .collect()
-}
-
-/// One scenario on one kernel variant.
-struct Run {
-    scenario: String,
-    kernel: Variant,
-    outcome: Outcome,
-}
-
-enum Outcome {
-    Ran(Box<RunVerdict>),
-    /// Not booted: the scenario does not apply to this variant. `dir` is the run folder that
-    /// records the skip, or why it could not be written.
-    Skipped { reason: String, dir: Result<PathBuf, String>, seed: u64 },
-}
-
-impl Run {
-    /// Whether the run met its scenario's expectation on its kernel (a skip always does).
-    fn met(&self) -> bool {
-        match &self.outcome {
-            Outcome::Ran(v) => v.summary.expectation_met,
-            Outcome::Skipped { .. } => true,
-        }
-    }
-
-    fn ran(&self) -> bool {
-        matches!(self.outcome, Outcome::Ran(_))
-    }
-
-    fn dir(&self) -> Option<&std::path::Path> {
-        match &self.outcome {
-            Outcome::Ran(v) => Some(&v.dir),
-            Outcome::Skipped { dir, .. } => dir.as_deref().ok(),
-        }
-    }
-
-    /// What the run's `summary.json` says (for a skip: the skip).
-    fn summary(&self) -> harness::results::RunSummary {
-        match &self.outcome {
-            Outcome::Ran(v) => v.summary.clone(),
-            Outcome::Skipped { reason, seed, dir } => harness::results::RunSummary {
-                run_id: dir.as_ref().ok().and_then(|d| d.file_name()).map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
-                ..harness::results::RunSummary::skipped(&self.scenario, self.kernel.name(), *seed, reason)
-            },
-        }
-    }
-}
-
-impl KernelVariant {
-    /// The variants to run, in order.
-    pub fn variants(self) -> &'static [Variant] {
-        match self {
-            KernelVariant::Vanilla => &[Variant::Vanilla],
-            KernelVariant::Resmgr => &[Variant::Resmgr],
-            KernelVariant::Both => &Variant::ALL,
-        }
-    }
 }
 
 /// Prints every run's results write failure last, where it is seen; true if there was one
@@ -295,9 +439,10 @@ fn fresh_seed() -> u64 {
     now.as_secs() ^ (now.subsec_nanos() as u64) << 20 ^ std::process::id() as u64
 }
 
-/// The command line that reruns exactly this scenario on `kernel` with this seed.
-fn reproducer(args: &Args, scenario: &Scenario, kernel: Variant, seed: u64) -> String {
-    let mut cmd = format!("cargo xtask torture --scenario {} --kernel {kernel} --seed {seed}", scenario.name);
+/// The command line that reruns exactly this scenario on `kernel` with this seed (a repeat's
+/// derived seed reruns as the base seed of a single run: the same schedule).
+fn reproducer(args: &Args, scenario: &str, kernel: Variant, seed: u64) -> String {
+    let mut cmd = format!("cargo xtask torture --scenario {scenario} --kernel {kernel} --seed {seed}");
     if let Some(n) = args.iterations {
         cmd.push_str(&format!(" --iterations {n}"));
     }
@@ -325,49 +470,53 @@ fn group(findings: &[String]) -> Vec<(&str, usize)> {
     out
 }
 
-/// One line per run (`NAME on KERNEL: clean|N finding(s)|skipped (why)`, whether that is
-/// what the scenario expects there, and its folder), each finding below its run and then why
-/// the run missed its expectation, then the tally.
+/// The line of one run: `NAME on KERNEL[ #r/N]: clean|N finding(s), as expected|NOT as
+/// expected`, `skipped (why)` or `not started`, and its folder.
+fn run_line(run: &Run) -> String {
+    let name = format!("{}:", run.cell.label());
+    match &run.outcome {
+        Outcome::Ran(v) => {
+            let state = if v.findings.is_empty() { "clean".to_string() } else { format!("{} finding(s)", group(&v.findings).len()) };
+            let judged = if v.summary.expectation_met { "as expected" } else { "NOT as expected" };
+            format!("{:<72} {}", format!("{name} {state}, {judged}"), v.dir.display())
+        }
+        Outcome::Skipped { reason, dir } => {
+            let dir = dir.as_ref().map_or_else(|| "(not recorded)".to_string(), |d| d.display().to_string());
+            format!("{:<72} {dir}", format!("{name} skipped ({reason})"))
+        }
+        Outcome::NotStarted => format!("{name} not started (stopped before it)"),
+    }
+}
+
+/// One line per run ([`run_line`]), each finding below its run and then why the run missed
+/// its expectation, then the tally.
 fn summary_text(runs: &[Run]) -> String {
     let mut out = String::from("\n");
     let (mut clean, mut findings, mut skipped, mut missed) = (0, 0, 0, 0);
     for run in runs {
-        let name = format!("{} on {}:", run.scenario, run.kernel);
+        out.push_str(&run_line(run));
+        out.push('\n');
         match &run.outcome {
             Outcome::Ran(v) => {
-                let state = if v.findings.is_empty() {
+                if v.findings.is_empty() {
                     clean += 1;
-                    "clean".to_string()
                 } else {
                     findings += 1;
-                    format!("{} finding(s)", group(&v.findings).len())
-                };
-                let judged = if v.summary.expectation_met {
-                    "as expected"
-                } else {
-                    missed += 1;
-                    "NOT as expected"
-                };
-                out.push_str(&format!("{:<72} {}\n", format!("{name} {state}, {judged}"), v.dir.display()));
+                }
                 for (finding, count) in group(&v.findings) {
                     let times = if count > 1 { format!(" (x{count})") } else { String::new() };
                     out.push_str(&format!("    {finding}{times}\n"));
                 }
                 if !v.summary.expectation_met {
+                    missed += 1;
                     out.push_str(&format!("    expected: {}\n", v.summary.expected));
                     for why in &v.summary.why_not {
                         out.push_str(&format!("    not as expected: {why}\n"));
                     }
                 }
             }
-            Outcome::Skipped { reason, dir, .. } => {
-                skipped += 1;
-                let dir = match dir {
-                    Ok(d) => d.display().to_string(),
-                    Err(_) => "(not recorded)".to_string(),
-                };
-                out.push_str(&format!("{:<72} {dir}\n", format!("{name} skipped ({reason})")));
-            }
+            Outcome::Skipped { .. } => skipped += 1,
+            Outcome::NotStarted => missed += 1,
         }
     }
     let met = runs.len() - skipped - missed;
@@ -381,20 +530,22 @@ fn summary_text(runs: &[Run]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use clap::ValueEnum;
+    use std::str::FromStr;
 
-    /// The CLI's `--kernel` values and the variants scenarios name in `kernels:` are the same
-    /// set (plus `both`), so neither can learn a name the other does not know.
+    /// `--kernel` takes every variant scenarios name in `kernels:`, comma-separated and in
+    /// order, with `both` for vanilla,resmgr.
     #[test]
     fn cli_kernel_values_are_the_scenario_variants() {
         for variant in Variant::ALL {
-            let cli = KernelVariant::from_str(variant.name(), false).unwrap();
-            assert_eq!(cli.variants(), [variant]);
+            assert_eq!(KernelList::from_str(variant.name()), Ok(KernelList(vec![variant])));
         }
-        assert_eq!(KernelVariant::Both.variants(), Variant::ALL);
-        let names: Vec<String> =
-            KernelVariant::value_variants().iter().filter_map(|v| v.to_possible_value()).map(|p| p.get_name().to_string()).collect();
-        assert_eq!(names, ["vanilla", "resmgr", "both"]);
+        assert_eq!(KernelList::from_str("both"), Ok(KernelList(vec![Variant::Vanilla, Variant::Resmgr])));
+        assert_eq!(KernelList::from_str("resmgr,vanilla"), Ok(KernelList(vec![Variant::Resmgr, Variant::Vanilla])));
+        assert!(KernelList::from_str("vanilla,nope").is_err());
+    }
+
+    fn cell(scenario: &str, kernel: Variant) -> Cell {
+        Cell { scenario: scenario.into(), kernel, repeat: 1, repeats: 1, seed: 1, shard: Shard::ALL, skip: None }
     }
 
     /// The shipped resmgr-only scenario on vanilla: a skip line with the reason, no findings,
@@ -408,9 +559,8 @@ mod tests {
         assert_eq!(scenario.skip_reason(Variant::Resmgr), None);
         let runs = [
             Run {
-                scenario: scenario.name.clone(),
-                kernel: Variant::Vanilla,
-                outcome: Outcome::Skipped { reason, dir: Ok(PathBuf::from("results/x-resmgr-sample-unplug")), seed: 1 },
+                cell: cell(&scenario.name, Variant::Vanilla),
+                outcome: Outcome::Skipped { reason, dir: Some(PathBuf::from("results/x-resmgr-sample-unplug")) },
             },
             ran("usb-kbd-cycle", Variant::Vanilla, &[], &[]),
         ];
@@ -427,13 +577,13 @@ mod tests {
     /// missing its expectation (none: met).
     fn ran(scenario: &str, kernel: Variant, titles: &[&str], why_not: &[&str]) -> Run {
         Run {
-            scenario: scenario.into(),
-            kernel,
+            cell: cell(scenario, kernel),
             outcome: Outcome::Ran(Box::new(RunVerdict {
                 scenario: scenario.into(),
                 dir: PathBuf::from(format!("results/{kernel}-{scenario}")),
                 findings: titles.iter().map(|t| t.to_string()).collect(),
                 interrupted: false,
+                booted: true,
                 write_error: None,
                 summary: harness::results::RunSummary {
                     scenario: scenario.into(),
@@ -466,27 +616,49 @@ mod tests {
         assert!(runs[0].met() && !runs[1].met());
     }
 
-    /// `--kernel both`: one comparison per scenario, skips included, from the runs' summaries.
+    /// A repeated cell is named with its repeat; a cell stopped before it started is not met.
     #[test]
-    fn ab_pairs_each_scenario_across_kernels() {
+    fn repeats_are_named_and_unstarted_runs_are_not_met() {
+        let run = Run { cell: Cell { repeat: 2, repeats: 3, ..cell("usb-kbd-cycle", Variant::Resmgr) }, outcome: Outcome::NotStarted };
+        assert_eq!(run_line(&run), "usb-kbd-cycle on resmgr #2/3: not started (stopped before it)");
+        assert!(!run.met());
+        assert!(summary_text(&[run]).ends_with("1 run(s): 0 as expected, 1 not, 0 skipped (0 clean, 0 with findings)\n"));
+    }
+
+    /// `--bisect`: harness trouble (128) first, then a kernel that did not boot (125), then
+    /// the finding present (1) or absent (0); `--title` narrows the finding to a pattern.
+    #[test]
+    fn bisect_exit_codes() {
         let uaf = "KASAN: slab-use-after-free Read in at24_read";
-        let skip = Run {
-            scenario: "resmgr-sample-unplug".into(),
-            kernel: Variant::Vanilla,
-            outcome: Outcome::Skipped { reason: "applies to: resmgr".into(), dir: Err("not written".into()), seed: 1 },
-        };
-        let runs = [
-            ran("nvmem-holder-cp2112-unplug", Variant::Vanilla, &[uaf], &[]),
-            skip,
-            ran("nvmem-holder-cp2112-unplug", Variant::Resmgr, &[], &[]),
-            ran("resmgr-sample-unplug", Variant::Resmgr, &[], &[]),
-        ];
-        let ab = ab_comparisons(&runs);
-        assert_eq!(ab.len(), 2);
-        assert_eq!((ab[0].scenario.as_str(), ab[0].titles[0].change), ("nvmem-holder-cp2112-unplug", Some(harness::ab::Change::Fixed)));
-        // The run folders do not exist here: no schedule to compare.
-        assert_eq!(ab[0].same_schedule, None);
-        assert_eq!((ab[1].scenario.as_str(), ab[1].vanilla.skipped.as_deref()), ("resmgr-sample-unplug", Some("applies to: resmgr")));
+        let with = |titles: &[&str]| ran("nvmem-holder-cp2112-unplug", Variant::Vanilla, titles, &[]);
+        let pattern = TitlePattern::new("KASAN: * in at24_read").unwrap();
+        let other = TitlePattern::new("WARNING in *").unwrap();
+        assert_eq!(bisect_code(&[with(&[])], None, false), bisect::ABSENT);
+        assert_eq!(bisect_code(&[with(&[]), with(&[uaf])], None, false), bisect::PRESENT);
+        assert_eq!(bisect_code(&[with(&[uaf])], Some(&pattern), false), bisect::PRESENT);
+        assert_eq!(bisect_code(&[with(&[uaf])], Some(&other), false), bisect::ABSENT);
+        assert_eq!(bisect_code(&[with(&[uaf])], None, true), bisect::HARNESS);
+        let mut unbooted = with(&["VM died"]);
+        if let Outcome::Ran(v) = &mut unbooted.outcome {
+            v.booted = false;
+        }
+        assert_eq!(bisect_code(&[with(&[uaf]), unbooted], None, false), bisect::UNTESTABLE);
+        let mut interrupted = with(&[]);
+        if let Outcome::Ran(v) = &mut interrupted.outcome {
+            v.interrupted = true;
+        }
+        assert_eq!(bisect_code(&[interrupted], None, false), bisect::HARNESS);
+        let stopped = Run { cell: cell("x", Variant::Vanilla), outcome: Outcome::NotStarted };
+        assert_eq!(bisect_code(&[with(&[uaf]), stopped], None, false), bisect::HARNESS);
+    }
+
+    #[test]
+    fn mem_available_is_read_from_meminfo() {
+        let meminfo = "MemTotal:       24576000 kB\nMemFree:        18000000 kB\nMemAvailable:   22000000 kB\n";
+        assert_eq!(mem_available_kib(meminfo), Some(22_000_000));
+        assert_eq!(mem_available_kib("MemTotal: 1 kB\n"), None);
+        assert_eq!(mem_available_kib("MemAvailable: lots\n"), None);
+        assert!(default_jobs() >= 1);
     }
 
     /// `--check` lists what each scenario expects on each kernel it applies to.

@@ -15,7 +15,8 @@ fn resmgr_sample_unplug_on_vanilla_is_skipped_with_the_reason() {
     assert_eq!(run.status.code(), Some(0), "{all}");
     assert!(stdout.lines().any(|l| l.starts_with("resmgr-sample-unplug on vanilla: skipped (applies to: resmgr) ")), "{all}");
     assert!(stdout.contains("1 run(s): 0 as expected, 0 not, 1 skipped (0 clean, 0 with findings)"), "{all}");
-    let runs: Vec<_> = std::fs::read_dir(results.path()).unwrap().map(|e| e.unwrap().path()).collect();
+    // One run folder, beside the matrix record (matrix-<stamp>.json).
+    let runs: Vec<_> = std::fs::read_dir(results.path()).unwrap().map(|e| e.unwrap().path()).filter(|p| p.is_dir()).collect();
     assert_eq!(runs.len(), 1, "{runs:?}");
     let meta: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(runs[0].join("meta.json")).unwrap()).unwrap();
     assert_eq!(meta["skipped"], "applies to: resmgr");

@@ -4,10 +4,10 @@
 
 use std::collections::VecDeque;
 use std::fs::File;
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
@@ -16,6 +16,12 @@ use super::toolchain::Toolchain;
 
 /// How many lines of errors a failure shows (the log has them all).
 const TAIL_LINES: usize = 25;
+
+/// The kernel's own make failed (configuration or compilation): the tree cannot be built,
+/// as opposed to the harness failing around it (`torture --bisect` skips such a revision).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct BuildFailed(pub String);
 
 /// make for one source tree and object tree, appending to one build log.
 pub struct Make<'a> {
@@ -53,6 +59,13 @@ impl Make<'_> {
         );
         progress.set_prefix(what.to_string());
         progress.enable_steady_tick(Duration::from_millis(200));
+        // Without a terminal the spinner draws nothing: plain lines instead, against the step
+        // count this step took last time in this object tree, when there was a last time.
+        let steps_file = self.objects.join(format!(".unplug-torture-steps-{}", what.replace(|c: char| !c.is_ascii_alphanumeric(), "_")));
+        let mut lines = (!std::io::stderr().is_terminal()).then(|| {
+            let expected = std::fs::read_to_string(&steps_file).ok().and_then(|t| t.trim().parse().ok());
+            LogLines::new(what, expected)
+        });
 
         // stderr on its own thread so neither pipe can fill up and stall make. Each line is
         // one write to the O_APPEND log, so lines from the two streams never tear.
@@ -76,23 +89,70 @@ impl Make<'_> {
             let step = line.trim_start();
             if ["CC ", "RUSTC ", "AS ", "LD ", "AR "].iter().any(|p| step.starts_with(p)) {
                 built += 1;
-                progress
-                    .set_message(format!("{built} steps, {}", step.split_whitespace().collect::<Vec<_>>().join(" ")));
+                let last = step.split_whitespace().collect::<Vec<_>>().join(" ");
+                if let Some(l) = lines.as_mut().and_then(|l| l.line(built, std::time::Instant::now())) {
+                    eprintln!("{l}, last {last}");
+                }
+                progress.set_message(format!("{built} steps, {last}"));
             }
         }
         let status = child.wait().context("waiting for make")?;
         let tail = errors.join().unwrap_or_default();
         progress.finish_and_clear();
+        if let Some(l) = &lines {
+            eprintln!("kernel: {what}: {} after {built} steps in {:.0?}", if status.success() { "done" } else { "FAILED" }, l.started.elapsed());
+        }
+        if status.success() && built > 0 {
+            // Only an estimate for next time's progress lines: losing it costs nothing.
+            let _ = std::fs::write(&steps_file, format!("{built}\n"));
+        }
         if !status.success() {
             let tail = if tail.is_empty() { log_tail(&self.log) } else { tail.into_iter().collect() };
-            bail!(
+            return Err(BuildFailed(format!(
                 "kernel {what} failed (make {}: {status}); last lines:\n  {}\nfull log: {}",
                 targets.join(" "),
                 tail.join("\n  "),
                 self.log.display()
-            );
+            ))
+            .into());
         }
         Ok(())
+    }
+}
+
+/// Progress of a make step as plain lines for a log: one every 10 % of the expected steps
+/// when an estimate is known, and one at least every 30 s whatever happens.
+struct LogLines {
+    what: String,
+    started: Instant,
+    last: Instant,
+    expected: Option<usize>,
+    /// Tenths of `expected` already reported.
+    tenths: usize,
+}
+
+/// The longest silence of [`LogLines`].
+const LOG_LINE_INTERVAL: Duration = Duration::from_secs(30);
+
+impl LogLines {
+    fn new(what: &str, expected: Option<usize>) -> LogLines {
+        let now = Instant::now();
+        eprintln!("kernel: {what}: started{}", expected.map_or_else(String::new, |n| format!(" (about {n} steps, as last time)")));
+        LogLines { what: what.to_string(), started: now, last: now, expected: expected.filter(|&n| n > 0), tenths: 0 }
+    }
+
+    /// The line to print now that `built` steps are done, if one is due.
+    fn line(&mut self, built: usize, now: Instant) -> Option<String> {
+        let tenths = self.expected.map_or(0, |n| (built * 10 / n).min(9));
+        let due = tenths > self.tenths || now.duration_since(self.last) >= LOG_LINE_INTERVAL;
+        if !due {
+            return None;
+        }
+        self.tenths = self.tenths.max(tenths);
+        self.last = now;
+        let elapsed = now.duration_since(self.started).as_secs();
+        let share = self.expected.map_or_else(String::new, |n| format!(" (~{}%)", (built * 100 / n).min(99)));
+        Some(format!("kernel: {}: {built} steps{share}, {}m{:02}s", self.what, elapsed / 60, elapsed % 60))
     }
 }
 
@@ -196,7 +256,9 @@ mod tests {
         start_log(&log, "# header\n").unwrap();
         let make = Make { source: &source, objects: &objects, toolchain: &toolchain, log: log.clone() };
         make.run(&["ok"], "ok step").unwrap();
-        let err = format!("{:#}", check_rust(&make).unwrap_err());
+        let err = check_rust(&make).unwrap_err();
+        assert!(err.downcast_ref::<BuildFailed>().is_some(), "a failed make is the tree's failure, not the harness's: {err:#}");
+        let err = format!("{err:#}");
         assert!(err.contains("cannot build Rust with this toolchain"), "{err}");
         assert!(err.contains("*** Rust compiler '/usr/bin/rustc' could not be found."), "{err}");
         assert!(err.contains(&format!("full log: {}", log.display())), "{err}");
@@ -204,6 +266,22 @@ mod tests {
         assert!(text.starts_with("# header\n"), "{text}");
         assert!(text.contains("# ok step: make ok\n") && text.contains("  CC      kernel/fork.o\n"), "{text}");
         assert!(text.contains("could not be found"), "stderr is logged too: {text}");
+    }
+
+    /// Plain progress lines: every 10 % of the estimate, else every 30 s.
+    #[test]
+    fn log_lines_every_tenth_or_thirty_seconds() {
+        let mut known = LogLines::new("build", Some(1000));
+        let t0 = known.started;
+        assert_eq!(known.line(50, t0 + Duration::from_secs(1)), None);
+        assert_eq!(known.line(100, t0 + Duration::from_secs(61)).as_deref(), Some("kernel: build: 100 steps (~10%), 1m01s"));
+        assert_eq!(known.line(150, t0 + Duration::from_secs(62)), None);
+        assert_eq!(known.line(160, t0 + Duration::from_secs(91)).as_deref(), Some("kernel: build: 160 steps (~16%), 1m31s"));
+        assert_eq!(known.line(5000, t0 + Duration::from_secs(92)).as_deref(), Some("kernel: build: 5000 steps (~99%), 1m32s"));
+        let mut unknown = LogLines::new("build", None);
+        let t0 = unknown.started;
+        assert_eq!(unknown.line(900, t0 + Duration::from_secs(29)), None);
+        assert_eq!(unknown.line(901, t0 + Duration::from_secs(30)).as_deref(), Some("kernel: build: 901 steps, 0m30s"));
     }
 
     #[test]

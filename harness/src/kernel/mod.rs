@@ -18,6 +18,8 @@ mod config;
 mod source;
 mod toolchain;
 
+pub use build::BuildFailed;
+
 use std::path::PathBuf;
 use std::time::Instant;
 
