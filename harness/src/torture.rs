@@ -450,21 +450,31 @@ impl Recording {
         self.record(res);
     }
 
-    /// Files reports collected from the console (deduplicated by title, with counts).
+    /// Files reports collected from the console (deduplicated by title, with counts); one
+    /// finding per bug they were filed under, follow-ons counted in it.
     fn file_collected(&mut self, reports: &report::Collected, step: Option<usize>) {
+        // (bug title, reports, titles that were follow-ons)
+        let mut bugs: Vec<(String, u64, usize)> = Vec::new();
         for c in &reports.reports {
-            let times = if c.count > 1 {
-                format!(" (x{})", c.count)
-            } else {
-                String::new()
+            self.file(&c.report, step, c.count);
+            let title = &c.report.title;
+            let bug = self.run.bug_of(title).unwrap_or(title).to_string();
+            let follow_on = usize::from(self.run.is_follow_on(title));
+            match bugs.iter_mut().find(|(b, ..)| *b == bug) {
+                Some((_, n, f)) => (*n, *f) = (*n + c.count, *f + follow_on),
+                None => bugs.push((bug, c.count, follow_on)),
+            }
+        }
+        for (bug, n, follow_ons) in bugs {
+            let times = if n > 1 { format!(" (x{n})") } else { String::new() };
+            let follow_ons = match follow_ons {
+                0 => String::new(),
+                f => format!(" with {f} follow-on title(s)"),
             };
             match step {
-                Some(i) => self
-                    .findings
-                    .push(format!("step {i}: {}{times}", c.report.title)),
-                None => self.findings.push(format!("{}{times}", c.report.title)),
+                Some(i) => self.findings.push(format!("step {i}: {bug}{times}{follow_ons}")),
+                None => self.findings.push(format!("{bug}{times}{follow_ons}")),
             }
-            self.file(&c.report, step, c.count);
         }
         if let Some(note) = reports.dropped_note() {
             let signal = match step {
