@@ -24,6 +24,7 @@ pub mod qmp;
 pub mod results;
 pub mod scenario;
 pub mod schedule;
+pub mod symbolizer;
 pub mod testbed;
 pub mod testenv;
 pub mod torture;

@@ -775,22 +775,15 @@ pub async fn run_recorded(request: RunRequest) -> anyhow::Result<RunVerdict> {
     })
 }
 
-/// Files reports into a run folder, symbolizing them with the kernel's vmlinux when there is
-/// one (loaded on the first report: a debug vmlinux is ~100 MiB).
+/// Files reports into a run folder, symbolized with the kernel's vmlinux and modules when
+/// there are.
 struct CrashFiler {
-    vmlinux: Option<std::path::PathBuf>,
-    /// File names are made relative to these (the source tree, a series' base tree).
-    source_roots: Vec<std::path::PathBuf>,
-    symbolizer: Option<report::symbolize::Symbolizer>,
+    symbolizer: crate::symbolizer::KernelSymbolizer,
 }
 
 impl CrashFiler {
     fn new(kernel: &crate::results::KernelMeta) -> CrashFiler {
-        CrashFiler {
-            vmlinux: kernel.vmlinux.clone(),
-            source_roots: kernel.source_tree.iter().chain(&kernel.base_tree).cloned().collect(),
-            symbolizer: None,
-        }
+        CrashFiler { symbolizer: crate::symbolizer::KernelSymbolizer::new(kernel) }
     }
 
     /// Files `r`, seen `count` times.
@@ -804,31 +797,12 @@ impl CrashFiler {
         let symbolized = if r.crash_type.is_synthetic() {
             None
         } else {
-            self.symbolize(&r.text)
+            self.symbolizer.symbolize(&r.text)
         };
         run.add_crash_times(
             &crate::results::Crash::from_report(r, step, symbolized),
             count,
         )?;
         Ok(())
-    }
-
-    fn symbolize(&mut self, text: &str) -> Option<String> {
-        if self.symbolizer.is_none() {
-            let vmlinux = self.vmlinux.take()?;
-            match report::symbolize::Symbolizer::new(&vmlinux) {
-                Ok(mut s) => {
-                    for root in &self.source_roots {
-                        s.strip_root(root);
-                    }
-                    self.symbolizer = Some(s);
-                }
-                Err(e) => {
-                    tracing::warn!("cannot symbolize with {}: {e}", vmlinux.display());
-                    return None;
-                }
-            }
-        }
-        self.symbolizer.as_ref().map(|s| s.symbolize_text(text))
     }
 }
