@@ -933,6 +933,52 @@ mod tests {
         assert_eq!(std::fs::read_to_string(dir.join("type")).unwrap(), "UNPLUG_STUCK\n");
     }
 
+    /// A KASAN report of a read in `func` of the kmalloc-256 object at `addr`, allocated in
+    /// probe and freed by release_nodes.
+    fn object_crash(func: &str, addr: &str) -> Crash {
+        let report = format!(
+            "BUG: KASAN: slab-use-after-free in {func}+0x1/0x2\nRead of size 8 at addr {addr} by task cat/9\n\n\
+             Allocated by task 1:\n kasan_save_track+0x1/0x2\n probe+0x1/0x2\n\n\
+             Freed by task 2:\n kasan_save_track+0x1/0x2\n kfree+0x1/0x2\n release_nodes+0x1/0x2\n\n\
+             The buggy address belongs to the object at {addr}\n which belongs to the cache kmalloc-256 of size 256\n"
+        );
+        Crash { alt_titles: vec![], report, ..crash(&format!("KASAN: slab-use-after-free Read in {func}")) }
+    }
+
+    /// Follow-ons on the same freed object are counted in the first report's bug: one folder,
+    /// one entry in summary.json with the follow-ons listed, one title judged.
+    #[test]
+    fn follow_ons_are_filed_under_the_first_reports_bug() {
+        let root = tempfile::tempdir().unwrap();
+        let mut run = RunDir::create(root.path(), "bugs").unwrap();
+        let dir = run.add_crash_times(&object_crash("at24_read", "ffff888001000000"), 9).unwrap();
+        assert_eq!(run.add_crash_times(&object_crash("regmap_readable", "ffff888001000000"), 120).unwrap(), dir);
+        run.add_crash_times(&object_crash("regmap_volatile", "ffff888001000000"), 94).unwrap();
+        run.add_crash_times(&object_crash("regmap_readable", "ffff888001000000"), 1).unwrap();
+        let other = run.add_crash(&object_crash("elsewhere", "ffff888009000000")).unwrap();
+        assert_ne!(other, dir);
+        let read = |name: &str| std::fs::read_to_string(dir.join(name)).unwrap();
+        assert_eq!(read("count"), "224\n");
+        assert_eq!(read("title"), "KASAN: slab-use-after-free Read in at24_read\n");
+        assert_eq!(read("follow_ons"), "121 KASAN: slab-use-after-free Read in regmap_readable\n94 KASAN: slab-use-after-free Read in regmap_volatile\n");
+        let follow_on = dir.join("follow-ons").join(format!("{}.txt", title_hash("KASAN: slab-use-after-free Read in regmap_volatile")));
+        assert!(std::fs::read_to_string(follow_on).unwrap().starts_with("BUG: KASAN: slab-use-after-free in regmap_volatile"));
+        let summary = Summary { expect: expectation("[\"KASAN: * in at24_read\"]"), ..Summary::default() };
+        let json = run.run_summary(&summary);
+        assert_eq!(json.titles.len(), 2);
+        assert_eq!((json.titles[0].count, json.titles[0].follow_ons.len()), (224, 2));
+        assert_eq!(json.titles[0].follow_ons[0], FollowOnCount { title: "KASAN: slab-use-after-free Read in regmap_readable".into(), count: 121 });
+        // Only bug titles are judged: the follow-ons need no `maybe`, the other bug does.
+        assert_eq!(json.why_not, ["unexpected title: KASAN: slab-use-after-free Read in elsewhere"]);
+        let view = RunView::load(run.path()).unwrap();
+        let bug = view.crashes.iter().find(|c| c.count == 224).unwrap();
+        assert_eq!(bug.follow_ons.len(), 2);
+        assert!(view.render().contains("          follow-on x94: KASAN: slab-use-after-free Read in regmap_volatile\n"));
+        run.write_summary(&summary).unwrap();
+        let md = std::fs::read_to_string(run.path().join("summary.md")).unwrap();
+        assert!(md.contains("| 224 | 3 | crashes/") && md.contains("| KASAN: slab-use-after-free Read in regmap_readable x121, KASAN: slab-use-after-free Read in regmap_volatile x94 |"), "{md}");
+    }
+
     #[test]
     fn partially_written_run_is_readable() {
         let root = tempfile::tempdir().unwrap();

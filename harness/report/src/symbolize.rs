@@ -91,7 +91,7 @@ type ModuleReader = gimli::EndianArcSlice<gimli::RunTimeEndian>;
 
 enum Debug {
     /// A linked image (vmlinux): addr2line's own loader reads it as it is.
-    Linked(addr2line::Loader),
+    Linked(Box<addr2line::Loader>),
     /// A relocatable object (a module): laid out and relocated by [`relocate`].
     Relocated(addr2line::Context<ModuleReader>),
 }
@@ -207,7 +207,7 @@ impl Binary {
             let dwarf = relocate(&file, &bases).map_err(dwarf_error)?;
             Debug::Relocated(addr2line::Context::from_dwarf(dwarf).map_err(|e| dwarf_error(e.to_string()))?)
         } else {
-            Debug::Linked(addr2line::Loader::new(path).map_err(|e| dwarf_error(e.to_string()))?)
+            Debug::Linked(Box::new(addr2line::Loader::new(path).map_err(|e| dwarf_error(e.to_string()))?))
         };
         Ok(Binary { debug, symbols })
     }
