@@ -344,12 +344,15 @@ impl<T> Bugs<T> {
             self.dropped = self.dropped.saturating_add(count);
             return None;
         };
+        let mut first = Some(first);
         if p.bug == self.bugs.len() {
-            self.bugs.push(Bug { first: first(), count: 0, follow_ons: Vec::new() });
-        } else if p.new_title {
-            self.bugs[p.bug].follow_ons.push(FollowOn { first: first(), count: 0 });
+            self.bugs.push(Bug { first: first.take()?(), count: 0, follow_ons: Vec::new() });
         }
-        let bug = &mut self.bugs[p.bug];
+        // Grouping and `bugs` grow together: the bug is there.
+        let bug = self.bugs.get_mut(p.bug)?;
+        if p.new_title && p.is_follow_on() {
+            bug.follow_ons.push(FollowOn { first: first.take()?(), count: 0 });
+        }
         bug.count = bug.count.saturating_add(count);
         if let Some(f) = p.member.checked_sub(1).and_then(|i| bug.follow_ons.get_mut(i)) {
             f.count = f.count.saturating_add(count);
@@ -407,6 +410,16 @@ mod tests {
         for r in &reports[1..] {
             assert!(FreedObject::parse(&r.text).unwrap().same_object(&o));
         }
+        // Four reports, one title, one object: one bug of four reports.
+        let collected = crate::parse_collected(crate::split_expectations(&std::fs::read(format!(
+            "{}/../tests/data/reports/project-gpio-virtuser-proc-interrupts-uaf.log",
+            env!("CARGO_MANIFEST_DIR")
+        ))
+        .unwrap())
+        .1, 8);
+        let bugs = Bugs::of(&collected);
+        assert_eq!(bugs.bugs().len(), 1);
+        assert_eq!((bugs.bugs()[0].first.title.as_str(), bugs.bugs()[0].count), ("KASAN: slab-use-after-free Read in seq_vprintf", 4));
         let access = Access::parse(&reports[0].text).unwrap();
         assert_eq!(access.task, "cat/109");
         assert_eq!(access.frames[..4], ["string_nocheck", "string", "vsnprintf", "seq_vprintf"]);
