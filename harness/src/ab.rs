@@ -264,7 +264,7 @@ mod tests {
             scenario: "nvmem-holder-cp2112-unplug".into(),
             kernel: kernel.into(),
             seed: 348300539442052,
-            titles: titles.iter().map(|(t, n)| TitleCount { title: t.to_string(), count: *n }).collect(),
+            titles: titles.iter().map(|(t, n)| TitleCount { title: t.to_string(), count: *n, follow_ons: vec![] }).collect(),
             holders: holders
                 .iter()
                 .map(|(name, errno, hung)| HolderState {

@@ -55,13 +55,16 @@ pub struct HolderReport {
     pub release_error: Option<String>,
 }
 
-/// A crash the kernel printed during the session (reports with the same title counted once).
+/// A bug the kernel reported during the session: titled after its first report, with every
+/// report counted, follow-ons included (see [`report::bugs`]).
 #[derive(Debug, Clone, Serialize)]
 pub struct Crash {
     pub title: String,
     /// Every report with this title was interleaved or truncated.
     pub corrupted: bool,
-    pub count: usize,
+    pub count: u64,
+    /// Other titles filed under this bug (the same freed object), with their counts.
+    pub follow_ons: Vec<crate::results::FollowOnCount>,
 }
 
 /// Everything the session saw.
@@ -250,7 +253,7 @@ pub async fn run(vm: &mut Vm, testbed: &mut Testbed, plan: &HoldPlan, boot: Line
     })
 }
 
-/// The crashes in `console.log` from `boot` on, by title with counts (at most
+/// The bugs in `console.log` from `boot` on, with counts (at most
 /// [`report::collect::MAX_TITLES`] titles; the number of reports not kept is returned too).
 /// Reads the whole log on disk, not the console's bounded in-memory ring, so the first
 /// reports of a long session are kept; off the async runtime.
@@ -269,16 +272,26 @@ async fn crashes_since(console_log: std::path::PathBuf, boot: LineCursor) -> (Ve
         report::parse_collected(&log, report::collect::MAX_TITLES)
     };
     let collected = tokio::task::spawn_blocking(parse).await.unwrap_or_default();
-    let crashes = collected
-        .reports
-        .into_iter()
-        .map(|c| Crash {
-            title: c.report.title,
-            corrupted: c.all_corrupted,
-            count: usize::try_from(c.count).unwrap_or(usize::MAX),
+    let bugs = report::bugs::Bugs::of(&collected);
+    let corrupted = |title: &str| collected.reports.iter().any(|c| c.report.title == title && c.all_corrupted);
+    let crashes = bugs
+        .bugs()
+        .iter()
+        .map(|b| Crash {
+            title: b.first.title.clone(),
+            corrupted: corrupted(&b.first.title),
+            count: b.count,
+            follow_ons: b
+                .follow_ons
+                .iter()
+                .map(|f| crate::results::FollowOnCount {
+                    title: f.first.title.clone(),
+                    count: u32::try_from(f.count).unwrap_or(u32::MAX),
+                })
+                .collect(),
         })
         .collect();
-    (crashes, collected.dropped)
+    (crashes, bugs.dropped())
 }
 
 #[cfg(test)]

@@ -13,6 +13,35 @@ use std::process::Command;
 
 use anyhow::{bail, Context, Result};
 
+/// Every module file (`NAME.ko`) under `tree` (an `INSTALL_MOD_PATH` tree or any directory),
+/// as (NAME, path), in no particular order. Symlinks are not followed (`build` and `source`
+/// point into trees); compressed modules (`.ko.xz`, ...) are not listed.
+pub fn installed(tree: &Path) -> Result<Vec<(String, PathBuf)>> {
+    let mut found = Vec::new();
+    let mut stack = vec![tree.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        let entries = std::fs::read_dir(&dir).with_context(|| format!("reading {}", dir.display()))?;
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let Ok(kind) = entry.file_type() else { continue };
+            if kind.is_dir() {
+                stack.push(path);
+            } else if kind.is_file() {
+                if let Some(name) = path.file_name().and_then(|n| n.to_str()).and_then(|n| n.strip_suffix(".ko")) {
+                    found.push((name.to_string(), path));
+                }
+            }
+        }
+    }
+    Ok(found)
+}
+
+/// The name the kernel prints a module under in stack frames (`[nvmem_holder]` for
+/// `nvmem-holder.ko`): its file name with dashes as underscores.
+pub fn printed_name(file_name: &str) -> String {
+    file_name.replace('-', "_")
+}
+
 /// The module directories under `kernels/modules`, by name, sorted.
 pub fn module_dirs(kernels_dir: &Path) -> Result<Vec<PathBuf>> {
     let dir = kernels_dir.join("modules");

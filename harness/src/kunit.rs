@@ -60,27 +60,10 @@ impl KunitConfig {
 /// sorted by name. Compressed modules (`.ko.xz`, ...) are not looked into.
 pub fn find_test_modules(modules: &Path) -> Result<Vec<TestModule>> {
     let mut found = Vec::new();
-    let mut stack = vec![modules.to_path_buf()];
-    while let Some(dir) = stack.pop() {
-        let entries = std::fs::read_dir(&dir).with_context(|| format!("reading {}", dir.display()))?;
-        for entry in entries.flatten() {
-            let path = entry.path();
-            // DirEntry::file_type does not follow symlinks (`build` and `source` point into trees).
-            let Ok(kind) = entry.file_type() else { continue };
-            if kind.is_dir() {
-                stack.push(path);
-                continue;
-            }
-            let Some(name) = path.file_name().and_then(|n| n.to_str()).and_then(|n| n.strip_suffix(".ko")) else {
-                continue;
-            };
-            if !kind.is_file() {
-                continue;
-            }
-            let data = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
-            if let Some(suites) = kunit_suites(&data) {
-                found.push(TestModule { name: name.to_string(), path, suites });
-            }
+    for (name, path) in crate::kmod::installed(modules)? {
+        let data = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+        if let Some(suites) = kunit_suites(&data) {
+            found.push(TestModule { name, path, suites });
         }
     }
     found.sort_by(|a, b| a.name.cmp(&b.name));

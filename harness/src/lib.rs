@@ -27,6 +27,7 @@ pub mod results;
 pub mod scenario;
 pub mod schedule;
 pub mod tally;
+pub mod symbolizer;
 pub mod testbed;
 pub mod testenv;
 pub mod torture;

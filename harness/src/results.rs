@@ -7,11 +7,19 @@
 //! qmp.log            all QMP traffic (written by `qmp`)
 //! agent.log          all agent traffic (written by `agent`)
 //! steps.jsonl        one line per finished step
-//! crashes/<hash>/    report.txt, title, alt_titles, type, count (and symbolized.txt when available)
+//! crashes/<hash>/    one bug: its first report's report.txt, title, alt_titles, type (and
+//!                    symbolized.txt when available); count (reports of the bug in all);
+//!                    follow_ons (`COUNT TITLE` lines) and follow-ons/<title hash>.txt (each
+//!                    follow-on title's first report) when other titles joined it
 //! summary.md, junit.xml, ktap.txt   written at the end (and rewritten after every crash)
-//! summary.json       the same for scripts: titles with counts, holders' first errors,
+//! summary.json       the same for scripts: bugs with counts, holders' first errors,
 //!                    whether the run met its scenario's expectation and why not
 //! ```
+//!
+//! Crashes are filed as *bugs* ([`report::bugs`]): a report with a new title that hit a
+//! freed object an earlier bug's report hit is a follow-on of that bug, counted and kept in
+//! its folder, not a crash of its own. Summaries, expectations and the A/B table count bugs,
+//! each titled after its first report.
 //!
 //! Whole files are written to a temporary name and renamed, so a reader never sees half a
 //! file; `steps.jsonl` gets one complete line per step, flushed and synced before the next
@@ -178,12 +186,9 @@ impl Crash {
         }
     }
 
-    /// syzkaller's dedup rule: the same bug when the title sets intersect, so a crash
-    /// titled after `__x64_sys_read` in one run and `sys_read` in another files once.
-    fn same_bug(&self, other: &Crash) -> bool {
-        let titles = |c: &'_ Crash| std::iter::once(c.title.clone()).chain(c.alt_titles.iter().cloned()).collect::<Vec<_>>();
-        let mine = titles(self);
-        titles(other).iter().any(|t| mine.contains(t))
+    /// The title, then the alternates.
+    fn titles(&self) -> impl Iterator<Item = &str> {
+        std::iter::once(self.title.as_str()).chain(self.alt_titles.iter().map(String::as_str))
     }
 }
 
@@ -256,8 +261,10 @@ pub struct RunSummary {
     /// The kernel variant (`vanilla`, `resmgr`).
     pub kernel: String,
     pub seed: u64,
-    /// Crash titles (synthetic ones included: a stuck unplug, a lost guest) with their counts,
-    /// in order of first appearance.
+    /// The run's bugs (synthetic ones included: a stuck unplug, a lost guest), in order of
+    /// first appearance: each titled after its first report, `count` its reports in all, and
+    /// the other titles filed under it (`follow_ons`). The field keeps its older name: every
+    /// entry used to be a title, and a bug without follow-ons still reads as one.
     pub titles: Vec<TitleCount>,
     /// Each holder by its scenario name with the first error it got.
     pub holders: Vec<HolderState>,
@@ -295,18 +302,46 @@ impl RunSummary {
     }
 }
 
+/// One bug of a run: its title (its first report's), how many reports it had in all, and its
+/// follow-ons.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TitleCount {
     pub title: String,
+    /// Reports of this bug, follow-ons included.
     pub count: u32,
+    /// Reports under other titles that hit what this bug's reports hit (the same freed
+    /// object), each title with its count, in order of first appearance.
+    #[serde(default)]
+    pub follow_ons: Vec<FollowOnCount>,
+}
+
+/// A title filed under an earlier bug, and its count.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FollowOnCount {
+    pub title: String,
+    pub count: u32,
+}
+
+/// `, follow-ons: KASAN: ... in regmap_readable x120, ...` or nothing.
+fn follow_on_note(bug: &report::bugs::Bug<Crash>) -> String {
+    if bug.follow_ons.is_empty() {
+        return String::new();
+    }
+    let list: Vec<String> = bug.follow_ons.iter().map(|f| format!("{} x{}", f.first.title, f.count)).collect();
+    format!("; follow-ons: {}", list.join(", "))
+}
+
+fn count_u32(n: u64) -> u32 {
+    u32::try_from(n).unwrap_or(u32::MAX)
 }
 
 /// An open run folder.
 pub struct RunDir {
     path: PathBuf,
     steps: std::fs::File,
-    /// Filed crashes (title hash, crash, count), in order of first appearance.
-    crashes: Vec<(String, Crash, u32)>,
+    /// Filed bugs, in order of first appearance (unbounded here: each step's reports arrive
+    /// already bounded by title, see `report::Collected`).
+    crashes: report::bugs::Bugs<Crash>,
 }
 
 impl RunDir {
@@ -314,7 +349,7 @@ impl RunDir {
     pub fn create(root: &Path, name: &str) -> Result<RunDir> {
         let path = create_folder(root, name)?;
         let steps = std::fs::OpenOptions::new().create(true).append(true).open(path.join("steps.jsonl"))?;
-        Ok(RunDir { path, steps, crashes: Vec::new() })
+        Ok(RunDir { path, steps, crashes: report::bugs::Bugs::new(usize::MAX) })
     }
 
     pub fn path(&self) -> &Path {
@@ -353,43 +388,66 @@ impl RunDir {
         Ok(())
     }
 
-    /// Files a crash under `crashes/<hash of its title>/`; a repeat of the same bug (equal
-    /// title, or intersecting alternate titles) only bumps `count` in the first one's folder.
+    /// Files a crash under `crashes/<hash of its title>/` as a new bug; a repeat of a bug's
+    /// title (equal, or intersecting alternate titles) only bumps the bug's `count`; a new
+    /// title that is a follow-on of a filed bug ([`report::bugs`]) is counted in that bug's
+    /// folder and its first report kept there. Returns the bug's folder.
     pub fn add_crash(&mut self, crash: &Crash) -> Result<PathBuf> {
         self.add_crash_times(crash, 1)
     }
 
     /// [`RunDir::add_crash`] for a crash seen `times` times (at least once).
     pub fn add_crash_times(&mut self, crash: &Crash, times: u64) -> Result<PathBuf> {
-        let times = u32::try_from(times.max(1)).unwrap_or(u32::MAX);
-        let existing = self.crashes.iter_mut().find(|(_, c, _)| c.same_bug(crash));
-        let hash = existing.as_ref().map_or_else(|| title_hash(&crash.title), |(h, _, _)| h.clone());
-        let dir = self.path.join("crashes").join(&hash);
-        let count = match existing {
-            Some((_, _, count)) => {
-                *count = count.saturating_add(times);
-                *count
+        let placement = self
+            .crashes
+            .add(crash.titles(), &crash.report, times.max(1), || crash.clone())
+            .with_context(|| format!("filing {}: more distinct titles than can be kept", crash.title))?;
+        let bug = self
+            .crashes
+            .bugs()
+            .get(placement.bug)
+            .with_context(|| format!("filing {}: bug {} was never filed", crash.title, placement.bug))?;
+        let dir = self.path.join("crashes").join(title_hash(&bug.first.title));
+        if placement.new_title && !placement.is_follow_on() {
+            std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+            write_atomic(&dir.join("report.txt"), crash.report.as_bytes())?;
+            write_atomic(&dir.join("title"), format!("{}\n", crash.title).as_bytes())?;
+            let alts: String = crash.alt_titles.iter().map(|t| format!("{t}\n")).collect();
+            write_atomic(&dir.join("alt_titles"), alts.as_bytes())?;
+            write_atomic(&dir.join("type"), format!("{}\n", crash.kind).as_bytes())?;
+            if let Some(why) = &crash.corrupted {
+                write_atomic(&dir.join("corrupted"), format!("{why}\n").as_bytes())?;
             }
-            None => {
-                std::fs::create_dir_all(&dir)
-                    .with_context(|| format!("creating {}", dir.display()))?;
-                write_atomic(&dir.join("report.txt"), crash.report.as_bytes())?;
-                write_atomic(&dir.join("title"), format!("{}\n", crash.title).as_bytes())?;
-                let alts: String = crash.alt_titles.iter().map(|t| format!("{t}\n")).collect();
-                write_atomic(&dir.join("alt_titles"), alts.as_bytes())?;
-                write_atomic(&dir.join("type"), format!("{}\n", crash.kind).as_bytes())?;
-                if let Some(why) = &crash.corrupted {
-                    write_atomic(&dir.join("corrupted"), format!("{why}\n").as_bytes())?;
-                }
-                if let Some(sym) = &crash.symbolized {
-                    write_atomic(&dir.join("symbolized.txt"), sym.as_bytes())?;
-                }
-                self.crashes.push((hash, crash.clone(), times));
-                times
+            if let Some(sym) = &crash.symbolized {
+                write_atomic(&dir.join("symbolized.txt"), sym.as_bytes())?;
             }
-        };
-        write_atomic(&dir.join("count"), format!("{count}\n").as_bytes())?;
+        }
+        if placement.is_follow_on() {
+            if placement.new_title {
+                let reports = dir.join("follow-ons");
+                std::fs::create_dir_all(&reports).with_context(|| format!("creating {}", reports.display()))?;
+                let text = crash.symbolized.as_deref().unwrap_or(&crash.report);
+                write_atomic(&reports.join(format!("{}.txt", title_hash(&crash.title))), text.as_bytes())?;
+            }
+            let lines: String = bug.follow_ons.iter().map(|f| format!("{} {}\n", f.count, f.first.title)).collect();
+            write_atomic(&dir.join("follow_ons"), lines.as_bytes())?;
+        }
+        write_atomic(&dir.join("count"), format!("{}\n", bug.count).as_bytes())?;
         Ok(dir)
+    }
+
+    /// Whether `title` was filed as a follow-on of another title's bug.
+    pub fn is_follow_on(&self, title: &str) -> bool {
+        self.crashes.bugs().iter().any(|b| b.follow_ons.iter().any(|f| f.first.title == title))
+    }
+
+    /// The title of the bug a report titled `title` was filed under, if it was.
+    pub fn bug_of(&self, title: &str) -> Option<&str> {
+        self.crashes
+            .bugs()
+            .iter()
+            .find(|b| b.first.titles().any(|t| t == title) || b.follow_ons.iter().any(|f| f.first.title == title))
+            .map(|b| b.first.title.as_str())
     }
 
     /// Files a parsed report (see [`Crash::from_report`]).
@@ -397,9 +455,15 @@ impl RunDir {
         self.add_crash(&Crash::from_report(report, step, symbolized))
     }
 
-    /// Titles of the crashes filed so far, with their counts.
-    pub fn crash_titles(&self) -> Vec<(String, u32)> {
-        self.crashes.iter().map(|(_, c, n)| (c.title.clone(), *n)).collect()
+    /// The bugs filed so far, with their counts and follow-ons.
+    pub fn bugs(&self) -> Vec<TitleCount> {
+        let bugs = self.crashes.bugs().iter();
+        bugs.map(|b| TitleCount {
+            title: b.first.title.clone(),
+            count: count_u32(b.count),
+            follow_ons: b.follow_ons.iter().map(|f| FollowOnCount { title: f.first.title.clone(), count: count_u32(f.count) }).collect(),
+        })
+        .collect()
     }
 
     /// Writes summary.md, summary.json, junit.xml and ktap.txt for the current state.
@@ -413,14 +477,14 @@ impl RunDir {
 
     /// The `summary.json` of the current state.
     pub fn run_summary(&self, s: &Summary) -> RunSummary {
-        let titles: Vec<&str> = self.crashes.iter().map(|(_, c, _)| c.title.as_str()).collect();
+        let titles: Vec<&str> = self.crashes.bugs().iter().map(|b| b.first.title.as_str()).collect();
         let why_not = s.why_not(&titles);
         RunSummary {
             run_id: self.id(),
             scenario: s.scenario.clone(),
             kernel: s.kernel.map(KernelVariant::name).unwrap_or_default().to_string(),
             seed: s.seed,
-            titles: self.crashes.iter().map(|(_, c, n)| TitleCount { title: c.title.clone(), count: *n }).collect(),
+            titles: self.bugs(),
             holders: s.holders.clone(),
             expected: s.expect.describe(),
             expectation_met: why_not.is_empty(),
@@ -438,7 +502,7 @@ impl RunDir {
         let judged = self.run_summary(s);
         let failed = judged.steps_failed;
         let mut md = format!("# {} — {}\n\n", s.scenario, self.id());
-        let clean = self.crashes.is_empty() && failed == 0 && s.aborted.is_none() && s.signals.is_empty();
+        let clean = self.crashes.bugs().is_empty() && failed == 0 && s.aborted.is_none() && s.signals.is_empty();
         let verdict = if clean { "clean" } else { "FINDINGS" };
         md.push_str(&format!("verdict: **{verdict}**; {} steps, {failed} not ok", s.steps.len()));
         if judged.steps_not_run > 0 {
@@ -463,12 +527,21 @@ impl RunDir {
             }
             md.push('\n');
         }
-        if !self.crashes.is_empty() {
-            md.push_str("## Crashes\n\n| title | type | count | first seen in step | folder |\n|---|---|---|---|---|\n");
-            for (hash, c, n) in &self.crashes {
+        if !self.crashes.bugs().is_empty() {
+            md.push_str("## Bugs\n\n| title | type | reports | first seen in step | folder | follow-ons |\n|---|---|---|---|---|---|\n");
+            for b in self.crashes.bugs() {
+                let c = &b.first;
                 let step = c.step.map(|s| s.to_string()).unwrap_or_else(|| "-".into());
                 let corrupted = c.corrupted.as_ref().map_or_else(String::new, |why| format!(" (corrupted: {why})"));
-                md.push_str(&format!("| {}{corrupted} | {} | {n} | {step} | crashes/{hash} |\n", c.title, c.kind));
+                let follow_ons: Vec<String> = b.follow_ons.iter().map(|f| format!("{} x{}", f.first.title, f.count)).collect();
+                md.push_str(&format!(
+                    "| {}{corrupted} | {} | {} | {step} | crashes/{} | {} |\n",
+                    c.title,
+                    c.kind,
+                    b.count,
+                    title_hash(&c.title),
+                    follow_ons.join(", ")
+                ));
             }
             md.push('\n');
         }
@@ -510,10 +583,11 @@ impl RunDir {
             case.set_time(std::time::Duration::from_secs_f64(st.elapsed_ms / 1e3));
             suite.add_test_case(case);
         }
-        for (hash, c, n) in &self.crashes {
+        for b in self.crashes.bugs() {
+            let c = &b.first;
             let mut f = TestCaseStatus::non_success(NonSuccessKind::Failure);
-            f.set_message(format!("{} (seen {n} times)", c.title)).set_type(c.kind.as_str());
-            let mut case = TestCase::new(format!("crash {hash}: {}", c.title), f);
+            f.set_message(format!("{} (seen {} times{})", c.title, b.count, follow_on_note(b))).set_type(c.kind.as_str());
+            let mut case = TestCase::new(format!("crash {}: {}", title_hash(&c.title), c.title), f);
             case.set_system_out(c.report.as_str());
             suite.add_test_case(case);
         }
@@ -528,7 +602,7 @@ impl RunDir {
     }
 
     fn ktap(&self, s: &Summary) -> String {
-        let total = s.steps.len() + self.crashes.len() + usize::from(s.aborted.is_some());
+        let total = s.steps.len() + self.crashes.bugs().len() + usize::from(s.aborted.is_some());
         let mut out = format!("KTAP version 1\n# {}\n1..{total}\n", s.scenario);
         let mut n = 0;
         for st in &s.steps {
@@ -537,9 +611,9 @@ impl RunDir {
             let skip = st.not_run.as_ref().map_or_else(String::new, |why| format!(" # SKIP {}", ktap_text(why)));
             out.push_str(&format!("{ok} {n} step {}: {}{skip}\n", st.index, ktap_text(&st.description)));
         }
-        for (_, c, count) in &self.crashes {
+        for b in self.crashes.bugs() {
             n += 1;
-            out.push_str(&format!("not ok {n} crash: {} # count {count}\n", ktap_text(&c.title)));
+            out.push_str(&format!("not ok {n} crash: {} # count {}{}\n", ktap_text(&b.first.title), b.count, ktap_text(&follow_on_note(b))));
         }
         if let Some(why) = &s.aborted {
             out.push_str(&format!("not ok {} run completed # {}\n", n + 1, ktap_text(why)));
@@ -563,14 +637,16 @@ pub struct RunView {
     pub problems: Vec<String>,
 }
 
-/// One `crashes/<hash>/` folder.
+/// One `crashes/<hash>/` folder: a bug.
 #[derive(Debug, Clone, PartialEq)]
 pub struct CrashView {
     pub hash: String,
     pub title: String,
     pub alt_titles: Vec<String>,
     pub kind: String,
+    /// Reports of the bug, follow-ons included.
     pub count: u32,
+    pub follow_ons: Vec<FollowOnCount>,
 }
 
 impl RunView {
@@ -615,6 +691,14 @@ impl RunView {
                     alt_titles: file("alt_titles").unwrap_or_default().lines().map(str::to_string).collect(),
                     kind: file("type").unwrap_or_default().trim().to_string(),
                     count: file("count").and_then(|c| c.trim().parse().ok()).unwrap_or(1),
+                    follow_ons: file("follow_ons")
+                        .unwrap_or_default()
+                        .lines()
+                        .filter_map(|l| {
+                            let (count, title) = l.split_once(' ')?;
+                            Some(FollowOnCount { title: title.to_string(), count: count.parse().ok()? })
+                        })
+                        .collect(),
                 });
             }
         }
@@ -649,6 +733,9 @@ impl RunView {
             out.push_str("crashes:\n");
             for c in &self.crashes {
                 out.push_str(&format!("  {:>4}x  {:<28} {}  (crashes/{})\n", c.count, c.kind, c.title, c.hash));
+                for f in &c.follow_ons {
+                    out.push_str(&format!("          follow-on x{}: {}\n", f.count, f.title));
+                }
             }
         }
         for p in &self.problems {
@@ -727,7 +814,7 @@ mod tests {
         assert_eq!(std::fs::read_to_string(hang_dir.join("corrupted")).unwrap(), "cut short: the console ended (the machine stopped)\n");
         assert!(!dir.join("corrupted").exists(), "a whole report has no `corrupted`");
         assert_eq!(std::fs::read_to_string(dir.join("count")).unwrap(), "2\n");
-        assert_eq!(run.crash_titles().len(), 2);
+        assert_eq!(run.bugs().len(), 2);
         let summary = Summary {
             scenario: "demo".into(),
             steps: vec![
@@ -747,7 +834,7 @@ mod tests {
         assert!(junit.contains("tests=\"4\"") && junit.contains("failures=\"3\""), "{junit}");
         let md = std::fs::read_to_string(run.path().join("summary.md")).unwrap();
         assert!(md.contains("- step 2: kernel taint gained B"), "{md}");
-        assert!(md.contains("verdict: **FINDINGS**") && md.contains("| KASAN: slab-use-after-free Read in at24_read | KASAN-USE-AFTER-FREE-READ | 2 | 3 |"), "{md}");
+        assert!(md.contains("verdict: **FINDINGS**") && md.contains("| KASAN: slab-use-after-free Read in at24_read | KASAN-USE-AFTER-FREE-READ | 2 | 3 | crashes/"), "{md}");
     }
 
     fn expectation(yaml: &str) -> Expectation {
@@ -799,11 +886,13 @@ mod tests {
   "titles": [
     {
       "title": "KASAN: slab-use-after-free Read in at24_read",
-      "count": 2
+      "count": 2,
+      "follow_ons": []
     },
     {
       "title": "WARNING in free_irq",
-      "count": 1
+      "count": 1,
+      "follow_ons": []
     }
   ],
   "holders": [
@@ -874,10 +963,56 @@ mod tests {
         b.alt_titles.push("KASAN: use-after-free Read in __x64_sys_read".into());
         let first = run.add_crash(&a).unwrap();
         assert_eq!(run.add_crash(&b).unwrap(), first);
-        assert_eq!(run.crash_titles(), vec![(a.title.clone(), 2)]);
+        assert_eq!(run.bugs(), vec![TitleCount { title: a.title.clone(), count: 2, follow_ons: vec![] }]);
         let stuck = report::synthetic::unplug_stuck("cp2112-0", std::time::Duration::from_secs(10));
         let dir = run.add_report(&stuck, Some(4), None).unwrap();
         assert_eq!(std::fs::read_to_string(dir.join("type")).unwrap(), "UNPLUG_STUCK\n");
+    }
+
+    /// A KASAN report of a read in `func` of the kmalloc-256 object at `addr`, allocated in
+    /// probe and freed by release_nodes.
+    fn object_crash(func: &str, addr: &str) -> Crash {
+        let report = format!(
+            "BUG: KASAN: slab-use-after-free in {func}+0x1/0x2\nRead of size 8 at addr {addr} by task cat/9\n\n\
+             Allocated by task 1:\n kasan_save_track+0x1/0x2\n probe+0x1/0x2\n\n\
+             Freed by task 2:\n kasan_save_track+0x1/0x2\n kfree+0x1/0x2\n release_nodes+0x1/0x2\n\n\
+             The buggy address belongs to the object at {addr}\n which belongs to the cache kmalloc-256 of size 256\n"
+        );
+        Crash { alt_titles: vec![], report, ..crash(&format!("KASAN: slab-use-after-free Read in {func}")) }
+    }
+
+    /// Follow-ons on the same freed object are counted in the first report's bug: one folder,
+    /// one entry in summary.json with the follow-ons listed, one title judged.
+    #[test]
+    fn follow_ons_are_filed_under_the_first_reports_bug() {
+        let root = tempfile::tempdir().unwrap();
+        let mut run = RunDir::create(root.path(), "bugs").unwrap();
+        let dir = run.add_crash_times(&object_crash("at24_read", "ffff888001000000"), 9).unwrap();
+        assert_eq!(run.add_crash_times(&object_crash("regmap_readable", "ffff888001000000"), 120).unwrap(), dir);
+        run.add_crash_times(&object_crash("regmap_volatile", "ffff888001000000"), 94).unwrap();
+        run.add_crash_times(&object_crash("regmap_readable", "ffff888001000000"), 1).unwrap();
+        let other = run.add_crash(&object_crash("elsewhere", "ffff888009000000")).unwrap();
+        assert_ne!(other, dir);
+        let read = |name: &str| std::fs::read_to_string(dir.join(name)).unwrap();
+        assert_eq!(read("count"), "224\n");
+        assert_eq!(read("title"), "KASAN: slab-use-after-free Read in at24_read\n");
+        assert_eq!(read("follow_ons"), "121 KASAN: slab-use-after-free Read in regmap_readable\n94 KASAN: slab-use-after-free Read in regmap_volatile\n");
+        let follow_on = dir.join("follow-ons").join(format!("{}.txt", title_hash("KASAN: slab-use-after-free Read in regmap_volatile")));
+        assert!(std::fs::read_to_string(follow_on).unwrap().starts_with("BUG: KASAN: slab-use-after-free in regmap_volatile"));
+        let summary = Summary { expect: expectation("[\"KASAN: * in at24_read\"]"), ..Summary::default() };
+        let json = run.run_summary(&summary);
+        assert_eq!(json.titles.len(), 2);
+        assert_eq!((json.titles[0].count, json.titles[0].follow_ons.len()), (224, 2));
+        assert_eq!(json.titles[0].follow_ons[0], FollowOnCount { title: "KASAN: slab-use-after-free Read in regmap_readable".into(), count: 121 });
+        // Only bug titles are judged: the follow-ons need no `maybe`, the other bug does.
+        assert_eq!(json.why_not, ["unexpected title: KASAN: slab-use-after-free Read in elsewhere"]);
+        let view = RunView::load(run.path()).unwrap();
+        let bug = view.crashes.iter().find(|c| c.count == 224).unwrap();
+        assert_eq!(bug.follow_ons.len(), 2);
+        assert!(view.render().contains("          follow-on x94: KASAN: slab-use-after-free Read in regmap_volatile\n"));
+        run.write_summary(&summary).unwrap();
+        let md = std::fs::read_to_string(run.path().join("summary.md")).unwrap();
+        assert!(md.contains("| 224 | 3 | crashes/") && md.contains("| KASAN: slab-use-after-free Read in regmap_readable x121, KASAN: slab-use-after-free Read in regmap_volatile x94 |"), "{md}");
     }
 
     #[test]

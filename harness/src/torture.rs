@@ -538,21 +538,31 @@ impl Recording {
         self.record(res);
     }
 
-    /// Files reports collected from the console (deduplicated by title, with counts).
+    /// Files reports collected from the console (deduplicated by title, with counts); one
+    /// finding per bug they were filed under, follow-ons counted in it.
     fn file_collected(&mut self, reports: &report::Collected, step: Option<usize>) {
+        // (bug title, reports, titles that were follow-ons)
+        let mut bugs: Vec<(String, u64, usize)> = Vec::new();
         for c in &reports.reports {
-            let times = if c.count > 1 {
-                format!(" (x{})", c.count)
-            } else {
-                String::new()
+            self.file(&c.report, step, c.count);
+            let title = &c.report.title;
+            let bug = self.run.bug_of(title).unwrap_or(title).to_string();
+            let follow_on = usize::from(self.run.is_follow_on(title));
+            match bugs.iter_mut().find(|(b, ..)| *b == bug) {
+                Some((_, n, f)) => (*n, *f) = (*n + c.count, *f + follow_on),
+                None => bugs.push((bug, c.count, follow_on)),
+            }
+        }
+        for (bug, n, follow_ons) in bugs {
+            let times = if n > 1 { format!(" (x{n})") } else { String::new() };
+            let follow_ons = match follow_ons {
+                0 => String::new(),
+                f => format!(" with {f} follow-on title(s)"),
             };
             match step {
-                Some(i) => self
-                    .findings
-                    .push(format!("step {i}: {}{times}", c.report.title)),
-                None => self.findings.push(format!("{}{times}", c.report.title)),
+                Some(i) => self.findings.push(format!("step {i}: {bug}{times}{follow_ons}")),
+                None => self.findings.push(format!("{bug}{times}{follow_ons}")),
             }
-            self.file(&c.report, step, c.count);
         }
         if let Some(note) = reports.dropped_note() {
             let signal = match step {
@@ -874,22 +884,15 @@ pub async fn run_recorded(request: RunRequest) -> anyhow::Result<RunVerdict> {
     })
 }
 
-/// Files reports into a run folder, symbolizing them with the kernel's vmlinux when there is
-/// one (loaded on the first report: a debug vmlinux is ~100 MiB).
+/// Files reports into a run folder, symbolized with the kernel's vmlinux and modules when
+/// there are.
 struct CrashFiler {
-    vmlinux: Option<std::path::PathBuf>,
-    /// File names are made relative to these (the source tree, a series' base tree).
-    source_roots: Vec<std::path::PathBuf>,
-    symbolizer: Option<report::symbolize::Symbolizer>,
+    symbolizer: crate::symbolizer::KernelSymbolizer,
 }
 
 impl CrashFiler {
     fn new(kernel: &crate::results::KernelMeta) -> CrashFiler {
-        CrashFiler {
-            vmlinux: kernel.vmlinux.clone(),
-            source_roots: kernel.source_tree.iter().chain(&kernel.base_tree).cloned().collect(),
-            symbolizer: None,
-        }
+        CrashFiler { symbolizer: crate::symbolizer::KernelSymbolizer::new(kernel) }
     }
 
     /// Files `r`, seen `count` times.
@@ -903,31 +906,12 @@ impl CrashFiler {
         let symbolized = if r.crash_type.is_synthetic() {
             None
         } else {
-            self.symbolize(&r.text)
+            self.symbolizer.symbolize(&r.text)
         };
         run.add_crash_times(
             &crate::results::Crash::from_report(r, step, symbolized),
             count,
         )?;
         Ok(())
-    }
-
-    fn symbolize(&mut self, text: &str) -> Option<String> {
-        if self.symbolizer.is_none() {
-            let vmlinux = self.vmlinux.take()?;
-            match report::symbolize::Symbolizer::new(&vmlinux) {
-                Ok(mut s) => {
-                    for root in &self.source_roots {
-                        s.strip_root(root);
-                    }
-                    self.symbolizer = Some(s);
-                }
-                Err(e) => {
-                    tracing::warn!("cannot symbolize with {}: {e}", vmlinux.display());
-                    return None;
-                }
-            }
-        }
-        self.symbolizer.as_ref().map(|s| s.symbolize_text(text))
     }
 }

@@ -27,11 +27,14 @@ fn release_summary(steps: &[StepRecord], name: &str) -> String {
     text.lines().find(|l| l.starts_with("holder ")).unwrap_or_default().to_string()
 }
 
-/// The titles of the reports on the VM's console so far, checked against the scenario's
-/// expectation for the kernel under test.
+/// The bugs on the VM's console so far (each titled after its first report, follow-ons
+/// folded in, as runs file them), checked against the scenario's expectation for the kernel
+/// under test.
 fn assert_expected(vm: &Vm, name: &str) -> Vec<String> {
+    use harness::report::{bugs::Bugs, collect};
     let console: String = vm.console().lines_since(Default::default()).into_iter().map(|l| l.text + "\n").collect();
-    let titles: Vec<String> = harness::report::parse(console.as_bytes()).into_iter().map(|r| r.title).collect();
+    let collected = harness::report::parse_collected(console.as_bytes(), collect::MAX_TITLES);
+    let titles: Vec<String> = Bugs::of(&collected).bugs().iter().map(|b| b.first.title.clone()).collect();
     let refs: Vec<&str> = titles.iter().map(String::as_str).collect();
     let kernel = testenv::kernel();
     let misses = scenario(name).expectation(kernel).mismatches(&refs);

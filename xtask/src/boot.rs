@@ -208,6 +208,9 @@ fn print_summary(report: &HoldReport) {
     for crash in &report.crashes {
         let times = if crash.count > 1 { format!(" (x{})", crash.count) } else { String::new() };
         println!("  CRASH: {}{times}{}", crash.title, if crash.corrupted { " (corrupted)" } else { "" });
+        for f in &crash.follow_ons {
+            println!("    follow-on (x{}): {}", f.count, f.title);
+        }
     }
     if report.crashes_dropped > 0 {
         println!(
@@ -260,7 +263,7 @@ fn print_json(report: &HoldReport) -> Result<()> {
     }
     lines.push(json!({"type": "taint", "value": report.taint, "agent_lost": report.agent_lost}));
     for crash in &report.crashes {
-        lines.push(json!({"type": "crash", "title": crash.title, "corrupted": crash.corrupted, "count": crash.count}));
+        lines.push(json!({"type": "crash", "title": crash.title, "corrupted": crash.corrupted, "count": crash.count, "follow_ons": crash.follow_ons}));
     }
     if report.crashes_dropped > 0 {
         lines.push(json!({"type": "crashes_dropped", "count": report.crashes_dropped}));

@@ -193,7 +193,7 @@ mod tests {
     use harness::results::{RunSummary, TitleCount};
 
     fn replay(titles: &[&str]) -> RunSummary {
-        RunSummary { titles: titles.iter().map(|t| TitleCount { title: t.to_string(), count: 5 }).collect(), ..RunSummary::default() }
+        RunSummary { titles: titles.iter().map(|t| TitleCount { title: t.to_string(), count: 5, follow_ons: vec![] }).collect(), ..RunSummary::default() }
     }
 
     /// One row per original bug, reproduced or not with its rate, then what is new.

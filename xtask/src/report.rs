@@ -113,7 +113,18 @@ fn parse(log: &Path, json: bool, vmlinux: Option<&Path>, src: Option<&Path>) -> 
         println!("{}", "-".repeat(72));
     }
     if !json {
-        eprintln!("{}: {} report(s)", log.display(), reports.len());
+        // The same grouping a run files them under: one line per bug, follow-ons below it.
+        let mut bugs = report::bugs::Bugs::new(usize::MAX);
+        for r in &reports {
+            bugs.add(r.titles(), &r.text, 1, || r.title.clone());
+        }
+        eprintln!("{}: {} report(s), {} bug(s)", log.display(), reports.len(), bugs.bugs().len());
+        for b in bugs.bugs() {
+            eprintln!("bug: {}x {}", b.count, b.first);
+            for f in &b.follow_ons {
+                eprintln!("  follow-on: {}x {}", f.count, f.first);
+            }
+        }
     }
     Ok(if reports.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }

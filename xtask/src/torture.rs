@@ -588,7 +588,7 @@ mod tests {
                 summary: harness::results::RunSummary {
                     scenario: scenario.into(),
                     kernel: kernel.name().into(),
-                    titles: titles.iter().map(|t| harness::results::TitleCount { title: t.to_string(), count: 1 }).collect(),
+                    titles: titles.iter().map(|t| harness::results::TitleCount { title: t.to_string(), count: 1, follow_ons: vec![] }).collect(),
                     expectation_met: why_not.is_empty(),
                     why_not: why_not.iter().map(|w| w.to_string()).collect(),
                     expected: "clean".into(),

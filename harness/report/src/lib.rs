@@ -45,6 +45,7 @@
 //! [`symbolize`] resolves frames to `file:line` with `addr2line`, [`maintainers`] reads the
 //! kernel's MAINTAINERS, [`taint`] decodes `/proc/sys/kernel/tainted`.
 
+pub mod bugs;
 pub mod collect;
 mod formats;
 pub mod line;

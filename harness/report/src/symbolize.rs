@@ -5,6 +5,12 @@
 //! ELF symbol table (several local symbols may share a name; the one whose size matches
 //! wins), `pc = start + off`, and since frames below the top are return addresses, the
 //! call instruction is found at `pc - 1`. The `RIP:` frame is the faulting pc itself.
+//! A module's `.ko` is a relocatable object: every section starts at address 0 and its DWARF
+//! is unrelocated, so functions of `.text`, `.init.text` and `.exit.text` would resolve to
+//! each other's lines. Modules are loaded as the kernel loads them: their allocated sections
+//! laid out one after the other, function symbols at their section's address, and the
+//! `.rela.debug_*` relocations applied to the DWARF against that layout.
+//!
 //! Output follows syzkaller's layout so reports look the same as syzbot's:
 //!
 //! ```text
@@ -16,7 +22,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
-use object::{Object, ObjectSymbol, SymbolKind};
+use object::{Object, ObjectKind, ObjectSection, ObjectSymbol, RelocationKind, RelocationTarget, SymbolKind, SymbolSection};
 use regex::Regex;
 
 #[derive(Debug, thiserror::Error)]
@@ -80,28 +86,130 @@ pub struct SourceFrame {
     pub inlined: bool,
 }
 
+/// DWARF of a relocated module, owned.
+type ModuleReader = gimli::EndianArcSlice<gimli::RunTimeEndian>;
+
+enum Debug {
+    /// A linked image (vmlinux): addr2line's own loader reads it as it is.
+    Linked(Box<addr2line::Loader>),
+    /// A relocatable object (a module): laid out and relocated by [`relocate`].
+    Relocated(addr2line::Context<ModuleReader>),
+}
+
 struct Binary {
-    loader: addr2line::Loader,
+    debug: Debug,
     /// name → [(address, size)]
     symbols: HashMap<String, Vec<(u64, u64)>>,
+}
+
+/// Where a relocatable object's allocated sections are placed: one after the other from a
+/// page up (0 stays unused), each at its alignment. Index = section index; `None` for
+/// sections that are not loaded (DWARF, symbol tables), which keep address 0.
+fn layout(file: &object::File) -> Vec<Option<u64>> {
+    let mut bases = Vec::new();
+    let mut next: u64 = 0x1000;
+    for section in file.sections() {
+        let index = section.index().0;
+        if bases.len() <= index {
+            bases.resize(index + 1, None);
+        }
+        let loaded = matches!(section.flags(), object::SectionFlags::Elf { sh_flags, .. } if sh_flags.contains(object::elf::SHF_ALLOC));
+        if loaded && section.size() > 0 {
+            let align = section.align().max(1);
+            let base = next.div_ceil(align).saturating_mul(align);
+            bases[index] = Some(base);
+            next = base.saturating_add(section.size());
+        }
+    }
+    bases
+}
+
+/// A symbol's address in `layout`: its value plus its section's base.
+fn placed(bases: &[Option<u64>], symbol: &object::Symbol) -> u64 {
+    let base = match symbol.section() {
+        SymbolSection::Section(index) => bases.get(index.0).copied().flatten().unwrap_or(0),
+        _ => 0,
+    };
+    base.wrapping_add(symbol.address())
+}
+
+/// The DWARF of a relocatable object with its absolute relocations applied against `bases`
+/// (`R_X86_64_64`/`_32` into `.debug_info`, `.debug_line`, ...: addresses of code, offsets
+/// into other DWARF sections). Relocations that do not fit their section are skipped.
+fn relocate(file: &object::File, bases: &[Option<u64>]) -> Result<gimli::Dwarf<ModuleReader>, String> {
+    let endian = if file.is_little_endian() { gimli::RunTimeEndian::Little } else { gimli::RunTimeEndian::Big };
+    let load = |id: gimli::SectionId| -> Result<ModuleReader, String> {
+        let Some(section) = file.section_by_name(id.name()) else {
+            return Ok(ModuleReader::new(std::sync::Arc::from(&[][..]), endian));
+        };
+        let mut data = section.uncompressed_data().map_err(|e| format!("{}: {e}", id.name()))?.into_owned();
+        for (offset, relocation) in section.relocations() {
+            if relocation.kind() != RelocationKind::Absolute {
+                continue;
+            }
+            let target = match relocation.target() {
+                RelocationTarget::Symbol(index) => file.symbol_by_index(index).map_or(0, |sym| placed(bases, &sym)),
+                RelocationTarget::Section(index) => bases.get(index.0).copied().flatten().unwrap_or(0),
+                _ => 0,
+            };
+            let width = usize::from(relocation.size() / 8);
+            let Some(at) = usize::try_from(offset).ok().filter(|at| at.checked_add(width).is_some_and(|end| end <= data.len())) else {
+                continue;
+            };
+            let field = &mut data[at..at + width];
+            let addend = if relocation.has_implicit_addend() { read_uint(field, endian) as i64 } else { relocation.addend() };
+            write_uint(field, target.wrapping_add_signed(addend), endian);
+        }
+        Ok(ModuleReader::new(std::sync::Arc::from(data), endian))
+    };
+    gimli::Dwarf::load(load)
+}
+
+fn read_uint(field: &[u8], endian: gimli::RunTimeEndian) -> u64 {
+    let mut bytes = [0u8; 8];
+    let n = field.len().min(8);
+    match endian {
+        gimli::RunTimeEndian::Little => bytes[..n].copy_from_slice(&field[..n]),
+        gimli::RunTimeEndian::Big => bytes[8 - n..].copy_from_slice(&field[..n]),
+    }
+    match endian {
+        gimli::RunTimeEndian::Little => u64::from_le_bytes(bytes),
+        gimli::RunTimeEndian::Big => u64::from_be_bytes(bytes),
+    }
+}
+
+fn write_uint(field: &mut [u8], value: u64, endian: gimli::RunTimeEndian) {
+    let n = field.len().min(8);
+    match endian {
+        gimli::RunTimeEndian::Little => field[..n].copy_from_slice(&value.to_le_bytes()[..n]),
+        gimli::RunTimeEndian::Big => field[..n].copy_from_slice(&value.to_be_bytes()[8 - n..]),
+    }
 }
 
 impl Binary {
     fn open(path: &Path) -> Result<Binary, SymbolizeError> {
         let data = std::fs::read(path).map_err(|error| SymbolizeError::Read { path: path.into(), error })?;
         let file = object::File::parse(&*data).map_err(|error| SymbolizeError::Object { path: path.into(), error })?;
+        let dwarf_error = |message: String| SymbolizeError::Dwarf { path: path.into(), message };
+        let relocatable = file.kind() == ObjectKind::Relocatable;
+        let bases = if relocatable { layout(&file) } else { Vec::new() };
         let mut symbols: HashMap<String, Vec<(u64, u64)>> = HashMap::new();
         for sym in file.symbols().chain(file.dynamic_symbols()) {
             if sym.kind() != SymbolKind::Text {
                 continue;
             }
             if let Ok(name) = sym.name() {
-                symbols.entry(name.to_string()).or_default().push((sym.address(), sym.size()));
+                let address = if relocatable { placed(&bases, &sym) } else { sym.address() };
+                symbols.entry(name.to_string()).or_default().push((address, sym.size()));
             }
         }
-        let loader = addr2line::Loader::new(path)
-            .map_err(|e| SymbolizeError::Dwarf { path: path.into(), message: e.to_string() })?;
-        Ok(Binary { loader, symbols })
+        let debug = if relocatable {
+            let dwarf = relocate(&file, &bases).map_err(dwarf_error)?;
+            Debug::Relocated(addr2line::Context::from_dwarf(dwarf).map_err(|e| dwarf_error(e.to_string()))?)
+        } else {
+            Debug::Linked(Box::new(addr2line::Loader::new(path).map_err(|e| dwarf_error(e.to_string()))?))
+        };
+        Ok(Binary { debug, symbols })
     }
 
     fn func_start(&self, func: &str, size: u64) -> Option<u64> {
@@ -156,13 +264,8 @@ impl Symbolizer {
         Ok(Symbolizer { kernel: Binary::open(vmlinux)?, modules: HashMap::new(), roots: Vec::new() })
     }
 
-    /// Adds a module's `.ko` for frames printed as `func+0x1/0x2 [name]`.
-    ///
-    /// Not wired up yet, and not right yet for real modules: a `.ko` is relocatable, its
-    /// sections (`.text`, `.init.text`, `.exit.text`, …) all start at address 0 and its DWARF
-    /// is unrelocated, so functions of different sections resolve to each other's lines
-    /// (tried on our nvmem-holder.ko). It needs section addresses laid out and the DWARF
-    /// relocated before it can be called for modules.
+    /// Adds a module's `.ko` for frames printed as `func+0x1/0x2 [name]` (`name` as the
+    /// kernel prints it: `nvmem_holder` for `nvmem-holder.ko`).
     pub fn add_module(&mut self, name: &str, path: &Path) -> Result<(), SymbolizeError> {
         self.modules.insert(name.to_string(), Binary::open(path)?);
         Ok(())
@@ -192,8 +295,20 @@ impl Symbolizer {
         if !frame.is_rip {
             pc = pc.wrapping_sub(1);
         }
+        let found = match &bin.debug {
+            Debug::Linked(loader) => loader.find_frames(pc).ok().map(|frames| self.source_frames(frames, frame)),
+            Debug::Relocated(context) => context.find_frames(pc).skip_all_loads().ok().map(|frames| self.source_frames(frames, frame)),
+        };
+        let mut out = found.unwrap_or_default();
+        if let Some(last) = out.last_mut() {
+            last.inlined = false;
+        }
+        out
+    }
+
+    /// addr2line's frames for one pc, innermost first, all marked inlined.
+    fn source_frames<R: gimli::Reader>(&self, mut frames: addr2line::FrameIter<'_, R>, frame: &FrameRef) -> Vec<SourceFrame> {
         let mut out = Vec::new();
-        let Ok(mut frames) = bin.loader.find_frames(pc) else { return out };
         while let Ok(Some(f)) = frames.next() {
             let func = f
                 .function
@@ -204,9 +319,6 @@ impl Symbolizer {
                 (self.clean_path(l.file.unwrap_or("??")), l.line.unwrap_or(0))
             });
             out.push(SourceFrame { func, file, line, inlined: true });
-        }
-        if let Some(last) = out.last_mut() {
-            last.inlined = false;
         }
         out
     }

@@ -31,6 +31,15 @@ const VOCAB: &[&str] = &[
     "\r\n",
     "\x1b[31m",
     "\n",
+    // What grouping reports into bugs reads: the object, its stacks, the accessing task.
+    "Allocated by task 91:\n",
+    "Freed by task 105 on cpu 0 at 4.2s:\n",
+    " kasan_save_track+0x3f/0x70\n",
+    " kfree+0x1/0x2\n",
+    " release_nodes+0x8f/0xb0\n",
+    "The buggy address belongs to the object at ffff8880008f8600\n",
+    " which belongs to the cache kmalloc-256 of size 256\n",
+    "Read of size 1 at addr ffff8880008f8638 by task cat/109\n",
 ];
 
 fn input() -> impl Strategy<Value = Vec<u8>> {
@@ -58,6 +67,31 @@ proptest! {
             prop_assert!(!r.title.is_empty());
             prop_assert!(r.title.len() <= 120);
             prop_assert!(r.start_line <= r.end_line);
+        }
+    }
+
+    /// Grouping reports into bugs never panics, keeps every report counted once and keeps no
+    /// more titles than it may (the rest counted as dropped).
+    #[test]
+    fn bugs_count_every_report_once(data in input(), max_titles in 1usize..8) {
+        use report::bugs::{Access, Bugs, FreedObject, MAX_FRAMES};
+        let reports = report::parse(&data);
+        let mut bugs = Bugs::new(max_titles);
+        for r in &reports {
+            if let Some(o) = FreedObject::parse(&r.text) {
+                prop_assert!(o.allocated.frames.len() <= MAX_FRAMES && o.freed.frames.len() <= MAX_FRAMES);
+            }
+            if let Some(a) = Access::parse(&r.text) {
+                prop_assert!(!a.frames.is_empty() && a.frames.len() <= MAX_FRAMES);
+            }
+            bugs.add(r.titles(), &r.text, 1, || r.title.clone());
+        }
+        let titles: usize = bugs.bugs().iter().map(|b| 1 + b.follow_ons.len()).sum();
+        prop_assert!(titles <= max_titles);
+        let counted: u64 = bugs.bugs().iter().map(|b| b.count).sum();
+        prop_assert_eq!(counted + bugs.dropped(), reports.len() as u64);
+        for b in bugs.bugs() {
+            prop_assert!(b.follow_ons.iter().map(|f| f.count).sum::<u64>() < b.count);
         }
     }
 }

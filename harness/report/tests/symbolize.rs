@@ -84,6 +84,56 @@ fn symbolizes_frames_with_inlines() {
     assert!(!sym.resolve(&frame).is_empty());
 }
 
+/// A module as the kernel builds one: relocatable, functions in `.text` and `.init.text`
+/// (both sections start at address 0 in the file), DWARF with relocations against them.
+const MODULE: &str = r#"
+__attribute__((noinline)) int in_text(volatile int *p)
+{
+	return *p * 7 + 1;
+}
+
+__attribute__((noinline, section(".init.text"))) int in_init(volatile int *p)
+{
+	return in_text(p) + 3;
+}
+"#;
+
+#[test]
+fn module_frames_resolve_in_their_own_section() {
+    let dir = tempfile_dir().join("module");
+    std::fs::create_dir_all(&dir).unwrap();
+    let src = dir.join("mod.c");
+    std::fs::write(&src, MODULE).unwrap();
+    let ko = dir.join("my-mod.ko");
+    match Command::new("cc").args(["-c", "-g", "-O1", "-fno-omit-frame-pointer", "-o"]).arg(&ko).arg(&src).status() {
+        Ok(s) if s.success() => {}
+        other => {
+            eprintln!("note: skipping module symbolization test, cc failed: {other:?}");
+            return;
+        }
+    }
+    let (text_at, text_size) = symbol(&ko, "in_text");
+    let (init_at, init_size) = symbol(&ko, "in_init");
+    assert_eq!((text_at, init_at), (0, 0), "both functions start their section: the case that needs a layout");
+    let mut sym = Symbolizer::new(&ko).expect("any ELF does as the kernel");
+    sym.add_module("my_mod", &ko).expect("load the module");
+    sym.strip_root(&dir);
+    // The faulting instruction of each function is on its own line, whatever the other
+    // section holds at the same offset.
+    let line_of = |func: &str, off: u64, size: u64| {
+        let out = sym.symbolize_text(&format!(" {func}+0x{off:x}/0x{size:x} [my_mod]"));
+        let file_line = out.trim_end().rsplit(' ').next().unwrap().to_string();
+        file_line.strip_prefix("mod.c:").and_then(|l| l.parse::<u32>().ok()).unwrap_or_else(|| panic!("{out}"))
+    };
+    // Lines 2-5 are in_text, 7-10 in_init.
+    for off in 1..=text_size {
+        assert!((2..=5).contains(&line_of("in_text", off, text_size)), "in_text+{off:#x}");
+    }
+    for off in 1..=init_size {
+        assert!((7..=10).contains(&line_of("in_init", off, init_size)), "in_init+{off:#x}");
+    }
+}
+
 #[test]
 fn missing_vmlinux_is_a_clear_error() {
     let err = Symbolizer::new(Path::new("/nonexistent/vmlinux")).err().expect("error");
