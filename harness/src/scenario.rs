@@ -207,6 +207,11 @@ impl Expectation {
         self.titles.is_empty() && self.maybe.is_empty()
     }
 
+    /// Whether a run may show `title`: some pattern of `titles` or `maybe` matches it.
+    pub fn allows(&self, title: &str) -> bool {
+        self.titles.iter().chain(&self.maybe).any(|p| p.matches(title))
+    }
+
     /// Why a run with these crash titles misses this expectation: each pattern of `titles` no
     /// title matched, then each title no pattern allows. Empty: the titles meet it.
     pub fn mismatches(&self, run_titles: &[&str]) -> Vec<String> {
@@ -217,7 +222,7 @@ impl Expectation {
             .map(|p| format!("expected title missing: {}", p.text()));
         let unexpected = run_titles
             .iter()
-            .filter(|t| !self.titles.iter().chain(&self.maybe).any(|p| p.matches(t)))
+            .filter(|t| !self.allows(t))
             .map(|t| format!("unexpected title: {t}"));
         missing.chain(unexpected).collect()
     }
@@ -372,7 +377,34 @@ impl Serialize for TitlePattern {
 impl<'de> Deserialize<'de> for TitlePattern {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let text = String::deserialize(d)?;
-        TitlePattern::new(&text).map_err(serde::de::Error::custom)
+        let pattern = TitlePattern::new(&text).map_err(serde::de::Error::custom)?;
+        STUCK_TITLES.with_borrow(|stuck| match stuck {
+            Some(stuck) => pattern.check_stuck(stuck).map_err(serde::de::Error::custom),
+            None => Ok(()),
+        })?;
+        Ok(pattern)
+    }
+}
+
+thread_local! {
+    /// While [`Scenario::parse`] reads a file a second time to locate a stuck-unplug pattern
+    /// that fits no unplug of it: the titles its unplugs can file when stuck. The steps come
+    /// after `expect:` in a file, so the first read cannot know them.
+    static STUCK_TITLES: std::cell::RefCell<Option<Vec<String>>> = const { std::cell::RefCell::new(None) };
+}
+
+impl TitlePattern {
+    /// A pattern written for the title a stuck unplug files (`unplug stuck: no DEVICE_DELETED
+    /// for ID`) must match one of `stuck`, the titles this scenario's unplugs can file.
+    fn check_stuck(&self, stuck: &[String]) -> Result<(), String> {
+        if !self.text().starts_with(report::synthetic::UNPLUG_STUCK) || stuck.iter().any(|t| self.matches(t)) {
+            return Ok(());
+        }
+        if stuck.is_empty() {
+            return Err(format!("{:?} expects a stuck unplug, but no step removes a device (only removals wait for DEVICE_DELETED; unbind does not)", self.text()));
+        }
+        let titles = stuck.iter().map(|t| format!("{t:?}")).collect::<Vec<_>>().join(", ");
+        Err(format!("{:?} matches no unplug this scenario can leave stuck; their titles are {titles}", self.text()))
     }
 }
 
@@ -441,7 +473,8 @@ pub struct Hold {
     pub on: String,
 }
 
-/// Faults for an emulated CP2112, as written in a scenario.
+/// Faults for an emulated device (a CP2112; a virtio-i2c adapter where it has the same thing:
+/// see [`virtio_i2c_fault_misfit`]), as written in a scenario.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct FaultSpec {
@@ -462,11 +495,26 @@ pub struct FaultSpec {
     #[serde(default)]
     pub stall_ep0: bool,
     /// Drop the device when this many more I2C transfers have started (1 = the next one).
+    /// A virtio-i2c adapter vanishes then (`surprise` only), that transfer unanswered.
     #[serde(default)]
     pub unplug_after_transfers: Option<u64>,
     /// How the device drops then: `disconnect` (usbredir device_disconnect) or `surprise`.
     #[serde(default)]
     pub unplug_how: Option<UnplugHow>,
+}
+
+/// Why a fault does not fit a virtio-i2c adapter, if it does not: it has one error status (any
+/// `transfer_error` fails the message), no BUSY status and no control endpoint, and drops
+/// mid-transfer only by vanishing (its backend goes away, `surprise`). Checked for scenarios on
+/// load and for any schedule when the fault is set.
+pub fn virtio_i2c_fault_misfit(busy: u32, stall_ep0: bool, unplug_after_transfers: Option<u64>, unplug_how: Option<UnplugHow>) -> Option<String> {
+    if busy > 0 || stall_ep0 {
+        return Some("a virtio-i2c adapter has no BUSY status and no control endpoint (busy and stall_ep0 are CP2112 faults)".into());
+    }
+    if unplug_after_transfers.is_some() && unplug_how != Some(UnplugHow::Surprise) {
+        return Some("a virtio-i2c adapter drops mid-transfer only by vanishing: unplug_how: surprise".into());
+    }
+    None
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -660,12 +708,42 @@ impl Scenario {
 
     /// Parses and validates; `origin` names the source in errors.
     pub fn parse(text: &str, origin: &Path) -> Result<Scenario, ScenarioError> {
-        let scenario: Scenario = serde_yaml_ng::from_str(text).map_err(|e| {
-            let (line, column) = e.location().map(|l| (l.line(), l.column())).unwrap_or((0, 0));
-            ScenarioError::Syntax { path: origin.into(), line, column, message: e.to_string() }
-        })?;
+        let read = || {
+            serde_yaml_ng::from_str::<Scenario>(text).map_err(|e| {
+                let (line, column) = e.location().map(|l| (l.line(), l.column())).unwrap_or((0, 0));
+                ScenarioError::Syntax { path: origin.into(), line, column, message: e.to_string() }
+            })
+        };
+        let scenario = read()?;
         scenario.validate().map_err(|message| ScenarioError::Invalid { path: origin.into(), message })?;
+        let stuck = scenario.stuck_titles();
+        let patterns = || scenario.expect.values().flat_map(|e| e.titles.iter().chain(&e.maybe));
+        if let Some(misfit) = patterns().find_map(|p| p.check_stuck(&stuck).err()) {
+            // Read again, knowing the titles, so the error points at the pattern.
+            STUCK_TITLES.set(Some(stuck));
+            let again = read();
+            STUCK_TITLES.set(None);
+            again?;
+            return Err(ScenarioError::Invalid { path: origin.into(), message: format!("expect: {misfit}") });
+        }
         Ok(scenario)
+    }
+
+    /// The titles a stuck unplug of this scenario files: one per device a step removes (any
+    /// method but `unbind`, which waits for no `DEVICE_DELETED`).
+    fn stuck_titles(&self) -> Vec<String> {
+        let mut titles: Vec<String> = Vec::new();
+        for step in self.setup.iter().chain(&self.steps) {
+            if let Step::Unplug(u) = step {
+                if u.how.choices().iter().any(|how| *how != UnplugHow::Unbind) {
+                    let title = report::synthetic::unplug_stuck(&u.id, Duration::ZERO).title;
+                    if !titles.contains(&title) {
+                        titles.push(title);
+                    }
+                }
+            }
+        }
+        titles
     }
 
     fn validate(&self) -> Result<(), String> {
@@ -684,6 +762,8 @@ impl Scenario {
         // A plug id must exist before it is unplugged, and stay unique while plugged; the same
         // for holder names between hold and release.
         let mut plugged: Vec<&str> = Vec::new();
+        // The device each plugged id is.
+        let mut device: BTreeMap<&str, &str> = BTreeMap::new();
         let mut held: Vec<&str> = Vec::new();
         // Plugged devices whose driver an `unbind` took away (still plugged, no nodes).
         let mut unbound: Vec<&str> = Vec::new();
@@ -708,6 +788,7 @@ impl Scenario {
                         return Err(format!("{at}: id {:?} is already plugged", p.id));
                     }
                     plugged.push(&p.id);
+                    device.insert(&p.id, &p.device);
                 }
                 Step::Unplug(u) => {
                     let Some(pos) = plugged.iter().position(|id| *id == u.id) else {
@@ -765,6 +846,11 @@ impl Scenario {
                     }
                     if matches!(f.unplug_how, Some(UnplugHow::Graceful | UnplugHow::Unbind)) {
                         return Err(format!("{at}: a fault unplug is `disconnect` or `surprise`; graceful and unbind are steps of their own"));
+                    }
+                    if device.get(f.id.as_str()) == Some(&crate::testbed::VIRTIO_I2C) {
+                        if let Some(misfit) = virtio_i2c_fault_misfit(f.busy, f.stall_ep0, f.unplug_after_transfers, f.unplug_how) {
+                            return Err(format!("{at}: fault for {:?}: {misfit}", f.id));
+                        }
                     }
                 }
                 _ => {}
@@ -1005,6 +1091,41 @@ steps:
         // Consistency with `kernels:` is checked after parsing (no position to name).
         let err = Scenario::parse("name: x\nkernels: [resmgr]\nexpect:\n  vanilla: clean\nsteps:\n  - observe\n", Path::new("e.yaml")).unwrap_err().to_string();
         assert_eq!(err, "e.yaml: expect names vanilla, which `kernels:` leaves out (it applies to resmgr)");
+    }
+
+    /// A pattern for a stuck unplug's title (`unplug stuck: ...`) must fit a device the scenario
+    /// removes; one that fits none is an error at the pattern.
+    #[test]
+    fn expected_stuck_unplugs_must_fit_a_removal_of_the_scenario() {
+        let scenario = |expect: &str, how: &str| {
+            format!("name: x\nexpect:\n  vanilla:\n{expect}\nsteps:\n  - plug: {{ device: virtio-i2c, id: vi2c }}\n  - unplug: {{ id: vi2c, how: {how} }}\n")
+        };
+        for fits in [
+            "    - \"unplug stuck: no DEVICE_DELETED for vi2c\"",
+            "    - \"unplug stuck: *\"",
+            "    titles: [\"INFO: task hung in *\"]\n    maybe: [\"unplug stuck: no DEVICE_DELETED for vi2c\"]",
+        ] {
+            let text = scenario(fits, "[graceful, surprise]");
+            let s = Scenario::parse(&text, Path::new("s.yaml")).unwrap_or_else(|e| panic!("{text:?}: {e}"));
+            assert!(s.expectation(KernelVariant::Vanilla).allows("unplug stuck: no DEVICE_DELETED for vi2c"));
+        }
+        for (expect, how, want) in [
+            (
+                "    - \"INFO: task hung in *\"\n    - \"unplug stuck: no DEVICE_DELETED for bridge\"",
+                "graceful",
+                "s.yaml:4:5: expect.vanilla: \"unplug stuck: no DEVICE_DELETED for bridge\" matches no unplug this scenario can leave stuck; their titles are \"unplug stuck: no DEVICE_DELETED for vi2c\"",
+            ),
+            (
+                "    titles: [\"INFO: task hung in *\"]\n    maybe: [\"unplug stuck: no DEVICE_DELETED for vi2c\"]",
+                "unbind",
+                "s.yaml:5:12: expect.vanilla.maybe: \"unplug stuck: no DEVICE_DELETED for vi2c\" expects a stuck unplug, but no step removes a device (only removals wait for DEVICE_DELETED; unbind does not)",
+            ),
+        ] {
+            let err = Scenario::parse(&scenario(expect, how), Path::new("s.yaml")).unwrap_err().to_string();
+            assert!(err.starts_with(want), "{expect:?}: {err}");
+        }
+        // The second read leaves nothing behind: the next file parses on its own terms.
+        assert!(Scenario::parse(&scenario("    - \"unplug stuck: no DEVICE_DELETED for vi2c\"", "graceful"), Path::new("s.yaml")).is_ok());
     }
 
     /// `only` wraps a step for some variants; it must be a step that changes no state, for
