@@ -1175,12 +1175,20 @@ steps:
             ("gpio-virtuser-irq-teardown", &["KASAN: slab-use-after-free Read in seq_vprintf"]),
             ("nvmem-holder-cp2112-unplug", &["KASAN: slab-use-after-free Read in regmap_raw_read", "KASAN: slab-use-after-free Read in i2c_transfer", "KASAN: slab-use-after-free Write in regmap_format_8", "KASAN: slab-use-after-free Read in regmap_volatile_range", "KASAN: slab-use-after-free Read in i2c_adapter_lock_bus", "KASAN: slab-use-after-free Read in regmap_bulk_read", "KASAN: slab-use-after-free Read in __i2c_transfer", "KASAN: slab-use-after-free Read in try_to_take_rt_mutex", "KASAN: slab-use-after-free Read in cp2112_i2c_xfer", "KASAN: slab-use-after-free Read in at24_read", "KASAN: slab-use-after-free Read in _regmap_raw_read", "KASAN: use-after-free Read in usbhid_output_report", "KASAN: slab-use-after-free Read in regmap_get_device", "KASAN: slab-use-after-free Read in regmap_volatile", "KASAN: slab-use-after-free Read in __rt_mutex_slowtrylock", "KASAN: slab-use-after-free Read in regmap_readable", "KASAN: slab-use-after-free Read in hid_hw_output_report"]),
             ("usb-kbd-cycle", &[]),
+            // Seed 18022798347227.
+            ("virtio-i2c-backend-stalls", &["INFO: task hung in kernfs_drain", "unplug stuck: no DEVICE_DELETED for vi2c"]),
+            ("virtio-i2c-backend-vanishes", &["INFO: task hung in kernfs_drain", "unplug stuck: no DEVICE_DELETED for vi2c"]),
+            ("virtio-i2c-dev-held", &["unplug stuck: no DEVICE_DELETED for vi2c", "INFO: task hung in virtio_i2c_remove"]),
+            ("virtio-i2c-nvmem-holder-unplug", &["KASAN: slab-use-after-free Read in at24_read", "KASAN: slab-use-after-free Read in regmap_get_device", "KASAN: slab-use-after-free Read in regmap_bulk_read", "KASAN: slab-use-after-free Read in regmap_volatile_range", "KASAN: slab-use-after-free Read in regmap_volatile", "KASAN: slab-use-after-free Read in regmap_readable", "KASAN: slab-use-after-free Read in regmap_raw_read", "KASAN: slab-use-after-free Read in _regmap_raw_read", "KASAN: slab-use-after-free Write in regmap_format_8", "KASAN: slab-use-after-free Read in i2c_transfer", "KASAN: slab-use-after-free Read in i2c_adapter_lock_bus", "KASAN: slab-use-after-free Read in try_to_take_rt_mutex", "KASAN: slab-use-after-free Read in __rt_mutex_slowtrylock", "KASAN: slab-use-after-free Read in __i2c_transfer", "KASAN: slab-use-after-free Read in virtio_i2c_xfer"]),
         ];
+        // i2c-virtio's wait without a timeout (kernel-notes B9) is outside the resmgr series:
+        // a stalled or vanished backend still blocks the removal there.
+        let resmgr_not_clean = ["virtio-i2c-backend-stalls", "virtio-i2c-backend-vanishes"];
         let dir = crate::paths::repo_root().join("scenarios");
         let mut buggy = Vec::new();
         for path in find(&dir, "*").unwrap() {
             let s = Scenario::load(&path).unwrap();
-            assert!(s.kernels.iter().all(|k| *k == KernelVariant::Vanilla || s.expectation(*k).is_clean()), "{}", s.name);
+            assert!(resmgr_not_clean.contains(&s.name.as_str()) || s.kernels.iter().all(|k| *k == KernelVariant::Vanilla || s.expectation(*k).is_clean()), "{}", s.name);
             if !s.applies_to(KernelVariant::Vanilla) {
                 continue;
             }
@@ -1191,7 +1199,7 @@ steps:
             }
         }
         // The scenarios whose vanilla run must show a bug (a clean run misses the expectation).
-        assert_eq!(buggy, ["at24-unbind-under-holders", "cp2112-gpio-irq-release", "cp2112-i2c-dev-held", "gpio-virtuser-irq-teardown", "nvmem-holder-cp2112-unplug"]);
+        assert_eq!(buggy, ["at24-unbind-under-holders", "cp2112-gpio-irq-release", "cp2112-i2c-dev-held", "gpio-virtuser-irq-teardown", "nvmem-holder-cp2112-unplug", "virtio-i2c-backend-stalls", "virtio-i2c-backend-vanishes", "virtio-i2c-dev-held", "virtio-i2c-nvmem-holder-unplug"]);
     }
 
     #[test]
