@@ -217,9 +217,14 @@ impl Summary {
     /// Why a run with these crash titles misses its expectation; empty: it meets it. Besides
     /// the titles (see [`Expectation::mismatches`]): a failed step, a run stopped early, and a
     /// signal (taint, a failed observer or late close) when no crash title explains it.
+    ///
+    /// A stuck unplug is a failed step that also files a title (`unplug stuck: ...`): where the
+    /// expectation allows that title (a PCIe removal the kernel is expected never to finish),
+    /// the step is judged by its title alone, so the expectation can be met.
     pub fn why_not(&self, titles: &[&str]) -> Vec<String> {
         let mut why = self.expect.mismatches(titles);
-        for st in self.steps.iter().filter(|st| !st.ok) {
+        let expected_stuck = |st: &StepLine| st.stuck_title.as_deref().is_some_and(|t| self.expect.allows(t));
+        for st in self.steps.iter().filter(|st| !st.ok && !expected_stuck(st)) {
             why.push(format!("step {} failed: {} — {}", st.index, st.description, st.detail.as_deref().unwrap_or("")));
         }
         if let Some(aborted) = &self.aborted {
@@ -250,6 +255,9 @@ pub struct StepLine {
     /// Why the step did not run on this kernel (`only`), if it did not.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub not_run: Option<String>,
+    /// The title the step filed for an unplug QEMU never completed (no `DEVICE_DELETED`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stuck_title: Option<String>,
 }
 
 /// `summary.json`: a run's end as scripts read it (never summary.md). Skipped runs have one
@@ -818,8 +826,8 @@ mod tests {
         let summary = Summary {
             scenario: "demo".into(),
             steps: vec![
-                StepLine { index: 1, description: "plug cp2112".into(), ok: true, detail: None, elapsed_ms: 5.0, not_run: None },
-                StepLine { index: 2, description: "unplug # x".into(), ok: false, detail: Some("unplug stuck".into()), elapsed_ms: 1.0, not_run: None },
+                StepLine { index: 1, description: "plug cp2112".into(), ok: true, detail: None, elapsed_ms: 5.0, not_run: None, stuck_title: None },
+                StepLine { index: 2, description: "unplug # x".into(), ok: false, detail: Some("unplug stuck".into()), elapsed_ms: 1.0, not_run: None, stuck_title: None },
             ],
             aborted: None,
             signals: vec!["step 2: kernel taint gained B".into()],
@@ -859,6 +867,7 @@ mod tests {
             detail: detail.map(str::to_string),
             elapsed_ms: 1.0,
             not_run: not_run.map(str::to_string),
+            stuck_title: None,
         };
         let summary = Summary {
             scenario: "golden".into(),
@@ -952,6 +961,75 @@ mod tests {
         assert!(expected.why_not(&["KASAN: slab-use-after-free Read in seq_vprintf"]).is_empty());
         let stopped = Summary { aborted: Some("interrupted by the user".into()), ..expected };
         assert_eq!(stopped.why_not(&["KASAN: x"]), ["stopped early: interrupted by the user"]);
+    }
+
+    /// A stuck unplug files a title and fails its step. Where the expectation allows the title
+    /// (vanilla's PCIe removal that never completes) the step is judged by the title alone and
+    /// the run can meet it; elsewhere both the title and the step say why not. An allowed stuck
+    /// title excuses nothing else.
+    #[test]
+    fn an_expected_stuck_unplug_is_judged_by_its_title() {
+        let stuck = report::synthetic::unplug_stuck("vi2c", std::time::Duration::from_secs(10)).title;
+        let hung = "INFO: task hung in virtio_i2c_remove";
+        let line = |index: usize, ok: bool, detail: &str, stuck_title: Option<&str>| StepLine {
+            index,
+            description: format!("step {index}"),
+            ok,
+            detail: Some(detail.to_string()).filter(|d| !d.is_empty()),
+            elapsed_ms: 1.0,
+            not_run: None,
+            stuck_title: stuck_title.map(str::to_string),
+        };
+        let steps = vec![line(1, true, "", None), line(2, false, "unplug stuck: no DEVICE_DELETED for \"vi2c\" within 10s", Some(&stuck))];
+        let vanilla = Summary { expect: expectation(&format!("[\"{stuck}\", \"INFO: task hung in *\"]")), steps: steps.clone(), ..Summary::default() };
+        assert_eq!(vanilla.why_not(&[&stuck, hung]), Vec::<String>::new());
+        // Allowed by `maybe` or a glob just the same.
+        let maybe = Summary { expect: expectation("{ titles: [\"INFO: task hung in *\"], maybe: [\"unplug stuck: *\"] }"), ..vanilla.clone() };
+        assert_eq!(maybe.why_not(&[&stuck, hung]), Vec::<String>::new());
+        // The removal completed after all: the expected title is missing.
+        let completed = Summary { steps: vec![line(1, true, "", None), line(2, true, "", None)], ..vanilla.clone() };
+        assert_eq!(completed.why_not(&[hung]), [format!("expected title missing: {stuck}")]);
+        // Not expected (resmgr: clean): the title and the failed step.
+        let resmgr = Summary { steps: steps.clone(), ..Summary::default() };
+        assert_eq!(
+            resmgr.why_not(&[&stuck]),
+            [format!("unexpected title: {stuck}"), "step 2 failed: step 2 — unplug stuck: no DEVICE_DELETED for \"vi2c\" within 10s".to_string()]
+        );
+        // Another failed step still fails the run, and so does a stuck unplug of another device.
+        let other = StepLine { stuck_title: Some(report::synthetic::unplug_stuck("bridge", std::time::Duration::ZERO).title), ..line(3, false, "stuck too", None) };
+        let more = Summary { steps: vec![steps[0].clone(), steps[1].clone(), line(4, false, "exit status 1", None), other], ..vanilla };
+        assert_eq!(more.why_not(&[&stuck, hung]), ["step 4 failed: step 4 — exit status 1", "step 3 failed: step 3 — stuck too"]);
+    }
+
+    /// The same through a run folder: the synthetic report filed, summary.json says the
+    /// expectation is met while the step stays not ok (a finding, shown as such).
+    #[test]
+    fn an_expected_stuck_unplug_meets_the_expectation_in_summary_json() {
+        let root = tempfile::tempdir().unwrap();
+        let mut run = RunDir::create(root.path(), "stuck").unwrap();
+        let stuck = report::synthetic::unplug_stuck("vi2c", std::time::Duration::from_secs(10));
+        run.add_report(&stuck, Some(2), None).unwrap();
+        let summary = Summary {
+            scenario: "stuck".into(),
+            kernel: Some(KernelVariant::Vanilla),
+            expect: expectation(&format!("[\"{}\"]", stuck.title)),
+            steps: vec![StepLine {
+                index: 2,
+                description: "unplug vi2c (graceful)".into(),
+                ok: false,
+                detail: Some("unplug stuck".into()),
+                elapsed_ms: 10_000.0,
+                not_run: None,
+                stuck_title: Some(stuck.title.clone()),
+            }],
+            ..Summary::default()
+        };
+        run.write_summary(&summary).unwrap();
+        let json: RunSummary = serde_json::from_str(&std::fs::read_to_string(run.path().join("summary.json")).unwrap()).unwrap();
+        assert!(json.expectation_met, "{json:?}");
+        assert_eq!((json.steps_failed, json.titles.len()), (1, 1));
+        let md = std::fs::read_to_string(run.path().join("summary.md")).unwrap();
+        assert!(md.contains("verdict: **FINDINGS**; 1 steps, 1 not ok") && md.contains("— **met**"), "{md}");
     }
 
     #[test]

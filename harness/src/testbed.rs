@@ -44,7 +44,7 @@ use crate::vm::{Vm, USB_BUS};
 const QEMU_USB: &[&str] = &["usb-kbd", "usb-mouse", "usb-tablet"];
 const CP2112: &str = "cp2112";
 const GPIO_SIM: &str = "gpio-sim";
-const VIRTIO_I2C: &str = "virtio-i2c";
+pub(crate) const VIRTIO_I2C: &str = "virtio-i2c";
 /// Lines of a plugged gpio-sim chip (the CP2112 has 8 too).
 const GPIO_SIM_LINES: u32 = 8;
 
@@ -158,6 +158,9 @@ pub struct Testbed {
     /// Devices whose unplug started but never finished (the step was cancelled at its
     /// deadline): QEMU and the guest may still have them, half removed. Their ids stay taken.
     interrupted: BTreeSet<String>,
+    /// virtio-i2c devices QEMU may still have after a failed unplug (no `DEVICE_DELETED`):
+    /// their backends keep serving until QEMU hangs up; [`Testbed::finish`] joins them.
+    lingering: Vec<VirtioI2c>,
 }
 
 /// Marks an unplug in flight: unless [`InFlight::done`] is called, dropping it (the unplug's
@@ -250,11 +253,38 @@ impl Testbed {
         }
     }
 
+    /// Once QEMU has exited: joins the threads of every virtio-i2c backend still around
+    /// (plugged, or left by a stuck unplug). An error names those that did not end.
+    pub async fn finish(&mut self) -> Result<()> {
+        let plugged = std::mem::take(&mut self.plugged).into_values().filter_map(|p| match p {
+            Plugged::VirtioI2c { device, .. } => Some(device),
+            _ => None,
+        });
+        let mut failed = Vec::new();
+        for device in plugged.chain(std::mem::take(&mut self.lingering)) {
+            if let Err(e) = device.join().await {
+                failed.push(format!("{e:#}"));
+            }
+        }
+        if !failed.is_empty() {
+            bail!("vhost-user-i2c backends left running: {}", failed.join("; "));
+        }
+        Ok(())
+    }
+
     /// Sets the faults of the emulated device `id` (see [`crate::scenario::FaultSpec`]).
     /// Returns what was set, for the step record.
     pub fn set_faults(&mut self, fault: &crate::schedule::PlannedFault) -> Result<String> {
+        if let Some(Plugged::VirtioI2c { device, .. }) = self.plugged.get(&fault.id) {
+            let faults = virtio_i2c_faults(fault, device.counters().transfers)?;
+            device.set_faults(faults);
+            return Ok(match faults.vanish_at_transfer {
+                Some(n) => format!("faults set; the backend vanishes when transfer {n} starts"),
+                None => "faults set".to_string(),
+            });
+        }
         let Some(Plugged::Cp2112 { device, drop_at_transfer, .. }) = self.plugged.get_mut(&fault.id) else {
-            bail!("{:?} is not a plugged emulated device (faults exist for cp2112 only)", fault.id);
+            bail!("{:?} is not a plugged emulated device (faults exist for cp2112 and virtio-i2c)", fault.id);
         };
         let unplug_at_transfer = fault.unplug_after_transfers.map(|n| {
             let how = match fault.unplug_how {
@@ -298,7 +328,7 @@ impl Testbed {
         let (plugged, guest_saw) = if device == CP2112 {
             plug_cp2112(vm, id, at24).await?
         } else if device == VIRTIO_I2C {
-            plug_virtio_i2c(vm, id, at24).await?
+            plug_virtio_i2c(vm, id, at24, &mut self.lingering).await?
         } else if device == GPIO_SIM {
             plug_gpio_sim(vm, id).await?
         } else if let Some(driver) = QEMU_USB.iter().copied().find(|d| *d == device) {
@@ -348,7 +378,7 @@ impl Testbed {
         };
         self.unbound.remove(id);
         let in_flight = InFlight::start(&mut self.interrupted, id);
-        let result = unplug_plugged(vm, id, plugged, how, timeout).await;
+        let result = unplug_plugged(vm, id, plugged, how, timeout, &mut self.lingering).await;
         in_flight.done();
         result.map(outcome)
     }
@@ -398,6 +428,7 @@ async fn unplug_plugged(
     plugged: Plugged,
     how: UnplugHow,
     timeout: Duration,
+    lingering: &mut Vec<VirtioI2c>,
 ) -> Result<String> {
     let guest_saw = match (plugged, how) {
         (Plugged::QemuUsb { .. }, UnplugHow::Graceful) => {
@@ -440,7 +471,13 @@ async fn unplug_plugged(
             } else {
                 String::new()
             };
-            let end = device.unplug(vm, timeout).await?;
+            let end = match device.unplug(vm, timeout).await {
+                Ok(end) => end,
+                Err(failed) => {
+                    lingering.extend(failed.device);
+                    return Err(failed.error);
+                }
+            };
             vm.release_root_port(&port);
             format!("{surprise}device_del: DEVICE_DELETED, {}; vhost-user session: {end:?}", node_gone(vm, &adapter).await?)
         }
@@ -580,7 +617,7 @@ async fn plug_cp2112(vm: &mut Vm, id: &str, at24: &[At24Spec]) -> Result<(Plugge
     ))
 }
 
-async fn plug_virtio_i2c(vm: &mut Vm, id: &str, at24: &[At24Spec]) -> Result<(Plugged, String)> {
+async fn plug_virtio_i2c(vm: &mut Vm, id: &str, at24: &[At24Spec], lingering: &mut Vec<VirtioI2c>) -> Result<(Plugged, String)> {
     let mut bus = devices::i2c::I2cBus::new();
     let mut eeproms = Vec::new();
     for spec in at24 {
@@ -611,9 +648,27 @@ async fn plug_virtio_i2c(vm: &mut Vm, id: &str, at24: &[At24Spec]) -> Result<(Pl
                 vm.release_root_port(&port);
                 e.context(format!("the plug of {id} failed; its device was removed again"))
             }
-            Err(cleanup) => e.context(format!("the plug of {id} failed, and removing its device failed too: {cleanup:#}")),
+            Err(cleanup) => {
+                lingering.extend(cleanup.device);
+                e.context(format!("the plug of {id} failed, and removing its device failed too: {:#}", cleanup.error))
+            }
         }),
     }
+}
+
+/// A scenario's fault for a virtio-i2c adapter (`transfers`: how many it has started so far):
+/// a reply delay, NAK, an error (any `transfer_error`) and vanishing as a transfer starts.
+fn virtio_i2c_faults(fault: &crate::schedule::PlannedFault, transfers: u64) -> Result<devices::virtio_i2c::Faults> {
+    if let Some(misfit) = crate::scenario::virtio_i2c_fault_misfit(fault.busy, fault.stall_ep0, fault.unplug_after_transfers, fault.unplug_how) {
+        bail!("{}: {misfit}", fault.id);
+    }
+    Ok(devices::virtio_i2c::Faults {
+        // Schedules are validated on load; a bad value still must not panic here.
+        reply_delay: Duration::try_from_secs_f64(fault.reply_delay_ms / 1e3).unwrap_or_default(),
+        nak: fault.nak,
+        error: fault.transfer_error.is_some(),
+        vanish_at_transfer: fault.unplug_after_transfers.map(|n| transfers + n),
+    })
 }
 
 /// Waits for the new i2c-virtio adapter (not among `before`), instantiates the at24 clients.

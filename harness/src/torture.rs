@@ -578,6 +578,10 @@ impl Recording {
         use crate::results::StepLine;
         let r = self.run.append_step(step);
         self.record(r);
+        let stuck = match (&step.status, &step.action) {
+            (StepStatus::UnplugStuck(_), Action::Unplug { id, .. }) => Some(report::synthetic::unplug_stuck(id, self.unplug_timeout)),
+            _ => None,
+        };
         self.summary.steps.push(StepLine {
             index: step.index,
             description: step.description.clone(),
@@ -593,6 +597,7 @@ impl Recording {
                 StepStatus::NotOnThisKernel(why) => Some(why.clone()),
                 _ => None,
             },
+            stuck_title: stuck.as_ref().map(|r| r.title.clone()),
         });
         self.summary.holders = step.holders.clone();
         self.file_collected(reports, Some(step.index));
@@ -620,12 +625,9 @@ impl Recording {
             self.findings.push(signal.clone());
             self.summary.signals.push(signal);
         }
-        if let (StepStatus::UnplugStuck(d), Action::Unplug { id, .. }) =
-            (&step.status, &step.action)
-        {
+        if let (Some(stuck), StepStatus::UnplugStuck(d)) = (&stuck, &step.status) {
             self.findings.push(format!("step {}: {d}", step.index));
-            let stuck = report::synthetic::unplug_stuck(id, self.unplug_timeout);
-            self.file(&stuck, Some(step.index), 1);
+            self.file(stuck, Some(step.index), 1);
         }
         if !reports.reports.is_empty()
             || reports.dropped > 0
@@ -848,6 +850,14 @@ pub async fn run_recorded(request: RunRequest) -> anyhow::Result<RunVerdict> {
             // Best effort: the VM may be the thing that broke. QEMU is killed at the latest
             // when `vm` is dropped inside.
             let _ = vm.shutdown(std::time::Duration::from_secs(10)).await;
+            // QEMU is gone: the device backends it used (a stuck unplug's too) end now.
+            if let Err(e) = testbed.finish().await {
+                let signal = format!("{e:#}");
+                recorder.send(move |r| {
+                    r.findings.push(signal.clone());
+                    r.summary.signals.push(signal);
+                });
+            }
         }
     }
     drop(progress);

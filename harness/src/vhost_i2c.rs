@@ -16,9 +16,9 @@
 //! until QEMU hangs up or we [`Backend::close`] it, then drops it, which joins the worker.
 //! [`Backend::join`] returns once all three threads are gone; no socket file is left. After a
 //! stuck unplug (no `DEVICE_DELETED`) the device may still complete its removal later, so
-//! [`VirtioI2c::unplug`] neither closes the backend nor removes the chardev: the backend's
-//! threads end when QEMU hangs up (the late removal, or QEMU's exit) and the root port stays
-//! claimed.
+//! [`VirtioI2c::unplug`] neither closes the backend nor removes the chardev: it hands the
+//! device back ([`Lingering`]), the root port stays claimed, and the backend's threads end when
+//! QEMU hangs up (the late removal, or QEMU's exit), which [`VirtioI2c::join`] waits for.
 //!
 //! What the guest sees:
 //! * graceful (`device_del`): q35's root ports use ACPI PCI hotplug; the guest's acpiphp
@@ -47,7 +47,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use devices::i2c::I2cBus;
-use devices::virtio_i2c::{self, Adapter, Counters, Layout, OutHdr, Segment, IN_HDR_LEN, MAX_DESCRIPTORS, OUT_HDR_LEN, STATUS_ERR};
+use devices::virtio_i2c::{self, Adapter, Admission, Counters, Faults, Layout, OutHdr, Segment, IN_HDR_LEN, MAX_DESCRIPTORS, OUT_HDR_LEN, STATUS_ERR};
 use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
 use vhost::vhost_user::Listener;
 use vhost_user_backend::{ShutdownHandle, VhostUserBackend, VhostUserDaemon, VringRwLock, VringT};
@@ -92,6 +92,9 @@ struct I2cBackend {
     adapter: Arc<Mutex<Adapter>>,
     mem: Mutex<Option<Memory>>,
     event_idx: AtomicBool,
+    /// The session's control: a vanish fault closes the connection through it, and a reply
+    /// delay ends early when the session does.
+    control: Arc<Control>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -172,10 +175,24 @@ impl I2cBackend {
         if chains.is_empty() {
             return Ok(());
         }
+        let mut answered = 0;
         for chain in chains {
+            let admission = lock(&self.adapter).admit();
+            match admission {
+                Admission::Serve(delay) => self.control.sleep(delay),
+                Admission::Vanish => {
+                    // This chain and the rest stay unanswered; QEMU sees the backend go.
+                    self.control.close();
+                    break;
+                }
+            }
             let head = chain.head_index();
             let used = process_chain(chain, &mem, &mut lock(&self.adapter));
             vring.add_used(head, used).map_err(io::Error::other)?;
+            answered += 1;
+        }
+        if answered == 0 {
+            return Ok(());
         }
         if !self.event_idx.load(Ordering::Relaxed) || vring.needs_notification().map_err(io::Error::other)? {
             vring.signal_used_queue()?;
@@ -249,6 +266,9 @@ pub enum SessionEnd {
 struct Control {
     /// Set by `close`; the supervisor checks it before and after connecting.
     closing: AtomicBool,
+    /// Set once the session is over (whoever ended it), so a reply delay stops early.
+    ended: Mutex<bool>,
+    ended_changed: std::sync::Condvar,
     /// Wakes the supervisor while it waits for QEMU's connection.
     wake: EventNotifier,
     /// The live connection, once there is one.
@@ -256,12 +276,41 @@ struct Control {
 }
 
 impl Control {
+    fn new() -> io::Result<(Control, EventConsumer)> {
+        let (wake_rx, wake) = new_event_consumer_and_notifier(EventFlag::NONBLOCK)?;
+        let control = Control {
+            closing: AtomicBool::new(false),
+            ended: Mutex::new(false),
+            ended_changed: std::sync::Condvar::new(),
+            wake,
+            connection: Mutex::new(None),
+        };
+        Ok((control, wake_rx))
+    }
+
     fn close(&self) {
         self.closing.store(true, Ordering::SeqCst);
         let _ = self.wake.notify();
         if let Some(handle) = lock(&self.connection).as_ref() {
             handle.shutdown();
         }
+        self.end();
+    }
+
+    /// The session is over: wakes a reply delay in the vring worker, which the daemon's drop
+    /// joins.
+    fn end(&self) {
+        *lock(&self.ended) = true;
+        self.ended_changed.notify_all();
+    }
+
+    /// A reply delay (a fault): `delay`, or less if the session ends first.
+    fn sleep(&self, delay: Duration) {
+        if delay.is_zero() {
+            return;
+        }
+        let ended = lock(&self.ended);
+        let _ = self.ended_changed.wait_timeout_while(ended, delay, |ended| !*ended);
     }
 }
 
@@ -287,9 +336,9 @@ impl Backend {
     /// supervisor thread waits up to [`ACCEPT_TIMEOUT`] for the connection.
     pub fn serve(listener: UnixListener, bus: I2cBus) -> io::Result<Backend> {
         let adapter = Arc::new(Mutex::new(Adapter::new(bus)));
-        let (wake_rx, wake) = new_event_consumer_and_notifier(EventFlag::NONBLOCK)?;
-        let control = Arc::new(Control { closing: AtomicBool::new(false), wake, connection: Mutex::new(None) });
-        let backend = Arc::new(I2cBackend { adapter: adapter.clone(), mem: Mutex::new(None), event_idx: AtomicBool::new(false) });
+        let (control, wake_rx) = Control::new()?;
+        let control = Arc::new(control);
+        let backend = Arc::new(I2cBackend { adapter: adapter.clone(), mem: Mutex::new(None), event_idx: AtomicBool::new(false), control: control.clone() });
         let thread_control = control.clone();
         let thread = std::thread::Builder::new()
             .name("vhost-i2c".into())
@@ -313,6 +362,11 @@ impl Backend {
     /// What the adapter did so far.
     pub fn counters(&self) -> Counters {
         lock(&self.adapter).counters()
+    }
+
+    /// Replaces the adapter's faults (see [`Faults`]).
+    pub fn set_faults(&self, faults: Faults) {
+        lock(&self.adapter).set_faults(faults);
     }
 
     /// Waits for every thread of this backend to end (blocking).
@@ -375,6 +429,7 @@ fn supervise(listener: UnixListener, backend: Arc<I2cBackend>, control: &Control
         daemon.request_shutdown();
     }
     let result = daemon.wait();
+    control.end();
     *lock(&control.connection) = None;
     // Dropping the daemon drops its handler, which stops and joins the vring worker thread.
     drop(daemon);
@@ -441,6 +496,11 @@ impl VirtioI2c {
         self.backend.counters()
     }
 
+    /// Replaces the backend's faults (a scenario's `fault:` step).
+    pub fn set_faults(&self, faults: Faults) {
+        self.backend.set_faults(faults);
+    }
+
     /// Closes the backend's connection from elsewhere (a surprise removal mid-workload).
     pub fn control(&self) -> BackendControl {
         self.backend.control()
@@ -452,17 +512,42 @@ impl VirtioI2c {
         self.backend.close();
     }
 
-    /// `device_del` and wait for `DEVICE_DELETED` within `timeout` (an
-    /// [`QmpError::UnplugStuck`] in the chain if it never comes), then `chardev-remove` (QEMU
-    /// keeps a vhost-user chardev after its device) and join the backend.
-    pub async fn unplug(self, vm: &Vm, timeout: Duration) -> Result<SessionEnd> {
-        match vm.qmp().device_del(&self.id, timeout).await {
-            Ok(_) => {}
-            Err(e @ QmpError::UnplugStuck { .. }) => return Err(e.into()),
-            Err(e) => return Err(e).with_context(|| format!("device_del {}", self.id)),
-        }
-        vm.qmp().chardev_remove(&self.chardev).await.with_context(|| format!("chardev-remove {}", self.chardev))?;
-        self.backend.join_within(JOIN_TIMEOUT).await.with_context(|| format!("after unplugging {}", self.id))
+    /// `device_del` and wait for `DEVICE_DELETED` within `timeout`, then `chardev-remove` (QEMU
+    /// keeps a vhost-user chardev after its device) and join the backend. When QEMU may still
+    /// have the device (no `DEVICE_DELETED`: [`QmpError::UnplugStuck`] in the error's chain; a
+    /// failed command) it is handed back, still served: see [`Lingering`].
+    pub async fn unplug(self, vm: &Vm, timeout: Duration) -> Result<SessionEnd, Lingering> {
+        let error = match vm.qmp().device_del(&self.id, timeout).await {
+            Ok(_) => match vm.qmp().chardev_remove(&self.chardev).await {
+                Ok(_) => return self.backend.join_within(JOIN_TIMEOUT).await.with_context(|| format!("after unplugging {}", self.id)).map_err(Lingering::gone),
+                Err(e) => anyhow::Error::new(e).context(format!("chardev-remove {}", self.chardev)),
+            },
+            Err(e @ QmpError::UnplugStuck { .. }) => e.into(),
+            Err(e) => anyhow::Error::new(e).context(format!("device_del {}", self.id)),
+        };
+        Err(Lingering { device: Some(self), error })
+    }
+
+    /// Waits for the backend's threads once QEMU has exited (it hangs up on exit); one still
+    /// running after [`JOIN_TIMEOUT`] is closed, and an error if even that does not end it.
+    pub async fn join(self) -> Result<SessionEnd> {
+        let id = self.id;
+        self.backend.join_within(JOIN_TIMEOUT).await.with_context(|| format!("the backend of {id}"))
+    }
+}
+
+/// A failed [`VirtioI2c::unplug`]: why, and the device when QEMU may still have it (its backend
+/// still serves it: a late removal can still complete). Whoever keeps it joins its threads
+/// with [`VirtioI2c::join`] after QEMU's exit.
+pub struct Lingering {
+    pub device: Option<VirtioI2c>,
+    pub error: anyhow::Error,
+}
+
+impl Lingering {
+    /// The device is gone from QEMU; only its backend's end failed.
+    fn gone(error: anyhow::Error) -> Lingering {
+        Lingering { device: None, error }
     }
 }
 
@@ -485,7 +570,7 @@ mod tests {
     use virtio_bindings::virtio_ring::VRING_DESC_F_WRITE;
     use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
     use virtio_queue::mock::MockSplitQueue;
-    use vm_memory::GuestAddress;
+    use vm_memory::{Address, GuestAddress};
 
     const HDR: u64 = 0x10_0000;
     const BUF: u64 = 0x20_0000;
@@ -583,10 +668,12 @@ mod tests {
 
     proptest! {
         /// Arbitrary descriptors (directions, lengths, addresses in and out of guest memory)
-        /// and header bytes: no panic, and the used length never exceeds the writable room.
+        /// and header bytes: no panic, the used length never exceeds the writable room, and a
+        /// chain of the wrong shape gets the error status wherever its last descriptor leaves
+        /// room for it in guest memory. (The fuzz target `virtio_i2c` does the same with faults.)
         #[test]
         fn arbitrary_chains_never_panic(
-            descs in proptest::collection::vec((prop_oneof![Just(HDR), Just(BUF), Just(STATUS), any::<u64>()], prop_oneof![0u32..300, any::<u32>()], any::<bool>()), 1..6),
+            descs in proptest::collection::vec((prop_oneof![Just(HDR), Just(BUF), Just(STATUS), Just(0x3f_ffff), any::<u64>()], prop_oneof![0u32..300, any::<u32>()], any::<bool>()), 1..6),
             hdr in any::<[u8; 8]>(),
         ) {
             let mem = memory();
@@ -596,9 +683,78 @@ mod tests {
             mem.write_slice(&hdr, GuestAddress(HDR)).unwrap();
             let queue = MockSplitQueue::new(&mem, 16);
             let chain = queue.build_desc_chain(&raw).unwrap();
+            // What the handler is given: the descriptors the queue yields, of which it looks at
+            // one more than a request may have.
+            let seen: Vec<_> = chain.clone().take(MAX_DESCRIPTORS + 1).collect();
             let used = process_chain(chain, &mem, &mut a);
             prop_assert!(u64::from(used) <= room);
+            let segments: Vec<Segment> = seen.iter().map(|d| Segment { writable: d.is_write_only(), len: d.len() }).collect();
+            let last = seen.last().copied().unwrap_or_else(|| raw[0].into());
+            let mut status = [0u8];
+            if Layout::of(&segments).is_err() && last.is_write_only() && last.len() >= 1 && mem.read_slice(&mut status, last.addr()).is_ok() {
+                prop_assert_eq!((used, status[0]), (1, STATUS_ERR));
+            }
         }
+    }
+
+    /// The queue handler carries out a vanish fault: three probes queued, the second starting
+    /// the transfer the adapter vanishes at. The first is answered; the second and third get
+    /// no used entry and no status; the session is closed.
+    #[test]
+    fn a_vanish_fault_leaves_the_rest_of_the_queue_unanswered() {
+        use virtio_bindings::virtio_ring::VRING_DESC_F_NEXT;
+        let mem = memory();
+        let queue = MockSplitQueue::new(&mem, 16);
+        let mut descs = Vec::new();
+        for i in 0..3u16 {
+            descs.push(RawDescriptor::from(SplitDescriptor::new(HDR, 8, VRING_DESC_F_NEXT as u16, 2 * i + 1)));
+            descs.push(RawDescriptor::from(SplitDescriptor::new(STATUS + u64::from(i), 1, VRING_DESC_F_WRITE as u16, 0)));
+        }
+        mem.write_slice(&out_hdr(0x50, 0), GuestAddress(HDR)).unwrap();
+        mem.write_slice(&[0xee; 3], GuestAddress(STATUS)).unwrap();
+        queue.add_desc_chains(&descs, 0).unwrap();
+        let vring = VringRwLock::new(GuestMemoryAtomic::new(mem.clone()), 16).unwrap();
+        vring.set_queue_info(queue.desc_table_addr().0, queue.avail_addr().0, queue.used_addr().0).unwrap();
+        vring.set_queue_size(16);
+        vring.set_queue_ready(true);
+        let (control, _wake) = Control::new().unwrap();
+        let backend = I2cBackend {
+            adapter: Arc::new(Mutex::new(adapter().0)),
+            mem: Mutex::new(Some(GuestMemoryAtomic::new(mem.clone()))),
+            event_idx: AtomicBool::new(false),
+            control: Arc::new(control),
+        };
+        lock(&backend.adapter).set_faults(Faults { vanish_at_transfer: Some(2), ..Faults::default() });
+        backend.process_queue(&vring).unwrap();
+        let used_idx: u16 = mem.read_obj(queue.used_addr().unchecked_add(2)).unwrap();
+        let mut status = [0u8; 3];
+        mem.read_slice(&mut status, GuestAddress(STATUS)).unwrap();
+        assert_eq!((used_idx, status), (1, [STATUS_OK, 0xee, 0xee]));
+        assert!(backend.control.closing.load(Ordering::SeqCst), "the session is closed");
+        assert_eq!(backend.adapter.lock().unwrap().counters().transfers, 2);
+    }
+
+    /// A reply delay (up to an hour: a stalled backend) ends as soon as the session does, so
+    /// closing never waits for it.
+    #[test]
+    fn a_reply_delay_ends_with_the_session() {
+        let (control, _wake) = Control::new().unwrap();
+        let control = Arc::new(control);
+        let sleeper = {
+            let control = control.clone();
+            std::thread::spawn(move || {
+                let start = Instant::now();
+                control.sleep(Duration::from_secs(3600));
+                start.elapsed()
+            })
+        };
+        std::thread::sleep(Duration::from_millis(50));
+        control.close();
+        assert!(sleeper.join().unwrap() < Duration::from_secs(60));
+        // Once ended, a delay does not wait at all.
+        let start = Instant::now();
+        control.sleep(Duration::from_secs(3600));
+        assert!(start.elapsed() < Duration::from_secs(60));
     }
 
     /// This process's backend threads: ours (`vhost-i2c*`) and the daemon's vring worker.

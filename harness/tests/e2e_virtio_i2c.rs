@@ -4,7 +4,9 @@
 
 use std::time::Duration;
 
-use harness::scenario::UnplugHow;
+use harness::qmp::QmpError;
+use harness::scenario::{KernelVariant, UnplugHow};
+use harness::schedule::PlannedFault;
 use harness::testbed::{seed_pattern, Testbed};
 use harness::testenv;
 use harness::vm::Vm;
@@ -90,4 +92,116 @@ async fn e2e_virtio_i2c_at24_reads_writes_and_unplugs_in_cycles() {
     assert_eq!(sockets, 0, "no socket file left");
     let console = std::fs::read_to_string(vm.log_dir().join("console.log")).unwrap();
     assert!(!console.contains("BUG:") && !console.contains("WARNING:"), "the guest complained; see console.log");
+}
+
+fn is_stuck(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| matches!(c.downcast_ref::<QmpError>(), Some(QmpError::UnplugStuck { .. })))
+}
+
+/// Polls until this process has no backend thread left, within `deadline`.
+async fn backend_threads_end(deadline: Duration) -> bool {
+    let start = std::time::Instant::now();
+    while backend_threads() > 0 {
+        if start.elapsed() > deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    true
+}
+
+/// A device QEMU may still have after its unplug failed (no `DEVICE_DELETED` in time) keeps its
+/// backend serving, so a late removal still completes; once the VM is shut down
+/// `Testbed::finish` joins every backend thread and QEMU is gone. With `/dev/i2c-N` held the
+/// removal never completes on vanilla (i2c_del_adapter waits for the adapter's last
+/// reference, kernel-notes B6); on resmgr it does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn e2e_virtio_i2c_stuck_unplugs_shut_down_cleanly() {
+    let mut vm = Vm::boot(&testenv::vm_config("e2e_virtio_i2c_stuck_unplugs_shut_down_cleanly"), Vec::new()).await.unwrap();
+    let mut testbed = Testbed::new();
+
+    // A deadline no removal meets: stuck for us; the guest completes it later, QEMU deletes
+    // the device and hangs up on the backend, whose threads end.
+    testbed.plug(&mut vm, "virtio-i2c", "late").await.unwrap();
+    let err = testbed.unplug(&mut vm, "late", UnplugHow::Graceful, Duration::from_millis(1)).await.unwrap_err();
+    assert!(is_stuck(&err), "{err:#}");
+    assert!(backend_threads() >= 1, "the backend of a device QEMU still has keeps serving it");
+    assert!(backend_threads_end(vm.pace().scale(T)).await, "the late removal did not end the backend");
+
+    // /dev/i2c-N held across device_del.
+    testbed.plug(&mut vm, "virtio-i2c", "held").await.unwrap();
+    let bus = testbed.nodes("held").unwrap().i2c_bus.unwrap();
+    let open = sh(&vm, &format!("(exec 3</dev/i2c-{bus}; sleep 600) </dev/null >/dev/null 2>&1 & sleep 0.2; ls -l /proc/[0-9]*/fd 2>/dev/null | grep -c ' /dev/i2c-{bus}$'")).await;
+    assert_eq!(open, "1", "one process holds /dev/i2c-{bus}");
+    let deadline = vm.pace().scale(Duration::from_secs(10));
+    let unplug = testbed.unplug(&mut vm, "held", UnplugHow::Graceful, deadline).await;
+    match testenv::kernel() {
+        KernelVariant::Vanilla => {
+            let err = unplug.unwrap_err();
+            assert!(is_stuck(&err), "{err:#}");
+            assert!(backend_threads() >= 1, "the stuck device's backend still serves it");
+        }
+        KernelVariant::Resmgr => {
+            unplug.unwrap_or_else(|e| panic!("resmgr: the removal completes with /dev/i2c-{bus} open: {e:#}"));
+            assert_eq!(backend_threads(), 0);
+        }
+    }
+
+    let qemu = vm.qemu_pid().unwrap();
+    vm.shutdown(T).await.unwrap();
+    testbed.finish().await.unwrap();
+    assert_eq!(backend_threads(), 0, "no backend thread outlives the VM");
+    assert!(!std::path::Path::new(&format!("/proc/{qemu}")).exists(), "QEMU {qemu} is gone");
+}
+
+fn fault(planned: impl FnOnce(&mut PlannedFault)) -> PlannedFault {
+    let mut f = PlannedFault { id: "vi2c".into(), reply_delay_ms: 0.0, busy: 0, transfer_error: None, nak: false, stall_ep0: false, unplug_after_transfers: None, unplug_how: None };
+    planned(&mut f);
+    f
+}
+
+/// The backend's faults as the guest sees them: NAK and error fail the at24 read (-EIO), a
+/// reply delay slows every message, and vanishing as a transfer starts leaves that transfer's
+/// reader waiting (i2c-virtio has no timeout) while the backend's threads end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn e2e_virtio_i2c_faults_reach_the_guest() {
+    let mut vm = Vm::boot(&testenv::vm_config("e2e_virtio_i2c_faults_reach_the_guest"), Vec::new()).await.unwrap();
+    let mut testbed = Testbed::new();
+    testbed.plug(&mut vm, "virtio-i2c", "vi2c").await.unwrap();
+    let nvmem = format!("/sys/bus/nvmem/devices/{}/nvmem", testbed.nodes("vi2c").unwrap().nvmem[0].1);
+    let read = format!("cat {nvmem} | wc -c");
+
+    for (name, f) in [("nak", fault(|f| f.nak = true)), ("error", fault(|f| f.transfer_error = Some(1)))] {
+        testbed.set_faults(&f).unwrap();
+        let errors = testbed.virtio_i2c("vi2c").unwrap().counters().errors;
+        let out = vm.agent().exec(&["sh", "-c", &format!("cat {nvmem} >/dev/null")], T).await.unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+        assert!(!out.success() && stderr.contains("error"), "{name}: the read must fail: {stderr}");
+        assert!(testbed.virtio_i2c("vi2c").unwrap().counters().errors > errors, "{name}");
+        testbed.set_faults(&fault(|_| {})).unwrap();
+        assert_eq!(sh(&vm, &read).await, "256", "{name} cleared");
+    }
+
+    // 256 bytes are two at24 transfers of two messages each: at least four delays.
+    testbed.set_faults(&fault(|f| f.reply_delay_ms = 50.0)).unwrap();
+    let start = std::time::Instant::now();
+    assert_eq!(sh(&vm, &read).await, "256");
+    assert!(start.elapsed() >= Duration::from_millis(200), "a delayed read took {:?}", start.elapsed());
+    testbed.set_faults(&fault(|_| {})).unwrap();
+
+    // Vanish as the next transfer starts: the reader stays blocked, the backend goes.
+    let transfers = testbed.virtio_i2c("vi2c").unwrap().counters().transfers;
+    testbed.set_faults(&fault(|f| {
+        f.unplug_after_transfers = Some(1);
+        f.unplug_how = Some(UnplugHow::Surprise);
+    }))
+    .unwrap();
+    sh(&vm, &format!("(cat {nvmem} >/dev/null; echo $? >/tmp/vanished-read) </dev/null >/dev/null 2>&1 &")).await;
+    assert!(backend_threads_end(vm.pace().scale(T)).await, "the backend did not go away");
+    assert_eq!(testbed.virtio_i2c("vi2c").unwrap().counters().transfers, transfers + 1);
+    assert!(gone(&vm, "/tmp/vanished-read").await, "the read of the vanished transfer returned");
+
+    vm.shutdown(T).await.unwrap();
+    testbed.finish().await.unwrap();
+    assert_eq!(backend_threads(), 0);
 }

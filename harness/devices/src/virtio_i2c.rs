@@ -18,6 +18,12 @@
 //! explicit, bounded), [`OutHdr::decode`] the header bytes, and [`Adapter::execute`] runs one
 //! message against the bus. The vhost-user transport (guest memory, the virtqueue) lives in
 //! `harness::vhost_i2c`. A malformed chain is a [`ChainError`], never a panic.
+//!
+//! Faults ([`Faults`], a scenario's `fault:` step) are decided here and carried out by the
+//! transport: [`Adapter::admit`] says, before each chain, whether to answer it (after a delay)
+//! or to vanish with it unanswered; NAK and error make [`Adapter::execute`] fail messages.
+
+use std::time::Duration;
 
 use crate::i2c::I2cBus;
 
@@ -184,6 +190,9 @@ impl Reply {
 /// Counts of what the adapter did, for tests and step records.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Counters {
+    /// I2C transfers started: messages that begin a `FAIL_NEXT` group (one `i2c_transfer` in
+    /// Linux, e.g. an at24 read's address write and data read).
+    pub transfers: u64,
     pub messages: u64,
     pub reads: u64,
     pub writes: u64,
@@ -194,17 +203,75 @@ pub struct Counters {
     pub malformed: u64,
 }
 
+/// Faults the adapter can be told to have, like the CP2112's (`devices::cp2112::Faults`) where
+/// virtio-i2c has the same thing. It has one error status, so a NAK and a failed transfer look
+/// alike to the guest (`-EIO`); it has no BUSY status and no control endpoint.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Faults {
+    /// Hold every message's answer back this long (widens race windows in the guest; Linux
+    /// waits for each answer without a timeout).
+    pub reply_delay: Duration,
+    /// Every address NAKs, as if the bus were empty.
+    pub nak: bool,
+    /// Every message fails, whatever the bus would say.
+    pub error: bool,
+    /// Vanish when transfer number N (counted from 1 over the adapter's life, see
+    /// [`Counters::transfers`]) starts: its first message is never answered and the backend
+    /// goes away, as in a surprise removal with a transfer in flight.
+    pub vanish_at_transfer: Option<u64>,
+}
+
+/// What the transport does with the next chain ([`Adapter::admit`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admission {
+    /// Answer it, after this delay.
+    Serve(Duration),
+    /// Leave it and every later chain unanswered and close the connection.
+    Vanish,
+}
+
 /// The device side of one virtio-i2c adapter: the bus and the `FAIL_NEXT` group state.
 pub struct Adapter {
     bus: I2cBus,
     /// A message of the current group failed: the rest of the group fails too.
     failing: bool,
+    /// The last message said more of its group follow (`FAIL_NEXT`): the next one starts no
+    /// transfer.
+    in_group: bool,
+    faults: Faults,
+    /// Set once a fault made the adapter vanish: nothing is answered any more.
+    vanished: bool,
     counters: Counters,
 }
 
 impl Adapter {
     pub fn new(bus: I2cBus) -> Adapter {
-        Adapter { bus, failing: false, counters: Counters::default() }
+        Adapter { bus, failing: false, in_group: false, faults: Faults::default(), vanished: false, counters: Counters::default() }
+    }
+
+    /// Replaces the faults (`Faults::default()` clears them; a vanished adapter stays gone).
+    pub fn set_faults(&mut self, faults: Faults) {
+        self.faults = faults;
+    }
+
+    pub fn faults(&self) -> Faults {
+        self.faults
+    }
+
+    /// Called once for each chain before it is read: counts the transfer it may start and
+    /// says whether to answer it. After [`Admission::Vanish`] every chain is left unanswered.
+    pub fn admit(&mut self) -> Admission {
+        if self.vanished {
+            return Admission::Vanish;
+        }
+        if !self.in_group {
+            self.counters.transfers += 1;
+            if self.faults.vanish_at_transfer.is_some_and(|n| self.counters.transfers >= n) {
+                self.vanished = true;
+                return Admission::Vanish;
+            }
+        }
+        Admission::Serve(self.faults.reply_delay)
     }
 
     pub fn bus_mut(&mut self) -> &mut I2cBus {
@@ -224,6 +291,8 @@ impl Adapter {
         } else if hdr.check(layout).is_err() {
             self.counters.malformed += 1;
             Reply::err()
+        } else if self.faults.error {
+            Reply::err()
         } else {
             self.run(hdr, layout, write_data)
         };
@@ -232,6 +301,7 @@ impl Adapter {
         }
         // The group ends with this message unless it says more follow.
         self.failing = reply.status != STATUS_OK && hdr.fail_next();
+        self.in_group = hdr.fail_next();
         reply
     }
 
@@ -242,10 +312,11 @@ impl Adapter {
         self.counters.malformed += 1;
         self.counters.errors += 1;
         self.failing = hdr.is_some_and(OutHdr::fail_next);
+        self.in_group = self.failing;
     }
 
     fn run(&mut self, hdr: &OutHdr, layout: Layout, write_data: &[u8]) -> Reply {
-        let Some(address) = hdr.address() else {
+        let Some(address) = hdr.address().filter(|_| !self.faults.nak) else {
             return Reply::err();
         };
         let result = match layout {
@@ -378,6 +449,73 @@ mod tests {
         assert_eq!(a.execute(&hdr(0x50, 0), Layout::Read(1), &[]).status, STATUS_ERR);
         assert_eq!(a.execute(&hdr(0x50, 0), Layout::Write(3), &[0]).status, STATUS_ERR);
         assert_eq!(a.counters().malformed, 2);
+    }
+
+    /// What the transport runs for each chain: admit, then execute.
+    fn send(a: &mut Adapter, h: OutHdr, layout: Layout, data: &[u8]) -> Option<Reply> {
+        match a.admit() {
+            Admission::Serve(_) => Some(a.execute(&h, layout, data)),
+            Admission::Vanish => None,
+        }
+    }
+
+    /// An at24 read as Linux sends it: the address write and the data read, one transfer.
+    fn at24_read(a: &mut Adapter) -> Option<Reply> {
+        send(a, hdr(0x50, FLAG_FAIL_NEXT), Layout::Write(1), &[0x10])?;
+        send(a, hdr(0x50, FLAG_M_RD), Layout::Read(2), &[])
+    }
+
+    #[test]
+    fn transfers_are_counted_by_group() {
+        let mut a = adapter();
+        assert_eq!(at24_read(&mut a).unwrap().data, [0x10, 0x11]);
+        send(&mut a, hdr(0x50, 0), Layout::ZeroLength, &[]);
+        assert_eq!((a.counters().transfers, a.counters().messages), (2, 3));
+        // A malformed chain that says more follow keeps the group open, one that cannot be
+        // read ends it.
+        a.admit();
+        a.malformed(Some(&hdr(0x50, FLAG_FAIL_NEXT)));
+        a.admit();
+        a.malformed(None);
+        a.admit();
+        assert_eq!(a.counters().transfers, 4);
+    }
+
+    #[test]
+    fn nak_and_error_faults_fail_messages_until_cleared() {
+        let mut a = adapter();
+        a.set_faults(Faults { nak: true, ..Faults::default() });
+        assert_eq!(at24_read(&mut a).unwrap().status, STATUS_ERR);
+        assert_eq!(send(&mut a, hdr(0x50, 0), Layout::ZeroLength, &[]).unwrap().status, STATUS_ERR, "a probe finds nothing");
+        a.set_faults(Faults { error: true, ..Faults::default() });
+        assert_eq!(send(&mut a, hdr(0x50, 0), Layout::Write(2), &[0x00, 0x77]).unwrap().status, STATUS_ERR);
+        a.set_faults(Faults::default());
+        assert_eq!(at24_read(&mut a).unwrap().status, STATUS_OK);
+        // The failed write never reached the EEPROM.
+        send(&mut a, hdr(0x50, FLAG_FAIL_NEXT), Layout::Write(1), &[0x00]);
+        assert_eq!(send(&mut a, hdr(0x50, FLAG_M_RD), Layout::Read(1), &[]).unwrap().data, [0x00]);
+        assert_eq!(a.counters().errors, 4);
+    }
+
+    #[test]
+    fn reply_delay_is_handed_to_the_transport() {
+        let mut a = adapter();
+        assert_eq!(a.admit(), Admission::Serve(Duration::ZERO));
+        a.set_faults(Faults { reply_delay: Duration::from_millis(7), ..Faults::default() });
+        assert_eq!(a.admit(), Admission::Serve(Duration::from_millis(7)));
+    }
+
+    /// The adapter vanishes as transfer N starts, mid-way through no message: the first chain
+    /// of that transfer and everything after it is left unanswered, even with the fault cleared.
+    #[test]
+    fn vanish_at_transfer_leaves_that_transfer_unanswered() {
+        let mut a = adapter();
+        a.set_faults(Faults { vanish_at_transfer: Some(2), ..Faults::default() });
+        assert!(at24_read(&mut a).is_some(), "transfer 1 is answered");
+        assert_eq!(a.admit(), Admission::Vanish, "transfer 2's first message");
+        a.set_faults(Faults::default());
+        assert_eq!(a.admit(), Admission::Vanish);
+        assert_eq!((a.counters().transfers, a.counters().messages), (2, 2));
     }
 
     proptest! {
