@@ -115,7 +115,7 @@ impl Side {
     }
 
     /// `met`, `NOT met` or `skipped`, for the table.
-    fn verdict(&self) -> &'static str {
+    pub fn verdict(&self) -> &'static str {
         match (&self.skipped, self.expectation_met) {
             (Some(_), _) => "skipped",
             (None, true) => "met",
@@ -235,6 +235,7 @@ pub fn write(root: &Path, comparisons: &[Comparison]) -> Result<PathBuf> {
     let dir = crate::results::create_unique(root, &format!("ab-{}", crate::results::stamp()))?;
     crate::results::write_atomic(&dir.join("summary.json"), serde_json::to_string_pretty(comparisons)?.as_bytes())?;
     crate::results::write_atomic(&dir.join("summary.md"), markdown(comparisons).as_bytes())?;
+    crate::html::write_root_index(root)?;
     Ok(dir)
 }
 

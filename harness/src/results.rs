@@ -7,10 +7,13 @@
 //! qmp.log            all QMP traffic (written by `qmp`)
 //! agent.log          all agent traffic (written by `agent`)
 //! steps.jsonl        one line per finished step
-//! crashes/<hash>/    report.txt, title, alt_titles, type, count (and symbolized.txt when available)
+//! crashes/<hash>/    report.txt, title, alt_titles, type, count (and symbolized.txt when available,
+//!                    step: the step it first appeared in, when known)
 //! summary.md, junit.xml, ktap.txt   written at the end (and rewritten after every crash)
 //! summary.json       the same for scripts: titles with counts, holders' first errors,
 //!                    whether the run met its scenario's expectation and why not
+//! index.html         the timeline page (`harness::html`), kcidb.json the KCIDB export
+//!                    (`harness::kcidb`): both rewritten after every step and summary
 //! ```
 //!
 //! Whole files are written to a temporary name and renamed, so a reader never sees half a
@@ -55,7 +58,8 @@ pub struct Meta {
 }
 
 /// The `meta.json` of a skipped run: a scenario not run on a kernel variant it does not apply
-/// to (its `kernels:` field). The folder holds only this and `summary.md`.
+/// to (its `kernels:` field). The folder holds only this, `summary.md`, `summary.json` and
+/// `index.html`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SkipMeta {
     pub run_id: String,
@@ -89,6 +93,8 @@ pub fn record_skip(root: &Path, scenario: &str, kernel_variant: &str, seed: u64,
         "# {scenario} — {run_id}\n\nverdict: **skipped** on {kernel_variant} ({reason}); nothing was booted\n\nRun it with: `{reproducer}`\n"
     );
     write_atomic(&path.join("summary.md"), md.as_bytes())?;
+    crate::html::write_run_page(&path)?;
+    crate::html::write_root_index(root)?;
     Ok(path)
 }
 
@@ -357,6 +363,9 @@ impl RunDir {
                 if let Some(sym) = &crash.symbolized {
                     write_atomic(&dir.join("symbolized.txt"), sym.as_bytes())?;
                 }
+                if let Some(step) = crash.step {
+                    write_atomic(&dir.join("step"), format!("{step}\n").as_bytes())?;
+                }
                 self.crashes.push((hash, crash.clone(), times));
                 times
             }
@@ -543,6 +552,10 @@ pub struct CrashView {
     pub alt_titles: Vec<String>,
     pub kind: String,
     pub count: u32,
+    /// The step it first appeared in, when known.
+    pub step: Option<usize>,
+    /// Whether `symbolized.txt` is there.
+    pub symbolized: bool,
 }
 
 impl RunView {
@@ -587,6 +600,8 @@ impl RunView {
                     alt_titles: file("alt_titles").unwrap_or_default().lines().map(str::to_string).collect(),
                     kind: file("type").unwrap_or_default().trim().to_string(),
                     count: file("count").and_then(|c| c.trim().parse().ok()).unwrap_or(1),
+                    step: file("step").and_then(|c| c.trim().parse().ok()),
+                    symbolized: dir.path().join("symbolized.txt").is_file(),
                 });
             }
         }
@@ -891,7 +906,7 @@ mod tests {
         let path = record_skip(dir.path(), "s", "vanilla", 1, "applies to: resmgr", repro).unwrap();
         let mut names: Vec<_> = std::fs::read_dir(&path).unwrap().map(|e| e.unwrap().file_name()).collect();
         names.sort();
-        assert_eq!(names, vec!["meta.json", "summary.json", "summary.md"]);
+        assert_eq!(names, vec!["index.html", "meta.json", "summary.json", "summary.md"]);
         let summary: RunSummary = serde_json::from_str(&std::fs::read_to_string(path.join("summary.json")).unwrap()).unwrap();
         assert_eq!((summary.skipped.as_deref(), summary.expectation_met, summary.seed), (Some("applies to: resmgr"), true, 1));
         let meta: SkipMeta = serde_json::from_str(&std::fs::read_to_string(path.join("meta.json")).unwrap()).unwrap();
