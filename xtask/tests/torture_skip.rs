@@ -15,8 +15,11 @@ fn resmgr_sample_unplug_on_vanilla_is_skipped_with_the_reason() {
     assert_eq!(run.status.code(), Some(0), "{all}");
     assert!(stdout.lines().any(|l| l.starts_with("resmgr-sample-unplug on vanilla: skipped (applies to: resmgr) ")), "{all}");
     assert!(stdout.contains("1 run(s): 0 as expected, 0 not, 1 skipped (0 clean, 0 with findings)"), "{all}");
-    let runs: Vec<_> = std::fs::read_dir(results.path()).unwrap().map(|e| e.unwrap().path()).collect();
+    let runs: Vec<_> = std::fs::read_dir(results.path()).unwrap().map(|e| e.unwrap().path()).filter(|p| p.is_dir()).collect();
     assert_eq!(runs.len(), 1, "{runs:?}");
+    // The results root's page lists the skipped run.
+    let index = std::fs::read_to_string(results.path().join("index.html")).unwrap();
+    assert!(index.contains("skipped (applies to: resmgr)"), "{index}");
     let meta: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(runs[0].join("meta.json")).unwrap()).unwrap();
     assert_eq!(meta["skipped"], "applies to: resmgr");
     assert_eq!(meta["kernel_variant"], "vanilla");
