@@ -17,7 +17,7 @@ pub struct Args {
     #[arg(long, value_name = "NAME")]
     series: Option<String>,
     /// Run make even when the cache has this exact build (incremental in the object tree).
-    #[arg(long, conflicts_with = "force")]
+    #[arg(long)]
     force: bool,
     /// Print only the build's cache key (`cache/kernels/<key>/`) and build nothing: what CI
     /// caches the build under. Installs the toolchain if missing (its versions are in the key).
