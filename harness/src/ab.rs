@@ -128,7 +128,7 @@ impl Side {
     }
 
     /// `met`, `NOT met` or `skipped`, for the table.
-    fn verdict(&self) -> &'static str {
+    pub fn verdict(&self) -> &'static str {
         match (&self.skipped, self.expectation_met) {
             (Some(_), _) => "skipped",
             (None, true) => "met",

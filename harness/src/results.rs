@@ -10,10 +10,13 @@
 //! crashes/<hash>/    one bug: its first report's report.txt, title, alt_titles, type (and
 //!                    symbolized.txt when available); count (reports of the bug in all);
 //!                    follow_ons (`COUNT TITLE` lines) and follow-ons/<title hash>.txt (each
-//!                    follow-on title's first report) when other titles joined it
+//!                    follow-on title's first report) when other titles joined it; step: the
+//!                    step it first appeared in, when known
 //! summary.md, junit.xml, ktap.txt   written at the end (and rewritten after every crash)
 //! summary.json       the same for scripts: bugs with counts, holders' first errors,
 //!                    whether the run met its scenario's expectation and why not
+//! index.html         the timeline page (`harness::html`), kcidb.json the KCIDB export
+//!                    (`harness::kcidb`): both rewritten after every step and summary
 //! ```
 //!
 //! Crashes are filed as *bugs* ([`report::bugs`]): a report with a new title that hit a
@@ -67,7 +70,8 @@ pub struct Meta {
 }
 
 /// The `meta.json` of a skipped run: a scenario not run on a kernel variant it does not apply
-/// to (its `kernels:` field). The folder holds only this and `summary.md`.
+/// to (its `kernels:` field). The folder holds only this, `summary.md`, `summary.json` and
+/// `index.html`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SkipMeta {
     pub run_id: String,
@@ -101,6 +105,8 @@ pub fn record_skip(root: &Path, scenario: &str, kernel_variant: &str, seed: u64,
         "# {scenario} — {run_id}\n\nverdict: **skipped** on {kernel_variant} ({reason}); nothing was booted\n\nRun it with: `{reproducer}`\n"
     );
     write_atomic(&path.join("summary.md"), md.as_bytes())?;
+    crate::html::write_run_page(&path)?;
+    crate::html::write_root_index(root)?;
     Ok(path)
 }
 
@@ -429,6 +435,9 @@ impl RunDir {
             if let Some(sym) = &crash.symbolized {
                 write_atomic(&dir.join("symbolized.txt"), sym.as_bytes())?;
             }
+            if let Some(step) = crash.step {
+                write_atomic(&dir.join("step"), format!("{step}\n").as_bytes())?;
+            }
         }
         if placement.is_follow_on() {
             if placement.new_title {
@@ -655,6 +664,10 @@ pub struct CrashView {
     /// Reports of the bug, follow-ons included.
     pub count: u32,
     pub follow_ons: Vec<FollowOnCount>,
+    /// The step it first appeared in, when known.
+    pub step: Option<usize>,
+    /// Whether `symbolized.txt` is there.
+    pub symbolized: bool,
 }
 
 impl RunView {
@@ -707,6 +720,8 @@ impl RunView {
                             Some(FollowOnCount { title: title.to_string(), count: count.parse().ok()? })
                         })
                         .collect(),
+                    step: file("step").and_then(|c| c.trim().parse().ok()),
+                    symbolized: dir.path().join("symbolized.txt").is_file(),
                 });
             }
         }
@@ -1140,7 +1155,7 @@ mod tests {
         let path = record_skip(dir.path(), "s", "vanilla", 1, "applies to: resmgr", repro).unwrap();
         let mut names: Vec<_> = std::fs::read_dir(&path).unwrap().map(|e| e.unwrap().file_name()).collect();
         names.sort();
-        assert_eq!(names, vec!["meta.json", "summary.json", "summary.md"]);
+        assert_eq!(names, vec!["index.html", "meta.json", "summary.json", "summary.md"]);
         let summary: RunSummary = serde_json::from_str(&std::fs::read_to_string(path.join("summary.json")).unwrap()).unwrap();
         assert_eq!((summary.skipped.as_deref(), summary.expectation_met, summary.seed), (Some("applies to: resmgr"), true, 1));
         let meta: SkipMeta = serde_json::from_str(&std::fs::read_to_string(path.join("meta.json")).unwrap()).unwrap();

@@ -531,6 +531,22 @@ impl Recording {
     fn write_summary(&mut self) {
         let r = self.run.write_summary(&self.summary);
         self.record(r);
+        self.publish();
+    }
+
+    /// Rewrites the run's `index.html` and `kcidb.json` from what the folder holds now.
+    fn publish(&mut self) {
+        let path = self.run.path().to_path_buf();
+        let r = crate::html::write_run_page(&path).and_then(|()| crate::kcidb::write(&path));
+        self.record(r);
+    }
+
+    /// Rewrites the results root's `index.html` (the list of runs).
+    fn publish_root(&mut self) {
+        if let Some(root) = self.run.path().parent() {
+            let r = crate::html::write_root_index(root);
+            self.record(r);
+        }
     }
 
     fn file(&mut self, r: &report::Report, step: Option<usize>, count: u64) {
@@ -653,6 +669,7 @@ impl Recording {
             }
             self.taint_before = taint;
         }
+        self.publish();
     }
 }
 
@@ -750,6 +767,7 @@ pub async fn run_recorded(request: RunRequest) -> anyhow::Result<RunVerdict> {
             let res = r.run.write_json("schedule.json", &schedule);
             r.record(res);
             r.write_summary();
+            r.publish_root();
         });
     }
 
@@ -874,6 +892,7 @@ pub async fn run_recorded(request: RunRequest) -> anyhow::Result<RunVerdict> {
         }
         r.summary.in_progress = false;
         r.write_summary();
+        r.publish_root();
     });
     let recording = recorder.finish().await?;
     let write_error = recording.write_error.map(|e| {

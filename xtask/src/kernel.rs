@@ -1,5 +1,5 @@
 //! `cargo xtask kernel [--src DIR] [--series NAME] [--force]`: build (or reuse) a kernel and
-//! say where its artifacts are.
+//! say where its artifacts are; `--print-key` only prints its cache key (for CI caches).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -19,11 +19,20 @@ pub struct Args {
     /// Run make even when the cache has this exact build (incremental in the object tree).
     #[arg(long)]
     force: bool,
+    /// Print only the build's cache key (`cache/kernels/<key>/`) and build nothing: what CI
+    /// caches the build under. Installs the toolchain if missing (its versions are in the key).
+    #[arg(long)]
+    print_key: bool,
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let request = KernelRequest { src: args.src, series: args.series, force: args.force };
+    if args.print_key {
+        println!("{}", kernel::key(&request)?);
+        return Ok(ExitCode::SUCCESS);
+    }
     let start = Instant::now();
-    let k = kernel::build(&KernelRequest { src: args.src, series: args.series, force: args.force })?;
+    let k = kernel::build(&request)?;
     let how = if k.cached {
         format!(
             "from the cache in {:.2} s; make took {:.0} s when it was built",

@@ -250,7 +250,14 @@ fn torture(args: &Args) -> Result<Done> {
         }
         let dir = harness::results::create_unique(&results_root, &format!("summary-{}", harness::results::stamp()));
         match dir.and_then(|d| tally.write(&d).map(|()| d)) {
-            Ok(d) => println!("summary written to {}", d.display()),
+            Ok(d) => {
+                println!("summary written to {}", d.display());
+                // The results root's page lists the new A/B tables.
+                if let Err(e) = harness::html::write_root_index(&results_root) {
+                    eprintln!("error: writing {}: {e:#}", results_root.join("index.html").display());
+                    harness_failed = true;
+                }
+            }
             Err(e) => {
                 eprintln!("error: writing the summary: {e:#}");
                 harness_failed = true;

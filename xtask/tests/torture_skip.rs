@@ -18,6 +18,9 @@ fn resmgr_sample_unplug_on_vanilla_is_skipped_with_the_reason() {
     // One run folder, beside the matrix record (matrix-<stamp>.json).
     let runs: Vec<_> = std::fs::read_dir(results.path()).unwrap().map(|e| e.unwrap().path()).filter(|p| p.is_dir()).collect();
     assert_eq!(runs.len(), 1, "{runs:?}");
+    // The results root's page lists the skipped run.
+    let index = std::fs::read_to_string(results.path().join("index.html")).unwrap();
+    assert!(index.contains("skipped (applies to: resmgr)"), "{index}");
     let meta: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(runs[0].join("meta.json")).unwrap()).unwrap();
     assert_eq!(meta["skipped"], "applies to: resmgr");
     assert_eq!(meta["kernel_variant"], "vanilla");

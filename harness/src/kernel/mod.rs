@@ -88,40 +88,76 @@ impl Kernel {
     }
 }
 
-/// Builds the kernel `req` describes, or returns the cached build.
+/// What a build is keyed by, worked out without unpacking or building anything.
+struct Identity {
+    series: Option<source::Series>,
+    fragment: Fragment,
+    test_modules: Vec<PathBuf>,
+    key: String,
+}
+
+impl Identity {
+    /// The identity of `req`'s build; `base_id` is its base tree's (a `--src` tree's or the
+    /// Debian tarball's).
+    fn of(req: &KernelRequest, base_id: &str, toolchain: &Toolchain) -> Result<Identity> {
+        let kernels_dir = crate::paths::repo_root().join("kernels");
+        let series =
+            req.series.as_deref().map(|name| source::Series::load(&kernels_dir.join("patches"), name)).transpose()?;
+        let source_id = match &series {
+            Some(series) => source::patched_id(base_id, series),
+            None => base_id.to_string(),
+        };
+        // A series may turn on what it adds (`kernels/patches/NAME/*.config`, after ours); the
+        // vanilla configuration stays exactly as it is.
+        let mut fragment_files = config::fragment_files(&kernels_dir.join("configs"))?;
+        if let Some(series) = &series {
+            fragment_files.extend(series.config_fragments.iter().cloned());
+        }
+        let fragment = Fragment::load(&fragment_files)?;
+        let test_modules = crate::kmod::module_dirs(&kernels_dir)?;
+        // The test modules are part of the build's modules tree, so their sources are in the key.
+        let fragment_and_modules = format!(
+            "{}\n{}",
+            fragment.to_kconfig(),
+            cache::hash(&[&crate::kmod::sources_fingerprint(&test_modules)?])
+        );
+        let key = cache::key(&source_id, &fragment_and_modules, &toolchain.versions);
+        Ok(Identity { series, fragment, test_modules, key })
+    }
+}
+
+/// `req`'s base tree when it is a `--src` tree, and the base's id either way (Debian's
+/// tarball is identified without unpacking it).
+fn base_id(req: &KernelRequest) -> Result<(Option<source::Source>, String)> {
+    match &req.src {
+        Some(dir) => {
+            let tree = source::user_tree(dir)?;
+            let id = tree.id.clone();
+            Ok((Some(tree), id))
+        }
+        None => {
+            host::ensure(host::KERNEL_SOURCE)?;
+            Ok((None, source::debian_id()?))
+        }
+    }
+}
+
+/// The cache key of the kernel `req` describes (`cache/kernels/<key>/`), as [`build`] computes
+/// it, without building or unpacking anything: what CI caches a build under. Installs the
+/// toolchain when it is missing, since its versions are part of the key.
+pub fn key(req: &KernelRequest) -> Result<String> {
+    let toolchain = Toolchain::ensure()?;
+    let (_, base_id) = base_id(req)?;
+    Ok(Identity::of(req, &base_id, &toolchain)?.key)
+}
+
+/// Builds the kernel `req` describes, or returns the cached build (a hit neither unpacks nor
+/// runs make).
 pub fn build(req: &KernelRequest) -> Result<Kernel> {
     let toolchain = Toolchain::ensure()?;
     let cache_dir = crate::paths::cache_dir();
-    let kernels_dir = crate::paths::repo_root().join("kernels");
-
-    let base = match &req.src {
-        Some(dir) => source::user_tree(dir)?,
-        None => {
-            host::ensure(host::KERNEL_SOURCE)?;
-            source::debian(&cache_dir)?
-        }
-    };
-    let series =
-        req.series.as_deref().map(|name| source::Series::load(&kernels_dir.join("patches"), name)).transpose()?;
-    let source_id = match &series {
-        Some(series) => source::patched_id(&base, series),
-        None => base.id.clone(),
-    };
-    // A series may turn on what it adds (`kernels/patches/NAME/*.config`, after ours); the
-    // vanilla configuration stays exactly as it is.
-    let mut fragment_files = config::fragment_files(&kernels_dir.join("configs"))?;
-    if let Some(series) = &series {
-        fragment_files.extend(series.config_fragments.iter().cloned());
-    }
-    let fragment = Fragment::load(&fragment_files)?;
-    let test_modules = crate::kmod::module_dirs(&kernels_dir)?;
-    // The test modules are part of the build's modules tree, so their sources are in the key.
-    let fragment_and_modules = format!(
-        "{}\n{}",
-        fragment.to_kconfig(),
-        cache::hash(&[&crate::kmod::sources_fingerprint(&test_modules)?])
-    );
-    let key = cache::key(&source_id, &fragment_and_modules, &toolchain.versions);
+    let (user_tree, base_id) = base_id(req)?;
+    let Identity { series, fragment, test_modules, key } = Identity::of(req, &base_id, &toolchain)?;
 
     let cache = cache::Cache::open(&cache_dir)?;
     if !req.force {
@@ -136,6 +172,10 @@ pub fn build(req: &KernelRequest) -> Result<Kernel> {
             return Ok(kernel);
         }
     }
+    let base = match user_tree {
+        Some(tree) => tree,
+        None => source::debian(&cache_dir)?,
+    };
     // The object tree's lock first: a patched copy is remade in place only while no make
     // runs in it.
     let tree = match &series {

@@ -30,10 +30,7 @@ pub struct Source {
 /// upgrade replaces the file), so the no-op check need not hash 150 MB.
 pub fn debian(cache: &Path) -> Result<Source> {
     let tarball = Path::new(DEBIAN_TARBALL);
-    let meta = std::fs::metadata(tarball)
-        .with_context(|| format!("{DEBIAN_TARBALL} is missing (package linux-source-6.12)"))?;
-    let mtime = meta.modified()?.duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_secs();
-    let id = hash(&[DEBIAN_TARBALL.as_bytes(), &meta.len().to_le_bytes(), &mtime.to_le_bytes()]);
+    let id = debian_hash()?;
     let root = cache.join("src");
     std::fs::create_dir_all(&root)?;
     let dest = root.join(format!("debian-{id}"));
@@ -54,6 +51,18 @@ pub fn debian(cache: &Path) -> Result<Source> {
             .with_context(|| format!("renaming the unpacked tree to {}", dest.display()))?;
     }
     Ok(Source { tree, id: format!("debian-{id}"), label: "Debian linux-source-6.12".into(), owned: true })
+}
+
+/// The id [`debian`] gives the tarball's tree, without unpacking it.
+pub fn debian_id() -> Result<String> {
+    Ok(format!("debian-{}", debian_hash()?))
+}
+
+fn debian_hash() -> Result<String> {
+    let meta = std::fs::metadata(DEBIAN_TARBALL)
+        .with_context(|| format!("{DEBIAN_TARBALL} is missing (package linux-source-6.12)"))?;
+    let mtime = meta.modified()?.duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_secs();
+    Ok(hash(&[DEBIAN_TARBALL.as_bytes(), &meta.len().to_le_bytes(), &mtime.to_le_bytes()]))
 }
 
 /// A user's kernel tree. It must be clean enough for `make O=`: Kbuild refuses a source tree
@@ -208,8 +217,8 @@ impl Series {
 }
 
 /// The identity of `base` with `series` applied.
-pub fn patched_id(base: &Source, series: &Series) -> String {
-    format!("{}+{}-{}", base.id, series.name, series.hash)
+pub fn patched_id(base_id: &str, series: &Series) -> String {
+    format!("{base_id}+{}-{}", series.name, series.hash)
 }
 
 /// Where the patched copy of `base` for the series called `name` lives. The path is the same
@@ -243,7 +252,7 @@ pub fn patched(cache: &Path, base: &Source, series: &Series) -> Result<Source> {
     let applied_hash = lines.next().unwrap_or_default();
     let source = Source {
         tree: dest.clone(),
-        id: patched_id(base, series),
+        id: patched_id(&base.id, series),
         label: format!("{} + series {}", base.label, series.name),
         owned: true,
     };
@@ -490,7 +499,7 @@ pub(super) mod tests {
         assert_eq!(std::fs::read_to_string(base_dir.path().join("hello.c")).unwrap(), "int x = 1;\n", "base untouched");
         assert_eq!(git(base_dir.path(), &["status", "--porcelain"]), "?? .objects/\n", "base tree untouched");
         assert_ne!(src.id, base.id);
-        assert_eq!(src.id, patched_id(&base, &series));
+        assert_eq!(src.id, patched_id(&base.id, &series));
         assert_eq!(src.tree, patched_path(cache.path(), &base, "good"));
         assert_eq!(series.touched.iter().collect::<Vec<_>>(), ["hello.c"]);
         let stamp = |p: &Path| std::fs::metadata(p).unwrap().modified().unwrap();

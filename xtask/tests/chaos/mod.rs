@@ -216,8 +216,19 @@ impl Finished {
 /// what they are, every crash folder has its title, type, count and report. Returns the
 /// folder and its summary; panics with what is wrong.
 pub fn check_run_folder(results: &Path) -> (PathBuf, harness::results::RunSummary) {
-    let runs: Vec<PathBuf> = std::fs::read_dir(results).unwrap().map(|e| e.unwrap().path()).collect();
+    let (runs, others): (Vec<PathBuf>, Vec<PathBuf>) = std::fs::read_dir(results).unwrap().map(|e| e.unwrap().path()).partition(|p| p.is_dir());
     assert_eq!(runs.len(), 1, "one run folder: {runs:?}");
+    // Beside it only the matrix record and the results root's page, both whole.
+    for other in &others {
+        let name = other.file_name().unwrap().to_string_lossy();
+        let text = std::fs::read_to_string(other).unwrap();
+        if name.starts_with("matrix-") && name.ends_with(".json") {
+            serde_json::from_str::<serde_json::Value>(&text).unwrap_or_else(|e| panic!("{}: {e}", other.display()));
+        } else {
+            assert_eq!(name, "index.html", "unexpected file in the results root");
+            assert!(text.ends_with("</html>\n"), "{}: not a whole page", other.display());
+        }
+    }
     let run = runs[0].clone();
     check_files(&run);
     harness::schedule::Schedule::load(&run.join("schedule.json")).unwrap();
