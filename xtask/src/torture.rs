@@ -32,7 +32,10 @@ pub enum KernelVariant {
     Vanilla,
     /// The same source with our resmgr patch series (kernels/patches/resmgr).
     Resmgr,
-    /// Both, one after the other, for an A/B comparison.
+    /// Debian's 6.1 LTS source as it is (without Rust and gpio-virtuser).
+    #[value(name = "vanilla-6.1")]
+    Vanilla61,
+    /// vanilla and resmgr, one after the other, for an A/B comparison.
     Both,
 }
 
@@ -121,11 +124,8 @@ pub fn run(args: Args) -> Result<ExitCode> {
             let (kernel, image) = match &built {
                 Some(b) => b,
                 None => {
-                    let choice = KernelChoice {
-                        bzimage: args.bzimage.clone(),
-                        src: args.src.clone(),
-                        series: variant.series().map(str::to_string),
-                    };
+                    let choice =
+                        KernelChoice { bzimage: args.bzimage.clone(), src: args.src.clone(), ..KernelChoice::of_variant(variant) };
                     built.insert(artifacts::kernel_and_image_keyed(&choice)?)
                 }
             };
@@ -269,7 +269,8 @@ impl KernelVariant {
         match self {
             KernelVariant::Vanilla => &[Variant::Vanilla],
             KernelVariant::Resmgr => &[Variant::Resmgr],
-            KernelVariant::Both => &Variant::ALL,
+            KernelVariant::Vanilla61 => &[Variant::Vanilla61],
+            KernelVariant::Both => &[Variant::Vanilla, Variant::Resmgr],
         }
     }
 }
@@ -385,10 +386,10 @@ mod tests {
             let cli = KernelVariant::from_str(variant.name(), false).unwrap();
             assert_eq!(cli.variants(), [variant]);
         }
-        assert_eq!(KernelVariant::Both.variants(), Variant::ALL);
+        assert_eq!(KernelVariant::Both.variants(), [Variant::Vanilla, Variant::Resmgr]);
         let names: Vec<String> =
             KernelVariant::value_variants().iter().filter_map(|v| v.to_possible_value()).map(|p| p.get_name().to_string()).collect();
-        assert_eq!(names, ["vanilla", "resmgr", "both"]);
+        assert_eq!(names, ["vanilla", "resmgr", "vanilla-6.1", "both"]);
     }
 
     /// The shipped resmgr-only scenario on vanilla: a skip line with the reason, no findings,
