@@ -73,9 +73,12 @@ pub const KERNEL: &[Requirement] = &[
     Requirement::command("kmod", "depmod"),
 ];
 
-/// Debian's kernel source, the default tree to build.
-pub const KERNEL_SOURCE: &[Requirement] =
+/// Debian's kernel sources: 6.12, the default tree to build, and the 6.1 LTS line
+/// (`kernel::DebianSource`).
+pub const KERNEL_SOURCE_6_12: &[Requirement] =
     &[Requirement::file("linux-source-6.12", "/usr/src/linux-source-6.12.tar.xz")];
+pub const KERNEL_SOURCE_6_1: &[Requirement] =
+    &[Requirement::file("linux-source-6.1", "/usr/src/linux-source-6.1.tar.xz")];
 
 /// Finds an executable on `PATH`.
 pub fn which(cmd: &str) -> Option<std::path::PathBuf> {

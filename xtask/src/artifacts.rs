@@ -1,5 +1,6 @@
 //! Choosing the kernel and image a command boots: our cached build by default, a kernel
-//! tree of the user's (`--src`), a patch series (`--series`), or a prebuilt `--bzimage`.
+//! variant by name (`--kernel vanilla-6.1`), a kernel tree of the user's (`--src`), a patch
+//! series (`--series`), or a prebuilt `--bzimage`.
 
 use std::path::PathBuf;
 
@@ -16,6 +17,33 @@ pub struct KernelChoice {
     /// Patch series from kernels/patches/NAME applied on a private copy of the source.
     #[arg(long, value_name = "NAME")]
     pub series: Option<String>,
+    /// The Debian source built without `--src` (set by a variant, `--kernel`).
+    #[arg(skip)]
+    pub debian: harness::kernel::DebianSource,
+}
+
+impl KernelChoice {
+    /// The build of a kernel variant: its series on its Debian source.
+    pub fn of_variant(variant: harness::scenario::KernelVariant) -> KernelChoice {
+        KernelChoice { series: variant.series().map(String::from), debian: variant.debian(), ..Default::default() }
+    }
+}
+
+/// `--kernel NAME`: a kernel variant by the name scenarios use, for commands that boot or
+/// build one kernel.
+#[derive(clap::Args, Clone, Debug, Default)]
+pub struct VariantChoice {
+    /// Kernel variant: vanilla (Debian 6.12), resmgr (6.12 + kernels/patches/resmgr) or
+    /// vanilla-6.1 (Debian's 6.1 LTS, without Rust and gpio-virtuser).
+    #[arg(long = "kernel", value_name = "VARIANT", value_parser = harness::scenario::KernelVariant::from_name, conflicts_with_all = ["bzimage", "src", "series"])]
+    pub kernel: Option<harness::scenario::KernelVariant>,
+}
+
+impl VariantChoice {
+    /// `choice`, or the named variant's build if `--kernel` was given.
+    pub fn over(&self, choice: &KernelChoice) -> KernelChoice {
+        self.kernel.map_or_else(|| choice.clone(), KernelChoice::of_variant)
+    }
 }
 
 /// Environment through which `xtask test` hands the kernel and image to end-to-end tests.
@@ -81,6 +109,7 @@ pub fn kernel(choice: &KernelChoice) -> Result<Kernel> {
             let built = harness::kernel::build(&harness::kernel::KernelRequest {
                 src: choice.src.clone(),
                 series: choice.series.clone(),
+                debian: choice.debian,
                 force: false,
             })?;
             Kernel { bzimage: built.bzimage.clone(), modules: built.modules.clone(), label: built.describe(), built: Some(built) }

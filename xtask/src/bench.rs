@@ -275,8 +275,10 @@ fn overhead(args: &Args) -> Result<Vec<Figure>> {
     let rt = crate::runtime()?;
     // rates[loop][kernel]
     let mut rates = [[0.0f64; 2]; LOOPS.len()];
-    for (k, variant) in harness::scenario::KernelVariant::ALL.into_iter().enumerate() {
-        let choice = KernelChoice { bzimage: None, src: args.kernel.src.clone(), series: variant.series().map(String::from) };
+    // What resmgr costs: the same source with and without the series.
+    let pair = [harness::scenario::KernelVariant::Vanilla, harness::scenario::KernelVariant::Resmgr];
+    for (k, variant) in pair.into_iter().enumerate() {
+        let choice = KernelChoice { src: args.kernel.src.clone(), ..KernelChoice::of_variant(variant) };
         let (kernel, image) = artifacts::kernel_and_image(&choice)?;
         let mut config = VmConfig::new(kernel.bzimage.clone(), vec![image]);
         config.accel = args.accel;

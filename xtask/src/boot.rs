@@ -17,12 +17,14 @@ use harness::scenario::UnplugHow;
 use harness::testbed::Testbed;
 use harness::vm::{Accel, Vm, VmConfig};
 
-use crate::artifacts::{self, KernelChoice};
+use crate::artifacts::{self, KernelChoice, VariantChoice};
 
 #[derive(clap::Args)]
 pub struct Args {
     #[command(flatten)]
     kernel: KernelChoice,
+    #[command(flatten)]
+    variant: VariantChoice,
     /// Plug this device after boot (repeatable): cp2112, virtio-i2c, gpio-sim, usb-kbd, usb-mouse, usb-tablet.
     #[arg(long = "with", value_name = "DEVICE")]
     with: Vec<String>,
@@ -83,7 +85,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
             anyhow::bail!("{flag} {secs}: expected seconds between 0 and 3600");
         }
     }
-    let (kernel, image) = artifacts::kernel_and_image(&args.kernel)?;
+    let (kernel, image) = artifacts::kernel_and_image(&args.variant.over(&args.kernel))?;
     crate::runtime()?.block_on(boot(args, kernel, image))
 }
 

@@ -1,5 +1,6 @@
-//! `cargo xtask kernel [--src DIR] [--series NAME] [--force]`: build (or reuse) a kernel and
-//! say where its artifacts are; `--print-key` only prints its cache key (for CI caches).
+//! `cargo xtask kernel [--kernel VARIANT | --src DIR] [--series NAME] [--force]`: build (or
+//! reuse) a kernel and say where its artifacts are, and what its version cannot have;
+//! `--print-key` only prints its cache key (for CI caches).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -16,6 +17,10 @@ pub struct Args {
     /// Apply the series in kernels/patches/NAME/ on a private copy of the source first.
     #[arg(long, value_name = "NAME")]
     series: Option<String>,
+    /// Kernel variant: vanilla (Debian 6.12), resmgr (6.12 + kernels/patches/resmgr) or
+    /// vanilla-6.1 (Debian's 6.1 LTS, without Rust and gpio-virtuser).
+    #[arg(long, value_name = "VARIANT", value_parser = harness::scenario::KernelVariant::from_name, conflicts_with_all = ["src", "series"])]
+    kernel: Option<harness::scenario::KernelVariant>,
     /// Run make even when the cache has this exact build (incremental in the object tree).
     #[arg(long)]
     force: bool,
@@ -26,7 +31,11 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let request = KernelRequest { src: args.src, series: args.series, force: args.force };
+    let (series, debian) = match args.kernel {
+        Some(variant) => (variant.series().map(String::from), variant.debian()),
+        None => (args.series, Default::default()),
+    };
+    let request = KernelRequest { src: args.src, series, debian, force: args.force };
     if args.print_key {
         println!("{}", kernel::key(&request)?);
         return Ok(ExitCode::SUCCESS);
@@ -51,5 +60,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         println!("modules  {}", m.display());
     }
     println!("source   {} ({})", k.source_tree.display(), k.source_id);
+    for a in &k.absent {
+        println!("absent   {}: {} ({})", a.option, a.reason, a.written_at);
+    }
     Ok(ExitCode::SUCCESS)
 }

@@ -46,7 +46,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
         let choice = if own_kernel {
             args.choice.clone()
         } else {
-            KernelChoice { series: variant.series().map(String::from), ..args.choice.clone() }
+            KernelChoice { series: variant.series().map(String::from), debian: variant.debian(), ..args.choice.clone() }
         };
         passes.push((variant, artifacts::kernel_and_image(&choice)?));
     }

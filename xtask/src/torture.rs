@@ -211,7 +211,7 @@ fn torture(args: &Args) -> Result<Done> {
     let mut built = Vec::new();
     for &variant in variants {
         if cells.iter().any(|c| c.kernel == variant && c.skip.is_none()) {
-            let choice = KernelChoice { bzimage: args.bzimage.clone(), src: args.src.clone(), series: variant.series().map(str::to_string) };
+            let choice = KernelChoice { bzimage: args.bzimage.clone(), src: args.src.clone(), ..KernelChoice::of_variant(variant) };
             let (kernel, image) = artifacts::kernel_and_image_keyed(&choice)?;
             built.push((variant, kernel, image));
         }
@@ -548,6 +548,7 @@ mod tests {
         }
         assert_eq!(KernelList::from_str("both"), Ok(KernelList(vec![Variant::Vanilla, Variant::Resmgr])));
         assert_eq!(KernelList::from_str("resmgr,vanilla"), Ok(KernelList(vec![Variant::Resmgr, Variant::Vanilla])));
+        assert_eq!(KernelList::from_str("vanilla,vanilla-6.1"), Ok(KernelList(vec![Variant::Vanilla, Variant::Vanilla61])));
         assert!(KernelList::from_str("vanilla,nope").is_err());
     }
 

@@ -229,6 +229,16 @@ pub fn start_log(path: &Path, header: &str) -> Result<()> {
     Ok(())
 }
 
+/// One line of ours (not make's) in the build log.
+pub fn append_log(path: &Path, line: &str) -> Result<()> {
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .open(path)
+        .with_context(|| format!("opening build log {}", path.display()))?;
+    f.write_all(format!("# {line}\n").as_bytes())?;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

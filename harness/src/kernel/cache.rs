@@ -164,6 +164,8 @@ mod tests {
             key: "k".into(),
             build_seconds: 1.0,
             cold: true,
+            absent: Vec::new(),
+            rust: true,
             cached: false,
         };
         std::fs::write(dir.join("meta.json"), serde_json::to_string(&kernel).unwrap()).unwrap();

@@ -138,8 +138,10 @@ pub fn base_tree(src: Option<&Path>) -> Result<Source> {
     match src {
         Some(dir) => source::user_tree(dir),
         None => {
-            crate::host::ensure(crate::host::KERNEL_SOURCE)?;
-            source::debian(&crate::paths::cache_dir())
+            // Series are written against 6.12.
+            let package = source::DebianSource::Linux6_12;
+            crate::host::ensure(package.requirement())?;
+            source::debian(&crate::paths::cache_dir(), package)
         }
     }
 }

@@ -87,6 +87,17 @@ impl Fragment {
         Ok(())
     }
 
+    /// Takes out the options a kernel version cannot have (`version::Absent`). Each must be
+    /// requested: a line that names nothing requested went stale, an error at its place.
+    pub fn drop_absent(&mut self, absent: &[super::version::Absent]) -> Result<()> {
+        for a in absent {
+            if self.options.remove(a.symbol()).is_none() {
+                bail!("{}: {} is not requested by any fragment; remove the line", a.written_at, a.option);
+            }
+        }
+        Ok(())
+    }
+
     /// The fragment as Kconfig text in a stable order: what [`apply`] appends, and the cache
     /// key's view of the requested config.
     pub fn to_kconfig(&self) -> String {

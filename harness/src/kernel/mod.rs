@@ -1,9 +1,10 @@
-//! Kernel builds: a source tree (Debian's 6.12, a user's `--src` tree, either plus a patch
-//! series) + `tinyconfig` + our fragments (`kernels/configs/*.config`) → a validated,
-//! cached build.
+//! Kernel builds: a source tree (Debian's 6.12 or 6.1, a user's `--src` tree, either plus a
+//! patch series) + `tinyconfig` + our fragments (`kernels/configs/*.config`, then the tree's
+//! version's own, less what that version cannot have) → a validated, cached build.
 //!
 //! - [`source`]: which tree, and its identity for the cache key; series on private copies.
 //! - [`config`]: fragment parsing, merging with located conflicts, post-olddefconfig checks.
+//! - [`version`]: per kernel version, its own fragments and the options it cannot have, with why.
 //! - [`toolchain`]: LLVM + Debian's Rust + bindgen, pinned on make's command line.
 //! - [`build`]: running Kbuild out of tree (`O=`) with progress and a build log.
 //! - [`cache`]: keys, locks and the layout of `cache/kernels/`.
@@ -17,6 +18,7 @@ pub mod check;
 mod config;
 mod source;
 mod toolchain;
+mod version;
 
 pub use build::BuildFailed;
 
@@ -31,11 +33,16 @@ use build::Make;
 use config::Fragment;
 use toolchain::Toolchain;
 
+pub use source::DebianSource;
+pub use version::Absent;
+
 /// What to build.
 #[derive(Debug, Clone, Default)]
 pub struct KernelRequest {
-    /// A kernel tree of the user's (never written to); Debian's 6.12 source when `None`.
+    /// A kernel tree of the user's (never written to); Debian's `debian` source when `None`.
     pub src: Option<PathBuf>,
+    /// Which Debian source package to build when there is no `src`.
+    pub debian: DebianSource,
     /// A patch series, `kernels/patches/NAME/`.
     pub series: Option<String>,
     /// Run make again even if the cache has this build (incremental in the object tree).
@@ -76,15 +83,27 @@ pub struct Kernel {
     /// incremental build's time (object trees are shared by the builds of one source tree).
     #[serde(default)]
     pub cold: bool,
+    /// Requested options this kernel's version cannot have, with the reasons
+    /// (`kernels/configs/<version>/absent`), left out of its configuration.
+    #[serde(default)]
+    pub absent: Vec<Absent>,
+    /// Built with `CONFIG_RUST` (6.1 is not: see `absent`).
+    #[serde(default = "yes")]
+    pub rust: bool,
     /// This call found the build in the cache.
     #[serde(skip)]
     pub cached: bool,
 }
 
+fn yes() -> bool {
+    true
+}
+
 impl Kernel {
-    /// "6.12.117 Debian linux-source-6.12 + series resmgr".
+    /// "6.12.117 Debian linux-source-6.12 + series resmgr", "6.1.192 Debian linux-source-6.1
+    /// (without Rust)".
     pub fn describe(&self) -> String {
-        format!("{} {}", self.release, self.source_label)
+        format!("{} {}{}", self.release, self.source_label, if self.rust { "" } else { " (without Rust)" })
     }
 }
 
@@ -93,13 +112,16 @@ struct Identity {
     series: Option<source::Series>,
     fragment: Fragment,
     test_modules: Vec<PathBuf>,
+    /// What the tree's version cannot have, left out of `fragment`.
+    absent: Vec<Absent>,
+    rust: bool,
     key: String,
 }
 
 impl Identity {
     /// The identity of `req`'s build; `base_id` is its base tree's (a `--src` tree's or the
-    /// Debian tarball's).
-    fn of(req: &KernelRequest, base_id: &str, toolchain: &Toolchain) -> Result<Identity> {
+    /// Debian tarball's), `version` its `MAJOR.MINOR`.
+    fn of(req: &KernelRequest, base_id: &str, version: &str, toolchain: &Toolchain) -> Result<Identity> {
         let kernels_dir = crate::paths::repo_root().join("kernels");
         let series =
             req.series.as_deref().map(|name| source::Series::load(&kernels_dir.join("patches"), name)).transpose()?;
@@ -107,37 +129,51 @@ impl Identity {
             Some(series) => source::patched_id(base_id, series),
             None => base_id.to_string(),
         };
-        // A series may turn on what it adds (`kernels/patches/NAME/*.config`, after ours); the
-        // vanilla configuration stays exactly as it is.
-        let mut fragment_files = config::fragment_files(&kernels_dir.join("configs"))?;
+        // The tree's version adds its own fragments and takes away what it cannot have; a series
+        // may turn on what it adds (`kernels/patches/NAME/*.config`, after ours); the vanilla
+        // configuration stays exactly as it is.
+        let configs = kernels_dir.join("configs");
+        let version_config = version::load(&configs, version)?;
+        let mut fragment_files = config::fragment_files(&configs)?;
+        fragment_files.extend(version_config.fragments.iter().cloned());
         if let Some(series) = &series {
             fragment_files.extend(series.config_fragments.iter().cloned());
         }
-        let fragment = Fragment::load(&fragment_files)?;
+        let mut fragment = Fragment::load(&fragment_files)?;
+        fragment.drop_absent(&version_config.absent)?;
+        let absent = version_config.absent;
+        let rust = fragment.options.get("RUST").is_some_and(|(value, _)| value == "y");
         let test_modules = crate::kmod::module_dirs(&kernels_dir)?;
-        // The test modules are part of the build's modules tree, so their sources are in the key.
-        let fragment_and_modules = format!(
+        // The test modules are part of the build's modules tree, so their sources are in the key;
+        // so are the absences and their reasons (meta.json records them). A version without any
+        // keeps the key it always had.
+        let mut fragment_and_modules = format!(
             "{}\n{}",
             fragment.to_kconfig(),
             cache::hash(&[&crate::kmod::sources_fingerprint(&test_modules)?])
         );
+        if !absent.is_empty() {
+            fragment_and_modules.push_str(&format!("\nabsent {}", serde_json::to_string(&absent)?));
+        }
         let key = cache::key(&source_id, &fragment_and_modules, &toolchain.versions);
-        Ok(Identity { series, fragment, test_modules, key })
+        Ok(Identity { series, fragment, test_modules, absent, rust, key })
     }
 }
 
-/// `req`'s base tree when it is a `--src` tree, and the base's id either way (Debian's
-/// tarball is identified without unpacking it).
-fn base_id(req: &KernelRequest) -> Result<(Option<source::Source>, String)> {
+/// `req`'s base tree when it is a `--src` tree, and the base's id and `MAJOR.MINOR` version
+/// either way (Debian's tarball is identified without unpacking it; its package says its
+/// version).
+fn base_id(req: &KernelRequest) -> Result<(Option<source::Source>, String, String)> {
     match &req.src {
         Some(dir) => {
             let tree = source::user_tree(dir)?;
             let id = tree.id.clone();
-            Ok((Some(tree), id))
+            let version = version::tree_version(&tree.tree)?;
+            Ok((Some(tree), id, version))
         }
         None => {
-            host::ensure(host::KERNEL_SOURCE)?;
-            Ok((None, source::debian_id()?))
+            host::ensure(req.debian.requirement())?;
+            Ok((None, source::debian_id(req.debian)?, req.debian.version().to_string()))
         }
     }
 }
@@ -147,8 +183,8 @@ fn base_id(req: &KernelRequest) -> Result<(Option<source::Source>, String)> {
 /// toolchain when it is missing, since its versions are part of the key.
 pub fn key(req: &KernelRequest) -> Result<String> {
     let toolchain = Toolchain::ensure()?;
-    let (_, base_id) = base_id(req)?;
-    Ok(Identity::of(req, &base_id, &toolchain)?.key)
+    let (_, base_id, version) = base_id(req)?;
+    Ok(Identity::of(req, &base_id, &version, &toolchain)?.key)
 }
 
 /// Builds the kernel `req` describes, or returns the cached build (a hit neither unpacks nor
@@ -156,8 +192,8 @@ pub fn key(req: &KernelRequest) -> Result<String> {
 pub fn build(req: &KernelRequest) -> Result<Kernel> {
     let toolchain = Toolchain::ensure()?;
     let cache_dir = crate::paths::cache_dir();
-    let (user_tree, base_id) = base_id(req)?;
-    let Identity { series, fragment, test_modules, key } = Identity::of(req, &base_id, &toolchain)?;
+    let (user_tree, base_id, version) = base_id(req)?;
+    let Identity { series, fragment, test_modules, absent, rust, key } = Identity::of(req, &base_id, &version, &toolchain)?;
 
     let cache = cache::Cache::open(&cache_dir)?;
     if !req.force {
@@ -174,7 +210,7 @@ pub fn build(req: &KernelRequest) -> Result<Kernel> {
     }
     let base = match user_tree {
         Some(tree) => tree,
-        None => source::debian(&cache_dir)?,
+        None => source::debian(&cache_dir, req.debian)?,
     };
     // The object tree's lock first: a patched copy is remade in place only while no make
     // runs in it.
@@ -211,9 +247,16 @@ pub fn build(req: &KernelRequest) -> Result<Kernel> {
         ),
     )?;
     let make = Make { source: &source.tree, objects: &objects, toolchain: &toolchain, log: log.clone() };
+    for a in &absent {
+        let line = format!("unplug-torture: {} (version {version}) is built without {}: {} ({})", source.label, a.option, a.reason, a.written_at);
+        eprintln!("{line}");
+        build::append_log(&log, &line)?;
+    }
     let cold = !objects.join("vmlinux").exists();
     let started = Instant::now();
-    build::check_rust(&make)?;
+    if rust {
+        build::check_rust(&make)?;
+    }
     let dot_config = build::configure(&make, &fragment)?;
     let jobs = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
     let modules_dir = dir.join("modules");
@@ -246,6 +289,8 @@ pub fn build(req: &KernelRequest) -> Result<Kernel> {
         key,
         build_seconds,
         cold,
+        absent,
+        rust,
         dir,
         cached: false,
     };

@@ -1,5 +1,6 @@
-//! Kernel source trees: Debian's `linux-source-6.12` tarball unpacked once into the cache, a
-//! user's tree (`--src`, never written to), and private patched copies for a series.
+//! Kernel source trees: a Debian `linux-source-<version>` tarball (6.12, or the 6.1 LTS line)
+//! unpacked once into the cache, a user's tree (`--src`, never written to), and private
+//! patched copies for a series.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -9,8 +10,44 @@ use anyhow::{bail, Context, Result};
 
 use super::cache::{hash, lock_exclusive, OBJECTS_IN_TREE};
 
-/// The tarball Debian's `linux-source-6.12` package installs.
-pub const DEBIAN_TARBALL: &str = "/usr/src/linux-source-6.12.tar.xz";
+/// A Debian kernel source package: `linux-source-<version>` installs
+/// `/usr/src/linux-source-<version>.tar.xz`, which unpacks into `linux-source-<version>/`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+pub enum DebianSource {
+    /// The line the suite is written for, and the resmgr series' base.
+    #[default]
+    #[serde(rename = "6.12")]
+    Linux6_12,
+    /// The 6.1 LTS line (bookworm's own kernel): bugs fixed upstream after 6.1 are still there.
+    #[serde(rename = "6.1")]
+    Linux6_1,
+}
+
+impl DebianSource {
+    /// "6.12", "6.1".
+    pub fn version(self) -> &'static str {
+        match self {
+            DebianSource::Linux6_12 => "6.12",
+            DebianSource::Linux6_1 => "6.1",
+        }
+    }
+
+    /// The package that installs this source, as a host requirement.
+    pub fn requirement(self) -> &'static [crate::host::Requirement] {
+        match self {
+            DebianSource::Linux6_12 => crate::host::KERNEL_SOURCE_6_12,
+            DebianSource::Linux6_1 => crate::host::KERNEL_SOURCE_6_1,
+        }
+    }
+
+    fn package(self) -> String {
+        format!("linux-source-{}", self.version())
+    }
+
+    fn tarball(self) -> PathBuf {
+        PathBuf::from(format!("/usr/src/{}.tar.xz", self.package()))
+    }
+}
 
 /// A tree to build, and what identifies its contents for the cache key.
 #[derive(Debug, Clone)]
@@ -25,24 +62,24 @@ pub struct Source {
     pub owned: bool,
 }
 
-/// Debian's tarball, unpacked once into `cache/src/debian-<id>/`, atomically (into a temporary
-/// directory, then renamed). The id covers the tarball's path, size and mtime (a package
-/// upgrade replaces the file), so the no-op check need not hash 150 MB.
-pub fn debian(cache: &Path) -> Result<Source> {
-    let tarball = Path::new(DEBIAN_TARBALL);
-    let id = debian_hash()?;
+/// Debian's tarball of `package`, unpacked once into `cache/src/debian-<id>/`, atomically (into
+/// a temporary directory, then renamed). The id covers the tarball's path, size and mtime (a
+/// package upgrade replaces the file), so the no-op check need not hash 150 MB.
+pub fn debian(cache: &Path, package: DebianSource) -> Result<Source> {
+    let tarball = package.tarball();
+    let id = debian_hash(package)?;
     let root = cache.join("src");
     std::fs::create_dir_all(&root)?;
     let dest = root.join(format!("debian-{id}"));
-    let tree = dest.join("linux-source-6.12");
+    let tree = dest.join(package.package());
     let _lock = lock_exclusive(&root.join(format!("debian-{id}.lock")), "another unpack of the Debian source")?;
     if !tree.join("Makefile").exists() {
-        eprintln!("unplug-torture: unpacking {DEBIAN_TARBALL} into {}", dest.display());
+        eprintln!("unplug-torture: unpacking {} into {}", tarball.display(), dest.display());
         let tmp = tempfile::Builder::new().prefix(".unpack-").tempdir_in(&root)?;
         let status =
-            Command::new("tar").arg("-xJf").arg(tarball).arg("-C").arg(tmp.path()).status().context("running tar")?;
+            Command::new("tar").arg("-xJf").arg(&tarball).arg("-C").arg(tmp.path()).status().context("running tar")?;
         if !status.success() {
-            bail!("unpacking {DEBIAN_TARBALL} failed ({status})");
+            bail!("unpacking {} failed ({status})", tarball.display());
         }
         if dest.exists() {
             std::fs::remove_dir_all(&dest)?;
@@ -50,19 +87,20 @@ pub fn debian(cache: &Path) -> Result<Source> {
         std::fs::rename(tmp.keep(), &dest)
             .with_context(|| format!("renaming the unpacked tree to {}", dest.display()))?;
     }
-    Ok(Source { tree, id: format!("debian-{id}"), label: "Debian linux-source-6.12".into(), owned: true })
+    Ok(Source { tree, id: format!("debian-{id}"), label: format!("Debian {}", package.package()), owned: true })
 }
 
 /// The id [`debian`] gives the tarball's tree, without unpacking it.
-pub fn debian_id() -> Result<String> {
-    Ok(format!("debian-{}", debian_hash()?))
+pub fn debian_id(package: DebianSource) -> Result<String> {
+    Ok(format!("debian-{}", debian_hash(package)?))
 }
 
-fn debian_hash() -> Result<String> {
-    let meta = std::fs::metadata(DEBIAN_TARBALL)
-        .with_context(|| format!("{DEBIAN_TARBALL} is missing (package linux-source-6.12)"))?;
+fn debian_hash(package: DebianSource) -> Result<String> {
+    let tarball = package.tarball();
+    let meta = std::fs::metadata(&tarball)
+        .with_context(|| format!("{} is missing (package {})", tarball.display(), package.package()))?;
     let mtime = meta.modified()?.duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_secs();
-    Ok(hash(&[DEBIAN_TARBALL.as_bytes(), &meta.len().to_le_bytes(), &mtime.to_le_bytes()]))
+    Ok(hash(&[tarball.as_os_str().as_encoded_bytes(), &meta.len().to_le_bytes(), &mtime.to_le_bytes()]))
 }
 
 /// A user's kernel tree. It must be clean enough for `make O=`: Kbuild refuses a source tree
