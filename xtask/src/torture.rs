@@ -181,12 +181,13 @@ fn torture(args: &Args) -> Result<Done> {
     let variants = &args.kernel.0;
     let cells = matrix::shard_cells(matrix::plan(&scenarios, variants, args.repeat, seed, shard.count), shard);
     if args.list {
-        if args.json {
-            println!("{}", serde_json::to_string_pretty(&cells)?);
-        } else {
-            print!("{}", matrix::list_text(&cells));
+        let text = if args.json { format!("{}\n", serde_json::to_string_pretty(&cells)?) } else { matrix::list_text(&cells) };
+        // `torture --list | head` closes the pipe early: that is the reader's choice, not an
+        // error (print! would panic on it).
+        match std::io::Write::write_all(&mut std::io::stdout().lock(), text.as_bytes()) {
+            Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => return Err(anyhow::Error::new(e).context("writing the matrix")),
+            _ => return Ok(Done::both(0)),
         }
-        return Ok(Done::both(0));
     }
     if args.bzimage.is_some() && variants != &[Variant::Vanilla] {
         bail!("--bzimage runs one prebuilt kernel; it cannot be combined with --kernel {}", names(variants));

@@ -31,3 +31,26 @@ fn resmgr_sample_unplug_on_vanilla_is_skipped_with_the_reason() {
     // Nothing booted: no console, no steps.
     assert!(!runs[0].join("console.log").exists() && !runs[0].join("steps.jsonl").exists());
 }
+
+/// `torture --list | head -1`: the reader closes the pipe after one line; xtask exits 0
+/// without a panic (Rust's print! panics on a closed stdout).
+#[test]
+fn list_into_a_closed_pipe_exits_0() {
+    use std::io::{BufRead, BufReader};
+    let results = tempfile::tempdir().unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_xtask"))
+        .args(["torture", "--list", "--kernel", "vanilla,resmgr", "--repeat", "200", "--seed", "1", "--results"])
+        .arg(results.path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    BufReader::new(child.stdout.take().unwrap()).read_line(&mut first).unwrap();
+    // The read end is closed here, before xtask has written the rest (thousands of lines, more than a pipe buffers).
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!first.is_empty(), "{stderr}");
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
