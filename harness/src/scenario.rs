@@ -1095,9 +1095,9 @@ steps:
             // The CLI's `both` is a choice of runs, not a variant.
             ("name: x\nkernels: [both]\nsteps:\n  - observe\n", "k.yaml:2:11: kernels[0]: unknown variant `both`"),
             // Wrong types.
-            ("name: x\nkernels: resmgr\nsteps:\n  - observe\n", "k.yaml:2:10: kernels: invalid type: string \"resmgr\", expected a sequence of kernel variants (vanilla, resmgr)"),
+            ("name: x\nkernels: resmgr\nsteps:\n  - observe\n", "k.yaml:2:10: kernels: invalid type: string \"resmgr\", expected a sequence of kernel variants (vanilla, resmgr, vanilla-6.1)"),
             ("name: x\nkernels: { resmgr: true }\nsteps:\n  - observe\n", "k.yaml:2:10: kernels: invalid type: map, expected a sequence"),
-            ("name: x\nkernels: [3]\nsteps:\n  - observe\n", "k.yaml:2:11: kernels[0]: unknown variant `3`, expected `vanilla` or `resmgr`"),
+            ("name: x\nkernels: [3]\nsteps:\n  - observe\n", "k.yaml:2:11: kernels[0]: unknown variant `3`, expected one of `vanilla`, `resmgr`, `vanilla-6.1`"),
             ("name: x\nkernels: [[resmgr]]\nsteps:\n  - observe\n", "k.yaml:2:11: kernels[0]: invalid type: sequence, expected"),
             // Empty or repeated lists.
             ("name: x\nkernels: []\nsteps:\n  - observe\n", "k.yaml:2:10: kernels: lists no kernel variant; leave the field out for the default ones (vanilla, resmgr)"),
@@ -1166,7 +1166,7 @@ steps:
     fn expect_errors_are_located() {
         let at = |expect: &str| format!("name: x\nexpect:\n{expect}\nsteps:\n  - observe\n");
         for (text, want) in [
-            (at("  mainline: clean"), "e.yaml:3:3: expect: unknown variant `mainline`, expected `vanilla` or `resmgr`"),
+            (at("  mainline: clean"), "e.yaml:3:3: expect: unknown variant `mainline`, expected one of `vanilla`, `resmgr`, `vanilla-6.1`"),
             (at("  both: clean"), "e.yaml:3:3: expect: unknown variant `both`"),
             (at("  vanilla: clean\n  vanilla: clean"), "e.yaml:3:3: expect: expects vanilla twice"),
             (at("  vanilla: [\"KASAN: {Read in at24_read\"]"), "e.yaml:3:12: expect.vanilla: bad title pattern \"KASAN: {Read in at24_read\": unclosed alternate group; missing '}' (maybe escape '{' with '[{]'?)"),
@@ -1181,7 +1181,7 @@ steps:
             (at("  vanilla: { titles: [a], must: [b] }"), "e.yaml:3:27: expect.vanilla: unknown variant `must`, expected `titles` or `maybe`"),
             (at("  vanilla: { titles: a }"), "e.yaml:3:22: expect.vanilla.titles: invalid type: string \"a\", expected a list of title patterns"),
             (at("  vanilla: { maybe: [a], maybe: [b] }"), "e.yaml:3:"),
-            (at("  [vanilla]"), "e.yaml:3:3: expect: invalid type: sequence, expected a map from kernel variant (vanilla, resmgr) to its expectation"),
+            (at("  [vanilla]"), "e.yaml:3:3: expect: invalid type: sequence, expected a map from kernel variant (vanilla, resmgr, vanilla-6.1) to its expectation"),
             ("name: x\nexpect: clean\nsteps:\n  - observe\n".to_string(), "e.yaml:2:9: expect: invalid type: string \"clean\", expected a map from kernel variant"),
         ] {
             let err = Scenario::parse(&text, Path::new("e.yaml")).unwrap_err().to_string();

@@ -126,7 +126,7 @@ static ssize_t get_write(struct file *file, const char __user *ubuf, size_t len,
 	h = kzalloc(sizeof(*h), GFP_KERNEL);
 	if (!h)
 		return -ENOMEM;
-	strscpy(h->name, name);
+	strscpy(h->name, name, sizeof(h->name));
 	mutex_init(&h->lock);
 
 	h->nvmem = nvmem_device_find(device, device_match_name);
