@@ -253,6 +253,29 @@ impl Testbed {
         }
     }
 
+    /// Ends the backends of lingering virtio-i2c devices (left by a stuck unplug) whose removal
+    /// QEMU has completed since, and frees their root ports. An error names those whose
+    /// chardev could not be removed or whose backend did not end.
+    pub async fn reap_lingering(&mut self, vm: &mut Vm) -> Result<()> {
+        let mut failed = Vec::new();
+        for device in std::mem::take(&mut self.lingering) {
+            let port = device.port().to_string();
+            match device.reap(vm).await {
+                Err(still_there) => self.lingering.push(still_there),
+                Ok(end) => {
+                    vm.release_root_port(&port);
+                    if let Err(e) = end {
+                        failed.push(format!("{e:#}"));
+                    }
+                }
+            }
+        }
+        if !failed.is_empty() {
+            bail!("late removals: {}", failed.join("; "));
+        }
+        Ok(())
+    }
+
     /// Once QEMU has exited: joins the threads of every virtio-i2c backend still around
     /// (plugged, or left by a stuck unplug). An error names those that did not end.
     pub async fn finish(&mut self) -> Result<()> {
@@ -324,6 +347,8 @@ impl Testbed {
         if self.interrupted.contains(id) {
             bail!("the unplug of {id:?} was cancelled half-way (step deadline); QEMU may still have it, so the id is not reused");
         }
+        // A stuck unplug's device QEMU has removed since gives its root port back.
+        self.reap_lingering(vm).await?;
         let start = Instant::now();
         let (plugged, guest_saw) = if device == CP2112 {
             plug_cp2112(vm, id, at24).await?

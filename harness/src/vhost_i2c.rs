@@ -17,14 +17,18 @@
 //! [`Backend::join`] returns once all three threads are gone; no socket file is left. After a
 //! stuck unplug (no `DEVICE_DELETED`) the device may still complete its removal later, so
 //! [`VirtioI2c::unplug`] neither closes the backend nor removes the chardev: it hands the
-//! device back ([`Lingering`]), the root port stays claimed, and the backend's threads end when
-//! QEMU hangs up (the late removal, or QEMU's exit), which [`VirtioI2c::join`] waits for.
+//! device back ([`Lingering`]) and the root port stays claimed. A late removal does not end the
+//! backend: QEMU keeps a vhost-user chardev, and its connection, after the device, so
+//! [`VirtioI2c::reap`] removes the chardev once the late `DEVICE_DELETED` has come (the
+//! testbed reaps before each plug); otherwise the threads end when QEMU exits, which
+//! [`VirtioI2c::join`] waits for.
 //!
 //! What the guest sees:
 //! * graceful (`device_del`): q35's root ports use ACPI PCI hotplug; the guest's acpiphp
 //!   unbinds virtio-pci → `virtio_i2c_remove` → `i2c_del_adapter` (at24, its nvmem and any
 //!   `/dev/i2c-N` go with it) and ejects; QEMU then deletes the device, emits
-//!   `DEVICE_DELETED` and closes the vhost-user connection (`harness/tests/e2e_virtio_i2c.rs`).
+//!   `DEVICE_DELETED`; the vhost-user connection lasts until `chardev-remove`
+//!   (`harness/tests/e2e_virtio_i2c.rs`).
 //!   Expected but not yet run here: an open `/dev/i2c-N` holds up `i2c_del_adapter` (it
 //!   waits for the adapter's last reference, as with the CP2112), so no `DEVICE_DELETED`
 //!   arrives until it is closed, which `device_del` reports as `QmpError::UnplugStuck`.
@@ -454,6 +458,9 @@ pub struct VirtioI2c {
     chardev: String,
     port: String,
     backend: Backend,
+    /// Where QEMU's events stood before our `device_del`: a late `DEVICE_DELETED` after it
+    /// means a lingering device is gone (see [`VirtioI2c::reap`]).
+    unplug_requested: Option<crate::qmp::EventCursor>,
 }
 
 impl VirtioI2c {
@@ -480,7 +487,7 @@ impl VirtioI2c {
             let _ = backend.join_within(JOIN_TIMEOUT).await;
             return Err(e).with_context(|| format!("device_add {QEMU_DRIVER} {id}"));
         }
-        Ok(VirtioI2c { id: id.to_string(), chardev, port: port.to_string(), backend })
+        Ok(VirtioI2c { id: id.to_string(), chardev, port: port.to_string(), backend, unplug_requested: None })
     }
 
     pub fn id(&self) -> &str {
@@ -516,7 +523,8 @@ impl VirtioI2c {
     /// keeps a vhost-user chardev after its device) and join the backend. When QEMU may still
     /// have the device (no `DEVICE_DELETED`: [`QmpError::UnplugStuck`] in the error's chain; a
     /// failed command) it is handed back, still served: see [`Lingering`].
-    pub async fn unplug(self, vm: &Vm, timeout: Duration) -> Result<SessionEnd, Lingering> {
+    pub async fn unplug(mut self, vm: &Vm, timeout: Duration) -> Result<SessionEnd, Lingering> {
+        self.unplug_requested = Some(vm.qmp().cursor());
         let error = match vm.qmp().device_del(&self.id, timeout).await {
             Ok(_) => match vm.qmp().chardev_remove(&self.chardev).await {
                 Ok(_) => return self.backend.join_within(JOIN_TIMEOUT).await.with_context(|| format!("after unplugging {}", self.id)).map_err(Lingering::gone),
@@ -526,6 +534,22 @@ impl VirtioI2c {
             Err(e) => anyhow::Error::new(e).context(format!("device_del {}", self.id)),
         };
         Err(Lingering { device: Some(self), error })
+    }
+
+    /// A lingering device whose removal QEMU has completed since (its late `DEVICE_DELETED`):
+    /// removes its chardev — QEMU keeps a vhost-user chardev, and the connection, after its
+    /// device — and joins the backend: `Ok` with how that went. `Err(self)` while QEMU may
+    /// still have the device.
+    pub async fn reap(self, vm: &Vm) -> Result<Result<SessionEnd>, VirtioI2c> {
+        let Some(cursor) = self.unplug_requested else { return Err(self) };
+        if !vm.qmp().events_since(cursor).iter().any(|e| crate::qmp::is_device_deleted(e, &self.id)) {
+            return Err(self);
+        }
+        if let Err(e) = vm.qmp().chardev_remove(&self.chardev).await {
+            return Ok(Err(anyhow::Error::new(e).context(format!("chardev-remove {} after the late removal of {}", self.chardev, self.id))));
+        }
+        let id = self.id;
+        Ok(self.backend.join_within(JOIN_TIMEOUT).await.with_context(|| format!("after the late removal of {id}")))
     }
 
     /// Waits for the backend's threads once QEMU has exited (it hangs up on exit); one still

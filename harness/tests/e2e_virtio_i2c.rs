@@ -111,7 +111,8 @@ async fn backend_threads_end(deadline: Duration) -> bool {
 }
 
 /// A device QEMU may still have after its unplug failed (no `DEVICE_DELETED` in time) keeps its
-/// backend serving, so a late removal still completes; once the VM is shut down
+/// backend serving, so a late removal still completes, and then the testbed ends its backend
+/// (`reap_lingering`); once the VM is shut down
 /// `Testbed::finish` joins every backend thread and QEMU is gone. With `/dev/i2c-N` held the
 /// removal never completes on vanilla (i2c_del_adapter waits for the adapter's last
 /// reference, kernel-notes B6); on resmgr it does.
@@ -123,9 +124,18 @@ async fn e2e_virtio_i2c_stuck_unplugs_shut_down_cleanly() {
     // A deadline no removal meets: stuck for us; the guest completes it later, QEMU deletes
     // the device and hangs up on the backend, whose threads end.
     testbed.plug(&mut vm, "virtio-i2c", "late").await.unwrap();
+    let before_unplug = vm.qmp().cursor();
     let err = testbed.unplug(&mut vm, "late", UnplugHow::Graceful, Duration::from_millis(1)).await.unwrap_err();
     assert!(is_stuck(&err), "{err:#}");
     assert!(backend_threads() >= 1, "the backend of a device QEMU still has keeps serving it");
+    vm.qmp()
+        .wait_event(before_unplug, "the late DEVICE_DELETED", vm.pace().scale(T), |e| harness::qmp::is_device_deleted(e, "late"))
+        .await
+        .unwrap();
+    // QEMU keeps a vhost-user chardev, and its connection, after the device: the backend
+    // serves on until the testbed removes the chardev.
+    assert!(backend_threads() >= 1, "QEMU hung up on the backend with the device's removal");
+    testbed.reap_lingering(&mut vm).await.unwrap();
     assert!(backend_threads_end(vm.pace().scale(T)).await, "the late removal did not end the backend");
 
     // /dev/i2c-N held across device_del.

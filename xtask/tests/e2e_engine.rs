@@ -4,20 +4,12 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use harness::results::RunSummary;
 
 /// Two quick scenarios, clean on every kernel, one iteration each.
 const QUICK: &str = "{usb-kbd-cycle,cp2112-nvmem-readers}";
-
-/// The run folders (those with a meta.json) directly under `root`.
-fn run_folders(root: &Path) -> Vec<PathBuf> {
-    let mut dirs: Vec<PathBuf> =
-        std::fs::read_dir(root).unwrap().map(|e| e.unwrap().path()).filter(|p| p.join("meta.json").is_file()).collect();
-    dirs.sort();
-    dirs
-}
 
 fn json(path: &Path) -> serde_json::Value {
     serde_json::from_str(&std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display())))
@@ -47,7 +39,7 @@ fn e2e_jobs_2_repeat_2_leaves_four_runs_and_rates() {
     assert_eq!(run.status.code(), Some(0), "{all}");
     assert!(all.contains("4 run(s), 4 to boot, 2 at a time"), "{all}");
     assert!(all.contains("[4/4] "), "one line per finished run: {all}");
-    let dirs = run_folders(results.path());
+    let dirs = common::run_folders(results.path());
     assert_eq!(dirs.len(), 4, "{dirs:?}\n{all}");
     let mut seeds = std::collections::BTreeMap::<String, Vec<u64>>::new();
     for dir in &dirs {

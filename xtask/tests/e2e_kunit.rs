@@ -23,7 +23,7 @@ fn e2e_kunit_resmgr_suites_pass() {
         let passed: u64 = row.split_whitespace().nth(1).unwrap().parse().unwrap();
         assert!(passed > 0, "{suite} ran no case: {row}");
     }
-    let run = std::fs::read_dir(results.path()).unwrap().next().expect("a run folder").unwrap().path();
+    let run = common::only_run_folder(results.path());
     for file in ["meta.json", "console.log", "ktap.txt", "junit.xml", "summary.md", "steps.jsonl"] {
         assert!(run.join(file).is_file(), "{} has no {file}", run.display());
     }

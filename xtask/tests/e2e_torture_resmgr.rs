@@ -22,7 +22,7 @@ fn e2e_torture_resmgr_sample_unplug_is_clean_on_resmgr() {
     assert!(run.status.success(), "{all}");
     assert!(stdout.lines().any(|l| l.starts_with("resmgr-sample-unplug on resmgr: clean, as expected ")), "{all}");
 
-    let run = std::fs::read_dir(results.path()).unwrap().next().expect("a run folder").unwrap().path();
+    let run = common::only_run_folder(results.path());
     let steps: Vec<serde_json::Value> = std::fs::read_to_string(run.join("steps.jsonl"))
         .unwrap()
         .lines()

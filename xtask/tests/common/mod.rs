@@ -37,3 +37,19 @@ pub fn xtask(args: &[&str], results: &Path) -> Run {
     let all = format!("xtask {args:?}: {}\nstdout:\n{stdout}\nstderr:\n{}", out.status, String::from_utf8_lossy(&out.stderr));
     Run { status: out.status, stdout, all }
 }
+
+/// The run folders (those with a meta.json) directly under a results root, sorted; the root
+/// also holds the matrix record and its index.html.
+pub fn run_folders(root: &Path) -> Vec<PathBuf> {
+    let mut dirs: Vec<PathBuf> =
+        std::fs::read_dir(root).unwrap().map(|e| e.unwrap().path()).filter(|p| p.join("meta.json").is_file()).collect();
+    dirs.sort();
+    dirs
+}
+
+/// The one run folder under a results root.
+pub fn only_run_folder(root: &Path) -> PathBuf {
+    let mut runs = run_folders(root);
+    assert_eq!(runs.len(), 1, "one run folder under {}: {runs:?}", root.display());
+    runs.remove(0)
+}
