@@ -29,9 +29,10 @@
 //!   `/dev/i2c-N` go with it) and ejects; QEMU then deletes the device, emits
 //!   `DEVICE_DELETED`; the vhost-user connection lasts until `chardev-remove`
 //!   (`harness/tests/e2e_virtio_i2c.rs`).
-//!   Expected but not yet run here: an open `/dev/i2c-N` holds up `i2c_del_adapter` (it
-//!   waits for the adapter's last reference, as with the CP2112), so no `DEVICE_DELETED`
-//!   arrives until it is closed, which `device_del` reports as `QmpError::UnplugStuck`.
+//!   On vanilla 6.12 an open `/dev/i2c-N` holds up `i2c_del_adapter` (it waits for the
+//!   adapter's last reference, as with the CP2112), so no `DEVICE_DELETED` arrives until it
+//!   is closed, which `device_del` reports as `QmpError::UnplugStuck` (scenario
+//!   `virtio-i2c-dev-held`; on resmgr the removal completes and the fd gets ENODEV).
 //! * surprise (the backend goes away): QEMU only stops vhost; the PCI device and the guest's
 //!   adapter stay. Requests already queued and new ones are never completed: Linux's
 //!   `virtio_i2c_xfer` waits without a timeout (interruptibly), so an I2C user blocks until
