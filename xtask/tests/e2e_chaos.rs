@@ -206,6 +206,43 @@ fn e2e_chaos_sigterm_at_a_random_step_writes_the_summary_and_leaves_nothing() {
     interrupted_by(Signal::SIGTERM);
 }
 
+struct Tmpfs(std::path::PathBuf);
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
+    }
+}
+
+/// Results on a 1 MiB tmpfs that the run's own step lines fill: the run stops at the first
+/// write that fails (exit 2, the error naming the run folder and ENOSPC), QEMU is shut down,
+/// and what was written stays valid. The summary cannot be rewritten on a full disk: the one
+/// on disk is the one written on the way, marked in progress, so the run is never taken for
+/// a clean one.
+#[test]
+fn e2e_chaos_a_full_results_disk_is_a_clear_error_and_what_was_written_stays_valid() {
+    assert!(nix::unistd::geteuid().is_root(), "this test mounts a tmpfs: run it as root (cargo xtask test does)");
+    let sandbox = Sandbox::new();
+    std::fs::create_dir(&sandbox.results).unwrap();
+    let status = std::process::Command::new("mount").args(["-t", "tmpfs", "-o", "size=1m", "none"]).arg(&sandbox.results).status().unwrap();
+    assert!(status.success());
+    let _mount = Tmpfs(sandbox.results.clone());
+    // Each step's output (20 kB) goes into steps.jsonl: the disk fills a few dozen steps in.
+    sandbox.scenario(
+        "fills",
+        "name: fills\niterations: 200\nsteps:\n  - exec: { argv: [sh, -c, \"head -c 20000 /dev/zero | tr '\\\\0' x\"] }\n",
+    );
+    let finished = sandbox.torture("fills", &[]).finish(guard(Duration::from_secs(300)));
+    let (run, summary) = ended(&sandbox, &finished, 2);
+    print_row("results disk full", &summary, &finished);
+    let error = finished.stderr.lines().find(|l| l.starts_with("error: ")).unwrap_or_else(|| panic!("{}", finished.output));
+    assert!(error.contains(&run.display().to_string()) && error.contains("No space left on device"), "{error}");
+    let steps = std::fs::read_to_string(run.join("steps.jsonl")).unwrap().lines().count();
+    assert!(steps > 0 && steps < 200, "{steps} step line(s)\n{}", finished.output);
+    assert!(!summary.expectation_met, "{summary:?}");
+    assert!(summary.in_progress || summary.aborted.is_some(), "{summary:?}");
+}
+
 /// Part of a report as the kernel prints it, written to `/dev/kmsg` one record per line by one
 /// shell (so one caller) — as a WARNING or a hung-task report would be printed by the kernel
 /// itself; neither is ever finished: the run's last step ends and the harness shuts the VM
