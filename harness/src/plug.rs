@@ -1,5 +1,5 @@
 //! Plugging a device emulated in this process into a running VM through QEMU's `usb-redir`
-//! (protocols.md §2.7), and the three ways of taking it out again.
+//! (docs/protocols.md §1.5), and the three ways of taking it out again.
 //!
 //! QEMU is the socket client: we listen in the VM's private directory, `chardev-add` a fresh
 //! client chardev (fresh ids per cycle: QEMU deletes the chardev together with the device on

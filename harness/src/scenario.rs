@@ -1281,7 +1281,7 @@ steps:
             ("virtio-i2c-dev-held", &["unplug stuck: no DEVICE_DELETED for vi2c", "INFO: task hung in virtio_i2c_remove"]),
             ("virtio-i2c-nvmem-holder-unplug", &["KASAN: slab-use-after-free Read in at24_read", "KASAN: slab-use-after-free Read in regmap_get_device", "KASAN: slab-use-after-free Read in regmap_bulk_read", "KASAN: slab-use-after-free Read in regmap_volatile_range", "KASAN: slab-use-after-free Read in regmap_volatile", "KASAN: slab-use-after-free Read in regmap_readable", "KASAN: slab-use-after-free Read in regmap_raw_read", "KASAN: slab-use-after-free Read in _regmap_raw_read", "KASAN: slab-use-after-free Write in regmap_format_8", "KASAN: slab-use-after-free Read in i2c_transfer", "KASAN: slab-use-after-free Read in i2c_adapter_lock_bus", "KASAN: slab-use-after-free Read in try_to_take_rt_mutex", "KASAN: slab-use-after-free Read in __rt_mutex_slowtrylock", "KASAN: slab-use-after-free Read in __i2c_transfer", "KASAN: slab-use-after-free Read in virtio_i2c_xfer"]),
         ];
-        // i2c-virtio's wait without a timeout (kernel-notes B9) is outside the resmgr series:
+        // i2c-virtio's wait without a timeout (kernel-facts B9) is outside the resmgr series:
         // a stalled or vanished backend still blocks the removal there.
         let resmgr_not_clean = ["virtio-i2c-backend-stalls", "virtio-i2c-backend-vanishes"];
         let dir = crate::paths::repo_root().join("scenarios");

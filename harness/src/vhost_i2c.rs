@@ -1,5 +1,5 @@
 //! A virtio-i2c adapter for the guest, served from this process over vhost-user to QEMU's
-//! `vhost-user-i2c-pci` (protocols.md §5), with our I2C bus model (at24 EEPROMs) behind it;
+//! `vhost-user-i2c-pci` (docs/protocols.md §4), with our I2C bus model (at24 EEPROMs) behind it;
 //! and its plumbing into a running VM.
 //!
 //! The vhost-user protocol, guest memory and the virtqueue come from the rust-vmm crates

@@ -1,7 +1,7 @@
 //! End-to-end: user-space holders in the guest keep GPIO handles open while their provider
 //! goes away, and the host records what each observed. These tests pin what the kernel under
 //! test (`testenv::kernel()`: vanilla 6.12.117 or the resmgr series on it) answers
-//! (kernel-notes §4.1); a kernel that answers differently fails them on purpose, so the change
+//! (docs/kernel-facts.md §2); a kernel that answers differently fails them on purpose, so the change
 //! is seen. Run through `cargo xtask test` (it builds the kernels and images).
 
 use std::time::Duration;

@@ -9,7 +9,7 @@ use devices::cp2112::{Cp2112, Faults};
 use devices::usbredir::driver::SessionEnd;
 use devices::usbredir::LinkRequest;
 use harness::plug::Redir;
-use harness::scenario::UnplugHow;
+use harness::scenario::{KernelVariant, UnplugHow};
 use harness::testenv;
 use harness::vm::Vm;
 
@@ -85,9 +85,9 @@ async fn e2e_cp2112_binds_and_serves_an_at24() {
     vm.shutdown(Duration::from_secs(10)).await.unwrap();
 }
 
-/// GPIO3 as an output and GPIO5 as an input with an IRQ, through a gpio-virtuser consumer in
-/// the guest (busybox has no libgpiod).
-async fn gpio_both_directions(vm: &Vm, device: &Cp2112) {
+/// GPIO3 (`io/0`) and GPIO5 (`io/1`) of the CP2112 taken by a gpio-virtuser consumer in the
+/// guest (busybox has no libgpiod): their debugfs folders.
+async fn virtuser_lines(vm: &Vm) -> (String, String) {
     let lines = sh(
         vm,
         r#"V=/sys/kernel/config/gpio-virtuser/cp; mkdir -p $V/io/0 $V/io/1
@@ -96,7 +96,17 @@ async fn gpio_both_directions(vm: &Vm, device: &Cp2112) {
            echo 1 > $V/live; echo /sys/kernel/debug/gpio-virtuser/$(cat $V/dev_name)"#,
     )
     .await;
-    let (out, input) = (format!("{lines}/gpiod:io:0"), format!("{lines}/gpiod:io:1"));
+    (format!("{lines}/gpiod:io:0"), format!("{lines}/gpiod:io:1"))
+}
+
+/// The gpio-virtuser consumer of [`virtuser_lines`] lets its lines go.
+async fn release_virtuser_lines(vm: &Vm) {
+    sh(vm, "echo 0 > /sys/kernel/config/gpio-virtuser/cp/live").await;
+}
+
+/// GPIO3 as an output and GPIO5 as an input, through a gpio-virtuser consumer in the guest.
+async fn gpio_both_directions(vm: &Vm, device: &Cp2112) {
+    let (out, input) = virtuser_lines(vm).await;
     let bit = |pin: u8| device.gpio().levels() & (1 << pin) != 0;
 
     sh(vm, &format!("echo output-low > {out}/direction")).await;
@@ -109,29 +119,68 @@ async fn gpio_both_directions(vm: &Vm, device: &Cp2112) {
     assert_eq!(sh(vm, &format!("cat {input}/value")).await, "0");
     device.set_external(5, true);
     assert_eq!(sh(vm, &format!("cat {input}/value")).await, "1");
+    release_virtuser_lines(vm).await;
+}
+
+/// The kernel's line when a task sleeps in atomic context.
+const SLEPT_IN_ATOMIC: &str = "BUG: scheduling while atomic";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn e2e_cp2112_gpio_irq_edge_reaches_the_guest_and_its_release_is_the_kernels() {
+    let kernel = testenv::kernel();
+    if kernel == KernelVariant::Vanilla61 {
+        // No gpio-virtuser in that build (kernels/configs/6.1/absent).
+        testenv::not_measured();
+    }
+    let mut vm = Vm::boot(&testenv::vm_config("e2e_cp2112_gpio_irq_edge"), Vec::new()).await.unwrap();
+    let device = Cp2112::new();
+    let cursor = vm.console().cursor();
+    let redir = Redir::plug(&mut vm, "cp2112", Box::new(device.clone())).await.unwrap();
+    vm.console().wait_until(cursor, "hid-cp2112 bind", T, bound).await.unwrap();
+    let (_, input) = virtuser_lines(&vm).await;
+    sh(&vm, &format!("echo input > {input}/direction")).await;
+    device.set_external(5, true);
 
     // The driver polls GET 0x03 for IRQs: a host-side level change becomes a guest edge.
-    sh(vm, &format!("echo 1 > {input}/interrupts")).await;
+    sh(&vm, &format!("echo 1 > {input}/interrupts")).await;
     device.set_external(5, false);
     let irqs = sh(
-        vm,
+        &vm,
         &format!("for i in $(seq 50); do n=$(cat {input}/interrupts); [ $n -gt 0 ] && break; sleep 0.1; done; echo $n"),
     )
     .await;
     assert_ne!(irqs, "0", "no GPIO5 edge reached the guest");
 
-    // Freeing the IRQ can trip a hid-cp2112 bug on vanilla 6.12: irq_shutdown cancels the GPIO
-    // poll work synchronously under free_irq's desc lock, so if the work is running the writer
-    // sleeps in atomic context and may die, and the guest may wedge (scenario
-    // cp2112-gpio-irq-release reproduces it on purpose). That outcome is the kernel's; any other
-    // failure here is ours.
+    // Freeing the IRQ: vanilla 6.12's hid-cp2112 cancels its GPIO poll work synchronously under
+    // free_irq's irq_desc lock (irq_shutdown), so when the work is running at that moment the
+    // writer sleeps in atomic context, may die, and the guest may wedge (the scenario
+    // cp2112-gpio-irq-release reproduces it on purpose). The resmgr series stops the poll work
+    // outside the lock: there the release is clean.
+    let cursor = vm.console().cursor();
     let release = vm.agent().exec(&["sh", "-c", &format!("echo 0 > {input}/interrupts")], T).await;
-    if !release.as_ref().is_ok_and(|out| out.success()) {
-        let known = vm.console().wait_for(Default::default(), "BUG: scheduling while atomic", Duration::from_secs(5)).await;
-        assert!(known.is_ok(), "releasing the GPIO5 IRQ failed ({release:?}) without the known hid-cp2112 bug");
-        return;
+    let released = release.as_ref().is_ok_and(|out| out.success());
+    match kernel {
+        KernelVariant::Resmgr => assert!(released, "releasing the GPIO5 IRQ failed on resmgr: {release:?}"),
+        KernelVariant::Vanilla if !released => {
+            // The kernel's bug, in this release: what is left of this guest proves nothing more
+            // (the teardown without an IRQ is e2e_cp2112_binds_and_serves_an_at24's).
+            let bug = vm.console().wait_for(cursor, SLEPT_IN_ATOMIC, vm.pace().scale(Duration::from_secs(5))).await;
+            assert!(bug.is_ok(), "releasing the GPIO5 IRQ failed ({release:?}) without the known hid-cp2112 bug: {bug:?}");
+            return;
+        }
+        KernelVariant::Vanilla => {}
+        KernelVariant::Vanilla61 => unreachable!("not measured, above"),
     }
-    sh(vm, "echo 0 > /sys/kernel/config/gpio-virtuser/cp/live").await;
+    release_virtuser_lines(&vm).await;
+    let end = redir.unplug(&vm, UnplugHow::Graceful, Duration::from_secs(10)).await.unwrap();
+    assert!(matches!(end, SessionEnd::PeerClosed), "{end:?}");
+    vm.console().wait_for(cursor, "USB disconnect", T).await.unwrap();
+    if kernel == KernelVariant::Resmgr {
+        let slept: Vec<String> =
+            vm.console().lines_since(cursor).into_iter().filter(|l| l.text.contains(SLEPT_IN_ATOMIC)).map(|l| l.text).collect();
+        assert!(slept.is_empty(), "the IRQ's release slept in atomic context on resmgr: {slept:?}");
+    }
+    vm.shutdown(Duration::from_secs(10)).await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -129,7 +129,7 @@ async fn e2e_hold_gpio_sim_every_gpio_kind_across_live_0_and_unbind() {
 
 /// The seed's chain: every consumer kind on the emulated CP2112 and its at24 across a graceful
 /// USB unplug. Vanilla: the in-kernel nvmem consumer reads at24 data freed by the unplug
-/// (kernel-notes B1), and the session reports it. Resmgr: the in-kernel nvmem consumers, C and
+/// (kernel-facts B1), and the session reports it. Resmgr: the in-kernel nvmem consumers, C and
 /// Rust, get ENODEV and nothing is reported.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn e2e_hold_cp2112_every_kind_across_a_usb_unplug() {
@@ -184,7 +184,7 @@ async fn e2e_hold_cp2112_every_kind_across_a_usb_unplug() {
 }
 
 /// hid-cp2112 unbound in sysfs while `/dev/i2c-N` is open. Vanilla: cp2112_remove waits in
-/// i2c_del_adapter for the fd's reference (kernel-notes B6), the unbind does not return, the
+/// i2c_del_adapter for the fd's reference (kernel-facts B6), the unbind does not return, the
 /// hung-task detector reports it, and the late close lets it finish. Resmgr: the unbind
 /// returns, the fd's transfers get ENODEV, nothing is reported.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -74,7 +74,7 @@ async fn e2e_usb_kbd_cycle_runs_clean() {
     vm.shutdown(Duration::from_secs(10)).await.unwrap();
 }
 
-/// kernel-notes B4. Vanilla 6.12.117: the torn-down gpio-virtuser leaves an IRQ action whose
+/// kernel-facts B4. Vanilla 6.12.117: the torn-down gpio-virtuser leaves an IRQ action whose
 /// name lives in freed memory, and reading /proc/interrupts trips KASAN; if it stops firing,
 /// either the kernel changed or the harness stopped driving the scenario. Resmgr: the IRQ is
 /// freed with the consumer, and the same steps are clean.
@@ -107,7 +107,7 @@ async fn e2e_gpio_virtuser_irq_teardown() {
     vm.shutdown(Duration::from_secs(10)).await.unwrap();
 }
 
-/// kernel-notes B6. Vanilla 6.12.117: an open /dev/i2c-N keeps i2c_del_adapter() waiting, so
+/// kernel-facts B6. Vanilla 6.12.117: an open /dev/i2c-N keeps i2c_del_adapter() waiting, so
 /// the CP2112's USB disconnect hangs in hub_wq until the file is closed. Resmgr: the USB
 /// device's removal completes with the file open (the scenario's resmgr-only step checks it).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -136,7 +136,7 @@ async fn e2e_cp2112_unplug_with_i2c_dev_open() {
     vm.shutdown(Duration::from_secs(10)).await.unwrap();
 }
 
-/// kernel-notes B1 / S1, the seed's chain: an in-kernel nvmem holder outlives the at24 behind
+/// kernel-facts B1 / S1, the seed's chain: an in-kernel nvmem holder outlives the at24 behind
 /// an unplugged CP2112. Vanilla 6.12.117: its next read touches at24's freed devm data.
 /// Resmgr: the read answers -ENODEV.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -115,7 +115,7 @@ async fn backend_threads_end(deadline: Duration) -> bool {
 /// (`reap_lingering`); once the VM is shut down
 /// `Testbed::finish` joins every backend thread and QEMU is gone. With `/dev/i2c-N` held the
 /// removal never completes on vanilla (i2c_del_adapter waits for the adapter's last
-/// reference, kernel-notes B6); on resmgr it does.
+/// reference, kernel-facts B6); on resmgr it does.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn e2e_virtio_i2c_stuck_unplugs_shut_down_cleanly() {
     let mut vm = Vm::boot(&testenv::vm_config("e2e_virtio_i2c_stuck_unplugs_shut_down_cleanly"), Vec::new()).await.unwrap();

@@ -1,5 +1,6 @@
 //! `cargo xtask boot [--with DEVICE]... [-- CMD...]`: boot our kernel and image, plug devices,
-//! run CMD in the guest through the agent (exit with its status) or open a shell on hvc0.
+//! run CMD in the guest through the agent (exit with its status) or open a shell on hvc0
+//! (Ctrl-] leaves it; the VM is shut down and `boot` exits 0).
 //!
 //! With `--hold KIND... --unplug HOW` it first runs one hold session on the first provider
 //! (`harness::hold_session`): holders on the provider's nodes, the unplug, the observers, the

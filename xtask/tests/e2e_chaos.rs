@@ -9,6 +9,7 @@
 //! (bad input, a results write that failed).
 
 mod chaos;
+mod common;
 
 use std::time::{Duration, Instant};
 

@@ -1,5 +1,5 @@
 //! A Silicon Labs CP2112 HID USB-to-SMBus bridge (10c4:ea90) as Linux's `hid-cp2112` drives it
-//! (protocols.md §3): USB and HID descriptors, feature reports on EP0 (version, SMBus config,
+//! (docs/protocols.md §2): USB and HID descriptors, feature reports on EP0 (version, SMBus config,
 //! GPIO), and the I2C transfer state machine on the interrupt endpoints, in front of an
 //! [`I2cBus`].
 //!

@@ -1,10 +1,10 @@
 //! The device-exporting ("usb-host") side of the usb-redirection protocol, as QEMU's
-//! `usb-redir` device expects it (protocols.md §2).
+//! `usb-redir` device expects it (docs/protocols.md §1).
 //!
 //! Hand-written because no crate implements the device side usably: `usbredirparser` 0.4 is a
 //! stub whose callbacks are `unimplemented!()` and which hard-codes the guest role,
 //! `usbredirhost` needs a real libusb device, and `usbredir-proto` is not published
-//! (protocols.md §2.9). The protocol is small: a header, ~15 packed little-endian packets.
+//! (docs/protocols.md §1.6). The protocol is small: a header, ~15 packed little-endian packets.
 //!
 //! Layers: [`wire`] holds byte layouts; [`Session`] is the sans-IO protocol state machine
 //! (bytes in, packets out) in front of any [`UsbDevice`]; [`driver`] serves one connection

@@ -181,7 +181,7 @@ fn gpio_both_directions() {
     assert_eq!(r.control_out(0x21, 9, 0x0302, 0, &[0x02, 1]).0, 4, "short GPIO config stalls");
 }
 
-/// protocols.md §4 "Wire view on CP2112" (24c02 at 0x50), byte for byte.
+/// docs/protocols.md §3, the wire view on a CP2112 (24c02 at 0x50), byte for byte.
 #[test]
 fn at24_wire_view() {
     let mut r = Rig::new();

@@ -3,7 +3,7 @@
 //!
 //! Everything is passed to make explicitly because the defaults are wrong on our hosts: a
 //! rustup `rustc` comes first in `PATH`, and Kconfig silently records whichever `rustc` it
-//! finds (kernel-notes §1). Debian's `rustc-web` has its sysroot in `/usr` and the `core`
+//! finds (docs/kernel-facts.md §1). Debian's `rustc-web` has its sysroot in `/usr` and the `core`
 //! sources from `rust-web-src`, which is what the kernel needs.
 
 use std::path::{Path, PathBuf};
@@ -17,7 +17,7 @@ const RUSTC: &str = "/usr/bin/rustc";
 const RUSTDOC: &str = "/usr/bin/rustdoc";
 /// bindgen loads libclang at run time; Debian's libclang-dev for clang 14 puts it here.
 const LIBCLANG_PATH: &str = "/usr/lib/llvm-14/lib";
-/// bindgen-cli 0.69.5 suits libclang 14 (newer libclang needs newer bindgen, kernel-notes §5.6).
+/// bindgen-cli 0.69.5 suits libclang 14 (newer libclang needs newer bindgen, docs/kernel-facts.md §1).
 const BINDGEN_VERSION: &str = "^0.69";
 
 /// A checked toolchain.

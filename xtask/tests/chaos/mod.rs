@@ -18,6 +18,8 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{self, Signal};
 use nix::unistd::Pid;
 
+use crate::common::{left_of_qemu, qemu_children};
+
 /// A sandbox for one `xtask` run.
 pub struct Sandbox {
     dir: tempfile::TempDir,
@@ -88,19 +90,6 @@ pub struct Harness {
     results: PathBuf,
 }
 
-/// `/proc/PID/stat`: (command name, parent pid, process group).
-fn stat(pid: i32) -> Option<(String, i32, i32)> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The name is in parentheses and may hold anything; the fields follow the last ')'.
-    let (head, tail) = text.rsplit_once(')')?;
-    let name = head.split_once('(')?.1.to_string();
-    let fields: Vec<&str> = tail.split_whitespace().collect();
-    Some((name, fields.get(1)?.parse().ok()?, fields.get(2)?.parse().ok()?))
-}
-
-/// QEMU's name as the kernel keeps it (15 characters).
-const QEMU_COMM: &str = "qemu-system-x86";
-
 impl Harness {
     pub fn pid(&self) -> i32 {
         self.child.id() as i32
@@ -108,12 +97,7 @@ impl Harness {
 
     /// The QEMUs that are children of this `xtask` now (remembered in `qemus`).
     pub fn running_qemus(&mut self) -> Vec<i32> {
-        let me = self.pid();
-        let found: Vec<i32> = std::fs::read_dir("/proc")
-            .unwrap()
-            .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
-            .filter(|pid| matches!(stat(*pid), Some((name, ppid, _)) if ppid == me && name == QEMU_COMM))
-            .collect();
+        let found = qemu_children(self.pid());
         self.qemus.extend(&found);
         found
     }
@@ -196,13 +180,7 @@ impl Finished {
     pub fn orphans(&self, sandbox: &Sandbox) -> Vec<String> {
         let mut left = Vec::new();
         for &qemu in &self.qemus {
-            if let Some((name, ppid, _)) = stat(qemu).filter(|(name, _, _)| name == QEMU_COMM) {
-                left.push(format!("QEMU {qemu} ({name}, parent {ppid})"));
-            }
-            // QEMU leads a process group of its own: nothing may be left in it.
-            if signal::killpg(Pid::from_raw(qemu), None).is_ok() {
-                left.push(format!("process group {qemu}"));
-            }
+            left.extend(left_of_qemu(qemu));
         }
         for entry in std::fs::read_dir(&sandbox.tmp).unwrap().filter_map(|e| e.ok()) {
             left.push(format!("{} in TMPDIR", entry.path().display()));

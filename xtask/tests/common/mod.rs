@@ -6,6 +6,9 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use nix::sys::signal;
+use nix::unistd::Pid;
+
 /// The repository root.
 pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
@@ -52,4 +55,46 @@ pub fn only_run_folder(root: &Path) -> PathBuf {
     let mut runs = run_folders(root);
     assert_eq!(runs.len(), 1, "one run folder under {}: {runs:?}", root.display());
     runs.remove(0)
+}
+
+/// `/proc/PID/stat`: (command name, parent pid).
+fn stat(pid: i32) -> Option<(String, i32)> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The name is in parentheses and may hold anything; the fields follow the last ')'.
+    let (head, tail) = text.rsplit_once(')')?;
+    let name = head.split_once('(')?.1.to_string();
+    let fields: Vec<&str> = tail.split_whitespace().collect();
+    Some((name, fields.get(1)?.parse().ok()?))
+}
+
+/// QEMU's name as the kernel keeps it (15 characters).
+const QEMU_COMM: &str = "qemu-system-x86";
+
+/// The processes named `name` (as the kernel keeps it) that are children of process `parent`
+/// now. Only that process's children are looked at, never others on this shared machine.
+pub fn children(parent: i32, name: &str) -> Vec<i32> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| matches!(stat(*pid), Some((comm, ppid)) if ppid == parent && comm == name))
+        .collect()
+}
+
+/// The QEMUs that are children of process `parent` now.
+pub fn qemu_children(parent: i32) -> Vec<i32> {
+    children(parent, QEMU_COMM)
+}
+
+/// What is left of a QEMU we saw (must be nothing once its `xtask` has exited): the QEMU
+/// itself, a member of the process group it leads.
+pub fn left_of_qemu(qemu: i32) -> Vec<String> {
+    let mut left = Vec::new();
+    if let Some((name, ppid)) = stat(qemu).filter(|(name, _)| name == QEMU_COMM) {
+        left.push(format!("QEMU {qemu} ({name}, parent {ppid})"));
+    }
+    // QEMU leads a process group of its own: nothing may be left in it.
+    if signal::killpg(Pid::from_raw(qemu), None).is_ok() {
+        left.push(format!("process group {qemu}"));
+    }
+    left
 }

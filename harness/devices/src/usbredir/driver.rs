@@ -2,7 +2,7 @@
 //! only moves bytes off the socket, and a core thread that owns the [`Session`] and the device
 //! and is the only writer. Other threads steer the link through a [`LinkControl`]: unplug and
 //! re-plug on the live link, or close the socket (the two surprise removals of
-//! protocols.md §2.7).
+//! docs/protocols.md §1.5).
 
 use std::io::{self, Read, Write};
 use std::net::Shutdown;

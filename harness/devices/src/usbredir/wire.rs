@@ -45,7 +45,7 @@ pub mod status {
     pub const STALL: u8 = 4;
 }
 
-/// Our caps, 0x7a (protocols.md §2.5): QEMU's xHCI check needs ep_info_max_packet_size,
+/// Our caps, 0x7a (docs/protocols.md §1.3): QEMU's xHCI check needs ep_info_max_packet_size,
 /// 64bits_ids and 32bits_bulk_length (we never send bulk data; it is announced only for that
 /// check); no bulk streams, filter or bulk receiving, so none of their packets can arrive.
 pub const OUR_CAPS: u32 = cap::CONNECT_DEVICE_VERSION
