@@ -383,7 +383,7 @@ fn timeline(steps: &[Step], crashes: &[CrashView], lanes: &[Lane], total_ms: f64
         .into_iter()
         .find(|s| seconds / s <= 8.0)
         .unwrap_or(1200.0);
-    b.push_str("<div class=\"row axis\"><div class=\"label dim\">seconds since the VM came up</div><div class=\"track\">");
+    b.push_str("<div class=\"row axis\"><div class=\"label dim\">seconds since VM up</div><div class=\"track\">");
     let mut t = 0.0;
     while t <= seconds {
         let _ = write!(b, "<span class=\"tick\" style=\"left:{:.3}%\">{t:.1}</span>", pct(t * 1e3, total_ms));
@@ -414,6 +414,9 @@ fn timeline(steps: &[Step], crashes: &[CrashView], lanes: &[Lane], total_ms: f64
     b.push_str("</div></div>\n");
 
     b.push_str("<div class=\"row\" id=\"reports\"><div class=\"label\">kernel reports</div><div class=\"track\">");
+    if crashes.is_empty() {
+        b.push_str("<span class=\"dim\">none</span>");
+    }
     for c in crashes {
         // On the step it appeared in; without one (during boot, or parsed after the last
         // step) at the start or the end.
