@@ -45,6 +45,9 @@ pub const QEMU: &[Requirement] = &[
     Requirement::file("qemu-system-x86", "/usr/share/qemu/qboot.rom"),
 ];
 
+/// The browser the end-to-end tests load the results pages in (headless; `cargo xtask test`).
+pub const BROWSER: &[Requirement] = &[Requirement::command("chromium", "chromium")];
+
 /// Packages needed to build the initramfs.
 pub const IMAGE: &[Requirement] = &[Requirement::file("busybox-static", "/bin/busybox")];
 

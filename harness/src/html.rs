@@ -95,7 +95,7 @@ td,th{border:1px solid #ccc;padding:2px 6px;text-align:left;vertical-align:top}
 .marker{position:absolute;top:0;transform:translateX(-50%);text-decoration:none;font-size:14px;line-height:20px}
 .crash{color:#b00}.error{color:#e1572a}.hup{color:#d42a8f}.close{color:#444}.late{color:#b00}
 .axis .tick{position:absolute;top:2px;font-size:11px;color:#555;border-left:1px solid #999;padding-left:2px}
-.legend span{margin-right:1em;font-size:12px}
+.legend>span{margin-right:1em;font-size:12px}
 "#;
 
 fn page(title: &str, body: &str) -> String {
@@ -308,7 +308,10 @@ pub fn render_run(view: &RunView) -> String {
         esc(&seed),
         esc(&meta_str("started")),
         esc(&meta_str("accel")),
-        esc(&meta.get("pace").map(|v| v.to_string()).unwrap_or_else(|| "-".into())),
+        esc(&meta
+            .get("pace")
+            .and_then(|v| serde_json::from_value::<crate::pace::Pace>(v.clone()).ok())
+            .map_or_else(|| "-".into(), |p| p.to_string())),
     );
     for (what, key) in [("reproduce", "reproducer"), ("replay", "replay")] {
         let cmd = meta_str(key);
@@ -380,7 +383,7 @@ fn timeline(steps: &[Step], crashes: &[CrashView], lanes: &[Lane], total_ms: f64
         .into_iter()
         .find(|s| seconds / s <= 8.0)
         .unwrap_or(1200.0);
-    b.push_str("<div class=\"row axis\"><div class=\"label dim\">seconds since boot</div><div class=\"track\">");
+    b.push_str("<div class=\"row axis\"><div class=\"label dim\">seconds since VM up</div><div class=\"track\">");
     let mut t = 0.0;
     while t <= seconds {
         let _ = write!(b, "<span class=\"tick\" style=\"left:{:.3}%\">{t:.1}</span>", pct(t * 1e3, total_ms));
@@ -411,6 +414,9 @@ fn timeline(steps: &[Step], crashes: &[CrashView], lanes: &[Lane], total_ms: f64
     b.push_str("</div></div>\n");
 
     b.push_str("<div class=\"row\" id=\"reports\"><div class=\"label\">kernel reports</div><div class=\"track\">");
+    if crashes.is_empty() {
+        b.push_str("<span class=\"dim\">none</span>");
+    }
     for c in crashes {
         // On the step it appeared in; without one (during boot, or parsed after the last
         // step) at the start or the end.

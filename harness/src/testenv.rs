@@ -44,3 +44,26 @@ pub fn vm_config(test: &str) -> crate::vm::VmConfig {
 pub fn not_measured() -> ! {
     panic!("what {} does here has not been measured yet: run it, then write its expectation into this test", kernel())
 }
+
+/// Validates a KCIDB export (`kcidb.json`'s text) with KernelCI's own `kcidb-io` package
+/// (`pip install kcidb-io`; `.ci/run` installs it), as a lab's submission would be; panics
+/// with kcidb-io's reason if it is rejected. The schema we write must be the latest it knows.
+pub fn validate_kcidb(json: &str) {
+    let script = "import json, sys, kcidb_io\nkcidb_io.schema.LATEST.validate(json.load(sys.stdin))\nprint(kcidb_io.schema.LATEST)";
+    let mut child = std::process::Command::new("python3")
+        .args(["-c", script])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3 is needed to validate KCIDB exports (apt-get install python3)");
+    std::io::Write::write_all(&mut child.stdin.take().expect("piped stdin"), json.as_bytes()).expect("writing to python3");
+    let out = child.wait_with_output().expect("waiting for python3");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !stderr.contains("No module named 'kcidb_io'"),
+        "KCIDB exports are validated with KernelCI's kcidb-io: `pip install kcidb-io` (.ci/run installs it)"
+    );
+    assert!(out.status.success(), "kcidb-io rejects the export: {stderr}\n{json}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "v5.3", "the schema we write is the latest kcidb-io knows");
+}

@@ -53,6 +53,8 @@ pub fn run(args: Args) -> Result<ExitCode> {
     if resmgr.is_file() && !own_kernel && !variants.contains(&harness::scenario::KernelVariant::Resmgr) {
         artifacts::kernel_and_image(&KernelChoice { series: Some("resmgr".into()), ..args.choice.clone() })?;
     }
+    // xtask/tests/e2e_results_pages.rs loads the results pages in it.
+    harness::host::ensure(harness::host::BROWSER)?;
     let sh = Shell::new()?;
     sh.change_dir(harness::paths::repo_root());
     let profile = &args.profile;
