@@ -55,6 +55,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
     }
     // xtask/tests/e2e_results_pages.rs loads the results pages in it.
     harness::host::ensure(harness::host::BROWSER)?;
+    ensure_kcidb_io()?;
     let sh = Shell::new()?;
     sh.change_dir(harness::paths::repo_root());
     let profile = &args.profile;
@@ -81,4 +82,24 @@ pub fn run(args: Args) -> Result<ExitCode> {
         eprintln!("test: failures on {}", failed.join(", "));
         Ok(ExitCode::FAILURE)
     }
+}
+
+/// KernelCI's `kcidb-io` (PyPI), which the tests validate KCIDB exports with: installed with
+/// pip when `python3` cannot import it. Debian's own python3 refuses a system-wide pip install
+/// (PEP 668) unless told to; the package is only a schema validator.
+fn ensure_kcidb_io() -> Result<()> {
+    let sh = Shell::new()?;
+    let code = "import kcidb_io";
+    let importable = |sh: &Shell| cmd!(sh, "python3 -c {code}").quiet().ignore_stderr().run().is_ok();
+    if importable(&sh) {
+        return Ok(());
+    }
+    eprintln!("test: installing kcidb-io (pip) to validate KCIDB exports");
+    if cmd!(sh, "python3 -m pip install --quiet kcidb-io").run().is_err() {
+        cmd!(sh, "python3 -m pip install --quiet --break-system-packages kcidb-io").run()?;
+    }
+    if !importable(&sh) {
+        bail!("python3 still cannot import kcidb_io after `pip install kcidb-io` (is python3-pip installed?)");
+    }
+    Ok(())
 }
