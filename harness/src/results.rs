@@ -220,15 +220,16 @@ pub struct Summary {
 }
 
 impl Summary {
-    /// Why a run with these crash titles misses its expectation; empty: it meets it. Besides
+    /// Why a run with these crash titles (its bugs', and the follow-on titles filed under them)
+    /// misses its expectation; empty: it meets it. Besides
     /// the titles (see [`Expectation::mismatches`]): a failed step, a run stopped early, and a
     /// signal (taint, a failed observer or late close) when no crash title explains it.
     ///
     /// A stuck unplug is a failed step that also files a title (`unplug stuck: ...`): where the
     /// expectation allows that title (a PCIe removal the kernel is expected never to finish),
     /// the step is judged by its title alone, so the expectation can be met.
-    pub fn why_not(&self, titles: &[&str]) -> Vec<String> {
-        let mut why = self.expect.mismatches(titles);
+    pub fn why_not(&self, titles: &[&str], follow_ons: &[&str]) -> Vec<String> {
+        let mut why = self.expect.mismatches(titles, follow_ons);
         let expected_stuck = |st: &StepLine| st.stuck_title.as_deref().is_some_and(|t| self.expect.allows(t));
         for st in self.steps.iter().filter(|st| !st.ok && !expected_stuck(st)) {
             why.push(format!("step {} failed: {} — {}", st.index, st.description, st.detail.as_deref().unwrap_or("")));
@@ -495,7 +496,8 @@ impl RunDir {
     /// The `summary.json` of the current state.
     pub fn run_summary(&self, s: &Summary) -> RunSummary {
         let titles: Vec<&str> = self.crashes.bugs().iter().map(|b| b.first.title.as_str()).collect();
-        let why_not = s.why_not(&titles);
+        let follow_ons: Vec<&str> = self.crashes.bugs().iter().flat_map(|b| &b.follow_ons).map(|f| f.first.title.as_str()).collect();
+        let why_not = s.why_not(&titles, &follow_ons);
         RunSummary {
             run_id: self.id(),
             scenario: s.scenario.clone(),
@@ -971,11 +973,11 @@ mod tests {
     #[test]
     fn signals_count_only_without_a_title_and_an_early_stop_always_counts() {
         let summary = Summary { signals: vec!["step 2: observer /proc/interrupts timeout: x".into()], ..Summary::default() };
-        assert_eq!(summary.why_not(&[]), ["signal: step 2: observer /proc/interrupts timeout: x"]);
+        assert_eq!(summary.why_not(&[], &[]), ["signal: step 2: observer /proc/interrupts timeout: x"]);
         let expected = Summary { expect: expectation("[\"KASAN: *\"]"), ..summary };
-        assert!(expected.why_not(&["KASAN: slab-use-after-free Read in seq_vprintf"]).is_empty());
+        assert!(expected.why_not(&["KASAN: slab-use-after-free Read in seq_vprintf"], &[]).is_empty());
         let stopped = Summary { aborted: Some("interrupted by the user".into()), ..expected };
-        assert_eq!(stopped.why_not(&["KASAN: x"]), ["stopped early: interrupted by the user"]);
+        assert_eq!(stopped.why_not(&["KASAN: x"], &[]), ["stopped early: interrupted by the user"]);
     }
 
     /// A stuck unplug files a title and fails its step. Where the expectation allows the title
@@ -997,23 +999,23 @@ mod tests {
         };
         let steps = vec![line(1, true, "", None), line(2, false, "unplug stuck: no DEVICE_DELETED for \"vi2c\" within 10s", Some(&stuck))];
         let vanilla = Summary { expect: expectation(&format!("[\"{stuck}\", \"INFO: task hung in *\"]")), steps: steps.clone(), ..Summary::default() };
-        assert_eq!(vanilla.why_not(&[&stuck, hung]), Vec::<String>::new());
+        assert_eq!(vanilla.why_not(&[&stuck, hung], &[]), Vec::<String>::new());
         // Allowed by `maybe` or a glob just the same.
         let maybe = Summary { expect: expectation("{ titles: [\"INFO: task hung in *\"], maybe: [\"unplug stuck: *\"] }"), ..vanilla.clone() };
-        assert_eq!(maybe.why_not(&[&stuck, hung]), Vec::<String>::new());
+        assert_eq!(maybe.why_not(&[&stuck, hung], &[]), Vec::<String>::new());
         // The removal completed after all: the expected title is missing.
         let completed = Summary { steps: vec![line(1, true, "", None), line(2, true, "", None)], ..vanilla.clone() };
-        assert_eq!(completed.why_not(&[hung]), [format!("expected title missing: {stuck}")]);
+        assert_eq!(completed.why_not(&[hung], &[]), [format!("expected title missing: {stuck}")]);
         // Not expected (resmgr: clean): the title and the failed step.
         let resmgr = Summary { steps: steps.clone(), ..Summary::default() };
         assert_eq!(
-            resmgr.why_not(&[&stuck]),
+            resmgr.why_not(&[&stuck], &[]),
             [format!("unexpected title: {stuck}"), "step 2 failed: step 2 — unplug stuck: no DEVICE_DELETED for \"vi2c\" within 10s".to_string()]
         );
         // Another failed step still fails the run, and so does a stuck unplug of another device.
         let other = StepLine { stuck_title: Some(report::synthetic::unplug_stuck("bridge", std::time::Duration::ZERO).title), ..line(3, false, "stuck too", None) };
         let more = Summary { steps: vec![steps[0].clone(), steps[1].clone(), line(4, false, "exit status 1", None), other], ..vanilla };
-        assert_eq!(more.why_not(&[&stuck, hung]), ["step 4 failed: step 4 — exit status 1", "step 3 failed: step 3 — stuck too"]);
+        assert_eq!(more.why_not(&[&stuck, hung], &[]), ["step 4 failed: step 4 — exit status 1", "step 3 failed: step 3 — stuck too"]);
     }
 
     /// The same through a run folder: the synthetic report filed, summary.json says the
