@@ -685,6 +685,7 @@ pub(crate) mod sample {
             mono_ns: mono_ms * 1_000_000,
             repeats: 0,
             detail: None,
+            data: None,
         };
         serde_json::to_string(&r).unwrap()
     }
@@ -705,6 +706,7 @@ pub(crate) mod sample {
             observations: Vec::new(),
             consumers: consumers.iter().map(|s| s.to_string()).collect(),
             holders: Vec::new(),
+            data_mismatches: Vec::new(),
         }
     }
 
