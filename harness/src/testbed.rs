@@ -303,6 +303,7 @@ impl Testbed {
             nak: fault.nak,
             busy_before_complete: fault.busy,
             unplug_at_transfer,
+            corrupt_reads: 0,
         });
         Ok(match unplug_at_transfer {
             Some((n, how)) => format!("faults set; the device drops ({how:?}) when transfer {n} starts"),
