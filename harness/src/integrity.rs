@@ -160,7 +160,7 @@ impl Checker {
                     read_digest: read.digest.clone(),
                     model_digest: current.map_or_else(|| "(none)".to_string(), |c| data_digest(c)),
                     read_hex: read.hex.clone(),
-                    model_hex: current.filter(|c| c.len() <= agent::READ_DATA_INLINE).map(|c| hex::encode(c)),
+                    model_hex: current.filter(|c| c.len() <= agent::READ_DATA_INLINE).map(hex::encode),
                     states: states.len(),
                     forgotten,
                 });
@@ -250,7 +250,7 @@ mod tests {
         // A write the guest made through the emulator: both states are right.
         eeprom.lock().unwrap().write(&[0x01, 0x99]).unwrap();
         let first = log(7, &[(0, &[0x3c, 0x3b, 0x32, 0x35]), (0, &[0x3c, 0x99, 0x32, 0x35])]);
-        assert_eq!(checker.check(&[first.clone()], name), []);
+        assert_eq!(checker.check(std::slice::from_ref(&first), name), []);
         // Freed memory: bytes the part never had, then a read past the part (a lying length).
         let mut later = first;
         later.records.extend(log(7, &[(0, &[0x3c, 0x99, 0x6b, 0x6b]), (250, &[0; 16])]).records);

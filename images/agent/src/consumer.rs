@@ -510,7 +510,7 @@ impl Holder {
             Some((last, repeats)) if *last == outcome => *repeats += 1,
             _ => {
                 let repeats = self.last.insert(op, (outcome, 0)).map_or(0, |(_, r)| r);
-                self.send(op, outcome, ret, latency.as_micros() as u64, detail, repeats, data);
+                self.send(op, outcome, (ret, latency.as_micros() as u64), detail, repeats, data);
             }
         }
     }
@@ -520,7 +520,7 @@ impl Holder {
         if let Some((outcome, repeats)) = self.last.get_mut(op) {
             if *repeats > 0 {
                 let (outcome, n) = (*outcome, std::mem::take(repeats));
-                self.send(op, outcome, None, 0, Some("repeated".into()), n, None);
+                self.send(op, outcome, (None, 0), Some("repeated".into()), n, None);
             }
         }
     }
@@ -533,15 +533,14 @@ impl Holder {
     }
 
     fn report(&mut self, op: &str, outcome: Outcome, ret: Option<i64>, latency_us: u64, detail: Option<String>) {
-        self.send(op, outcome, ret, latency_us, detail, 0, None);
+        self.send(op, outcome, (ret, latency_us), detail, 0, None);
     }
 
     fn send(
         &mut self,
         op: &str,
         outcome: Outcome,
-        ret: Option<i64>,
-        latency_us: u64,
+        (ret, latency_us): (Option<i64>, u64),
         detail: Option<String>,
         repeats: u64,
         data: Option<ReadData>,
