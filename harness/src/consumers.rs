@@ -345,6 +345,7 @@ mod tests {
             mono_ns: 1,
             repeats,
             detail: None,
+            data: None,
         }
     }
 

@@ -691,6 +691,7 @@ pub(crate) mod sample {
             mono_ns: mono_ms * 1_000_000,
             repeats: 0,
             detail: None,
+            data: None,
         };
         serde_json::to_string(&r).unwrap()
     }
@@ -711,6 +712,7 @@ pub(crate) mod sample {
             observations: Vec::new(),
             consumers: consumers.iter().map(|s| s.to_string()).collect(),
             holders: Vec::new(),
+            data_mismatches: Vec::new(),
         }
     }
 

@@ -11,6 +11,7 @@ pub mod consumers;
 pub mod crash_feed;
 pub mod hold_session;
 pub mod host;
+pub mod integrity;
 pub mod html;
 pub mod image;
 pub mod kcidb;

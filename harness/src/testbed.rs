@@ -326,6 +326,7 @@ impl Testbed {
             nak: fault.nak,
             busy_before_complete: fault.busy,
             unplug_at_transfer,
+            corrupt_reads: 0,
         });
         Ok(match unplug_at_transfer {
             Some((n, how)) => format!("faults set; the device drops ({how:?}) when transfer {n} starts"),
@@ -605,8 +606,7 @@ async fn plug_cp2112(vm: &mut Vm, id: &str, at24: &[At24Spec]) -> Result<(Plugge
     let device = Cp2112::new();
     let mut eeproms = Vec::new();
     for spec in at24 {
-        let eeprom = Arc::new(Mutex::new(At24::new(spec.kind)));
-        eeprom.lock().unwrap_or_else(|e| e.into_inner()).seed(0, &seed_pattern(spec.kind.size()));
+        let eeprom = Arc::new(Mutex::new(At24::seeded(spec.kind, &seed_pattern(spec.kind.size()))));
         device
             .attach(spec.address, Box::new(eeprom.clone()))
             .map_err(|e| anyhow::anyhow!("at24 at {:#04x}: {e:?}", spec.address))?;
@@ -646,8 +646,7 @@ async fn plug_virtio_i2c(vm: &mut Vm, id: &str, at24: &[At24Spec], lingering: &m
     let mut bus = devices::i2c::I2cBus::new();
     let mut eeproms = Vec::new();
     for spec in at24 {
-        let eeprom = Arc::new(Mutex::new(At24::new(spec.kind)));
-        eeprom.lock().unwrap_or_else(|e| e.into_inner()).seed(0, &seed_pattern(spec.kind.size()));
+        let eeprom = Arc::new(Mutex::new(At24::seeded(spec.kind, &seed_pattern(spec.kind.size()))));
         bus.attach(spec.address, Box::new(eeprom.clone())).map_err(|e| anyhow::anyhow!("at24 at {:#04x}: {e}", spec.address))?;
         eeproms.push((*spec, eeprom));
     }

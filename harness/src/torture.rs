@@ -18,6 +18,7 @@ use serde::Serialize;
 
 use crate::agent::{AgentError, HoldKind};
 use crate::consumers::{Consumers, HolderState};
+use crate::integrity::{DataMismatch, Model};
 use crate::console::ConsoleError;
 use crate::observe::{self, Observation};
 use crate::qmp::QmpError;
@@ -97,6 +98,9 @@ pub struct StepRecord {
     /// The same holders by scenario name, for `summary.json` (the line above is for people).
     #[serde(skip)]
     pub holders: Vec<HolderState>,
+    /// Reads since the previous step that succeeded with bytes the device never held.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub data_mismatches: Vec<DataMismatch>,
 }
 
 /// The run's holders, by the names the scenario gave them.
@@ -106,6 +110,8 @@ struct Holders {
     by_name: BTreeMap<String, u64>,
     /// Every holder's name, released or not.
     names: BTreeMap<u64, String>,
+    /// Compares what the holders read with the device models.
+    integrity: crate::integrity::Checker,
 }
 
 /// A holder runs until its `release` step (or the end of the VM); this only bounds one the
@@ -114,7 +120,12 @@ const HOLD_DEADLINE: Duration = Duration::from_secs(3600);
 
 impl Holders {
     fn new(vm: &Vm) -> Holders {
-        Holders { consumers: Consumers::new(vm.agent()), by_name: BTreeMap::new(), names: BTreeMap::new() }
+        Holders {
+            consumers: Consumers::new(vm.agent()),
+            by_name: BTreeMap::new(),
+            names: BTreeMap::new(),
+            integrity: crate::integrity::Checker::default(),
+        }
     }
 
     /// Starts a holder and returns once its first use returned, so a later unplug step never
@@ -123,7 +134,13 @@ impl Holders {
         let nodes = testbed.nodes(on).ok_or_else(|| format!("{on:?} is not a plugged provider with guest nodes"))?;
         let request = crate::hold_session::request_for(kind, nodes, HOLD_DEADLINE)?;
         let path = request.path.clone();
+        // The at24 the holder's reads reach, if any: the I2C kinds' address, else the nvmem's.
+        let address = request.addr.and_then(|a| u8::try_from(a).ok()).or(nodes.nvmem.first().map(|(a, _)| *a));
+        let model = address.and_then(|a| Some((a, testbed.eeprom(on, a)?)));
         let handle = self.consumers.hold(request).await.map_err(|e| e.to_string())?;
+        if let Some((address, eeprom)) = model {
+            self.integrity.watch(handle, Model { device: format!("at24 {address:#04x} behind {on}"), eeprom });
+        }
         // Named even if not ready: a `release` step must still close it.
         self.by_name.insert(name.to_string(), handle);
         self.names.insert(handle, name.to_string());
@@ -150,6 +167,12 @@ impl Holders {
 
     fn summaries(&self) -> Vec<String> {
         self.consumers.logs().iter().map(|l| l.summary()).collect()
+    }
+
+    /// The holders' reads since the last check whose bytes their device never held.
+    fn data_mismatches(&mut self) -> Vec<DataMismatch> {
+        let names = &self.names;
+        self.integrity.check(&self.consumers.logs(), |h| names.get(&h).cloned().unwrap_or_else(|| format!("holder {h}")))
     }
 
     fn states(&self) -> Vec<HolderState> {
@@ -196,7 +219,7 @@ pub async fn run_schedule(
         if !planned.runs_on(kernel) {
             let skipped = (StepStatus::NotOnThisKernel(format!("not on {kernel}")), None, Vec::new());
             let started_ms = start.elapsed().as_secs_f64() * 1e3;
-            on_step(&step_record((index, total), planned, description, (started_ms, 0.0), skipped, None, &holders));
+            on_step(&step_record((index, total), planned, description, (started_ms, 0.0), skipped, None, &mut holders));
             continue;
         }
         mark_step(vm, index, total, planned, &description).await;
@@ -231,7 +254,7 @@ pub async fn run_schedule(
         }
         let taint = observe::taint(vm.agent()).await;
         let times = (started_ms, step_start.elapsed().as_secs_f64() * 1e3);
-        let record = step_record((index, total), planned, description, times, (status, output, observations), taint, &holders);
+        let record = step_record((index, total), planned, description, times, (status, output, observations), taint, &mut holders);
         on_step(&record);
         // A step that only waits (a delay) cannot fail: the taint read after it failing is
         // what shows a guest that stopped answering.
@@ -246,7 +269,8 @@ pub async fn run_schedule(
 type Outcome = (StepStatus, Option<String>, Vec<Observation>);
 
 /// The record of planned step `index` of `total`: when it started and how long it took (ms),
-/// its outcome, the taint after it, and what the holders have seen so far.
+/// its outcome, the taint after it, what the holders have seen so far and which of their
+/// reads since the last step returned bytes the device never held.
 fn step_record(
     (index, total): (usize, usize),
     planned: &Planned,
@@ -254,7 +278,7 @@ fn step_record(
     (started_ms, elapsed_ms): (f64, f64),
     (status, output, observations): Outcome,
     taint: Option<u64>,
-    holders: &Holders,
+    holders: &mut Holders,
 ) -> StepRecord {
     StepRecord {
         index,
@@ -271,6 +295,7 @@ fn step_record(
         observations,
         consumers: holders.summaries(),
         holders: holders.states(),
+        data_mismatches: holders.data_mismatches(),
     }
 }
 
@@ -645,9 +670,23 @@ impl Recording {
             self.findings.push(format!("step {}: {d}", step.index));
             self.file(stuck, Some(step.index), 1);
         }
+        // One finding per holder and step: its first wrong read, with how many there were.
+        let mut mismatched: Vec<&str> = Vec::new();
+        for m in &step.data_mismatches {
+            if mismatched.contains(&m.holder.as_str()) {
+                continue;
+            }
+            mismatched.push(&m.holder);
+            let n = step.data_mismatches.iter().filter(|o| o.holder == m.holder).count() as u64;
+            let report = m.report();
+            let times = if n > 1 { format!(" (x{n})") } else { String::new() };
+            self.findings.push(format!("step {}: {}{times}", step.index, report.title));
+            self.file(&report, Some(step.index), n);
+        }
         if !reports.reports.is_empty()
             || reports.dropped > 0
             || matches!(step.status, StepStatus::UnplugStuck(_))
+            || !step.data_mismatches.is_empty()
         {
             self.write_summary();
         }

@@ -266,3 +266,59 @@ async fn e2e_cp2112_unbind_bind_gives_new_nodes_and_old_handles_errors() {
     assert!(old_hid.iter().all(|o| o.lines().next().unwrap().ends_with("POLLERR|POLLHUP on poll")), "{old_hid:?}");
     vm.shutdown(Duration::from_secs(10)).await.unwrap();
 }
+
+/// Data integrity end to end, on a real kernel: the emulated CP2112 lies (every byte a read
+/// returns XORed with 0xff; its at24 model unchanged), so the in-kernel nvmem holder's
+/// `nvmem_device_read` and the SMBus holder's byte read succeed with bytes the part never
+/// held. Each is filed on the step after which it was seen as `data mismatch in HOLDER`, with
+/// the first differing offset and both digests. The same on every kernel: the kernel passes
+/// on what the device said. (At24 unbound under these holders on vanilla 6.12.117 reads
+/// through freed at24 data that still holds the right pointers: the bytes match, see README.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn e2e_a_read_of_bytes_the_device_never_held_is_a_data_mismatch() {
+    let yaml = "name: lying-cp2112\n\
+                description: holders read an at24 through a CP2112 that garbles reads\n\
+                steps:\n\
+                \x20 - plug: { device: cp2112, id: bridge }\n\
+                \x20 - hold: { name: kernel, kind: nvmem-kernel, on: bridge }\n\
+                \x20 - hold: { name: smbus, kind: i2c-smbus, on: bridge }\n\
+                \x20 - delay: 300ms\n\
+                \x20 - release: kernel\n\
+                \x20 - release: smbus\n";
+    let scenario = Scenario::parse(yaml, std::path::Path::new("lying-cp2112.yaml")).unwrap();
+    let mut schedule = schedule::plan(&scenario, 1);
+    let holds = schedule.actions.split_off(1);
+    let mut config = testenv::vm_config("e2e_data_mismatch");
+    config.cmdline.extend(schedule.cmdline.iter().cloned());
+    let mut vm = Vm::boot(&config, Vec::new()).await.unwrap();
+    let mut testbed = Testbed::new();
+    let mut steps = Vec::new();
+    let kernel = testenv::kernel();
+    run_schedule(&mut vm, &mut testbed, &schedule, kernel, &RunOptions::default(), |s| steps.push(s.clone())).await.unwrap();
+    assert_eq!(steps[0].status, StepStatus::Ok, "{:?}", steps[0].output);
+    let cp2112 = testbed.cp2112("bridge").unwrap().clone();
+    cp2112.set_faults(devices::cp2112::Faults { corrupt_reads: 0xff, ..Default::default() });
+    schedule.actions = holds;
+    run_schedule(&mut vm, &mut testbed, &schedule, kernel, &RunOptions::default(), |s| steps.push(s.clone())).await.unwrap();
+    for s in &steps {
+        assert_eq!(s.status, StepStatus::Ok, "step {} ({}): {:?}", s.index, s.description, s.output);
+    }
+    let mismatches: Vec<&harness::integrity::DataMismatch> = steps.iter().flat_map(|s| &s.data_mismatches).collect();
+    let holders: std::collections::BTreeSet<&str> = mismatches.iter().map(|m| m.holder.as_str()).collect();
+    assert_eq!(holders, ["kernel", "smbus"].into_iter().collect(), "{mismatches:#?}");
+    // The model: testbed::seed_pattern, 0x3c 0x3b 0x32 ... from offset 0; every byte garbled.
+    let kernel_read = mismatches.iter().find(|m| m.holder == "kernel").unwrap();
+    assert_eq!((kernel_read.op.as_str(), kernel_read.offset, kernel_read.len), ("nvmem_device_read", 0, 16));
+    assert_eq!(kernel_read.first_difference, Some(0));
+    assert_eq!(kernel_read.read_hex.as_deref().map(|h| &h[..6]), Some("c3c4cd"), "{kernel_read:?}");
+    assert_eq!(kernel_read.model_hex.as_deref().map(|h| &h[..6]), Some("3c3b32"), "{kernel_read:?}");
+    let smbus = mismatches.iter().find(|m| m.holder == "smbus").unwrap();
+    assert_eq!((smbus.op.as_str(), smbus.read_hex.as_deref(), smbus.model_hex.as_deref()), ("I2C_SMBUS", Some("c3"), Some("3c")));
+    let report = kernel_read.report();
+    assert_eq!(report.title, "data mismatch in kernel");
+    assert!(report.text.contains("first difference at offset 0"), "{}", report.text);
+    // Filed on the hold step whose first read it was (ready waits for that read).
+    let hold = steps.iter().find(|s| matches!(&s.action, Action::Hold { name, .. } if name == "kernel")).unwrap();
+    assert!(hold.data_mismatches.iter().any(|m| m.holder == "kernel"), "{:?}", hold.data_mismatches);
+    vm.shutdown(Duration::from_secs(10)).await.unwrap();
+}

@@ -128,6 +128,9 @@ pub struct Faults {
     /// Drop the link when transfer number N (counted from 1 over the device's life, see
     /// [`Counters::transfers`]) starts.
     pub unplug_at_transfer: Option<(u64, LinkRequest)>,
+    /// XOR every byte a read returns with this mask (0: none): a lying device, whose reads
+    /// succeed with bytes its targets never held (what the host's data check must catch).
+    pub corrupt_reads: u8,
 }
 
 /// What the guest did, for tests and observers.
@@ -457,10 +460,12 @@ impl Model {
             let result = if self.faults.nak {
                 Err(crate::i2c::Nak)
             } else {
+                let mask = self.faults.corrupt_reads;
+                let garble = |data: Vec<u8>| data.into_iter().map(|b| b ^ mask).collect::<Vec<u8>>();
                 match request {
-                    Request::Read { address, len } => self.bus.read(address, len),
+                    Request::Read { address, len } => self.bus.read(address, len).map(garble),
                     Request::Write { address, data } => self.bus.write(address, &data).map(|()| Vec::new()),
-                    Request::WriteRead { address, target, len } => self.bus.write_read(address, &target, len),
+                    Request::WriteRead { address, target, len } => self.bus.write_read(address, &target, len).map(garble),
                 }
             };
             match result {

@@ -161,6 +161,14 @@ fn fault_hooks_on_the_transfer_state_machine() {
     assert_eq!(status(&mut r), [0x16, 0x03, 0x00, 0, 0, 0, 0]);
     assert_eq!(r.device.counters().naks, 1);
 
+    // A lying device: the read succeeds with the model's byte (blank 0xff) garbled, and the
+    // model itself is unchanged.
+    r.device.set_faults(Faults { corrupt_reads: 0x5a, ..Faults::default() });
+    r.report(&[0x10, 0xa0, 0x00, 0x01]);
+    assert_eq!(status(&mut r), [0x16, 0x02, 0x05, 0, 0, 0, 1]);
+    assert_eq!(r.report(&[0x12, 0x00, 0x01]).remove(0)[..4], [0x13, 0x02, 1, 0xff ^ 0x5a]);
+    assert_eq!(r.eeprom.lock().unwrap().contents()[..2], [0xff, 0xff]);
+
     r.device.set_faults(Faults { stall_ep0: true, ..Faults::default() });
     assert_eq!(r.control_in(0xa1, 1, 0x0305, 0, 3), (4, vec![]));
     r.device.set_faults(Faults::default());

@@ -235,6 +235,9 @@ pub enum CrashType {
     AgentUnresponsive,
     #[serde(rename = "UNPLUG_STUCK")]
     UnplugStuck,
+    /// A read that succeeded returned bytes the device never held (`synthetic::data_mismatch`).
+    #[serde(rename = "DATA_MISMATCH")]
+    DataMismatch,
     /// syzkaller itself failed (`SYZFAIL:`, `SYZFATAL:`), not the kernel.
     #[serde(rename = "SYZ_FAILURE")]
     SyzFailure,
@@ -284,6 +287,7 @@ impl CrashType {
             LostConnection => "LOST_CONNECTION",
             AgentUnresponsive => "AGENT_UNRESPONSIVE",
             UnplugStuck => "UNPLUG_STUCK",
+            DataMismatch => "DATA_MISMATCH",
             SyzFailure => "SYZ_FAILURE",
             Unknown => "UNKNOWN",
         }
@@ -291,7 +295,14 @@ impl CrashType {
 
     /// Verdicts the harness produces itself rather than finding in the console.
     pub fn is_synthetic(self) -> bool {
-        matches!(self, CrashType::NoOutput | CrashType::LostConnection | CrashType::AgentUnresponsive | CrashType::UnplugStuck)
+        matches!(
+            self,
+            CrashType::NoOutput
+                | CrashType::LostConnection
+                | CrashType::AgentUnresponsive
+                | CrashType::UnplugStuck
+                | CrashType::DataMismatch
+        )
     }
 }
 

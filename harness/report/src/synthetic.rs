@@ -1,6 +1,6 @@
 //! Verdicts the harness files itself, when the failure is the absence of something rather
 //! than a console report: a silent machine, a dead QEMU, a mute guest agent, an unplug that
-//! never completed. They are ordinary [`Report`]s so results, dedup and summaries treat them
+//! never completed, a read that "succeeded" with bytes the device never held. They are ordinary [`Report`]s so results, dedup and summaries treat them
 //! like kernel crashes; their titles are stable (numbers normalised) so repeats dedup.
 
 use std::time::Duration;
@@ -12,6 +12,7 @@ pub const NO_OUTPUT: &str = "no output from test machine";
 pub const LOST_CONNECTION: &str = "lost connection to test machine";
 pub const AGENT_UNRESPONSIVE: &str = "guest agent unresponsive";
 pub const UNPLUG_STUCK: &str = "unplug stuck";
+pub const DATA_MISMATCH: &str = "data mismatch in";
 
 fn synthetic(title: String, crash_type: CrashType, text: String) -> Report {
     let title = title::sanitize(&title::normalize(&title));
@@ -59,6 +60,14 @@ pub fn unplug_stuck(device: &str, deadline: Duration) -> Report {
     )
 }
 
+/// A read by holder `holder` (the scenario's name for it) succeeded but returned bytes the
+/// emulated device never held: silent corruption, which user space cannot tell from data.
+/// `detail` says where the bytes first differ and both digests. The title names the holder,
+/// so mismatches of different holders stay apart.
+pub fn data_mismatch(holder: &str, detail: &str) -> Report {
+    synthetic(format!("{DATA_MISMATCH} {holder}"), CrashType::DataMismatch, format!("{detail}\n"))
+}
+
 fn humanize(d: Duration) -> String {
     format!("{:.1}s", d.as_secs_f64())
 }
@@ -81,5 +90,9 @@ mod tests {
         assert_eq!(r.title, "guest agent unresponsive");
         assert!(r.text.contains("console was silent"), "{}", r.text);
         assert!(a.crash_type.is_synthetic());
+        let m = data_mismatch("sysfs", "pread at 0: first difference at offset 3");
+        assert_eq!(m.title, "data mismatch in sysfs");
+        assert_eq!(crate::title_to_type(&m.title), CrashType::DataMismatch);
+        assert!(m.crash_type.is_synthetic());
     }
 }

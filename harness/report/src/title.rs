@@ -615,6 +615,7 @@ pub fn title_to_type(title: &str) -> CrashType {
         (&[crate::synthetic::LOST_CONNECTION], LostConnection),
         (&[crate::synthetic::AGENT_UNRESPONSIVE], AgentUnresponsive),
         (&[crate::synthetic::UNPLUG_STUCK], UnplugStuck),
+        (&[crate::synthetic::DATA_MISMATCH], DataMismatch),
         (&["WARNING:"], Warning),
         (&["BUG:", "INFO:"], Unknown),
         (&["KASAN:"], KasanUnknown),

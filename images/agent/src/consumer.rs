@@ -32,7 +32,7 @@ use std::sync::{mpsc, Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use agent::{errno_name, ConsumerRecord, ErrorReply, HoldKind, HoldRequest, Reply};
+use agent::{errno_name, ConsumerRecord, ErrorReply, HoldKind, HoldRequest, ReadData, Reply};
 
 /// Where a holder's records go (the port writer, wrapped as an `Event`).
 pub type Sink = Arc<dyn Fn(ConsumerRecord) + Send + Sync>;
@@ -120,10 +120,13 @@ fn mono_ns() -> u64 {
     u64::try_from(ts.tv_sec).unwrap_or(0) * 1_000_000_000 + u64::try_from(ts.tv_nsec).unwrap_or(0)
 }
 
-/// One call's outcome as the state machine compares it: the op, and errno or revents.
+/// One call's outcome as the state machine compares it: the op, and errno or revents; for a
+/// data read, what it returned (so each distinct answer is reported, at its first occurrence).
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Outcome {
     Ok,
+    /// A read that succeeded, by the digest of the bytes it returned.
+    Read(u64),
     Errno(i32),
     Revents(i16),
 }
@@ -335,11 +338,11 @@ impl Holder {
             HoldKind::NvmemSysfs => {
                 let mut buf = [0u8; 16];
                 let mut got = 0;
-                self.call("pread", || {
+                self.call_read("pread", 0, || {
                     // SAFETY: buf is valid for its length.
-                    let n = sys(unsafe { libc::pread(fd, buf.as_mut_ptr().cast(), buf.len(), 0) } as i64);
-                    got = n.as_ref().map_or(0, |&n| usize::try_from(n).unwrap_or(0));
-                    n
+                    let n = sys(unsafe { libc::pread(fd, buf.as_mut_ptr().cast(), buf.len(), 0) } as i64)?;
+                    got = usize::try_from(n).unwrap_or(0).min(buf.len());
+                    Ok(buf[..got].to_vec())
                 });
                 if got > 0 {
                     self.call("pwrite", || {
@@ -366,12 +369,18 @@ impl Holder {
                     size: uapi::I2C_SMBUS_BYTE_DATA,
                     data: block.as_mut_ptr(),
                 };
-                self.call("I2C_SMBUS", || {
+                // Command 0 of an at24 is the byte at offset 0: the read has a known place.
+                self.call_read("I2C_SMBUS", 0, || {
                     // SAFETY: data points at a buffer the size of union i2c_smbus_data.
-                    sys(unsafe { libc::ioctl(fd, uapi::I2C_SMBUS, &mut data) }.into())
+                    sys(unsafe { libc::ioctl(fd, uapi::I2C_SMBUS, &mut data) }.into())?;
+                    Ok(block[..1].to_vec())
                 });
             }
             HoldKind::GpioVirtuser | HoldKind::GpioVirtuserIrq | HoldKind::NvmemKernel | HoldKind::NvmemKernelRs => {
+                if let Some(KernelConsumer::NvmemHolder { read }) = &self.kernel {
+                    let read = read.clone();
+                    self.call_read("nvmem_device_read", 0, || read_nvmem_holder(&read));
+                }
                 let files = self.kernel.as_ref().map(KernelConsumer::use_files).unwrap_or_default();
                 for (op, path) in files {
                     self.call(op, || read_debugfs(&path));
@@ -409,7 +418,7 @@ impl Holder {
         if rc < 0 {
             let errno = io::Error::last_os_error().raw_os_error().unwrap_or(0);
             if errno != libc::EINTR {
-                self.outcome("poll", Outcome::Errno(errno), None, latency, None);
+                self.outcome("poll", Outcome::Errno(errno), None, latency, None, None);
             }
             return;
         }
@@ -418,7 +427,7 @@ impl Holder {
         }
         let bad = pfd.revents & (libc::POLLHUP | libc::POLLERR | libc::POLLNVAL);
         if pfd.revents & !libc::POLLIN != 0 {
-            self.outcome("poll", Outcome::Revents(pfd.revents), Some(i64::from(rc)), latency, None);
+            self.outcome("poll", Outcome::Revents(pfd.revents), Some(i64::from(rc)), latency, None, None);
         }
         if bad != 0 {
             self.permanent = true;
@@ -435,10 +444,10 @@ impl Holder {
         let latency = t0.elapsed();
         if n < 0 {
             let errno = io::Error::last_os_error().raw_os_error().unwrap_or(0);
-            self.outcome("read", Outcome::Errno(errno), None, latency, None);
+            self.outcome("read", Outcome::Errno(errno), None, latency, None, None);
         } else if n == 0 {
             self.permanent = true;
-            self.outcome("read", Outcome::Ok, Some(0), latency, Some("EOF".into()));
+            self.outcome("read", Outcome::Ok, Some(0), latency, Some("EOF".into()), None);
         } else {
             // SAFETY: T is plain old data (integers and arrays); zeroed then partly filled.
             let value = unsafe { buf.assume_init() };
@@ -454,16 +463,37 @@ impl Holder {
         let t0 = Instant::now();
         let result = f();
         let latency = t0.elapsed();
-        let outcome = match &result {
-            Ok(_) => Outcome::Ok,
-            Err(e) => Outcome::Errno(e.raw_os_error().unwrap_or(0)),
-        };
-        if let Outcome::Errno(errno) = outcome {
-            if matches!(errno, libc::ENODEV | libc::EBADF | libc::ESHUTDOWN | libc::ENXIO) {
-                self.permanent = true;
-            }
+        match result {
+            Ok(ret) => self.outcome(op, Outcome::Ok, Some(ret), latency, None, None),
+            Err(e) => self.failed(op, &e, latency),
         }
-        self.outcome(op, outcome, result.ok(), latency, None);
+    }
+
+    /// [`Holder::call`] for a read of data at `offset` in the device: `f` returns the bytes
+    /// the kernel handed back, which go into the record ([`ReadData`]) whenever they differ
+    /// from the op's last answer.
+    fn call_read(&mut self, op: &'static str, offset: u64, f: impl FnOnce() -> io::Result<Vec<u8>>) {
+        let t0 = Instant::now();
+        let result = f();
+        let latency = t0.elapsed();
+        match result {
+            Ok(bytes) => {
+                let data = ReadData::new(offset, &bytes);
+                // The digest is 16 hex digits: the comparison key is its value.
+                let key = u64::from_str_radix(&data.digest, 16).unwrap_or(0);
+                self.outcome(op, Outcome::Read(key), Some(bytes.len() as i64), latency, None, Some(data));
+            }
+            Err(e) => self.failed(op, &e, latency),
+        }
+    }
+
+    /// Records a failed call; errors that will not go away end the loop.
+    fn failed(&mut self, op: &'static str, e: &io::Error, latency: Duration) {
+        let errno = e.raw_os_error().unwrap_or(0);
+        if matches!(errno, libc::ENODEV | libc::EBADF | libc::ESHUTDOWN | libc::ENXIO) {
+            self.permanent = true;
+        }
+        self.outcome(op, Outcome::Errno(errno), None, latency, None, None);
     }
 
     /// Reports `outcome` if it differs from the op's last one; otherwise counts a repeat.
@@ -474,12 +504,13 @@ impl Holder {
         ret: Option<i64>,
         latency: Duration,
         detail: Option<String>,
+        data: Option<ReadData>,
     ) {
         match self.last.get_mut(op) {
             Some((last, repeats)) if *last == outcome => *repeats += 1,
             _ => {
                 let repeats = self.last.insert(op, (outcome, 0)).map_or(0, |(_, r)| r);
-                self.send(op, outcome, ret, latency.as_micros() as u64, detail, repeats);
+                self.send(op, outcome, (ret, latency.as_micros() as u64), detail, repeats, data);
             }
         }
     }
@@ -489,7 +520,7 @@ impl Holder {
         if let Some((outcome, repeats)) = self.last.get_mut(op) {
             if *repeats > 0 {
                 let (outcome, n) = (*outcome, std::mem::take(repeats));
-                self.send(op, outcome, None, 0, Some("repeated".into()), n);
+                self.send(op, outcome, (None, 0), Some("repeated".into()), n, None);
             }
         }
     }
@@ -502,20 +533,20 @@ impl Holder {
     }
 
     fn report(&mut self, op: &str, outcome: Outcome, ret: Option<i64>, latency_us: u64, detail: Option<String>) {
-        self.send(op, outcome, ret, latency_us, detail, 0);
+        self.send(op, outcome, (ret, latency_us), detail, 0, None);
     }
 
     fn send(
         &mut self,
         op: &str,
         outcome: Outcome,
-        ret: Option<i64>,
-        latency_us: u64,
+        (ret, latency_us): (Option<i64>, u64),
         detail: Option<String>,
         repeats: u64,
+        data: Option<ReadData>,
     ) {
         let (errno, revents) = match outcome {
-            Outcome::Ok => (None, None),
+            Outcome::Ok | Outcome::Read(_) => (None, None),
             Outcome::Errno(e) => (Some(e), None),
             Outcome::Revents(r) => (None, Some(r)),
         };
@@ -534,6 +565,7 @@ impl Holder {
             mono_ns: mono_ns(),
             repeats,
             detail,
+            data,
         });
     }
 
@@ -733,7 +765,8 @@ impl KernelConsumer {
     fn use_files(&self) -> Vec<(&'static str, PathBuf)> {
         match self {
             KernelConsumer::GpioVirtuser(v) => v.line_files("value").into_iter().map(|f| ("gpiod_get_value", f)).collect(),
-            KernelConsumer::NvmemHolder { read } => vec![("nvmem_device_read", read.clone())],
+            // Read for its data instead (`read_nvmem_holder`).
+            KernelConsumer::NvmemHolder { .. } => Vec::new(),
             // Used through the line request on the aggregated chip instead.
             KernelConsumer::Aggregator => Vec::new(),
         }
@@ -814,14 +847,29 @@ fn write_debugfs(path: &Path, data: &str) -> io::Result<i64> {
 }
 
 /// Reads a debugfs attribute from a fresh open (gpio-virtuser's files refuse `pread`): its
-/// length, or the error. nvmem-holder reports a failed read as a negative errno in the text,
-/// which becomes that error.
+/// length, or the error.
 fn read_debugfs(path: &Path) -> io::Result<i64> {
+    std::fs::read_to_string(path).map(|text| text.len() as i64)
+}
+
+/// Reads an nvmem holder's debugfs `read` from a fresh open: the bytes `nvmem_device_read`
+/// returned (printed as hex by the module), or its error (printed as a negative errno). Text
+/// that is neither is EBADMSG: the module and the agent disagree on the format.
+fn read_nvmem_holder(path: &Path) -> io::Result<Vec<u8>> {
     let text = std::fs::read_to_string(path)?;
-    match text.trim().parse::<i64>() {
-        Ok(n) if n < 0 => Err(io::Error::from_raw_os_error(i32::try_from(-n).unwrap_or(libc::EIO))),
-        _ => Ok(text.len() as i64),
+    let text = text.trim();
+    if let Some(errno) = text.strip_prefix('-') {
+        let errno = errno.parse::<i32>().map_err(|_| io::Error::from_raw_os_error(libc::EBADMSG))?;
+        return Err(io::Error::from_raw_os_error(errno));
     }
+    if text.len() % 2 != 0 || !text.is_ascii() {
+        return Err(io::Error::from_raw_os_error(libc::EBADMSG));
+    }
+    (0..text.len())
+        .step_by(2)
+        .map(|i| text.get(i..i + 2).and_then(|h| u8::from_str_radix(h, 16).ok()))
+        .collect::<Option<Vec<u8>>>()
+        .ok_or_else(|| io::Error::from_raw_os_error(libc::EBADMSG))
 }
 
 /// A raw system call's return value, with the errno read right after the call when it
@@ -1093,15 +1141,54 @@ mod tests {
     }
 
     #[test]
-    fn debugfs_reads_give_length_or_the_kernels_errno() {
+    fn nvmem_holder_reads_give_the_bytes_or_the_kernels_errno() {
         let dir = Scratch::new("debugfs");
-        let value = dir.0.join("value");
-        std::fs::write(&value, "1\n").unwrap();
-        assert_eq!(read_debugfs(&value).unwrap(), 2);
+        let read = dir.0.join("read");
+        std::fs::write(&read, "3c3bff00\n").unwrap();
+        assert_eq!(read_nvmem_holder(&read).unwrap(), [0x3c, 0x3b, 0xff, 0x00]);
         // nvmem-holder prints a failed nvmem_device_read as its negative errno.
-        std::fs::write(&value, "-19\n").unwrap();
-        assert_eq!(read_debugfs(&value).unwrap_err().raw_os_error(), Some(libc::ENODEV));
-        assert_eq!(read_debugfs(&dir.0.join("absent")).unwrap_err().raw_os_error(), Some(libc::ENOENT));
+        std::fs::write(&read, "-19\n").unwrap();
+        assert_eq!(read_nvmem_holder(&read).unwrap_err().raw_os_error(), Some(libc::ENODEV));
+        for garbage in ["3c3", "zz", "-x", "3c\u{e9}"] {
+            std::fs::write(&read, garbage).unwrap();
+            assert_eq!(read_nvmem_holder(&read).unwrap_err().raw_os_error(), Some(libc::EBADMSG), "{garbage:?}");
+        }
+        assert_eq!(read_nvmem_holder(&dir.0.join("absent")).unwrap_err().raw_os_error(), Some(libc::ENOENT));
+        std::fs::write(&read, "1\n").unwrap();
+        assert_eq!(read_debugfs(&read).unwrap(), 2);
+    }
+
+    /// Each distinct answer of a data read is recorded with its bytes, at its first
+    /// occurrence; repeats of the same answer are counted, not sent.
+    #[test]
+    fn a_read_that_returns_other_bytes_is_a_new_record_with_them() {
+        let dir = Scratch::new("readdata");
+        let read = dir.0.join("read");
+        let (sink, records) = collecting();
+        let mut holder = Holder {
+            handle: 1,
+            kind: HoldKind::NvmemKernel,
+            sink,
+            line: None,
+            file: None,
+            kernel: Some(KernelConsumer::NvmemHolder { read: read.clone() }),
+            undo: Undo::default(),
+            last: HashMap::new(),
+            permanent: false,
+            toggle: false,
+            seq: 0,
+        };
+        let req = request(HoldKind::NvmemKernel, "nvmem0", vec![]);
+        for text in ["3c3b\n", "3c3b\n", "6b6b\n", "-19\n"] {
+            std::fs::write(&read, text).unwrap();
+            holder.iterate(&req, Duration::from_millis(1));
+        }
+        let records = records.lock().unwrap();
+        let data: Vec<Option<(u64, Option<&str>, u64)>> =
+            records.iter().map(|r| r.data.as_ref().map(|d| (d.len, d.hex.as_deref(), r.repeats))).collect();
+        assert_eq!(data, [Some((2, Some("3c3b"), 0)), Some((2, Some("6b6b"), 1)), None], "{records:?}");
+        assert_eq!(records[0].data.as_ref().unwrap().digest, agent::data_digest(&[0x3c, 0x3b]));
+        assert_eq!(records[2].errno, Some(libc::ENODEV));
     }
 
     /// nvmem-holder's -EPERM is "-1", which a caller reading `errno` after the fact took for

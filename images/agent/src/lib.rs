@@ -444,6 +444,56 @@ pub struct ConsumerRecord {
     /// Kind-specific detail (values read, an event's fields, bytes read as hex).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub detail: Option<String>,
+    /// What a successful data read returned (nvmem, SMBus), for the host to compare with the
+    /// device model; absent in records of older agents and of calls that read no data.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data: Option<ReadData>,
+}
+
+/// The bytes one read returned, as a holder records them: where in the device they start,
+/// how many there were, their digest, and the bytes themselves when short.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReadData {
+    /// Byte offset in the device the read started at.
+    pub offset: u64,
+    /// Bytes the read returned.
+    pub len: u64,
+    /// [`data_digest`] of those bytes.
+    pub digest: String,
+    /// The bytes as hex, when there are at most [`READ_DATA_INLINE`] of them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hex: Option<String>,
+}
+
+/// Reads up to this many bytes carry the bytes themselves, so the host can name the first
+/// byte that differs; longer ones only their digest.
+pub const READ_DATA_INLINE: usize = 64;
+
+impl ReadData {
+    pub fn new(offset: u64, bytes: &[u8]) -> ReadData {
+        ReadData {
+            offset,
+            len: bytes.len() as u64,
+            digest: data_digest(bytes),
+            hex: (bytes.len() <= READ_DATA_INLINE).then(|| bytes.iter().map(|b| format!("{b:02x}")).collect()),
+        }
+    }
+
+    /// The bytes, if the record carries them (`None` also for hex that does not decode to
+    /// `len` bytes: the record came from a broken or lying agent).
+    pub fn bytes(&self) -> Option<Vec<u8>> {
+        let hex = self.hex.as_deref()?;
+        if hex.len() as u64 != self.len.checked_mul(2)? || !hex.is_ascii() {
+            return None;
+        }
+        (0..hex.len()).step_by(2).map(|i| u8::from_str_radix(hex.get(i..i + 2)?, 16).ok()).collect()
+    }
+}
+
+/// The digest both sides compute of a read's bytes: the first 16 hex digits of their SHA-256.
+pub fn data_digest(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(bytes).iter().take(8).map(|b| format!("{b:02x}")).collect()
 }
 
 fn is_zero(n: &u64) -> bool {
@@ -803,9 +853,33 @@ mod tests {
             mono_ns: 1,
             repeats: 4,
             detail: None,
+            data: None,
         };
         round_trip(&record);
         assert_eq!(record.errno_name.as_deref(), Some("ENODEV"));
+        let read = ConsumerRecord { data: Some(ReadData::new(16, &[0x3c, 0x3b])), errno: None, ..record };
+        let line = round_trip(&read);
+        assert!(line.contains(r#""data":{"offset":16,"len":2,"digest":""#), "{line}");
+        // A record of an agent from before `data` still reads.
+        let old: ConsumerRecord = serde_json::from_str(
+            r#"{"holder":1,"kind":"nvmem-sysfs","op":"pread","ret":16,"latency_us":3,"mono_ns":9}"#,
+        )
+        .unwrap();
+        assert_eq!(old.data, None);
+    }
+
+    #[test]
+    fn read_data_keeps_short_reads_and_rejects_bad_hex() {
+        let d = ReadData::new(0, &[0x00, 0xff, 0x3c]);
+        assert_eq!((d.len, d.hex.as_deref(), d.bytes()), (3, Some("00ff3c"), Some(vec![0x00, 0xff, 0x3c])));
+        assert_eq!(d.digest, data_digest(&[0x00, 0xff, 0x3c]));
+        assert_eq!(d.digest.len(), 16);
+        let long = ReadData::new(0, &[7; READ_DATA_INLINE + 1]);
+        assert_eq!((long.hex, long.len), (None, READ_DATA_INLINE as u64 + 1));
+        for (hex, len) in [("00f", 2), ("zz", 1), ("00", 2), ("\u{e9}0", 1), ("00", u64::MAX)] {
+            let bad = ReadData { hex: Some(hex.into()), len, ..d.clone() };
+            assert_eq!(bad.bytes(), None, "{hex:?} as {len} bytes");
+        }
     }
 
     #[test]
