@@ -26,6 +26,7 @@ pub mod plug;
 pub mod progress;
 pub mod providers;
 pub mod qmp;
+pub mod requires;
 pub mod results;
 pub mod scenario;
 pub mod schedule;

@@ -19,6 +19,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
+use crate::requires::Absences;
 use crate::scenario::{KernelVariant, Scenario};
 
 /// `--kernel`'s value: comma-separated variant names in order, the first being the A/B
@@ -139,8 +140,9 @@ impl Cell {
 }
 
 /// The full matrix, every cell with its shard under `shards` slices, in order: scenario (as
-/// given), repeat, kernel (as given).
-pub fn plan(scenarios: &[Scenario], kernels: &[KernelVariant], repeats: u32, base_seed: u64, shards: u32) -> Vec<Cell> {
+/// given), repeat, kernel (as given). A cell is skipped where its scenario leaves the kernel out
+/// or needs what `absent` says the kernel's build lacks (`harness::requires`).
+pub fn plan(scenarios: &[Scenario], kernels: &[KernelVariant], absent: &Absences, repeats: u32, base_seed: u64, shards: u32) -> Vec<Cell> {
     let repeats = repeats.max(1);
     let shards = shards.max(1);
     // One group per scenario and repeat: its kernels share a seed and a shard.
@@ -157,7 +159,7 @@ pub fn plan(scenarios: &[Scenario], kernels: &[KernelVariant], repeats: u32, bas
                     repeats,
                     seed,
                     shard: Shard::ALL,
-                    skip: scenario.skip_reason(kernel),
+                    skip: scenario.skip_reason(kernel, absent.get(&kernel).map_or(&[][..], Vec::as_slice)),
                 })
                 .collect();
             let weight = cells.iter().filter(|c| c.skip.is_none()).count();
@@ -292,9 +294,9 @@ mod tests {
     #[test]
     fn shards_are_disjoint_complete_balanced_and_keep_kernels_together() {
         for (n_scenarios, repeats, shards) in [(12, 1, 2), (12, 3, 4), (5, 2, 7), (1, 1, 3), (7, 10, 3)] {
-            let all = plan(&scenarios(n_scenarios), &BOTH, repeats, 42, shards);
+            let all = plan(&scenarios(n_scenarios), &BOTH, &Absences::new(), repeats, 42, shards);
             assert_eq!(all.len(), n_scenarios * repeats as usize * 2);
-            assert_eq!(all, plan(&scenarios(n_scenarios), &BOTH, repeats, 42, shards), "deterministic");
+            assert_eq!(all, plan(&scenarios(n_scenarios), &BOTH, &Absences::new(), repeats, 42, shards), "deterministic");
             let mut union: Vec<Cell> = Vec::new();
             let mut loads = Vec::new();
             for k in 1..=shards {
@@ -321,14 +323,14 @@ mod tests {
     /// Cells that boot nothing (skips) still spread over the shards.
     #[test]
     fn skip_only_groups_spread_too() {
-        let cells = plan(&[scenario("only-resmgr", &[KernelVariant::Resmgr])], &[KernelVariant::Vanilla], 4, 1, 2);
+        let cells = plan(&[scenario("only-resmgr", &[KernelVariant::Resmgr])], &[KernelVariant::Vanilla], &Absences::new(), 4, 1, 2);
         let shards: Vec<u32> = cells.iter().map(|c| c.shard.index).collect();
         assert_eq!(shards, [1, 2, 1, 2]);
     }
 
     #[test]
     fn cells_carry_skips_and_list_one_line_each() {
-        let cells = plan(&[scenario("only-resmgr", &[KernelVariant::Resmgr])], &BOTH, 2, 9, 1);
+        let cells = plan(&[scenario("only-resmgr", &[KernelVariant::Resmgr])], &BOTH, &Absences::new(), 2, 9, 1);
         let text = list_text(&cells);
         let s2 = derive_seed(9, 2);
         assert_eq!(
@@ -346,7 +348,7 @@ mod tests {
     #[test]
     fn matrix_records_round_trip_and_bad_ones_are_located() {
         let dir = tempfile::tempdir().unwrap();
-        let record = MatrixRecord { base_seed: 1, repeats: 1, kernels: BOTH.to_vec(), shard: Shard { index: 1, count: 2 }, cells: plan(&scenarios(2), &BOTH, 1, 1, 2) };
+        let record = MatrixRecord { base_seed: 1, repeats: 1, kernels: BOTH.to_vec(), shard: Shard { index: 1, count: 2 }, cells: plan(&scenarios(2), &BOTH, &Absences::new(), 1, 1, 2) };
         let path = record.write(dir.path()).unwrap();
         assert!(path.file_name().unwrap().to_string_lossy().ends_with("-shard-1-of-2.json"));
         assert_eq!(MatrixRecord::load(&path).unwrap(), record);

@@ -71,6 +71,10 @@ pub struct Scenario {
     /// another variant records the run as skipped, with the reason, and does not boot it.
     #[serde(default = "default_kernels", deserialize_with = "kernel_list")]
     pub kernels: Vec<KernelVariant>,
+    /// What the scenario needs of a kernel build beyond what its steps imply (`[rust]`,
+    /// `[gpio-virtuser]`; `harness::requires`): a build without it skips the run.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub requires: Vec<crate::requires::Requirement>,
     /// The crash titles a run must and may show, per kernel variant (absent: clean).
     #[serde(default, deserialize_with = "expect_map", skip_serializing_if = "BTreeMap::is_empty")]
     pub expect: BTreeMap<KernelVariant, Expectation>,
@@ -775,12 +779,13 @@ impl Scenario {
         self.kernels.contains(&kernel)
     }
 
-    /// Why this scenario does not run on `kernel` (`applies to: resmgr`), or `None` if it does.
-    pub fn skip_reason(&self, kernel: KernelVariant) -> Option<String> {
-        if self.applies_to(kernel) {
-            return None;
+    /// Why this scenario does not run on `kernel`, built without the options in `absent`
+    /// (`applies to: resmgr`, `requires rust: CONFIG_RUST is absent ...`), or `None` if it does.
+    pub fn skip_reason(&self, kernel: KernelVariant, absent: &[crate::kernel::Absent]) -> Option<String> {
+        if !self.applies_to(kernel) {
+            return Some(format!("applies to: {}", self.kernel_names()));
         }
-        Some(format!("applies to: {}", self.kernel_names()))
+        crate::requires::unmet(&crate::requires::of_scenario(self), absent)
     }
 
     fn kernel_names(&self) -> String {
@@ -1077,12 +1082,12 @@ steps:
     fn kernels_default_to_the_6_12_variants() {
         let s = Scenario::parse(GOOD, Path::new("good.yaml")).unwrap();
         assert_eq!(s.kernels, KernelVariant::DEFAULT);
-        assert_eq!(s.skip_reason(KernelVariant::Vanilla61).as_deref(), Some("applies to: vanilla, resmgr"));
-        assert!(KernelVariant::DEFAULT.iter().all(|k| s.applies_to(*k) && s.skip_reason(*k).is_none()));
+        assert_eq!(s.skip_reason(KernelVariant::Vanilla61, &[]).as_deref(), Some("applies to: vanilla, resmgr"));
+        assert!(KernelVariant::DEFAULT.iter().all(|k| s.applies_to(*k) && s.skip_reason(*k, &[]).is_none()));
         let s = Scenario::parse("name: x\nkernels: [resmgr]\nsteps:\n  - observe\n", Path::new("k.yaml")).unwrap();
         assert_eq!(s.kernels, [KernelVariant::Resmgr]);
         assert!(s.applies_to(KernelVariant::Resmgr));
-        assert_eq!(s.skip_reason(KernelVariant::Vanilla).as_deref(), Some("applies to: resmgr"));
+        assert_eq!(s.skip_reason(KernelVariant::Vanilla, &[]).as_deref(), Some("applies to: resmgr"));
         let s = Scenario::parse("name: x\nkernels:\n  - resmgr\n  - vanilla\nsteps:\n  - observe\n", Path::new("k.yaml")).unwrap();
         assert_eq!(s.kernels, [KernelVariant::Resmgr, KernelVariant::Vanilla]);
     }

@@ -554,7 +554,7 @@ mod tests {
     /// A shard folder as `torture --shard K/N` leaves it: the matrix record and one run per
     /// cell, each showing the titles `titles(cell)` says.
     fn shard(root: &Path, repeats: u32, shard: Shard, titles: impl Fn(&Cell) -> Vec<&'static str>) -> Vec<Cell> {
-        let all = matrix::plan(&[scenario()], &BOTH, repeats, 5, shard.count);
+        let all = matrix::plan(&[scenario()], &BOTH, &crate::requires::Absences::new(), repeats, 5, shard.count);
         let cells = matrix::shard_cells(all, shard);
         MatrixRecord { base_seed: 5, repeats, kernels: BOTH.to_vec(), shard, cells: cells.clone() }.write(root).unwrap();
         for c in &cells {
@@ -625,7 +625,7 @@ mod tests {
     #[test]
     fn partial_and_killed_shard_folders_are_incomplete() {
         let root = tempfile::tempdir().unwrap();
-        let cells = matrix::plan(&[scenario()], &BOTH, 2, 5, 1);
+        let cells = matrix::plan(&[scenario()], &BOTH, &crate::requires::Absences::new(), 2, 5, 1);
         MatrixRecord { base_seed: 5, repeats: 2, kernels: BOTH.to_vec(), shard: Shard::ALL, cells: cells.clone() }.write(root.path()).unwrap();
         write_run(root.path(), &cells[0], 5, &[UAF], true);
         write_run(root.path(), &cells[1], 5, &[], false);
@@ -658,7 +658,7 @@ mod tests {
     #[test]
     fn a_broken_summary_is_located_and_a_missing_folder_is_an_error() {
         let root = tempfile::tempdir().unwrap();
-        let cells = matrix::plan(&[scenario()], &[KernelVariant::Vanilla], 1, 5, 1);
+        let cells = matrix::plan(&[scenario()], &[KernelVariant::Vanilla], &crate::requires::Absences::new(), 1, 5, 1);
         MatrixRecord { base_seed: 5, repeats: 1, kernels: vec![KernelVariant::Vanilla], shard: Shard::ALL, cells: cells.clone() }.write(root.path()).unwrap();
         let dir = write_run(root.path(), &cells[0], 5, &[UAF], true);
         std::fs::write(dir.join("summary.json"), "{\n  \"run_id\": 3\n}").unwrap();

@@ -179,7 +179,8 @@ fn torture(args: &Args) -> Result<Done> {
     let title = args.title.as_deref().map(TitlePattern::new).transpose().map_err(|e| anyhow::anyhow!("--title: {e}"))?;
     let seed = args.seed.unwrap_or_else(fresh_seed);
     let variants = &args.kernel.0;
-    let cells = matrix::shard_cells(matrix::plan(&scenarios, variants, args.repeat, seed, shard.count), shard);
+    let absent = harness::requires::absent_by_kernel(variants)?;
+    let cells = matrix::shard_cells(matrix::plan(&scenarios, variants, &absent, args.repeat, seed, shard.count), shard);
     if args.list {
         let text = if args.json { format!("{}\n", serde_json::to_string_pretty(&cells)?) } else { matrix::list_text(&cells) };
         // `torture --list | head` closes the pipe early: that is the reader's choice, not an
@@ -418,12 +419,15 @@ impl Run {
     }
 }
 
-/// `--check`: one line per scenario with the kernels it applies to and what it expects on each.
+/// `--check`: one line per scenario with what it needs of a kernel build, the kernels it
+/// applies to and what it expects on each.
 fn check_text(scenarios: &[Scenario]) -> String {
     let mut out = String::new();
     for s in scenarios {
         let expects: Vec<String> = s.kernels.iter().map(|&k| format!("{k}: {}", s.expectation(k).describe())).collect();
-        out.push_str(&format!("{}: ok; expects {}\n", s.name, expects.join("; ")));
+        let needs: Vec<&str> = harness::requires::of_scenario(s).into_iter().map(|r| r.name()).collect();
+        let requires = if needs.is_empty() { String::new() } else { format!("requires {}; ", needs.join(", ")) };
+        out.push_str(&format!("{}: ok; {requires}expects {}\n", s.name, expects.join("; ")));
     }
     out.push_str(&format!("{} scenario(s) valid\n", scenarios.len()));
     out
@@ -563,9 +567,9 @@ mod tests {
     fn a_scenario_for_another_kernel_is_shown_skipped_with_the_reason() {
         let path = harness::paths::repo_root().join("scenarios/resmgr-sample-unplug.yaml");
         let scenario = Scenario::load(&path).unwrap();
-        let reason = scenario.skip_reason(Variant::Vanilla).expect("resmgr-sample-unplug must not run on vanilla");
+        let reason = scenario.skip_reason(Variant::Vanilla, &[]).expect("resmgr-sample-unplug must not run on vanilla");
         assert_eq!(reason, "applies to: resmgr");
-        assert_eq!(scenario.skip_reason(Variant::Resmgr), None);
+        assert_eq!(scenario.skip_reason(Variant::Resmgr, &[]), None);
         let runs = [
             Run {
                 cell: cell(&scenario.name, Variant::Vanilla),
@@ -677,7 +681,8 @@ mod tests {
         let scenarios: Vec<Scenario> = scenario::find(&dir, "*").unwrap().iter().map(|p| Scenario::load(p).unwrap()).collect();
         let text = check_text(&scenarios);
         assert!(text.contains("\ncp2112-i2c-dev-held: ok; expects vanilla: INFO: task hung in cp2112_remove; resmgr: clean\n"), "{text}");
-        assert!(text.contains("\nresmgr-sample-unplug: ok; expects resmgr: clean\n"), "{text}");
+        assert!(text.contains("\nresmgr-sample-unplug: ok; requires rust; expects resmgr: clean\n"), "{text}");
+        assert!(text.contains("\ngpio-virtuser-irq-teardown: ok; requires gpio-virtuser; expects vanilla: "), "{text}");
         assert!(text.ends_with(&format!("{} scenario(s) valid\n", scenarios.len())), "{text}");
     }
 }

@@ -18,7 +18,7 @@ pub mod check;
 mod config;
 mod source;
 mod toolchain;
-mod version;
+pub mod version;
 
 pub use build::BuildFailed;
 
