@@ -46,7 +46,7 @@ pub fn not_measured() -> ! {
 }
 
 /// Validates a KCIDB export (`kcidb.json`'s text) with KernelCI's own `kcidb-io` package
-/// (`pip install kcidb-io`; `.ci/run` installs it), as a lab's submission would be; panics
+/// (`pip install kcidb-io`; `cargo xtask test` installs it), as a lab's submission would be; panics
 /// with kcidb-io's reason if it is rejected. The schema we write must be the latest it knows.
 pub fn validate_kcidb(json: &str) {
     let script = "import json, sys, kcidb_io\nkcidb_io.schema.LATEST.validate(json.load(sys.stdin))\nprint(kcidb_io.schema.LATEST)";
@@ -62,7 +62,7 @@ pub fn validate_kcidb(json: &str) {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         !stderr.contains("No module named 'kcidb_io'"),
-        "KCIDB exports are validated with KernelCI's kcidb-io: `pip install kcidb-io` (.ci/run installs it)"
+        "KCIDB exports are validated with KernelCI's kcidb-io: `pip install kcidb-io` (`cargo xtask test` installs it)"
     );
     assert!(out.status.success(), "kcidb-io rejects the export: {stderr}\n{json}");
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "v5.3", "the schema we write is the latest kcidb-io knows");

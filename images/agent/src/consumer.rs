@@ -1158,6 +1158,23 @@ mod tests {
         assert_eq!(read_debugfs(&read).unwrap(), 2);
     }
 
+    /// An nvmem-kernel holder reading nvmem-holder's `read` file at `read`.
+    fn nvmem_kernel_holder(sink: Sink, read: std::path::PathBuf) -> Holder {
+        Holder {
+            handle: 1,
+            kind: HoldKind::NvmemKernel,
+            sink,
+            line: None,
+            file: None,
+            kernel: Some(KernelConsumer::NvmemHolder { read }),
+            undo: Undo::default(),
+            last: HashMap::new(),
+            permanent: false,
+            toggle: false,
+            seq: 0,
+        }
+    }
+
     /// Each distinct answer of a data read is recorded with its bytes, at its first
     /// occurrence; repeats of the same answer are counted, not sent.
     #[test]
@@ -1165,19 +1182,7 @@ mod tests {
         let dir = Scratch::new("readdata");
         let read = dir.0.join("read");
         let (sink, records) = collecting();
-        let mut holder = Holder {
-            handle: 1,
-            kind: HoldKind::NvmemKernel,
-            sink,
-            line: None,
-            file: None,
-            kernel: Some(KernelConsumer::NvmemHolder { read: read.clone() }),
-            undo: Undo::default(),
-            last: HashMap::new(),
-            permanent: false,
-            toggle: false,
-            seq: 0,
-        };
+        let mut holder = nvmem_kernel_holder(sink, read.clone());
         let req = request(HoldKind::NvmemKernel, "nvmem0", vec![]);
         for text in ["3c3b\n", "3c3b\n", "6b6b\n", "-19\n"] {
             std::fs::write(&read, text).unwrap();
@@ -1199,19 +1204,7 @@ mod tests {
         let read = dir.0.join("read");
         std::fs::write(&read, "-1\n").unwrap();
         let (sink, records) = collecting();
-        let mut holder = Holder {
-            handle: 1,
-            kind: HoldKind::NvmemKernel,
-            sink,
-            line: None,
-            file: None,
-            kernel: Some(KernelConsumer::NvmemHolder { read }),
-            undo: Undo::default(),
-            last: HashMap::new(),
-            permanent: false,
-            toggle: false,
-            seq: 0,
-        };
+        let mut holder = nvmem_kernel_holder(sink, read);
         // Leaves ENOENT in errno.
         assert!(File::open(dir.0.join("absent")).is_err());
         holder.iterate(&request(HoldKind::NvmemKernel, "nvmem0", vec![]), Duration::from_millis(1));
