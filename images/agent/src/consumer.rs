@@ -333,7 +333,7 @@ impl Holder {
                     // SAFETY: info is the kernel's struct hidraw_devinfo.
                     sys(unsafe { libc::ioctl(fd, uapi::HIDIOCGRAWINFO, &mut info) }.into())
                 });
-                self.poll_then_read::<[u8; 64]>(fd, interval, |r| to_hex(&r[..8]));
+                self.poll_then_read::<[u8; 64]>(fd, interval, |r| hex::encode(&r[..8]));
             }
             HoldKind::NvmemSysfs => {
                 let mut buf = [0u8; 16];
@@ -884,10 +884,6 @@ fn sys(rc: i64) -> io::Result<i64> {
 
 fn cvt(rc: libc::c_int) -> io::Result<()> {
     sys(rc.into()).map(drop)
-}
-
-fn to_hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Kernel UAPI layouts and ioctl numbers (x86_64).

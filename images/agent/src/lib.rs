@@ -19,8 +19,9 @@
 //!
 //! Byte strings ([`Bytes`]: file contents, process output) must round-trip exactly, yet stay
 //! readable in transcripts: valid UTF-8 is sent as a JSON string (JSON escapes keep it exact),
-//! anything else (or text that is mostly control characters) as `{"hex":"..."}`. Hex rather than base64 keeps the guest free of extra
-//! dependencies; the data is small (sysfs attributes, bounded command output).
+//! anything else (or text that is mostly control characters) as `{"hex":"..."}`. Hex rather than
+//! base64: a reader of a transcript can see the bytes, and the data is small (sysfs attributes,
+//! bounded command output). The `hex` crate encodes and decodes it.
 
 use std::fmt;
 
@@ -656,7 +657,7 @@ impl Serialize for Bytes {
             None => {
                 use serde::ser::SerializeMap;
                 let mut map = s.serialize_map(Some(1))?;
-                map.serialize_entry("hex", &to_hex(&self.0))?;
+                map.serialize_entry("hex", &hex::encode(&self.0))?;
                 map.end()
             }
         }
@@ -681,39 +682,13 @@ impl<'de> Deserialize<'de> for Bytes {
                         return Err(de::Error::custom(format!("unexpected key {key:?} in bytes")));
                     }
                     let hex: String = map.next_value()?;
-                    out = Some(from_hex(&hex).map_err(de::Error::custom)?);
+                    out = Some(hex::decode(&hex).map_err(|e| de::Error::custom(format!("bytes: {e}")))?);
                 }
                 out.map(Bytes).ok_or_else(|| de::Error::missing_field("hex"))
             }
         }
         d.deserialize_any(BytesVisitor)
     }
-}
-
-fn to_hex(bytes: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut s = String::with_capacity(bytes.len() * 2);
-    for &b in bytes {
-        s.push(DIGITS[usize::from(b >> 4)] as char);
-        s.push(DIGITS[usize::from(b & 0xf)] as char);
-    }
-    s
-}
-
-fn from_hex(s: &str) -> Result<Vec<u8>, String> {
-    fn nibble(c: u8) -> Result<u8, String> {
-        match c {
-            b'0'..=b'9' => Ok(c - b'0'),
-            b'a'..=b'f' => Ok(c - b'a' + 10),
-            b'A'..=b'F' => Ok(c - b'A' + 10),
-            _ => Err(format!("invalid hex digit {:?}", c as char)),
-        }
-    }
-    let s = s.as_bytes();
-    if s.len() & 1 == 1 {
-        return Err(format!("odd-length hex string ({} digits)", s.len()));
-    }
-    s.chunks_exact(2).map(|pair| Ok(nibble(pair[0])? << 4 | nibble(pair[1])?)).collect()
 }
 
 #[cfg(test)]
