@@ -18,7 +18,7 @@ use crate::consumers::Consumers;
 use crate::console::LineCursor;
 use crate::observe::{self, Observation};
 use crate::scenario::UnplugHow;
-use crate::testbed::{GuestNodes, Outcome, Testbed};
+use crate::testbed::{GuestNodes, PlugRecord, Testbed};
 use crate::vm::Vm;
 
 /// What to hold, on which provider, and how it goes away.
@@ -58,7 +58,7 @@ pub struct HolderReport {
 /// A bug the kernel reported during the session: titled after its first report, with every
 /// report counted, follow-ons included (see [`report::bugs`]).
 #[derive(Debug, Clone, Serialize)]
-pub struct Crash {
+pub struct SessionBug {
     pub title: String,
     /// Every report with this title was interleaved or truncated.
     pub corrupted: bool,
@@ -75,7 +75,7 @@ pub struct HoldReport {
     pub nodes: GuestNodes,
     pub holders: Vec<HolderReport>,
     /// The unplug's outcome, or why it failed (stuck, guest never noticed, ...).
-    pub unplug: std::result::Result<Outcome, String>,
+    pub unplug: std::result::Result<PlugRecord, String>,
     /// The observers after the unplug, with the holders still holding.
     pub observations: Vec<Observation>,
     /// The observers again after the late closes (a consumer's teardown can leave freed
@@ -83,7 +83,7 @@ pub struct HoldReport {
     pub observations_after_release: Vec<Observation>,
     /// The taint mask at the end.
     pub taint: Option<u64>,
-    pub crashes: Vec<Crash>,
+    pub crashes: Vec<SessionBug>,
     /// Reports not in `crashes`: past the first [`report::collect::MAX_TITLES`] titles.
     pub crashes_dropped: u64,
     /// The guest agent stopped answering during the session, and how (see
@@ -257,7 +257,7 @@ pub async fn run(vm: &mut Vm, testbed: &mut Testbed, plan: &HoldPlan, boot: Line
 /// [`report::collect::MAX_TITLES`] titles; the number of reports not kept is returned too).
 /// Reads the whole log on disk, not the console's bounded in-memory ring, so the first
 /// reports of a long session are kept; off the async runtime.
-async fn crashes_since(console_log: std::path::PathBuf, boot: LineCursor) -> (Vec<Crash>, u64) {
+async fn crashes_since(console_log: std::path::PathBuf, boot: LineCursor) -> (Vec<SessionBug>, u64) {
     let parse = move || {
         let text = std::fs::read(&console_log).unwrap_or_default();
         let mut log = Vec::with_capacity(text.len());
@@ -277,7 +277,7 @@ async fn crashes_since(console_log: std::path::PathBuf, boot: LineCursor) -> (Ve
     let crashes = bugs
         .bugs()
         .iter()
-        .map(|b| Crash {
+        .map(|b| SessionBug {
             title: b.first.title.clone(),
             corrupted: corrupted(&b.first.title),
             count: b.count,

@@ -97,7 +97,7 @@ pub fn seed_pattern(len: usize) -> Vec<u8> {
 
 /// What happened when a device was plugged or unplugged.
 #[derive(Debug, Clone, Serialize)]
-pub struct Outcome {
+pub struct PlugRecord {
     pub id: String,
     pub action: String,
     pub elapsed_ms: f64,
@@ -336,12 +336,12 @@ impl Testbed {
 
     /// Plugs `device` as `id` (a `cp2112` with [`DEFAULT_AT24`]) and waits until the guest
     /// has bound a driver to it.
-    pub async fn plug(&mut self, vm: &mut Vm, device: &str, id: &str) -> Result<Outcome> {
+    pub async fn plug(&mut self, vm: &mut Vm, device: &str, id: &str) -> Result<PlugRecord> {
         self.plug_with(vm, device, id, &[DEFAULT_AT24]).await
     }
 
     /// Plugs `device` as `id`; a `cp2112` or `virtio-i2c` gets the EEPROMs in `at24` behind it.
-    pub async fn plug_with(&mut self, vm: &mut Vm, device: &str, id: &str, at24: &[At24Spec]) -> Result<Outcome> {
+    pub async fn plug_with(&mut self, vm: &mut Vm, device: &str, id: &str, at24: &[At24Spec]) -> Result<PlugRecord> {
         if self.plugged.contains_key(id) {
             bail!("a device with id {id:?} is already plugged");
         }
@@ -363,7 +363,7 @@ impl Testbed {
             bail!("unknown device {device:?}; known devices: {}", known_devices().join(", "));
         };
         self.plugged.insert(id.to_string(), plugged);
-        Ok(Outcome {
+        Ok(PlugRecord {
             id: id.to_string(),
             action: format!("plug {device}"),
             elapsed_ms: start.elapsed().as_secs_f64() * 1e3,
@@ -374,9 +374,9 @@ impl Testbed {
     /// Unplugs `id`. An unplug QEMU never completes is [`QmpError::UnplugStuck`] in the error
     /// chain, so callers can tell a stuck unplug from an infrastructure failure.
     /// `Unbind` only unbinds the driver: the device stays plugged under `id`.
-    pub async fn unplug(&mut self, vm: &mut Vm, id: &str, how: UnplugHow, timeout: Duration) -> Result<Outcome> {
+    pub async fn unplug(&mut self, vm: &mut Vm, id: &str, how: UnplugHow, timeout: Duration) -> Result<PlugRecord> {
         let start = Instant::now();
-        let outcome = |guest_saw: String| Outcome {
+        let outcome = |guest_saw: String| PlugRecord {
             id: id.to_string(),
             action: format!("unplug {id} ({})", how.name()),
             elapsed_ms: start.elapsed().as_secs_f64() * 1e3,
@@ -411,7 +411,7 @@ impl Testbed {
 
     /// Binds the driver of the unbound device `id` again and finds its new guest nodes (a
     /// CP2112's at24 clients are instantiated again: they went with the adapter).
-    pub async fn bind(&mut self, vm: &mut Vm, id: &str) -> Result<Outcome> {
+    pub async fn bind(&mut self, vm: &mut Vm, id: &str) -> Result<PlugRecord> {
         if !self.unbound.contains(id) {
             bail!("{id:?} has no unbound driver to bind (unbound: {:?})", self.unbound);
         }
@@ -438,7 +438,7 @@ impl Testbed {
             _ => bail!("{id:?} cannot be bound again"),
         };
         self.unbound.remove(id);
-        Ok(Outcome {
+        Ok(PlugRecord {
             id: id.to_string(),
             action: format!("bind {id}"),
             elapsed_ms: start.elapsed().as_secs_f64() * 1e3,

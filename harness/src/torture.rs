@@ -266,7 +266,7 @@ pub async fn run_schedule(
     Ok(())
 }
 
-type Outcome = (StepStatus, Option<String>, Vec<Observation>);
+type StepResult = (StepStatus, Option<String>, Vec<Observation>);
 
 /// The record of planned step `index` of `total`: when it started and how long it took (ms),
 /// its outcome, the taint after it, what the holders have seen so far and which of their
@@ -276,7 +276,7 @@ fn step_record(
     planned: &Planned,
     description: String,
     (started_ms, elapsed_ms): (f64, f64),
-    (status, output, observations): Outcome,
+    (status, output, observations): StepResult,
     taint: Option<u64>,
     holders: &mut Holders,
 ) -> StepRecord {
@@ -309,7 +309,7 @@ async fn execute(
     action: &Action,
     previous_cursor: crate::console::LineCursor,
     options: &RunOptions,
-) -> Outcome {
+) -> StepResult {
     let ok = |output: Option<String>| (StepStatus::Ok, output, Vec::new());
     let failed = |e: String| (StepStatus::Failed(e), None, Vec::new());
     match action {
@@ -377,7 +377,7 @@ async fn execute(
     }
 }
 
-fn result(r: Result<(), AgentError>) -> Outcome {
+fn result(r: Result<(), AgentError>) -> StepResult {
     match r {
         Ok(()) => (StepStatus::Ok, None, Vec::new()),
         Err(e) => (StepStatus::Failed(e.to_string()), None, Vec::new()),

@@ -229,7 +229,7 @@ fn torture(args: &Args) -> Result<Done> {
             eprintln!("error: recording the skip of {}: {e:#}", cell.label());
             skip_write_failed = true;
         });
-        runs.push(Run { cell: cell.clone(), outcome: Outcome::Skipped { reason, dir: dir.ok() } });
+        runs.push(Run { cell: cell.clone(), outcome: RunEnd::Skipped { reason, dir: dir.ok() } });
     }
     let ran = crate::runtime()?.block_on(run_cells(args, &scenarios, &cells, &built, &results_root, seed, jobs))?;
     runs.extend(ran);
@@ -269,7 +269,7 @@ fn torture(args: &Args) -> Result<Done> {
     let verdicts: Vec<RunVerdict> = runs
         .iter()
         .filter_map(|r| match &r.outcome {
-            Outcome::Ran(v) => Some(RunVerdict::clone(v)),
+            RunEnd::Ran(v) => Some(RunVerdict::clone(v)),
             _ => None,
         })
         .collect();
@@ -286,11 +286,11 @@ fn bisect_code(runs: &[Run], title: Option<&TitlePattern>, harness_failed: bool)
     let verdicts: Vec<&RunVerdict> = runs
         .iter()
         .filter_map(|r| match &r.outcome {
-            Outcome::Ran(v) => Some(&**v),
+            RunEnd::Ran(v) => Some(&**v),
             _ => None,
         })
         .collect();
-    let not_started = runs.iter().any(|r| matches!(r.outcome, Outcome::NotStarted));
+    let not_started = runs.iter().any(|r| matches!(r.outcome, RunEnd::NotStarted));
     if harness_failed || not_started || verdicts.iter().any(|v| v.interrupted || v.write_error.is_some()) {
         return bisect::HARNESS;
     }
@@ -347,7 +347,7 @@ async fn run_cells(
         let (stop, no_more, progress) = (stop.clone(), no_more.clone(), progress.clone());
         async move {
             if stop.is_stopped() || no_more.is_cancelled() {
-                return Ok(Run { cell: cell.clone(), outcome: Outcome::NotStarted });
+                return Ok(Run { cell: cell.clone(), outcome: RunEnd::NotStarted });
             }
             let scenario = scenarios.iter().find(|s| s.name == cell.scenario).context("a cell of no scenario")?;
             let (_, kernel, image) = built.iter().find(|(v, _, _)| *v == cell.kernel).context("a cell of no built kernel")?;
@@ -369,13 +369,13 @@ async fn run_cells(
             if verdict.write_error.is_some() {
                 no_more.cancel();
             }
-            Ok::<Run, anyhow::Error>(Run { cell: cell.clone(), outcome: Outcome::Ran(Box::new(verdict)) })
+            Ok::<Run, anyhow::Error>(Run { cell: cell.clone(), outcome: RunEnd::Ran(Box::new(verdict)) })
         }
     }))
     .buffer_unordered(jobs);
     while let Some(run) = runs.next().await {
         let run = run?;
-        if !matches!(run.outcome, Outcome::NotStarted) {
+        if !matches!(run.outcome, RunEnd::NotStarted) {
             finished += 1;
             progress.line(&format!("[{finished}/{total}] {}", run_line(&run)));
         }
@@ -387,10 +387,10 @@ async fn run_cells(
 /// One run of the matrix and how it came out.
 struct Run {
     cell: Cell,
-    outcome: Outcome,
+    outcome: RunEnd,
 }
 
-enum Outcome {
+enum RunEnd {
     Ran(Box<RunVerdict>),
     /// Not booted: the scenario does not apply to this variant. `dir` is the run folder that
     /// records the skip, unless it could not be written.
@@ -404,17 +404,17 @@ impl Run {
     /// run that never started does not).
     fn met(&self) -> bool {
         match &self.outcome {
-            Outcome::Ran(v) => v.summary.expectation_met,
-            Outcome::Skipped { .. } => true,
-            Outcome::NotStarted => false,
+            RunEnd::Ran(v) => v.summary.expectation_met,
+            RunEnd::Skipped { .. } => true,
+            RunEnd::NotStarted => false,
         }
     }
 
     fn dir(&self) -> Option<&Path> {
         match &self.outcome {
-            Outcome::Ran(v) => Some(&v.dir),
-            Outcome::Skipped { dir, .. } => dir.as_deref(),
-            Outcome::NotStarted => None,
+            RunEnd::Ran(v) => Some(&v.dir),
+            RunEnd::Skipped { dir, .. } => dir.as_deref(),
+            RunEnd::NotStarted => None,
         }
     }
 }
@@ -487,16 +487,16 @@ fn group(findings: &[String]) -> Vec<(&str, usize)> {
 fn run_line(run: &Run) -> String {
     let name = format!("{}:", run.cell.label());
     match &run.outcome {
-        Outcome::Ran(v) => {
+        RunEnd::Ran(v) => {
             let state = if v.findings.is_empty() { "clean".to_string() } else { format!("{} finding(s)", group(&v.findings).len()) };
             let judged = if v.summary.expectation_met { "as expected" } else { "NOT as expected" };
             format!("{:<72} {}", format!("{name} {state}, {judged}"), v.dir.display())
         }
-        Outcome::Skipped { reason, dir } => {
+        RunEnd::Skipped { reason, dir } => {
             let dir = dir.as_ref().map_or_else(|| "(not recorded)".to_string(), |d| d.display().to_string());
             format!("{:<72} {dir}", format!("{name} skipped ({reason})"))
         }
-        Outcome::NotStarted => format!("{name} not started (stopped before it)"),
+        RunEnd::NotStarted => format!("{name} not started (stopped before it)"),
     }
 }
 
@@ -509,7 +509,7 @@ fn summary_text(runs: &[Run]) -> String {
         out.push_str(&run_line(run));
         out.push('\n');
         match &run.outcome {
-            Outcome::Ran(v) => {
+            RunEnd::Ran(v) => {
                 if v.findings.is_empty() {
                     clean += 1;
                 } else {
@@ -527,8 +527,8 @@ fn summary_text(runs: &[Run]) -> String {
                     }
                 }
             }
-            Outcome::Skipped { .. } => skipped += 1,
-            Outcome::NotStarted => missed += 1,
+            RunEnd::Skipped { .. } => skipped += 1,
+            RunEnd::NotStarted => missed += 1,
         }
     }
     let met = runs.len() - skipped - missed;
@@ -573,7 +573,7 @@ mod tests {
         let runs = [
             Run {
                 cell: cell(&scenario.name, Variant::Vanilla),
-                outcome: Outcome::Skipped { reason, dir: Some(PathBuf::from("results/x-resmgr-sample-unplug")) },
+                outcome: RunEnd::Skipped { reason, dir: Some(PathBuf::from("results/x-resmgr-sample-unplug")) },
             },
             ran("usb-kbd-cycle", Variant::Vanilla, &[], &[]),
         ];
@@ -591,7 +591,7 @@ mod tests {
     fn ran(scenario: &str, kernel: Variant, titles: &[&str], why_not: &[&str]) -> Run {
         Run {
             cell: cell(scenario, kernel),
-            outcome: Outcome::Ran(Box::new(RunVerdict {
+            outcome: RunEnd::Ran(Box::new(RunVerdict {
                 scenario: scenario.into(),
                 dir: PathBuf::from(format!("results/{kernel}-{scenario}")),
                 findings: titles.iter().map(|t| t.to_string()).collect(),
@@ -632,7 +632,7 @@ mod tests {
     /// A repeated cell is named with its repeat; a cell stopped before it started is not met.
     #[test]
     fn repeats_are_named_and_unstarted_runs_are_not_met() {
-        let run = Run { cell: Cell { repeat: 2, repeats: 3, ..cell("usb-kbd-cycle", Variant::Resmgr) }, outcome: Outcome::NotStarted };
+        let run = Run { cell: Cell { repeat: 2, repeats: 3, ..cell("usb-kbd-cycle", Variant::Resmgr) }, outcome: RunEnd::NotStarted };
         assert_eq!(run_line(&run), "usb-kbd-cycle on resmgr #2/3: not started (stopped before it)");
         assert!(!run.met());
         assert!(summary_text(&[run]).ends_with("1 run(s): 0 as expected, 1 not, 0 skipped (0 clean, 0 with findings)\n"));
@@ -652,16 +652,16 @@ mod tests {
         assert_eq!(bisect_code(&[with(&[uaf])], Some(&other), false), bisect::ABSENT);
         assert_eq!(bisect_code(&[with(&[uaf])], None, true), bisect::HARNESS);
         let mut unbooted = with(&["VM died"]);
-        if let Outcome::Ran(v) = &mut unbooted.outcome {
+        if let RunEnd::Ran(v) = &mut unbooted.outcome {
             v.booted = false;
         }
         assert_eq!(bisect_code(&[with(&[uaf]), unbooted], None, false), bisect::UNTESTABLE);
         let mut interrupted = with(&[]);
-        if let Outcome::Ran(v) = &mut interrupted.outcome {
+        if let RunEnd::Ran(v) = &mut interrupted.outcome {
             v.interrupted = true;
         }
         assert_eq!(bisect_code(&[interrupted], None, false), bisect::HARNESS);
-        let stopped = Run { cell: cell("x", Variant::Vanilla), outcome: Outcome::NotStarted };
+        let stopped = Run { cell: cell("x", Variant::Vanilla), outcome: RunEnd::NotStarted };
         assert_eq!(bisect_code(&[with(&[uaf]), stopped], None, false), bisect::HARNESS);
     }
 

@@ -176,7 +176,7 @@ impl Default for Gpio {
     }
 }
 
-enum Outcome {
+enum TransferResult {
     /// Read data (empty for writes) and how much of it the guest has fetched.
     Complete {
         data: Vec<u8>,
@@ -189,7 +189,7 @@ enum Outcome {
 
 struct Transfer {
     busy_left: u32,
-    outcome: Outcome,
+    outcome: TransferResult,
 }
 
 struct Model {
@@ -455,7 +455,7 @@ impl Model {
             }
         }
         let outcome = if let Some(status1) = self.faults.transfer_error {
-            Outcome::Error { status1 }
+            TransferResult::Error { status1 }
         } else {
             let result = if self.faults.nak {
                 Err(crate::i2c::Nak)
@@ -469,10 +469,10 @@ impl Model {
                 }
             };
             match result {
-                Ok(data) => Outcome::Complete { data, fetched: 0 },
+                Ok(data) => TransferResult::Complete { data, fetched: 0 },
                 Err(crate::i2c::Nak) => {
                     self.counters.naks += 1;
-                    Outcome::Error { status1: xfer_status::ADDRESS_NAK }
+                    TransferResult::Error { status1: xfer_status::ADDRESS_NAK }
                 }
             }
         };
@@ -486,11 +486,11 @@ impl Model {
                 t.busy_left -= 1;
                 (xfer_status::BUSY, 0, 0)
             }
-            Some(Transfer { outcome: Outcome::Complete { data, .. }, .. }) => {
+            Some(Transfer { outcome: TransferResult::Complete { data, .. }, .. }) => {
                 // At most MAX_READ bytes, so it fits.
                 (xfer_status::COMPLETE, xfer_status::SUCCEEDED, u16::try_from(data.len()).unwrap_or(u16::MAX))
             }
-            Some(Transfer { outcome: Outcome::Error { status1 }, .. }) => (xfer_status::ERROR, *status1, 0),
+            Some(Transfer { outcome: TransferResult::Error { status1 }, .. }) => (xfer_status::ERROR, *status1, 0),
         };
         let [b0, b1] = bytes.to_be_bytes();
         // status2 (retries) is always 0: the emulated bus never retries.
@@ -500,7 +500,7 @@ impl Model {
     /// One read response of up to 61 bytes; the driver asks again until it has everything.
     fn read_response(&mut self, wanted: usize) {
         let mut out = vec![report::READ_RESPONSE, xfer_status::IDLE, 0];
-        if let Some(Transfer { busy_left: 0, outcome: Outcome::Complete { data, fetched } }) = &mut self.transfer {
+        if let Some(Transfer { busy_left: 0, outcome: TransferResult::Complete { data, fetched } }) = &mut self.transfer {
             let chunk = data.get(*fetched..).unwrap_or_default();
             let chunk = chunk.get(..wanted.min(MAX_CHUNK).min(chunk.len())).unwrap_or_default();
             *fetched += chunk.len();

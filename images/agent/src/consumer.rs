@@ -65,7 +65,7 @@ pub fn hold(req: HoldRequest, sink: Sink) -> Result<Reply, ErrorReply> {
             // clean run), and the handles are still held until the release closes them.
             if let Err(panic) = std::panic::catch_unwind(AssertUnwindSafe(|| holder.run(&req, &flag))) {
                 let why = format!("{}{}", agent::HOLDER_PANICKED, crate::panic_message(&*panic));
-                holder.report("stopped", Outcome::Ok, None, 0, Some(why));
+                holder.report("stopped", CallResult::Ok, None, 0, Some(why));
             }
             // The fds stay open past the loop until released: the close may come long after
             // the unplug (a late close), which is its own path through the kernel.
@@ -123,7 +123,7 @@ fn mono_ns() -> u64 {
 /// One call's outcome as the state machine compares it: the op, and errno or revents; for a
 /// data read, what it returned (so each distinct answer is reported, at its first occurrence).
 #[derive(Clone, Copy, PartialEq, Eq)]
-enum Outcome {
+enum CallResult {
     Ok,
     /// A read that succeeded, by the digest of the bytes it returned.
     Read(u64),
@@ -146,7 +146,7 @@ struct Holder {
     /// Tears down what set-up did in the kernel.
     undo: Undo,
     /// Per op: last outcome and how often it repeated since it was reported.
-    last: HashMap<&'static str, (Outcome, u64)>,
+    last: HashMap<&'static str, (CallResult, u64)>,
     /// An error that will not go away was seen (loop stops unless keep_going).
     permanent: bool,
     /// Output value toggled by `gpio-cdev`.
@@ -196,7 +196,7 @@ impl Holder {
             seq: 0,
         };
         holder.setup(req).map_err(|e| ErrorReply::io(format!("{:?} setup on {}", req.kind, req.path), &e))?;
-        holder.report("open", Outcome::Ok, Some(0), 0, None);
+        holder.report("open", CallResult::Ok, Some(0), 0, None);
         Ok(holder)
     }
 
@@ -274,7 +274,7 @@ impl Holder {
                 // The handshake the host waits for before it unplugs: the holder's first use
                 // returned (its outcome was recorded just before), so the unplug cannot
                 // overtake a holder that never got going.
-                self.report(agent::HOLDER_READY, Outcome::Ok, None, 0, None);
+                self.report(agent::HOLDER_READY, CallResult::Ok, None, 0, None);
             }
             if self.permanent && !req.keep_going {
                 break;
@@ -291,7 +291,7 @@ impl Holder {
             "deadline"
         };
         self.flush();
-        self.report("stopped", Outcome::Ok, None, 0, Some(why.to_string()));
+        self.report("stopped", CallResult::Ok, None, 0, Some(why.to_string()));
     }
 
     /// One operation (or poll + read for the event kinds).
@@ -418,7 +418,7 @@ impl Holder {
         if rc < 0 {
             let errno = io::Error::last_os_error().raw_os_error().unwrap_or(0);
             if errno != libc::EINTR {
-                self.outcome("poll", Outcome::Errno(errno), None, latency, None, None);
+                self.outcome("poll", CallResult::Errno(errno), None, latency, None, None);
             }
             return;
         }
@@ -427,7 +427,7 @@ impl Holder {
         }
         let bad = pfd.revents & (libc::POLLHUP | libc::POLLERR | libc::POLLNVAL);
         if pfd.revents & !libc::POLLIN != 0 {
-            self.outcome("poll", Outcome::Revents(pfd.revents), Some(i64::from(rc)), latency, None, None);
+            self.outcome("poll", CallResult::Revents(pfd.revents), Some(i64::from(rc)), latency, None, None);
         }
         if bad != 0 {
             self.permanent = true;
@@ -444,16 +444,16 @@ impl Holder {
         let latency = t0.elapsed();
         if n < 0 {
             let errno = io::Error::last_os_error().raw_os_error().unwrap_or(0);
-            self.outcome("read", Outcome::Errno(errno), None, latency, None, None);
+            self.outcome("read", CallResult::Errno(errno), None, latency, None, None);
         } else if n == 0 {
             self.permanent = true;
-            self.outcome("read", Outcome::Ok, Some(0), latency, Some("EOF".into()), None);
+            self.outcome("read", CallResult::Ok, Some(0), latency, Some("EOF".into()), None);
         } else {
             // SAFETY: T is plain old data (integers and arrays); zeroed then partly filled.
             let value = unsafe { buf.assume_init() };
             // Every event read is reported: they are the point of these holders and are rare.
             self.flush_op("read");
-            self.report("read", Outcome::Ok, Some(n as i64), latency.as_micros() as u64, Some(describe(&value)));
+            self.report("read", CallResult::Ok, Some(n as i64), latency.as_micros() as u64, Some(describe(&value)));
         }
     }
 
@@ -464,7 +464,7 @@ impl Holder {
         let result = f();
         let latency = t0.elapsed();
         match result {
-            Ok(ret) => self.outcome(op, Outcome::Ok, Some(ret), latency, None, None),
+            Ok(ret) => self.outcome(op, CallResult::Ok, Some(ret), latency, None, None),
             Err(e) => self.failed(op, &e, latency),
         }
     }
@@ -481,7 +481,7 @@ impl Holder {
                 let data = ReadData::new(offset, &bytes);
                 // The digest is 16 hex digits: the comparison key is its value.
                 let key = u64::from_str_radix(&data.digest, 16).unwrap_or(0);
-                self.outcome(op, Outcome::Read(key), Some(bytes.len() as i64), latency, None, Some(data));
+                self.outcome(op, CallResult::Read(key), Some(bytes.len() as i64), latency, None, Some(data));
             }
             Err(e) => self.failed(op, &e, latency),
         }
@@ -493,14 +493,14 @@ impl Holder {
         if matches!(errno, libc::ENODEV | libc::EBADF | libc::ESHUTDOWN | libc::ENXIO) {
             self.permanent = true;
         }
-        self.outcome(op, Outcome::Errno(errno), None, latency, None, None);
+        self.outcome(op, CallResult::Errno(errno), None, latency, None, None);
     }
 
     /// Reports `outcome` if it differs from the op's last one; otherwise counts a repeat.
     fn outcome(
         &mut self,
         op: &'static str,
-        outcome: Outcome,
+        outcome: CallResult,
         ret: Option<i64>,
         latency: Duration,
         detail: Option<String>,
@@ -532,23 +532,23 @@ impl Holder {
         }
     }
 
-    fn report(&mut self, op: &str, outcome: Outcome, ret: Option<i64>, latency_us: u64, detail: Option<String>) {
+    fn report(&mut self, op: &str, outcome: CallResult, ret: Option<i64>, latency_us: u64, detail: Option<String>) {
         self.send(op, outcome, (ret, latency_us), detail, 0, None);
     }
 
     fn send(
         &mut self,
         op: &str,
-        outcome: Outcome,
+        outcome: CallResult,
         (ret, latency_us): (Option<i64>, u64),
         detail: Option<String>,
         repeats: u64,
         data: Option<ReadData>,
     ) {
         let (errno, revents) = match outcome {
-            Outcome::Ok | Outcome::Read(_) => (None, None),
-            Outcome::Errno(e) => (Some(e), None),
-            Outcome::Revents(r) => (None, Some(r)),
+            CallResult::Ok | CallResult::Read(_) => (None, None),
+            CallResult::Errno(e) => (Some(e), None),
+            CallResult::Revents(r) => (None, Some(r)),
         };
         let seq = self.seq;
         self.seq += 1;
@@ -578,7 +578,7 @@ impl Holder {
         // What the teardown of an in-kernel consumer refused, if anything.
         let failed = self.undo.run();
         let detail = (!failed.is_empty()).then(|| failed.join("; "));
-        self.report("closed", Outcome::Ok, Some(0), t0.elapsed().as_micros() as u64, detail);
+        self.report("closed", CallResult::Ok, Some(0), t0.elapsed().as_micros() as u64, detail);
     }
 }
 
