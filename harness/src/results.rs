@@ -210,6 +210,10 @@ pub struct Summary {
     pub steps: Vec<StepLine>,
     /// Why the run stopped early, if it did.
     pub aborted: Option<String>,
+    /// The title the run filed for its early stop (a lost guest, an unresponsive agent, no
+    /// output), if the guest stopped it; an interrupt or a results write error files none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stop_title: Option<String>,
     /// Findings the parser does not see: taint gained in a step, stuck unplugs, a lost guest.
     pub signals: Vec<String>,
     /// The run's holders as of its last step.
@@ -227,14 +231,21 @@ impl Summary {
     ///
     /// A stuck unplug is a failed step that also files a title (`unplug stuck: ...`): where the
     /// expectation allows that title (a PCIe removal the kernel is expected never to finish),
-    /// the step is judged by its title alone, so the expectation can be met.
+    /// the step is judged by its title alone, so the expectation can be met. A stop the guest
+    /// caused is judged the same way: where the expectation allows its title (a bug known to
+    /// wedge the guest: `guest agent unresponsive`), neither the stop nor the failed step that
+    /// set it off (the last one) counts; the expected titles must still be there.
     pub fn why_not(&self, titles: &[&str], follow_ons: &[&str]) -> Vec<String> {
         let mut why = self.expect.mismatches(titles, follow_ons);
-        let expected_stuck = |st: &StepLine| st.stuck_title.as_deref().is_some_and(|t| self.expect.allows(t));
-        for st in self.steps.iter().filter(|st| !st.ok && !expected_stuck(st)) {
+        let expected_stop = self.stop_title.as_deref().is_some_and(|t| self.expect.allows(t));
+        let last = self.steps.last().map(|st| st.index);
+        let excused = |st: &StepLine| {
+            st.stuck_title.as_deref().is_some_and(|t| self.expect.allows(t)) || (expected_stop && Some(st.index) == last)
+        };
+        for st in self.steps.iter().filter(|st| !st.ok && !excused(st)) {
             why.push(format!("step {} failed: {} — {}", st.index, st.description, st.detail.as_deref().unwrap_or("")));
         }
-        if let Some(aborted) = &self.aborted {
+        if let Some(aborted) = self.aborted.as_ref().filter(|_| !expected_stop) {
             why.push(format!("stopped early: {aborted}"));
         }
         if self.in_progress {
@@ -893,6 +904,7 @@ mod tests {
             expect: expectation("{ titles: [\"KASAN: * in at24_read\", \"INFO: task hung in *\"], maybe: [\"KASAN: *\"] }"),
             steps: vec![step(1, true, None, None), step(2, true, None, Some("not on resmgr")), step(3, false, Some("exit status 1"), None)],
             aborted: None,
+            stop_title: None,
             signals: vec!["step 3: kernel taint gained B".into()],
             holders: vec![
                 HolderState { name: "kernel".into(), kind: "nvmem-kernel".into(), first_error: Some(FirstError { op: "read".into(), errno: Some("ENODEV".into()), revents: None }), hung: false },
@@ -1016,6 +1028,52 @@ mod tests {
         let other = StepLine { stuck_title: Some(report::synthetic::unplug_stuck("bridge", std::time::Duration::ZERO).title), ..line(3, false, "stuck too", None) };
         let more = Summary { steps: vec![steps[0].clone(), steps[1].clone(), line(4, false, "exit status 1", None), other], ..vanilla };
         assert_eq!(more.why_not(&[&stuck, hung], &[]), ["step 4 failed: step 4 — exit status 1", "step 3 failed: step 3 — stuck too"]);
+    }
+
+    /// A guest stop (here an agent that stopped answering after a step timed out) files its
+    /// title. Where the expectation allows it (a bug known to wedge the guest), the stop and
+    /// the step that set it off are judged by the title; the expected titles must still be
+    /// there, an earlier failed step still counts, and a stop the expectation does not allow
+    /// (or one with no title: an interrupt) still misses it.
+    #[test]
+    fn an_expected_guest_stop_is_judged_by_its_title() {
+        let wedge = "guest agent unresponsive";
+        let bug = "BUG: scheduling while atomic in irq_shutdown";
+        let line = |index: usize, ok: bool| StepLine {
+            index,
+            description: format!("step {index}"),
+            ok,
+            detail: (!ok).then(|| "timed out".to_string()),
+            elapsed_ms: 1.0,
+            not_run: None,
+            stuck_title: None,
+        };
+        let stopped = Summary {
+            expect: expectation(&format!("{{ titles: [\"{bug}\"], maybe: [\"{wedge}\"] }}")),
+            steps: vec![line(1, true), line(2, false)],
+            aborted: Some("agent_unresponsive".into()),
+            stop_title: Some(wedge.into()),
+            signals: vec!["run stopped: agent_unresponsive".into()],
+            ..Summary::default()
+        };
+        assert_eq!(stopped.why_not(&[bug, wedge], &[]), Vec::<String>::new());
+        // The wedge without the bug it is expected from.
+        assert_eq!(stopped.why_not(&[wedge], &[]), [format!("expected title missing: {bug}")]);
+        // A step that failed before the last one is not excused.
+        let earlier = Summary { steps: vec![line(1, false), line(2, false)], ..stopped.clone() };
+        assert_eq!(earlier.why_not(&[bug, wedge], &[]), ["step 1 failed: step 1 — timed out"]);
+        // Not allowed (resmgr: clean): the title, the step and the stop.
+        let clean = Summary { expect: Expectation::default(), ..stopped.clone() };
+        assert_eq!(
+            clean.why_not(&[wedge], &[]),
+            [format!("unexpected title: {wedge}"), "step 2 failed: step 2 — timed out".into(), "stopped early: agent_unresponsive".into()]
+        );
+        // An interrupt files no title: it always misses.
+        let interrupted = Summary { stop_title: None, aborted: Some("interrupted by SIGINT".into()), ..stopped };
+        assert_eq!(
+            interrupted.why_not(&[bug], &[]),
+            ["step 2 failed: step 2 — timed out", "stopped early: interrupted by SIGINT"]
+        );
     }
 
     /// The same through a run folder: the synthetic report filed, summary.json says the

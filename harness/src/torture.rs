@@ -899,6 +899,7 @@ pub async fn run_recorded(request: RunRequest) -> anyhow::Result<RunVerdict> {
                         r.findings.push(format!("run stopped: {why}"));
                         r.summary.signals.push(format!("run stopped: {why}"));
                         r.summary.aborted = Some(why);
+                        r.summary.stop_title = Some(synthetic.title.clone());
                         let last = r.summary.steps.last().map(|s| s.index);
                         r.file(&synthetic, last, 1);
                     });
