@@ -114,7 +114,48 @@ pub struct Vm {
     /// Root ports (other than the xHCI's) holding a hot-plugged PCI device.
     ports_in_use: std::collections::BTreeSet<String>,
     booted_in: Duration,
+    /// QEMU start to the agent's first answer (what the pace is measured from).
+    agent_ready: Duration,
     pace: Pace,
+}
+
+/// Where a boot's time went, on the host's clock from QEMU's start (the console's host
+/// times): what `cargo xtask bench` prints and boot-speed work is measured by.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct BootPhases {
+    /// QEMU start → the console's first line: firmware, loading and decompressing the
+    /// kernel, the kernel's life before its console.
+    pub first_line: Duration,
+    /// QEMU start → the kernel runs `/init`; `None` when the console never said so.
+    pub init: Option<Duration>,
+    /// The kernel's own timestamp of that line: kernel time from its start to `/init`.
+    pub init_kernel_time: Option<Duration>,
+    /// QEMU start → the agent's first answer.
+    pub agent: Duration,
+}
+
+/// The line the kernel prints as it starts the init process.
+const RUN_INIT: &str = "Run /init as init process";
+
+impl BootPhases {
+    /// From a boot's first console lines (a `Vm`'s ring holds them) and its agent-ready time.
+    pub fn from_lines(lines: &[crate::console::ConsoleLine], agent: Duration) -> Option<BootPhases> {
+        let first = lines.first()?;
+        let init_line = lines.iter().find(|l| l.text.contains(RUN_INIT));
+        Some(BootPhases {
+            first_line: first.host_time,
+            init: init_line.map(|l| l.host_time),
+            init_kernel_time: init_line.and_then(|l| printk_time(&l.text)),
+            agent,
+        })
+    }
+}
+
+/// The printk timestamp at the start of a kernel log line: `[    7.301234]` → 7.301234 s.
+fn printk_time(text: &str) -> Option<Duration> {
+    let rest = text.trim_start().strip_prefix('[')?;
+    let (secs, _) = rest.split_once(']')?;
+    Duration::try_from_secs_f64(secs.trim().parse().ok()?).ok()
 }
 
 impl Vm {
@@ -170,7 +211,8 @@ impl Vm {
                 return Err(anyhow::Error::from(lost).context(format!("boot failed ({})", qemu_failure_hint(&log_dir))));
             }
         }
-        let pace = Pace::from_boot(spawned.elapsed());
+        let agent_ready = spawned.elapsed();
+        let pace = Pace::from_boot(agent_ready);
         tracing::info!(%pace, "guest agent ready");
         let agent = agent.with_pace(pace);
         Ok(Vm {
@@ -185,6 +227,7 @@ impl Vm {
             usb_controller: false,
             ports_in_use: Default::default(),
             booted_in: start.elapsed(),
+            agent_ready,
             pace,
         })
     }
@@ -214,6 +257,16 @@ impl Vm {
     /// Time from `boot` to the agent answering.
     pub fn booted_in(&self) -> Duration {
         self.booted_in
+    }
+
+    /// Where this boot's time went (`None`: the console printed nothing, or the boot's lines
+    /// have left the ring).
+    pub fn boot_phases(&self) -> Option<BootPhases> {
+        let lines = self.console.lines_since(crate::console::LineCursor::default());
+        if lines.first().is_some_and(|l| l.index != 0) {
+            return None;
+        }
+        BootPhases::from_lines(&lines, self.agent_ready)
     }
 
     /// This host's pace, measured by this boot: every deadline that waits on the guest scales
@@ -533,6 +586,28 @@ async fn kvm_boots(bzimage: &Path) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The phases come from the console's host times and the kernel's own timestamp; lines
+    /// with garbage where the timestamp goes give no kernel time, never a panic.
+    #[test]
+    fn boot_phases_read_the_console() {
+        let line = |index: u64, ms: u64, text: &str| crate::console::ConsoleLine { index, host_time: Duration::from_millis(ms), text: text.into() };
+        let lines = [
+            line(0, 1200, "[    0.000000][    T0] Linux version 6.12.117"),
+            line(1, 5100, "[    3.812345][    T1] Run /init as init process"),
+        ];
+        let phases = BootPhases::from_lines(&lines, Duration::from_millis(6000)).unwrap();
+        assert_eq!(phases.first_line, Duration::from_millis(1200));
+        assert_eq!(phases.init, Some(Duration::from_millis(5100)));
+        assert_eq!(phases.init_kernel_time, Some(Duration::from_micros(3_812_345)));
+        assert_eq!(phases.agent, Duration::from_millis(6000));
+        assert_eq!(BootPhases::from_lines(&[], Duration::ZERO), None);
+        for garbage in ["[ -1.0] Run /init as init process", "[1e999] Run /init as init process", "[ Run /init as init process", "Run /init as init process"] {
+            let phases = BootPhases::from_lines(&[line(0, 1, garbage)], Duration::ZERO).unwrap();
+            assert_eq!(phases.init, Some(Duration::from_millis(1)));
+            assert_eq!(phases.init_kernel_time, None, "{garbage}");
+        }
+    }
 
     #[test]
     fn accel_parses_and_rejects() {

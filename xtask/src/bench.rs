@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use anyhow::Result;
 use harness::scenario::UnplugHow;
 use harness::testbed::Testbed;
-use harness::vm::{Accel, Vm, VmConfig};
+use harness::vm::{Accel, BootPhases, Vm, VmConfig};
 use serde::Serialize;
 
 use crate::artifacts::{self, KernelChoice};
@@ -85,21 +85,25 @@ pub fn run(args: Args) -> Result<ExitCode> {
     let rt = crate::runtime()?;
     let mut boots = Vec::new();
     let mut usb_ready = Vec::new();
+    let mut phases = Vec::new();
     for _ in 0..args.boots.max(1) {
         let mut config = VmConfig::new(kernel.bzimage.clone(), vec![image.clone()]);
         config.accel = args.accel;
-        let (boot, usb) = rt.block_on(async {
+        let (boot, usb, boot_phases) = rt.block_on(async {
             let start = Instant::now();
             let mut vm = Vm::boot(&config, Vec::new()).await?;
             let boot = start.elapsed();
+            let boot_phases = vm.boot_phases();
             vm.ensure_usb_controller().await?;
             let usb = start.elapsed();
             vm.shutdown(Duration::from_secs(10)).await?;
-            anyhow::Ok((boot, usb))
+            anyhow::Ok((boot, usb, boot_phases))
         })?;
         boots.push(boot.as_secs_f64());
         usb_ready.push(usb.as_secs_f64());
+        phases.extend(boot_phases);
     }
+    figures.extend(boot_breakdown(&phases));
     figures.push(Figure {
         name: "boot to agent ready",
         value: mean(&boots),
@@ -360,6 +364,23 @@ fn symbolization(vmlinux: &std::path::Path) -> Result<Figure> {
         unit: "ms",
         note: format!("after loading vmlinux once in {:.2} s", load.as_secs_f64()),
     })
+}
+
+/// Where the boots' time went, averaged: QEMU start to the first console line, the kernel
+/// to `/init` (host clock, and the kernel's own timestamp), `/init` to the agent's answer.
+fn boot_breakdown(phases: &[BootPhases]) -> Vec<Figure> {
+    let secs = |f: &dyn Fn(&BootPhases) -> Option<Duration>| -> Vec<f64> { phases.iter().filter_map(f).map(|d| d.as_secs_f64()).collect() };
+    let first = secs(&|p| Some(p.first_line));
+    let kernel = secs(&|p| Some(p.init?.saturating_sub(p.first_line)));
+    let kernel_own = secs(&|p| p.init_kernel_time);
+    let init = secs(&|p| Some(p.agent.saturating_sub(p.init?)));
+    let figure = |name, v: &[f64], note: &str| Figure { name, value: mean(v), unit: "s", note: format!("{note} ({} boots: {})", v.len(), list(v)) };
+    vec![
+        figure("boot: QEMU start to first console line", &first, "firmware, kernel load and decompression, early kernel"),
+        figure("boot: first console line to /init", &kernel, "host clock"),
+        figure("boot: kernel start to /init (kernel clock)", &kernel_own, "printk time of \"Run /init as init process\""),
+        figure("boot: /init to agent ready", &init, "host clock"),
+    ]
 }
 
 fn mean(v: &[f64]) -> f64 {
