@@ -35,6 +35,10 @@ pub struct Args {
     /// Only the virtio-i2c (vhost-user-i2c-pci) plug/unplug figures.
     #[arg(long)]
     virtio_i2c_only: bool,
+    /// Only the torture engine's figures (scenarios per hour with --jobs 1 and 2, time to
+    /// the first KASAN report).
+    #[arg(long)]
+    engine_only: bool,
 }
 
 #[derive(Serialize)]
@@ -49,6 +53,11 @@ pub fn run(args: Args) -> Result<ExitCode> {
     let mut figures = Vec::new();
     if args.overhead_only {
         figures.extend(overhead(&args)?);
+        print(&figures, args.json)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    if args.engine_only {
+        figures.extend(engine()?);
         print(&figures, args.json)?;
         return Ok(ExitCode::SUCCESS);
     }
@@ -177,6 +186,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
 
     figures.extend(virtio_i2c(&args, &kernel.bzimage, &image)?);
     figures.extend(overhead(&args)?);
+    figures.extend(engine()?);
     print(&figures, args.json)?;
     Ok(ExitCode::SUCCESS)
 }
@@ -227,6 +237,85 @@ fn virtio_i2c(args: &Args, bzimage: &std::path::Path, image: &std::path::Path) -
             note: format!("{cycles} cycles in {:.1} s, alternating graceful and surprise", elapsed.as_secs_f64()),
         },
     ])
+}
+
+/// Quick scenarios for the engine's throughput: one VM each, about a minute under TCG.
+const ENGINE_SCENARIOS: &str = "{usb-kbd-cycle,cp2112-nvmem-readers,cp2112-i2c-dev-held,at24-unbind-under-holders}";
+/// The scenario whose first KASAN report is timed, and the seed it is timed with.
+const FIRST_KASAN_SCENARIO: &str = "nvmem-holder-cp2112-unplug";
+const ENGINE_SEED: &str = "4242";
+
+/// The torture engine as a user runs it: this binary's `torture` as a child, on the vanilla
+/// kernel (built and cached first, so no build is timed), its runs filed under
+/// `results/bench-engine-*/`. Scenarios per hour with `--jobs 1` and `--jobs 2` over the same
+/// runs (TCG guests are single-vCPU, so two at once should nearly double it on two cores),
+/// and the time from `torture`'s start to its first KASAN report on disk.
+fn engine() -> Result<Vec<Figure>> {
+    let variant = harness::scenario::KernelVariant::Vanilla;
+    artifacts::kernel_and_image(&KernelChoice::of_variant(variant))?;
+    let variant = variant.to_string();
+    let root = harness::paths::results_dir().join(format!("bench-engine-{}", harness::results::stamp()));
+    let mut figures = Vec::new();
+    for jobs in [1, 2] {
+        let results = root.join(format!("jobs{jobs}"));
+        let start = Instant::now();
+        let status = torture_child(&variant, ENGINE_SCENARIOS, jobs, &results)?.status()?;
+        let elapsed = start.elapsed().as_secs_f64();
+        let runs = run_folders(&results).len();
+        anyhow::ensure!(runs > 0 && status.code().is_some_and(|c| c <= 1), "torture --jobs {jobs} failed ({status}); its runs: {}", results.display());
+        figures.push(Figure {
+            name: if jobs == 1 { "scenarios per hour, --jobs 1" } else { "scenarios per hour, --jobs 2" },
+            value: runs as f64 / elapsed * 3600.0,
+            unit: "/h",
+            note: format!("{runs} runs in {elapsed:.0} s ({ENGINE_SCENARIOS}, seed {ENGINE_SEED}, {variant})"),
+        });
+    }
+    let results = root.join("first-kasan");
+    let start = Instant::now();
+    let mut child = torture_child(&variant, FIRST_KASAN_SCENARIO, 1, &results)?.spawn()?;
+    let mut first = None;
+    let status = loop {
+        if first.is_none() && first_kasan_filed(&results) {
+            first = Some(start.elapsed().as_secs_f64());
+        }
+        if let Some(status) = child.try_wait()? {
+            break status;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let first = first.or_else(|| first_kasan_filed(&results).then(|| start.elapsed().as_secs_f64()));
+    let first = first.ok_or_else(|| anyhow::anyhow!("{FIRST_KASAN_SCENARIO} filed no KASAN report ({status}); its run: {}", results.display()))?;
+    figures.push(Figure {
+        name: "torture start to first KASAN report",
+        value: first,
+        unit: "s",
+        note: format!("{FIRST_KASAN_SCENARIO}, seed {ENGINE_SEED}, {variant}, warm cache: filed under crashes/"),
+    });
+    Ok(figures)
+}
+
+/// `xtask torture` on `scenarios` with `jobs` VMs at once, its runs under `results`.
+fn torture_child(variant: &str, scenarios: &str, jobs: usize, results: &std::path::Path) -> Result<std::process::Command> {
+    let mut cmd = std::process::Command::new(std::env::current_exe()?);
+    cmd.args(["torture", "--kernel", variant, "--seed", ENGINE_SEED, "--scenario", scenarios, "--jobs", &jobs.to_string(), "--results"])
+        .arg(results)
+        .stdout(std::process::Stdio::null());
+    Ok(cmd)
+}
+
+/// The run folders under `results` (each has a `meta.json`).
+fn run_folders(results: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let Ok(entries) = std::fs::read_dir(results) else { return Vec::new() };
+    entries.flatten().map(|e| e.path()).filter(|p| p.join("meta.json").is_file()).collect()
+}
+
+/// Whether a run under `results` has filed a bug titled KASAN.
+fn first_kasan_filed(results: &std::path::Path) -> bool {
+    run_folders(results).iter().any(|run| {
+        std::fs::read_dir(run.join("crashes")).into_iter().flatten().flatten().any(|bug| {
+            std::fs::read_to_string(bug.path().join("title")).is_ok_and(|t| t.starts_with("KASAN:"))
+        })
+    })
 }
 
 fn print(figures: &[Figure], json: bool) -> Result<()> {
