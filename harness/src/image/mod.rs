@@ -135,8 +135,11 @@ fn assemble(agent: &Path, req: &ImageRequest) -> Result<cpio::Archive> {
         bail!("{BUSYBOX} is not a static executable; install the busybox-static package (not busybox)");
     }
     a.file("bin/busybox", 0o755, busybox)?;
-    // The applet links are made by `/init` (`busybox --install -s`); sh is needed before.
-    a.symlink("bin/sh", "busybox")?;
+    // The applet links, where `busybox --install -s` would put them (same binary, so the
+    // same list): made here, not by `/init`, where that took ~0.35 s of every TCG boot.
+    for link in applet_links()? {
+        a.symlink(&link, "/bin/busybox")?;
+    }
 
     let init_path = paths::repo_root().join("images/init");
     let init = std::fs::read(&init_path).with_context(|| format!("reading {}", init_path.display()))?;
@@ -152,6 +155,23 @@ fn assemble(agent: &Path, req: &ImageRequest) -> Result<cpio::Archive> {
         a.add_tree(modules, "")?;
     }
     Ok(a)
+}
+
+/// The paths of busybox's applets (`usr/bin/[`, `sbin/acpid`, ..., `bin/sh`) as the packed
+/// binary itself lists them (`--list-full`), each once, `bin/busybox` left out.
+fn applet_links() -> Result<Vec<String>> {
+    let out = std::process::Command::new(BUSYBOX).arg("--list-full").output().with_context(|| format!("running {BUSYBOX} --list-full"))?;
+    if !out.status.success() {
+        bail!("{BUSYBOX} --list-full failed: {}", out.status);
+    }
+    let text = String::from_utf8(out.stdout).with_context(|| format!("{BUSYBOX} --list-full printed non-UTF-8"))?;
+    let mut links: Vec<String> = text.lines().map(str::trim).filter(|l| !l.is_empty() && *l != "bin/busybox").map(String::from).collect();
+    links.sort();
+    links.dedup();
+    if !links.iter().any(|l| l == "bin/sh") {
+        bail!("{BUSYBOX} --list-full has no bin/sh: /init needs it");
+    }
+    Ok(links)
 }
 
 /// True for an ELF executable without a `PT_INTERP` program header (no dynamic loader).
@@ -297,7 +317,7 @@ mod tests {
         }
         let out = Command::new("cpio").args(["-it", "--quiet", "-F"]).arg(&first.path).output().unwrap();
         let listing = String::from_utf8_lossy(&out.stdout);
-        for name in ["init", "bin/busybox", "bin/sh", "bin/unplug-agent", "dev/console", "dev/null", "tmp"] {
+        for name in ["init", "bin/busybox", "bin/sh", "bin/mount", "usr/bin/[", "bin/unplug-agent", "dev/console", "dev/null", "tmp"] {
             assert!(listing.lines().any(|l| l == name), "{name} missing:\n{listing}");
         }
     }
