@@ -563,7 +563,7 @@ async fn unbind(vm: &Vm, id: &str, nodes: &GuestNodes) -> Result<String> {
 
 /// Waits until `path` no longer exists in the guest (devtmpfs removes a node with its device).
 async fn node_gone(vm: &Vm, path: &str) -> Result<String> {
-    let script = format!("for i in $(seq 200); do [ -e '{path}' ] || exit 0; sleep 0.05; done; exit 1");
+    let script = format!("{}\n[ ! -e '{path}' ]", wait_in_shell(&format!("[ ! -e '{path}' ]")));
     let out = vm.agent().exec(&["sh", "-c", &script], vm.pace().scale(ENUMERATE_TIMEOUT)).await?;
     if !out.success() {
         bail!("{path} is still there 10 s after the unplug");
@@ -700,20 +700,21 @@ async fn discover_virtio_i2c(vm: &Vm, before: &str, at24: &[At24Spec]) -> Result
     let mut script = format!(
         r#"set -e
 before="{}"
-for i in $(seq 400); do
+new_adapter() {{
   f=""
-  for n in $(grep -l i2c_virtio /sys/bus/i2c/devices/i2c-*/name 2>/dev/null); do
-    case " $before " in *" $n "*) ;; *) f=$n;; esac
+  for n in /sys/bus/i2c/devices/i2c-*/name; do
+    [ -e "$n" ] || continue
+    read -r name < "$n" || true
+    case "$name" in *i2c_virtio*) case " $before " in *" $n "*) ;; *) f=$n;; esac;; esac
   done
-  [ -n "$f" ] && break
-  sleep 0.05
-done
-[ -n "$f" ] || {{ echo "no new i2c-virtio adapter appeared" >&2; exit 1; }}
-bus=$(basename $(dirname $f)); echo "bus=${{bus#i2c-}}"
-vdev=$(dirname $(readlink -f /sys/bus/i2c/devices/$bus)); echo "hid=$(basename $vdev)"
-echo "driver=$(readlink -f $vdev/driver)"
-"#,
-        before.split_whitespace().collect::<Vec<_>>().join(" ")
+  [ -n "$f" ]
+}}
+{}
+new_adapter || {{ echo "no new i2c-virtio adapter appeared" >&2; exit 1; }}
+{}"#,
+        before.split_whitespace().collect::<Vec<_>>().join(" "),
+        wait_in_shell("new_adapter"),
+        ADAPTER_NODES,
     );
     for spec in at24 {
         script.push_str(&at24_instantiate(spec));
@@ -725,16 +726,36 @@ echo "driver=$(readlink -f $vdev/driver)"
     Ok((nodes, text.split_whitespace().collect::<Vec<_>>().join(" ")))
 }
 
+/// Shell lines that poll `condition` (a shell command) every 50 ms, at most 200 times (10 s
+/// on the reference machine; the request's own deadline is scaled by the pace). The guest
+/// scripts here use shell builtins only, apart from `sleep` while they wait: each fork and
+/// exec of a busybox applet costs ~60 ms of a TCG guest, and a plug used to spend more than
+/// a second of its time on them.
+fn wait_in_shell(condition: &str) -> String {
+    format!("i=0; while ! {condition}; do [ $i -lt 200 ] || break; i=$((i + 1)); sleep 0.05; done")
+}
+
+/// From the adapter's `name` file `$f`: prints `bus=N`, `hid=` (the adapter's parent device)
+/// and `driver=` (that device's driver directory); leaves `$bus` (`i2c-N`) and `$hid` (the
+/// parent's sysfs path) set. `cd -P` resolves the symlinks as `readlink -f` would, without a
+/// process.
+const ADAPTER_NODES: &str = r#"bus=${f%/name}; bus=${bus##*/}; echo "bus=${bus#i2c-}"
+cd -P "/sys/bus/i2c/devices/$bus/.."; hid=$PWD; echo "hid=${hid##*/}"
+cd -P "$hid/driver"; echo "driver=$PWD"
+cd /"#;
+
 /// The shell lines that instantiate one at24 client on adapter `$bus` and print its nvmem.
 fn at24_instantiate(spec: &At24Spec) -> String {
     let client = format!("${{bus#i2c-}}-{:04x}", spec.address);
     format!(
         "echo {} {:#04x} > /sys/bus/i2c/devices/$bus/new_device\n\
-         for i in $(seq 200); do [ -e /sys/bus/i2c/devices/{client}/driver ] && break; sleep 0.05; done\n\
+         {}\n\
          [ -e /sys/bus/i2c/devices/{client}/driver ] || {{ echo \"at24 did not bind to {client}\" >&2; exit 1; }}\n\
-         echo \"nvmem {:#04x}=$(ls /sys/bus/i2c/devices/{client}/ | grep -- '-' | head -1)\"\n",
+         nvmem=\"\"; for n in /sys/bus/i2c/devices/{client}/*-*; do [ -e \"$n\" ] && {{ nvmem=${{n##*/}}; break; }}; done\n\
+         echo \"nvmem {:#04x}=$nvmem\"\n",
         spec.kind.name(),
         spec.address,
+        wait_in_shell(&format!("[ -e /sys/bus/i2c/devices/{client}/driver ]")),
         spec.address
     )
 }
@@ -753,19 +774,25 @@ async fn wait_cp2112_bound(vm: &Vm, id: &str, cursor: crate::console::LineCursor
 async fn discover_cp2112(vm: &Vm, at24: &[At24Spec]) -> Result<(GuestNodes, String)> {
     // One `key=value` line per node: the adapter, and through its parent (the HID device) the
     // hidraw node and the gpiochip; then each at24 client's nvmem device.
-    let mut script = String::from(
+    let mut script = format!(
         r#"set -e
-for i in $(seq 200); do
-  f=$(grep -l "CP2112 SMBus Bridge on hidraw" /sys/bus/i2c/devices/i2c-*/name 2>/dev/null | tail -1) && [ -n "$f" ] && break
-  sleep 0.05
-done
-[ -n "$f" ] || { echo "no CP2112 I2C adapter appeared" >&2; exit 1; }
-bus=$(basename $(dirname $f)); echo "bus=${bus#i2c-}"
-hid=$(dirname $(readlink -f /sys/bus/i2c/devices/$bus)); echo "hid=$(basename $hid)"
-echo "driver=$(readlink -f $hid/driver)"
-echo "hidraw=$(ls $hid/hidraw)"
-echo "gpiochip=$(cd $hid && ls -d gpiochip* | head -1)"
+cp2112_adapter() {{
+  f=""
+  for n in /sys/bus/i2c/devices/i2c-*/name; do
+    [ -e "$n" ] || continue
+    read -r name < "$n" || true
+    case "$name" in "CP2112 SMBus Bridge on hidraw"*) f=$n;; esac
+  done
+  [ -n "$f" ]
+}}
+{}
+cp2112_adapter || {{ echo "no CP2112 I2C adapter appeared" >&2; exit 1; }}
+{}
+hidraw=""; for n in "$hid"/hidraw/*; do [ -e "$n" ] && {{ hidraw=${{n##*/}}; break; }}; done; echo "hidraw=$hidraw"
+gpiochip=""; for n in "$hid"/gpiochip*; do [ -e "$n" ] && {{ gpiochip=${{n##*/}}; break; }}; done; echo "gpiochip=$gpiochip"
 "#,
+        wait_in_shell("cp2112_adapter"),
+        ADAPTER_NODES,
     );
     for spec in at24 {
         script.push_str(&at24_instantiate(spec));
