@@ -54,7 +54,7 @@ pub const IMAGE: &[Requirement] = &[Requirement::file("busybox-static", "/bin/bu
 /// Packages needed to build kernels: LLVM (KASAN together with Rust needs clang on 6.12),
 /// Debian's Rust (`rustc-web` with the `core` sources from `rust-web-src`; the kernel must not
 /// use a rustup `rustc`), libclang for bindgen, the usual Kbuild tools, git for `--src`
-/// identities and patch series, and depmod so `modprobe` works in the guest.
+/// identities and patch series, lz4 for the bzImage, and depmod so `modprobe` works in the guest.
 pub const KERNEL: &[Requirement] = &[
     Requirement::command("make", "make"),
     Requirement::command("clang", "clang"),
@@ -71,6 +71,8 @@ pub const KERNEL: &[Requirement] = &[
     Requirement::file("libssl-dev", "/usr/include/openssl/ssl.h"),
     Requirement::command("cpio", "cpio"),
     Requirement::command("xz-utils", "xz"),
+    // The bzImage is LZ4-compressed (kernels/configs/00-base.config: faster to boot under TCG).
+    Requirement::command("lz4", "lz4"),
     Requirement::command("python3", "python3"),
     Requirement::command("git", "git"),
     Requirement::command("kmod", "depmod"),
