@@ -21,18 +21,18 @@ pub fn artifacts() -> (PathBuf, PathBuf) {
 }
 
 /// The kernel variant under test: what a test that pins kernel behaviour expects.
-pub fn kernel() -> crate::scenario::KernelVariant {
+pub fn kernel() -> crate::drive::scenario::KernelVariant {
     let name = std::env::var(ENV_KERNEL).unwrap_or_else(|_| {
         panic!("{ENV_KERNEL} is not set: run end-to-end tests through `cargo xtask test` (it says which kernel they boot)")
     });
-    crate::scenario::KernelVariant::from_name(&name).unwrap_or_else(|e| panic!("{ENV_KERNEL}: {e}"))
+    crate::drive::scenario::KernelVariant::from_name(&name).unwrap_or_else(|e| panic!("{ENV_KERNEL}: {e}"))
 }
 
 /// A VM configuration for tests: TCG unless the host probe says KVM works, logs kept in a
 /// per-test folder under `target/e2e-logs/<test>` so a failure can be inspected.
-pub fn vm_config(test: &str) -> crate::vm::VmConfig {
+pub fn vm_config(test: &str) -> crate::run::vm::VmConfig {
     let (bzimage, initrd) = artifacts();
-    let mut config = crate::vm::VmConfig::new(bzimage, vec![initrd]);
+    let mut config = crate::run::vm::VmConfig::new(bzimage, vec![initrd]);
     let dir = crate::paths::repo_root().join("target").join("e2e-logs").join(test);
     let _ = std::fs::remove_dir_all(&dir);
     config.log_dir = Some(dir);

@@ -7,8 +7,8 @@
 
 use std::time::{Duration, Instant};
 
-use harness::console::Console;
-use harness::crash_feed::ReportFeed;
+use harness::run::console::Console;
+use harness::judge::crash_feed::ReportFeed;
 use rand_chacha::rand_core::{RngCore, SeedableRng};
 use tokio::io::AsyncWriteExt;
 

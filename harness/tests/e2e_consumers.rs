@@ -6,13 +6,13 @@
 
 use std::time::Duration;
 
-use harness::agent::{HoldKind, HoldRequest};
-use harness::consumers::{Consumers, HolderLog};
-use harness::providers::{self, GpioSim, GpioVirtuser, LineLookup};
-use harness::scenario::{KernelVariant, UnplugHow};
-use harness::testbed::Testbed;
+use harness::run::agent_link::{HoldKind, HoldRequest};
+use harness::devices::holders::{Consumers, HolderLog};
+use harness::devices::providers::{self, GpioSim, GpioVirtuser, LineLookup};
+use harness::drive::scenario::{KernelVariant, UnplugHow};
+use harness::devices::testbed::Testbed;
 use harness::testenv;
-use harness::vm::Vm;
+use harness::run::vm::Vm;
 
 const ENODEV: i32 = 19;
 const POLLERR: i16 = 0x8;

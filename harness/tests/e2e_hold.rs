@@ -6,13 +6,13 @@
 
 use std::time::Duration;
 
-use harness::agent::HoldKind;
-use harness::console::LineCursor;
-use harness::hold_session::{self, HoldPlan, HoldReport, HolderReport};
-use harness::scenario::{KernelVariant, UnplugHow};
-use harness::testbed::Testbed;
+use harness::run::agent_link::HoldKind;
+use harness::run::console::LineCursor;
+use harness::drive::hold_session::{self, HoldPlan, HoldReport, HolderReport};
+use harness::drive::scenario::{KernelVariant, UnplugHow};
+use harness::devices::testbed::Testbed;
 use harness::testenv;
-use harness::vm::Vm;
+use harness::run::vm::Vm;
 
 const ENODEV: i32 = 19;
 const ETIMEDOUT: i32 = 110;

@@ -4,12 +4,12 @@
 
 use std::time::Duration;
 
-use harness::scenario::{KernelVariant, Scenario};
-use harness::schedule::{self, Action};
-use harness::testbed::Testbed;
+use harness::drive::scenario::{KernelVariant, Scenario};
+use harness::drive::schedule::{self, Action};
+use harness::devices::testbed::Testbed;
 use harness::testenv;
-use harness::torture::{run_schedule, RunOptions, StepRecord, StepStatus};
-use harness::vm::Vm;
+use harness::drive::torture::{run_schedule, RunOptions, StepRecord, StepStatus};
+use harness::run::vm::Vm;
 
 fn scenario(name: &str) -> Scenario {
     Scenario::load(&harness::paths::repo_root().join("scenarios").join(format!("{name}.yaml"))).unwrap()
@@ -303,7 +303,7 @@ async fn e2e_a_read_of_bytes_the_device_never_held_is_a_data_mismatch() {
     for s in &steps {
         assert_eq!(s.status, StepStatus::Ok, "step {} ({}): {:?}", s.index, s.description, s.output);
     }
-    let mismatches: Vec<&harness::integrity::DataMismatch> = steps.iter().flat_map(|s| &s.data_mismatches).collect();
+    let mismatches: Vec<&harness::judge::integrity::DataMismatch> = steps.iter().flat_map(|s| &s.data_mismatches).collect();
     let holders: std::collections::BTreeSet<&str> = mismatches.iter().map(|m| m.holder.as_str()).collect();
     assert_eq!(holders, ["kernel", "smbus"].into_iter().collect(), "{mismatches:#?}");
     // The model: testbed::seed_pattern, 0x3c 0x3b 0x32 ... from offset 0; every byte garbled.

@@ -6,9 +6,9 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
-use harness::scenario::UnplugHow;
-use harness::testbed::Testbed;
-use harness::vm::{Accel, Vm, VmConfig};
+use harness::drive::scenario::UnplugHow;
+use harness::devices::testbed::Testbed;
+use harness::run::vm::{Accel, Vm, VmConfig};
 use serde::Serialize;
 
 use crate::artifacts::{self, KernelChoice};
@@ -276,7 +276,7 @@ fn overhead(args: &Args) -> Result<Vec<Figure>> {
     // rates[loop][kernel]
     let mut rates = [[0.0f64; 2]; LOOPS.len()];
     // What resmgr costs: the same source with and without the series.
-    let pair = [harness::scenario::KernelVariant::Vanilla, harness::scenario::KernelVariant::Resmgr];
+    let pair = [harness::drive::scenario::KernelVariant::Vanilla, harness::drive::scenario::KernelVariant::Resmgr];
     for (k, variant) in pair.into_iter().enumerate() {
         let choice = KernelChoice { src: args.kernel.src.clone(), ..KernelChoice::of_variant(variant) };
         let (kernel, image) = artifacts::kernel_and_image(&choice)?;
@@ -286,8 +286,8 @@ fn overhead(args: &Args) -> Result<Vec<Figure>> {
         let durations = rt.block_on(async {
             let vm = Vm::boot(&config, Vec::new()).await?;
             let agent = vm.agent();
-            let bus = harness::providers::i2c_stub(agent, 0x50).await?;
-            let nvmem = harness::providers::at24_new(agent, bus, "24c02", 0x50).await?;
+            let bus = harness::devices::providers::i2c_stub(agent, 0x50).await?;
+            let nvmem = harness::devices::providers::at24_new(agent, bus, "24c02", 0x50).await?;
             let mut durations = Vec::new();
             for l in &LOOPS {
                 let script = format!("BUS={bus}; NVMEM={nvmem}; {}", l.script);

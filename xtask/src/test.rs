@@ -50,7 +50,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
         };
         passes.push((variant, artifacts::kernel_and_image(&choice)?));
     }
-    if resmgr.is_file() && !own_kernel && !variants.contains(&harness::scenario::KernelVariant::Resmgr) {
+    if resmgr.is_file() && !own_kernel && !variants.contains(&harness::drive::scenario::KernelVariant::Resmgr) {
         artifacts::kernel_and_image(&KernelChoice { series: Some("resmgr".into()), ..args.choice.clone() })?;
     }
     // xtask/tests/e2e_results_pages.rs loads the results pages in it.

@@ -12,7 +12,7 @@ mod common;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use harness::pace::{Pace, REFERENCE_BOOT};
+use harness::run::pace::{Pace, REFERENCE_BOOT};
 use rexpect::error::Error as ExpectError;
 use rexpect::process::WaitStatus;
 use rexpect::reader::Options;

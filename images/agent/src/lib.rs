@@ -1,4 +1,4 @@
-//! Wire protocol between the host (`harness::agent`) and the guest agent (`unplug-agent`).
+//! Wire protocol between the host (`harness::run::agent_link`) and the guest agent (`unplug-agent`).
 //!
 //! Transport: JSON lines over the virtio-serial port named [`PORT_NAME`]. Each line is one
 //! JSON object. The host sends [`Request`]s; the guest sends [`GuestMessage`]s:
