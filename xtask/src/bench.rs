@@ -339,7 +339,7 @@ fn parser_throughput() -> Result<Figure> {
 
 /// Loading vmlinux's DWARF once, then symbolizing one real KASAN report from the corpus.
 fn symbolization(vmlinux: &std::path::Path) -> Result<Figure> {
-    let log = harness::paths::repo_root().join("harness/tests/data/reports/project-gpio-virtuser-proc-interrupts-uaf.log");
+    let log = harness::paths::repo_root().join("harness/report/tests/data/project-gpio-virtuser-proc-interrupts-uaf.log");
     let text = std::fs::read_to_string(&log).unwrap_or_default();
     let reports = report::parse(text.as_bytes());
     let Some(first) = reports.first() else {
