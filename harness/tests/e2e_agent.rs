@@ -4,7 +4,6 @@
 use std::time::Duration;
 
 use harness::run::agent_link::{AgentError, ExecRequest, Op};
-use harness::testenv;
 use harness::run::vm::Vm;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 

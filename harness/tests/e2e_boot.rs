@@ -5,7 +5,6 @@ use std::time::Duration;
 
 use harness::drive::scenario::UnplugHow;
 use harness::devices::testbed::Testbed;
-use harness::testenv;
 use harness::run::vm::Vm;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

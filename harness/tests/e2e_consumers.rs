@@ -11,7 +11,6 @@ use harness::devices::holders::{Consumers, HolderLog};
 use harness::devices::providers::{self, GpioSim, GpioVirtuser, LineLookup};
 use harness::drive::scenario::{KernelVariant, UnplugHow};
 use harness::devices::testbed::Testbed;
-use harness::testenv;
 use harness::run::vm::Vm;
 
 const ENODEV: i32 = 19;

@@ -10,7 +10,6 @@ use devices::usbredir::driver::SessionEnd;
 use devices::usbredir::LinkRequest;
 use harness::devices::plug::Redir;
 use harness::drive::scenario::{KernelVariant, UnplugHow};
-use harness::testenv;
 use harness::run::vm::Vm;
 
 const T: Duration = Duration::from_secs(30);

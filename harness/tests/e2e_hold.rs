@@ -11,7 +11,6 @@ use harness::run::console::LineCursor;
 use harness::drive::hold_session::{self, HoldPlan, HoldReport, HolderReport};
 use harness::drive::scenario::{KernelVariant, UnplugHow};
 use harness::devices::testbed::Testbed;
-use harness::testenv;
 use harness::run::vm::Vm;
 
 const ENODEV: i32 = 19;

@@ -7,7 +7,6 @@ use std::time::Duration;
 use harness::drive::scenario::{KernelVariant, Scenario};
 use harness::drive::schedule::{self, Action};
 use harness::devices::testbed::Testbed;
-use harness::testenv;
 use harness::drive::torture::{run_schedule, RunOptions, StepRecord, StepStatus};
 use harness::run::vm::Vm;
 

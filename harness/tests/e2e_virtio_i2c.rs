@@ -8,7 +8,6 @@ use harness::run::qmp::QmpError;
 use harness::drive::scenario::{KernelVariant, UnplugHow};
 use harness::drive::schedule::PlannedFault;
 use harness::devices::testbed::{seed_pattern, Testbed};
-use harness::testenv;
 use harness::run::vm::Vm;
 
 const T: Duration = Duration::from_secs(30);

@@ -46,10 +46,6 @@ impl VariantChoice {
     }
 }
 
-/// Environment through which `xtask test` hands the kernel and image to end-to-end tests.
-pub const ENV_BZIMAGE: &str = harness::testenv::ENV_BZIMAGE;
-pub const ENV_INITRD: &str = harness::testenv::ENV_INITRD;
-
 /// The kernel a command boots.
 #[derive(Debug, Clone)]
 pub struct Kernel {

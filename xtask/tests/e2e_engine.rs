@@ -29,7 +29,7 @@ fn window(dir: &Path) -> (std::time::SystemTime, std::time::SystemTime) {
 /// whose rates count two runs per scenario.
 #[test]
 fn e2e_jobs_2_repeat_2_leaves_four_runs_and_rates() {
-    let kernel = harness::testenv::kernel();
+    let kernel = testenv::kernel();
     let results = tempfile::tempdir().unwrap();
     let run = common::xtask(
         &["torture", "--scenario", QUICK, "--kernel", kernel.name(), "--seed", "11", "--iterations", "1", "--repeat", "2", "--jobs", "2"],

@@ -42,7 +42,7 @@ fn run_folders(root: &Path) -> Vec<PathBuf> {
 fn validate_kcidb(run: &Path) {
     let path = run.join(harness::judge::kcidb::FILE);
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    harness::testenv::validate_kcidb(&text);
+    testenv::validate_kcidb(&text);
     let value: serde_json::Value = serde_json::from_str(&text).unwrap();
     let crashes = RunView::load(run).unwrap().crashes.len();
     let incidents = value["incidents"].as_array().map_or(0, Vec::len);
@@ -167,7 +167,7 @@ fn console_check_catches_a_script_error(scratch: &Path) {
 /// nothing on the console; screenshots in the target dir. The kcidb.json validates.
 #[test]
 fn e2e_run_pages_load_in_headless_chromium() {
-    let kernel = harness::testenv::kernel();
+    let kernel = testenv::kernel();
     let expectation = shipped(FINDING).expectation(kernel);
     let results = tempfile::tempdir().unwrap();
     let run = common::xtask(&["torture", "--scenario", FINDING, "--kernel", kernel.name(), "--seed", SEED], results.path());
@@ -272,7 +272,7 @@ fn merge_gate(shards: [&Path; 2]) -> (Option<i32>, String, String) {
 /// expectation pass it (exit 0). Every run's kcidb.json validates.
 #[test]
 fn e2e_merge_gate_fails_on_an_unexpected_title_and_passes_otherwise() {
-    let kernel = harness::testenv::kernel();
+    let kernel = testenv::kernel();
     let finding = shipped(FINDING);
     assert!(
         !finding.expectation(kernel).is_clean(),

@@ -91,7 +91,7 @@ impl Terminal {
 
 #[test]
 fn e2e_boot_shell_at_a_terminal_runs_what_is_typed_and_leaves_nothing_behind() {
-    let kernel = harness::testenv::kernel();
+    let kernel = testenv::kernel();
     // QEMU's private directory is made in here: it must be gone at the end too.
     let tmp = tempfile::tempdir().unwrap();
     let mut command = Command::new(env!("CARGO_BIN_EXE_xtask"));

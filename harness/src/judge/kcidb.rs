@@ -290,7 +290,7 @@ mod tests {
     use super::*;
 
     fn validate(data: &Kcidb) {
-        crate::testenv::validate_kcidb(&serde_json::to_string(data).unwrap());
+        testenv::validate_kcidb(&serde_json::to_string(data).unwrap());
     }
 
     #[test]

@@ -52,7 +52,7 @@ impl Sandbox {
 
     /// Starts `xtask torture` on scenario `name` against the kernel under test.
     pub fn torture(&self, name: &str, extra: &[&str]) -> Harness {
-        let kernel = harness::testenv::kernel().name();
+        let kernel = testenv::kernel().name();
         let scenarios = self.scenarios.to_str().unwrap();
         let results = self.results.to_str().unwrap();
         let mut args = vec!["torture", "--scenario-dir", scenarios, "--scenario", name, "--kernel", kernel, "--seed", "1", "--results", results];

@@ -1,4 +1,10 @@
-//! What end-to-end tests boot: the kernel and image `cargo xtask test` built for them.
+//! Test support, kept out of the harness library's API: what end-to-end tests boot (the kernel
+//! and image `cargo xtask test` built for them) and checks tests share.
+//!
+//! A crate of its own rather than a module of `harness`: the harness library is what `xtask`
+//! runs, and nothing in it should panic on a missing environment variable or shell out to
+//! python3. Tests depend on it (`[dev-dependencies]`); `xtask` depends on it only because
+//! `xtask test` is the side that sets the variables named here.
 //!
 //! `xtask test` builds (or reuses) both with progress output and passes their paths in the
 //! environment; a test run without them fails with the command to use, never skips.
@@ -21,19 +27,19 @@ pub fn artifacts() -> (PathBuf, PathBuf) {
 }
 
 /// The kernel variant under test: what a test that pins kernel behaviour expects.
-pub fn kernel() -> crate::drive::scenario::KernelVariant {
+pub fn kernel() -> harness::drive::scenario::KernelVariant {
     let name = std::env::var(ENV_KERNEL).unwrap_or_else(|_| {
         panic!("{ENV_KERNEL} is not set: run end-to-end tests through `cargo xtask test` (it says which kernel they boot)")
     });
-    crate::drive::scenario::KernelVariant::from_name(&name).unwrap_or_else(|e| panic!("{ENV_KERNEL}: {e}"))
+    harness::drive::scenario::KernelVariant::from_name(&name).unwrap_or_else(|e| panic!("{ENV_KERNEL}: {e}"))
 }
 
 /// A VM configuration for tests: TCG unless the host probe says KVM works, logs kept in a
 /// per-test folder under `target/e2e-logs/<test>` so a failure can be inspected.
-pub fn vm_config(test: &str) -> crate::run::vm::VmConfig {
+pub fn vm_config(test: &str) -> harness::run::vm::VmConfig {
     let (bzimage, initrd) = artifacts();
-    let mut config = crate::run::vm::VmConfig::new(bzimage, vec![initrd]);
-    let dir = crate::paths::repo_root().join("target").join("e2e-logs").join(test);
+    let mut config = harness::run::vm::VmConfig::new(bzimage, vec![initrd]);
+    let dir = harness::paths::repo_root().join("target").join("e2e-logs").join(test);
     let _ = std::fs::remove_dir_all(&dir);
     config.log_dir = Some(dir);
     config
