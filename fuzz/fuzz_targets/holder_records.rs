@@ -5,7 +5,7 @@
 use std::sync::{Arc, Mutex};
 
 use devices::at24::{At24, At24Kind};
-use harness::run::agent_link::ConsumerRecord;
+use agent::ConsumerRecord;
 use harness::devices::holders::HolderLog;
 use harness::judge::integrity::{Checker, Model};
 use libfuzzer_sys::fuzz_target;

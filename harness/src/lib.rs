@@ -24,7 +24,3 @@ pub mod host;
 pub mod judge;
 pub mod paths;
 pub mod run;
-
-pub use ::devices::{at24, cp2112, i2c, usbredir};
-pub use ktap;
-pub use report;

@@ -3,7 +3,8 @@
 
 use std::time::Duration;
 
-use harness::run::agent_link::{AgentError, ExecRequest, Op};
+use agent::{ExecRequest, Op};
+use harness::run::agent_link::AgentError;
 use harness::run::vm::Vm;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 

@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use harness::run::agent_link::{HoldKind, HoldRequest};
+use agent::{HoldKind, HoldRequest};
 use harness::devices::holders::{Consumers, HolderLog};
 use harness::devices::providers::{self, GpioSim, GpioVirtuser, LineLookup};
 use harness::drive::scenario::{KernelVariant, UnplugHow};

@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use harness::run::agent_link::HoldKind;
+use agent::HoldKind;
 use harness::run::console::LineCursor;
 use harness::drive::hold_session::{self, HoldPlan, HoldReport, HolderReport};
 use harness::drive::scenario::{KernelVariant, UnplugHow};

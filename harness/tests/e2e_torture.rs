@@ -30,9 +30,9 @@ fn release_summary(steps: &[StepRecord], name: &str) -> String {
 /// folded in, as runs file them), checked against the scenario's expectation for the kernel
 /// under test.
 fn assert_expected(vm: &Vm, name: &str) -> Vec<String> {
-    use harness::report::{bugs::Bugs, collect};
+    use report::{bugs::Bugs, collect};
     let console: String = vm.console().lines_since(Default::default()).into_iter().map(|l| l.text + "\n").collect();
-    let collected = harness::report::parse_collected(console.as_bytes(), collect::MAX_TITLES);
+    let collected = report::parse_collected(console.as_bytes(), collect::MAX_TITLES);
     let titles: Vec<String> = Bugs::of(&collected).bugs().iter().map(|b| b.first.title.clone()).collect();
     let refs: Vec<&str> = titles.iter().map(String::as_str).collect();
     let kernel = testenv::kernel();

@@ -12,7 +12,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use harness::run::agent_link::HoldKind;
+use agent::HoldKind;
 use harness::drive::hold_session::{HoldPlan, HoldReport};
 use harness::drive::scenario::UnplugHow;
 use harness::devices::testbed::Testbed;
@@ -202,7 +202,7 @@ fn print_summary(report: &HoldReport) {
         }
     }
     if let Some(taint) = report.taint {
-        let t = harness::report::Taint(taint);
+        let t = report::Taint(taint);
         println!("  taint: {taint} {}", if taint == 0 { "(clean)".to_string() } else { t.letters() });
     }
     if let Some(why) = &report.agent_lost {
@@ -219,7 +219,7 @@ fn print_summary(report: &HoldReport) {
         println!(
             "  {} more crash report(s) not kept: only the first {} titles are",
             report.crashes_dropped,
-            harness::report::collect::MAX_TITLES
+            report::collect::MAX_TITLES
         );
     }
 }

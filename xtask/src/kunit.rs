@@ -101,7 +101,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
     if let Some(glob) = filter.kunit_glob() {
         config.cmdline.push(format!("kunit.filter_glob={glob}"));
     }
-    let parser = Arc::new(Mutex::new(harness::report::Parser::new()));
+    let parser = Arc::new(Mutex::new(report::Parser::new()));
     let sink = {
         let parser = parser.clone();
         move |line: &harness::run::console::ConsoleLine| {
@@ -126,7 +126,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
     let mut collected = collected;
     // What the console printed after the last take (a report cut short by the shutdown).
     let rest =
-        std::mem::replace(&mut *parser.lock().unwrap_or_else(|e| e.into_inner()), harness::report::Parser::new())
+        std::mem::replace(&mut *parser.lock().unwrap_or_else(|e| e.into_inner()), report::Parser::new())
             .finish();
     collected.outside_loads.extend(rest.iter().cloned());
     collected.reports.extend(rest);
@@ -138,7 +138,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
     }
 
     let console_log = std::fs::read_to_string(run.path().join("console.log")).unwrap_or_default();
-    let console = harness::ktap::parse(&console_log);
+    let console = ktap::parse(&console_log);
     let verdict = kunit::combine(&console, &collected, &modules, &filter);
     run.write_file("ktap.txt", kunit::raw_ktap(&verdict, &collected, &console_log).as_bytes())?;
     run.write_file("junit.xml", kunit::junit(&verdict)?.as_bytes())?;

@@ -22,7 +22,9 @@ use tokio::task::JoinHandle;
 
 use agent::{poll_flags, POLLIN};
 
-use crate::run::agent_link::{Agent, AgentError, ConsumerRecord, HoldRequest};
+use agent::{ConsumerRecord, HoldRequest};
+
+use crate::run::agent_link::{Agent, AgentError};
 
 /// Event kind the agent uses for holder records.
 const EVENT_KIND: &str = "consumer";
@@ -329,7 +331,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::run::agent_link::HoldKind;
+    use agent::HoldKind;
 
     fn record(op: &str, errno: Option<i32>, revents: Option<i16>, repeats: u64) -> ConsumerRecord {
         ConsumerRecord {

@@ -13,7 +13,7 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
 
-use crate::run::agent_link::{ConsumerRecord, HoldKind, HoldRequest};
+use agent::{ConsumerRecord, HoldKind, HoldRequest};
 use crate::devices::holders::Consumers;
 use crate::run::console::LineCursor;
 use crate::judge::observe::{self, Observation};

@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
-use crate::run::agent_link::HoldKind;
+use agent::HoldKind;
 use crate::build::kernel::Absent;
 use crate::drive::scenario::{KernelVariant, Scenario, Step};
 

@@ -502,7 +502,7 @@ impl Step {
 #[serde(deny_unknown_fields)]
 pub struct Hold {
     pub name: String,
-    pub kind: crate::run::agent_link::HoldKind,
+    pub kind: agent::HoldKind,
     /// The plugged provider's id (`cp2112` or `gpio-sim`).
     pub on: String,
 }

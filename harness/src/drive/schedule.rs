@@ -77,7 +77,7 @@ pub enum Action {
     Observe,
     Fault(PlannedFault),
     Bind { id: String },
-    Hold { name: String, kind: crate::run::agent_link::HoldKind, on: String },
+    Hold { name: String, kind: agent::HoldKind, on: String },
     Release { name: String },
 }
 

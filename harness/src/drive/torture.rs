@@ -16,7 +16,9 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use crate::run::agent_link::{AgentError, HoldKind};
+use agent::HoldKind;
+
+use crate::run::agent_link::AgentError;
 use crate::devices::holders::{Consumers, HolderState};
 use crate::judge::integrity::{DataMismatch, Model};
 use crate::run::console::ConsoleError;

@@ -27,10 +27,9 @@ use tokio::net::unix::OwnedWriteHalf;
 use tokio::net::UnixStream;
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
-use agent::{Bytes, GuestMessage, Outcome, Request, MAX_LINE};
+use agent::{Bytes, ErrorReply, Event, ExecRequest, GuestMessage, Hello, HoldRequest, Op, Outcome, Reply, Request, MAX_LINE};
 
 use crate::run::pace::Pace;
-pub use agent::{ConsumerRecord, ErrorReply, Event, ExecRequest, Hello, HoldKind, HoldRequest, Op, Reply};
 
 /// Deadline of requests other than `exec` unless changed with [`Agent::with_timeout`].
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
