@@ -8,6 +8,7 @@ use harness::drive::scenario::{KernelVariant, Scenario};
 use harness::drive::schedule::{self, Action};
 use harness::devices::testbed::Testbed;
 use harness::drive::torture::{run_schedule, RunOptions, StepRecord, StepStatus};
+use harness::judge::observe::ObserverOutcome;
 use harness::run::vm::Vm;
 
 fn scenario(name: &str) -> Scenario {
@@ -69,7 +70,7 @@ async fn e2e_usb_kbd_cycle_runs_clean() {
     let markers = vm.console().lines_since(Default::default()).iter().filter(|l| l.text.contains("unplug-torture: step ")).count();
     assert_eq!(markers, steps.len());
     let observe = steps.iter().find(|s| matches!(s.action, Action::Observe)).unwrap();
-    assert!(observe.observations.iter().any(|o| o.path == "/proc/interrupts" && o.outcome == "ok"));
+    assert!(observe.observations.iter().any(|o| o.path == "/proc/interrupts" && o.outcome == ObserverOutcome::Ok));
     vm.shutdown(Duration::from_secs(10)).await.unwrap();
 }
 
@@ -196,7 +197,7 @@ async fn e2e_cp2112_held_across_unplug_records_what_each_holder_saw() {
     // The observers ran after every teardown step, and every read answered.
     for s in steps.iter().filter(|s| matches!(s.action, Action::Unplug { .. } | Action::Release { .. })) {
         assert!(!s.observations.is_empty(), "step {} ({}) was not observed", s.index, s.description);
-        assert!(s.observations.iter().all(|o| o.outcome == "ok"), "step {}: {:?}", s.index, s.observations);
+        assert!(s.observations.iter().all(|o| o.outcome == ObserverOutcome::Ok), "step {}: {:?}", s.index, s.observations);
     }
     // Every step after the first hold lists the holders' one-line outcomes.
     assert!(steps.iter().filter(|s| matches!(s.action, Action::Observe)).all(|s| !s.consumers.is_empty()));

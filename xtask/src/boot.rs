@@ -197,7 +197,7 @@ fn print_summary(report: &HoldReport) {
         println!();
     }
     for (when, observations) in [("after unplug", &report.observations), ("after release", &report.observations_after_release)] {
-        for obs in observations.iter().filter(|o| o.outcome != "ok") {
+        for obs in observations.iter().filter(|o| o.outcome != harness::judge::observe::ObserverOutcome::Ok) {
             println!("  observer {when}: {}: {} ({})", obs.path, obs.outcome, obs.detail.lines().next().unwrap_or(""));
         }
     }

@@ -130,10 +130,16 @@ impl Filter {
 pub struct ModuleLoad {
     pub module: String,
     pub elapsed_ms: f64,
-    /// "ok", or how modprobe failed (status and stderr), or "timed out".
-    pub outcome: String,
+    /// How the load failed (modprobe's status and stderr, a timeout, a lost guest); `None`:
+    /// it loaded. `outcome` in `steps.jsonl`: `"ok"` or this text.
+    #[serde(rename = "outcome", serialize_with = "ok_or_failure")]
+    pub failure: Option<String>,
     /// Titles of crash reports the console showed during the load.
     pub crashes: Vec<String>,
+}
+
+fn ok_or_failure<S: serde::Serializer>(failure: &Option<String>, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(failure.as_deref().unwrap_or("ok"))
 }
 
 /// What came back from the guest.
@@ -183,31 +189,31 @@ pub async fn run_in_guest(
         // cannot (a load stuck in the kernel).
         let argv = ["modprobe", module.name.as_str()];
         let exec = vm.agent().exec(&argv, deadline);
-        let outcome = tokio::select! {
+        let failure = tokio::select! {
             r = tokio::time::timeout(deadline + Duration::from_secs(30), exec) => match r {
-                Ok(Ok(out)) if out.success() => "ok".to_string(),
-                Ok(Ok(out)) if out.timed_out => format!("timed out after {deadline:?} ({})", out.outcome()),
-                Ok(Ok(out)) => format!("modprobe {}: {}", out.outcome(), out.stderr_text().trim()),
-                Ok(Err(e)) => format!("modprobe failed: {e}"),
-                Err(_) => format!("timed out after {:?} (the agent did not answer)", deadline + Duration::from_secs(30)),
+                Ok(Ok(out)) if out.success() => None,
+                Ok(Ok(out)) if out.timed_out => Some(format!("timed out after {deadline:?} ({})", out.outcome())),
+                Ok(Ok(out)) => Some(format!("modprobe {}: {}", out.outcome(), out.stderr_text().trim())),
+                Ok(Err(e)) => Some(format!("modprobe failed: {e}")),
+                Err(_) => Some(format!("timed out after {:?} (the agent did not answer)", deadline + Duration::from_secs(30))),
             },
             lost = console.wait_until_lost(cursor) => {
                 c.lost = Some(lost.to_string());
-                format!("guest lost: {lost}")
+                Some(format!("guest lost: {lost}"))
             }
         };
         let reports = take();
         c.loads.push(ModuleLoad {
             module: module.name.clone(),
             elapsed_ms: start.elapsed().as_secs_f64() * 1e3,
-            outcome,
+            failure,
             crashes: reports.iter().map(|r| r.title.clone()).collect(),
         });
         c.reports.extend(reports);
         if c.lost.is_some() {
             return c;
         }
-        if c.loads.last().is_none_or(|l| l.outcome != "ok") {
+        if c.loads.last().is_none_or(|l| l.failure.is_some()) {
             // Is there still a guest to load the next module into?
             match tokio::time::timeout(Duration::from_secs(10), vm.agent().ping()).await {
                 Ok(Ok(_)) => {}
@@ -365,8 +371,8 @@ pub fn combine(console: &ktap::Ktap, collected: &Collected, modules: &[TestModul
             .filter(|(_, s)| s.module.as_deref() == Some(&load.module))
             .map(|(i, _)| i)
             .collect();
-        if load.outcome != "ok" && mine.iter().all(|&i| !v.suites[i].failed()) {
-            v.other_failures.push(format!("module {}: {}", load.module, load.outcome));
+        if let Some(failure) = load.failure.as_ref().filter(|_| mine.iter().all(|&i| !v.suites[i].failed())) {
+            v.other_failures.push(format!("module {}: {failure}", load.module));
         }
         if mine.len() == 1 && v.suites[mine[0]].test.duration.is_none() {
             v.suites[mine[0]].time = Some(Duration::from_secs_f64(load.elapsed_ms / 1e3));
@@ -625,7 +631,7 @@ mod tests {
                 .map(|(m, o, c)| ModuleLoad {
                     module: m.to_string(),
                     elapsed_ms: 1500.0,
-                    outcome: o.to_string(),
+                    failure: (*o != "ok").then(|| o.to_string()),
                     crashes: c.iter().map(|s| s.to_string()).collect(),
                 })
                 .collect(),

@@ -649,7 +649,7 @@ impl Recording {
         let mut signals: Vec<String> = step
             .observations
             .iter()
-            .filter(|o| o.outcome != "ok")
+            .filter(|o| o.outcome != observe::ObserverOutcome::Ok)
             .map(|o| {
                 format!(
                     "step {}: observer {} {}: {}",

@@ -18,6 +18,7 @@ use std::path::Path;
 use anyhow::Result;
 use serde::Deserialize;
 
+use crate::judge::observe::ObserverOutcome;
 use crate::judge::results::{write_atomic, CrashView, RunSummary, RunView};
 
 /// The page's file name in a run folder and in the results root.
@@ -139,7 +140,8 @@ struct StepAction {
 #[serde(default)]
 struct Observation {
     path: String,
-    outcome: String,
+    /// `None`: a line without one (not written by this harness).
+    outcome: Option<ObserverOutcome>,
     detail: String,
 }
 
@@ -537,8 +539,9 @@ fn step_table(steps: &[Step]) -> String {
     for s in steps {
         let class = if s.failed() { "bad" } else { "ok" };
         let mut shown = s.text().to_string();
-        for o in s.observations.iter().filter(|o| o.outcome != "ok") {
-            let _ = write!(shown, "\nobserver {} {}: {}", o.path, o.outcome, o.detail);
+        for o in s.observations.iter().filter(|o| o.outcome != Some(ObserverOutcome::Ok)) {
+            let outcome = o.outcome.map_or_else(String::new, |o| o.to_string());
+            let _ = write!(shown, "\nobserver {} {outcome}: {}", o.path, o.detail);
         }
         // The per-step holder lines are in the lanes; a release's record dump can be long.
         const SHOWN_MAX: usize = 4000;

@@ -18,6 +18,7 @@
 use std::path::Path;
 
 use anyhow::{Context, Result};
+use report::CrashType;
 use serde::Serialize;
 
 use crate::judge::results::{write_atomic, KernelMeta, Meta, RunSummary, RunView};
@@ -155,7 +156,7 @@ fn path_part(s: &str) -> String {
 /// Synthetic verdicts the harness itself raises when the guest stops answering are not
 /// necessarily the kernel's fault.
 fn culprit(kind: &str) -> Culprit {
-    let harness = kind.contains("AGENT");
+    let harness = kind.parse::<CrashType>().is_ok_and(|k| k == CrashType::AgentUnresponsive);
     Culprit { code: !harness, tool: false, harness }
 }
 

@@ -8,7 +8,7 @@
 
 use std::time::{Duration, Instant};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::run::agent_link::Agent;
 
@@ -26,12 +26,32 @@ const OBSERVED: &[&str] = &[
 /// the agent's pace, see `crate::run::pace`).
 const READ_DEADLINE: Duration = Duration::from_secs(10);
 
+/// How an observer's read ended (`ok`, `error` or `hung` in `steps.jsonl`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ObserverOutcome {
+    Ok,
+    /// The read failed, or the program reading it did.
+    Error,
+    /// No answer within the observer's deadline.
+    Hung,
+}
+
+impl std::fmt::Display for ObserverOutcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ObserverOutcome::Ok => "ok",
+            ObserverOutcome::Error => "error",
+            ObserverOutcome::Hung => "hung",
+        })
+    }
+}
+
 /// What one observer saw.
 #[derive(Debug, Clone, Serialize)]
 pub struct Observation {
     pub path: String,
-    /// `ok`, `error` or `hung`.
-    pub outcome: &'static str,
+    pub outcome: ObserverOutcome,
     /// The content (bounded), the listing, or the error.
     pub detail: String,
     pub elapsed_ms: f64,
@@ -56,10 +76,10 @@ async fn observe(agent: &Agent, path: &str) -> Observation {
     let result = agent.exec(&["sh", "-c", &script], agent.pace().scale(READ_DEADLINE)).await;
     let elapsed_ms = start.elapsed().as_secs_f64() * 1e3;
     let (outcome, detail) = match result {
-        Ok(o) if o.timed_out => ("hung", format!("no answer within {:?}", agent.pace().scale(READ_DEADLINE))),
-        Ok(o) if o.success() => ("ok", bounded(&o.stdout_text())),
-        Ok(o) => ("error", format!("{}: {}", o.outcome(), bounded(&o.stderr_text()))),
-        Err(e) => ("error", e.to_string()),
+        Ok(o) if o.timed_out => (ObserverOutcome::Hung, format!("no answer within {:?}", agent.pace().scale(READ_DEADLINE))),
+        Ok(o) if o.success() => (ObserverOutcome::Ok, bounded(&o.stdout_text())),
+        Ok(o) => (ObserverOutcome::Error, format!("{}: {}", o.outcome(), bounded(&o.stderr_text()))),
+        Err(e) => (ObserverOutcome::Error, e.to_string()),
     };
     Observation { path: path.to_string(), outcome, detail, elapsed_ms }
 }
@@ -94,5 +114,13 @@ mod tests {
         assert!(cut.len() < long.len());
         assert!(cut.contains("more bytes"));
         assert_eq!(bounded("short"), "short");
+    }
+
+    #[test]
+    fn outcomes_keep_their_spelling_in_steps_jsonl() {
+        for (outcome, text) in [(ObserverOutcome::Ok, "ok"), (ObserverOutcome::Error, "error"), (ObserverOutcome::Hung, "hung")] {
+            assert_eq!(serde_json::to_string(&outcome).unwrap(), format!("\"{text}\""));
+            assert_eq!(outcome.to_string(), text);
+        }
     }
 }
