@@ -759,7 +759,7 @@ mod tests {
         std::fs::create_dir_all(&sub).unwrap();
         let compiler = ["cc", "clang", "gcc"]
             .into_iter()
-            .find(|c| crate::host::which(c).is_some())
+            .find(|c| which::which(c).is_ok())
             .expect("a C compiler (cc, clang or gcc)");
         let ko = sub.join("resmgr_kunit.ko");
         let st = std::process::Command::new(compiler).args(["-c", "-O2", "-o"]).arg(&ko).arg(&src).status().unwrap();

@@ -71,7 +71,7 @@ fn ensure_bindgen() -> Result<PathBuf> {
         .map(PathBuf::from)
         .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")))
         .map(|d| d.join("bin").join("bindgen"));
-    let find = || cargo_bin.clone().filter(|p| p.is_file()).or_else(|| host::which("bindgen"));
+    let find = || cargo_bin.clone().filter(|p| p.is_file()).or_else(|| which::which("bindgen").ok());
     if let Some(path) = find() {
         return Ok(path);
     }
