@@ -6,14 +6,14 @@
 //! `device_del`, and a surprise-closed one lingers until then), accept its connection, serve it
 //! with [`devices::usbredir::driver`], then `device_add usb-redir` on the hot-added xHCI.
 
-use std::os::unix::net::UnixListener;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context, Result};
 use devices::usbredir::driver::{self, Link, LinkControl, SessionEnd};
 use devices::usbredir::UsbDevice;
+use tokio::net::UnixListener;
 
 use crate::run::qmp::QmpError;
 use crate::drive::scenario::UnplugHow;
@@ -45,7 +45,6 @@ impl Redir {
         let chardev = format!("{id}-ur{cycle}");
         let path = vm.dir().join(format!("{chardev}.sock"));
         let listener = UnixListener::bind(&path).with_context(|| format!("listening on {}", path.display()))?;
-        listener.set_nonblocking(true)?;
         vm.qmp().chardev_add_unix(&chardev, &path, false).await.with_context(|| format!("chardev-add {chardev}"))?;
         let stream = match accept(listener, path).await {
             Ok(stream) => stream,
@@ -131,20 +130,13 @@ async fn join_link(link: Link, timeout: Duration) -> Result<SessionEnd> {
 }
 
 /// Waits for QEMU's connection; the socket file goes once accepted (the name is single-use).
-/// (A listener that is never dialed times out after [`ACCEPT_TIMEOUT`].)
+/// (A listener that is never dialed times out after [`ACCEPT_TIMEOUT`].) The stream is handed
+/// to the link's own thread, blocking.
 async fn accept(listener: UnixListener, path: PathBuf) -> Result<std::os::unix::net::UnixStream> {
-    let deadline = Instant::now() + ACCEPT_TIMEOUT;
-    let result = loop {
-        match listener.accept() {
-            Ok((stream, _)) => break stream.set_nonblocking(false).map(|()| stream).map_err(anyhow::Error::from),
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                if Instant::now() > deadline {
-                    break Err(anyhow::anyhow!("QEMU did not connect to {} within {ACCEPT_TIMEOUT:?}", path.display()));
-                }
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-            Err(e) => break Err(e.into()),
-        }
+    let result = match tokio::time::timeout(ACCEPT_TIMEOUT, listener.accept()).await {
+        Ok(Ok((stream, _))) => stream.into_std().and_then(|s| s.set_nonblocking(false).map(|()| s)).map_err(anyhow::Error::from),
+        Ok(Err(e)) => Err(e.into()),
+        Err(_) => Err(anyhow::anyhow!("QEMU did not connect to {} within {ACCEPT_TIMEOUT:?}", path.display())),
     };
     let _ = std::fs::remove_file(&path);
     result
@@ -152,7 +144,30 @@ async fn accept(listener: UnixListener, path: PathBuf) -> Result<std::os::unix::
 
 #[cfg(test)]
 mod tests {
+    use std::time::Instant;
+
     use super::*;
+
+    /// QEMU's dial is accepted, the socket name is gone, and the link's thread gets a blocking
+    /// stream.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn accept_hands_over_a_blocking_stream_and_removes_the_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("dev.sock");
+        let listener = UnixListener::bind(&path).unwrap();
+        let dial = std::thread::spawn({
+            let path = path.clone();
+            move || std::os::unix::net::UnixStream::connect(path).unwrap()
+        });
+        let stream = accept(listener, path.clone()).await.unwrap();
+        let _qemu = dial.join().unwrap();
+        assert!(!path.exists(), "the socket name is single-use");
+        // Nothing to read: a blocking read waits out its timeout, a non-blocking one returns at once.
+        stream.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
+        let start = Instant::now();
+        let read = std::io::Read::read(&mut &stream, &mut [0u8; 1]);
+        assert!(read.is_err() && start.elapsed() >= Duration::from_millis(90), "{read:?} after {:?}", start.elapsed());
+    }
 
     /// A link whose peer (QEMU) stays connected but silent: its thread would never end on
     /// its own; the join is still bounded.
