@@ -22,13 +22,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufRead, AsyncWriteExt, BufReader};
 use tokio::net::unix::OwnedWriteHalf;
 use tokio::net::UnixStream;
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
 use agent::{Bytes, ErrorReply, Event, ExecRequest, GuestMessage, Hello, HoldRequest, Op, Outcome, Reply, Request, MAX_LINE};
 
+use crate::run::lines::{self, LineError};
 use crate::run::pace::Pace;
 
 /// Deadline of requests other than `exec` unless changed with [`Agent::with_timeout`].
@@ -529,30 +530,11 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 /// Reads one line (without the newline), at most `MAX_LINE` bytes. `Ok(None)` at a clean EOF.
 async fn read_line<R: AsyncBufRead + Unpin>(r: &mut R) -> Result<Option<Vec<u8>>, String> {
-    let mut buf = Vec::new();
-    loop {
-        let chunk = r.fill_buf().await.map_err(|e| format!("reading from the agent socket: {e}"))?;
-        if chunk.is_empty() {
-            return if buf.is_empty() {
-                Ok(None)
-            } else {
-                Err(format!("EOF in the middle of a line: {}", excerpt(&buf)))
-            };
-        }
-        let (take, done) = match chunk.iter().position(|&b| b == b'\n') {
-            Some(i) => (i + 1, true),
-            None => (chunk.len(), false),
-        };
-        if buf.len() + take > MAX_LINE + 1 {
-            return Err(format!("garbage from the agent: a line longer than {MAX_LINE} bytes"));
-        }
-        buf.extend_from_slice(&chunk[..take]);
-        r.consume(take);
-        if done {
-            buf.pop();
-            return Ok(Some(buf));
-        }
-    }
+    lines::read_line(r, MAX_LINE).await.map_err(|e| match e {
+        LineError::Io(e) => format!("reading from the agent socket: {e}"),
+        LineError::TooLong => format!("garbage from the agent: a line longer than {MAX_LINE} bytes"),
+        LineError::CutByEof(partial) => format!("EOF in the middle of a line: {}", excerpt(&partial)),
+    })
 }
 
 /// Writes queued request lines in order until every `Agent` clone is gone or a write fails.

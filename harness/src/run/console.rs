@@ -6,7 +6,9 @@
 //! with an expect loop (`wait_for`); a kernel panic seen while waiting ends the wait at once
 //! instead of at the deadline. (rexpect drives a program on a pty; our stream is a pipe that a
 //! background task must drain continuously so the guest never blocks on the UART, so a small
-//! expect loop over the captured lines fits better.)
+//! expect loop over the captured lines fits better.) The line splitter is ours too:
+//! `tokio_util`'s `LinesCodec` errors on invalid UTF-8 and drops the rest of an over-long line,
+//! where a kernel log must keep every byte it can (replaced, or cut into 16 KiB pieces).
 //!
 //! `console.log` format: one line per console line, `<seconds since QEMU start>|<line>`, e.g.
 //! `    2.041234|[    1.873401][    T1] Run /init as init process`.

@@ -3,6 +3,7 @@
 //! scales every deadline waiting on the guest.
 
 pub mod agent_link;
+mod lines;
 pub mod console;
 pub mod pace;
 pub mod qmp;

@@ -19,10 +19,12 @@ use std::time::{Duration, Instant};
 
 use qapi::qmp;
 use serde_json::Value;
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncWriteExt, BufReader};
 use tokio::net::unix::OwnedWriteHalf;
 use tokio::net::UnixStream;
 use tokio::sync::{oneshot, watch};
+
+use crate::run::lines::{self, LineError};
 
 /// Longest QMP line we accept from QEMU; anything longer is a protocol error, not a reason to
 /// grow without bound.
@@ -358,32 +360,23 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 /// Reads one JSON line; returns the value and the line as QEMU sent it (for the log).
 async fn read_json_line<R: tokio::io::AsyncBufRead + Unpin>(r: &mut R) -> Result<Option<(Value, String)>, QmpError> {
-    let mut buf = Vec::new();
     loop {
-        let chunk = r.fill_buf().await?;
-        if chunk.is_empty() {
-            return if buf.is_empty() { Ok(None) } else { Err(QmpError::Protocol("truncated line at EOF".into())) };
-        }
-        let (take, done) = match chunk.iter().position(|&b| b == b'\n') {
-            Some(i) => (i + 1, true),
-            None => (chunk.len(), false),
+        // The newline counts towards QMP's limit.
+        let line = match lines::read_line(r, MAX_LINE - 1).await {
+            Ok(Some(line)) => line,
+            Ok(None) => return Ok(None),
+            Err(LineError::Io(e)) => return Err(e.into()),
+            Err(LineError::TooLong) => return Err(QmpError::Protocol(format!("line longer than {MAX_LINE} bytes"))),
+            Err(LineError::CutByEof(_)) => return Err(QmpError::Protocol("truncated line at EOF".into())),
         };
-        if buf.len() + take > MAX_LINE {
-            return Err(QmpError::Protocol(format!("line longer than {MAX_LINE} bytes")));
+        let text = String::from_utf8_lossy(&line);
+        let text = text.trim();
+        if text.is_empty() {
+            continue;
         }
-        buf.extend_from_slice(&chunk[..take]);
-        r.consume(take);
-        if done {
-            let text = String::from_utf8_lossy(&buf);
-            let text = text.trim();
-            if text.is_empty() {
-                buf.clear();
-                continue;
-            }
-            return serde_json::from_str(text)
-                .map(|v| Some((v, text.to_string())))
-                .map_err(|e| QmpError::Protocol(format!("invalid JSON from QEMU ({e}): {text}")));
-        }
+        return serde_json::from_str(text)
+            .map(|v| Some((v, text.to_string())))
+            .map_err(|e| QmpError::Protocol(format!("invalid JSON from QEMU ({e}): {text}")));
     }
 }
 
