@@ -29,6 +29,7 @@ use crate::drive::schedule::{Action, Planned, Schedule};
 use crate::run::pace::Pace;
 use crate::devices::testbed::Testbed;
 use crate::run::vm::Vm;
+use crate::judge::results::{ImageMeta, Meta, RunDir, Summary};
 
 #[derive(Debug, Clone)]
 pub struct RunOptions {
@@ -758,59 +759,12 @@ impl Recorder {
 /// console parsed to its end and whatever can be written is; the failure is in
 /// [`RunVerdict::write_error`]. Only a run folder that cannot be created at all is an `Err`.
 pub async fn run_recorded(request: RunRequest) -> anyhow::Result<RunVerdict> {
-    use crate::judge::results::{ImageMeta, Meta, RunDir, Summary};
-
     let schedule = &request.schedule;
     let run = RunDir::create(&request.results_root, &schedule.scenario)?;
     let run_path = run.path().to_path_buf();
-    let mut meta = Meta {
-        run_id: run.id(),
-        scenario: schedule.scenario.clone(),
-        seed: schedule.seed,
-        reproducer: request.reproducer.clone(),
-        replay: format!("cargo xtask replay {}", run.path().display()),
-        kernel: request.kernel.clone(),
-        kernel_variant: Some(request.variant),
-        image: Some(ImageMeta {
-            key: request.image_key.clone(),
-            path: request.initrd.clone(),
-        }),
-        qemu_version: None,
-        accel: None,
-        pace: None,
-        started: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
-        repeat: request.repeat.clone(),
-    };
+    let mut meta = run_meta(&request, &run);
     let write_failed = std::sync::Arc::new(tokio::sync::Notify::new());
-    let recorder = Recorder::start(Recording {
-        run,
-        summary: Summary {
-            scenario: schedule.scenario.clone(),
-            kernel: Some(request.variant),
-            seed: schedule.seed,
-            expect: schedule.expect.get(&request.variant).cloned().unwrap_or_default(),
-            in_progress: true,
-            ..Default::default()
-        },
-        findings: Vec::new(),
-        filer: CrashFiler::new(&request.kernel),
-        taint_before: 0,
-        unplug_timeout: request.options.unplug_timeout,
-        write_error: None,
-        write_failures: 0,
-        write_failed: write_failed.clone(),
-    })?;
-    {
-        let (meta, schedule) = (meta.clone(), schedule.clone());
-        recorder.send(move |r| {
-            let res = r.run.write_json("meta.json", &meta);
-            r.record(res);
-            let res = r.run.write_json("schedule.json", &schedule);
-            r.record(res);
-            r.write_summary();
-            r.publish_root();
-        });
-    }
+    let recorder = start_recording(&request, run, &meta, write_failed.clone())?;
 
     let mut config = crate::run::vm::VmConfig::new(request.kernel.bzimage.clone(), vec![request.initrd.clone()]);
     config.accel = request.accel;
@@ -842,82 +796,10 @@ pub async fn run_recorded(request: RunRequest) -> anyhow::Result<RunVerdict> {
                 r.findings.push(why);
             });
         }
-        Ok(Ok(mut vm)) => {
+        Ok(Ok(vm)) => {
             booted = true;
-            meta.qemu_version = Some(vm.qemu_version().to_string());
-            meta.accel = Some(vm.accel().to_string());
-            meta.pace = Some(vm.pace());
-            let options = request.options.paced(vm.pace());
-            {
-                let meta = meta.clone();
-                let unplug_timeout = options.unplug_timeout;
-                recorder.send(move |r| {
-                    r.unplug_timeout = unplug_timeout;
-                    let res = r.run.write_json("meta.json", &meta);
-                    r.record(res);
-                });
-            }
-            let mut testbed = Testbed::new();
-            let outcome = {
-                let steps =
-                    run_schedule(&mut vm, &mut testbed, schedule, request.variant, &options, |step| {
-                        let status = match &step.status {
-                            StepStatus::Ok => "ok",
-                            StepStatus::Failed(_) => "failed",
-                            StepStatus::UnplugStuck(_) => "unplug stuck",
-                            StepStatus::TimedOut(_) => "timed out",
-                            StepStatus::NotOnThisKernel(_) => "not on this kernel",
-                        };
-                        progress.step(step.index, &step.description, status);
-                        let reports = feed.take();
-                        let step = step.clone();
-                        recorder.send(move |r| r.step(&step, &reports));
-                    });
-                tokio::select! {
-                    r = steps => r,
-                    signal = request.stop.stopped() => Err(Abort::Interrupted(signal)),
-                    _ = write_failed.notified() => Err(Abort::ResultsUnwritable),
-                }
-            };
-            match outcome {
-                Ok(()) => {}
-                Err(Abort::Interrupted(signal)) => {
-                    interrupted = true;
-                    recorder.send(move |r| r.summary.aborted = Some(format!("interrupted by {signal}")));
-                }
-                Err(Abort::ResultsUnwritable) => {
-                    recorder
-                        .send(|r| r.summary.aborted = Some("results could not be written".into()));
-                }
-                Err(abort) => {
-                    let why = serde_json::to_string(&abort).unwrap_or_default();
-                    let synthetic = match &abort {
-                        Abort::GuestLost(detail) => report::synthetic::vm_died(detail),
-                        Abort::AgentUnresponsive(detail) => report::synthetic::agent_unresponsive(detail),
-                        Abort::NoOutput(detail) => report::synthetic::no_output(detail),
-                        other => report::synthetic::agent_unresponsive(&format!("{other:?}")),
-                    };
-                    recorder.send(move |r| {
-                        r.findings.push(format!("run stopped: {why}"));
-                        r.summary.signals.push(format!("run stopped: {why}"));
-                        r.summary.aborted = Some(why);
-                        r.summary.stop_title = Some(synthetic.title.clone());
-                        let last = r.summary.steps.last().map(|s| s.index);
-                        r.file(&synthetic, last, 1);
-                    });
-                }
-            }
-            // Best effort: the VM may be the thing that broke. QEMU is killed at the latest
-            // when `vm` is dropped inside.
-            let _ = vm.shutdown(std::time::Duration::from_secs(10)).await;
-            // QEMU is gone: the device backends it used (a stuck unplug's too) end now.
-            if let Err(e) = testbed.finish().await {
-                let signal = format!("{e:#}");
-                recorder.send(move |r| {
-                    r.findings.push(signal.clone());
-                    r.summary.signals.push(signal);
-                });
-            }
+            let booted_run = BootedRun { request: &request, recorder: &recorder, feed: &feed, progress: &progress, write_failed: &write_failed };
+            interrupted = booted_run.drive(vm, &mut meta).await;
         }
     }
     drop(progress);
@@ -953,6 +835,160 @@ pub async fn run_recorded(request: RunRequest) -> anyhow::Result<RunVerdict> {
         booted,
         write_error,
     })
+}
+
+/// `meta.json` as known before the boot (QEMU's version, the accelerator and the pace come
+/// with it).
+fn run_meta(request: &RunRequest, run: &RunDir) -> Meta {
+    Meta {
+        run_id: run.id(),
+        scenario: request.schedule.scenario.clone(),
+        seed: request.schedule.seed,
+        reproducer: request.reproducer.clone(),
+        replay: format!("cargo xtask replay {}", run.path().display()),
+        kernel: request.kernel.clone(),
+        kernel_variant: Some(request.variant),
+        image: Some(ImageMeta {
+            key: request.image_key.clone(),
+            path: request.initrd.clone(),
+        }),
+        qemu_version: None,
+        accel: None,
+        pace: None,
+        started: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
+        repeat: request.repeat.clone(),
+    }
+}
+
+/// The results thread for `run`, its first files (`meta.json`, `schedule.json`, the summary
+/// in progress) already queued.
+fn start_recording(request: &RunRequest, run: RunDir, meta: &Meta, write_failed: std::sync::Arc<tokio::sync::Notify>) -> anyhow::Result<Recorder> {
+    let schedule = &request.schedule;
+    let recorder = Recorder::start(Recording {
+        run,
+        summary: Summary {
+            scenario: schedule.scenario.clone(),
+            kernel: Some(request.variant),
+            seed: schedule.seed,
+            expect: schedule.expect.get(&request.variant).cloned().unwrap_or_default(),
+            in_progress: true,
+            ..Default::default()
+        },
+        findings: Vec::new(),
+        filer: CrashFiler::new(&request.kernel),
+        taint_before: 0,
+        unplug_timeout: request.options.unplug_timeout,
+        write_error: None,
+        write_failures: 0,
+        write_failed,
+    })?;
+    let (meta, schedule) = (meta.clone(), schedule.clone());
+    recorder.send(move |r| {
+        let res = r.run.write_json("meta.json", &meta);
+        r.record(res);
+        let res = r.run.write_json("schedule.json", &schedule);
+        r.record(res);
+        r.write_summary();
+        r.publish_root();
+    });
+    Ok(recorder)
+}
+
+/// What a run that booted works with.
+struct BootedRun<'a> {
+    request: &'a RunRequest,
+    recorder: &'a Recorder,
+    feed: &'a crate::judge::crash_feed::ReportFeed,
+    progress: &'a crate::drive::progress::RunProgress,
+    write_failed: &'a tokio::sync::Notify,
+}
+
+impl BootedRun<'_> {
+    /// Runs the schedule in the booted `vm` until its end, a stop or an abort, then shuts QEMU
+    /// and the device backends down. Returns whether a signal interrupted it.
+    async fn drive(&self, mut vm: crate::run::vm::Vm, meta: &mut Meta) -> bool {
+        let (request, recorder) = (self.request, self.recorder);
+        meta.qemu_version = Some(vm.qemu_version().to_string());
+        meta.accel = Some(vm.accel().to_string());
+        meta.pace = Some(vm.pace());
+        let options = request.options.paced(vm.pace());
+        {
+            let meta = meta.clone();
+            let unplug_timeout = options.unplug_timeout;
+            recorder.send(move |r| {
+                r.unplug_timeout = unplug_timeout;
+                let res = r.run.write_json("meta.json", &meta);
+                r.record(res);
+            });
+        }
+        let mut testbed = Testbed::new();
+        let outcome = {
+            let steps = run_schedule(&mut vm, &mut testbed, &request.schedule, request.variant, &options, |step| {
+                let status = match &step.status {
+                    StepStatus::Ok => "ok",
+                    StepStatus::Failed(_) => "failed",
+                    StepStatus::UnplugStuck(_) => "unplug stuck",
+                    StepStatus::TimedOut(_) => "timed out",
+                    StepStatus::NotOnThisKernel(_) => "not on this kernel",
+                };
+                self.progress.step(step.index, &step.description, status);
+                let reports = self.feed.take();
+                let step = step.clone();
+                recorder.send(move |r| r.step(&step, &reports));
+            });
+            tokio::select! {
+                r = steps => r,
+                signal = request.stop.stopped() => Err(Abort::Interrupted(signal)),
+                _ = self.write_failed.notified() => Err(Abort::ResultsUnwritable),
+            }
+        };
+        let interrupted = matches!(outcome, Err(Abort::Interrupted(_)));
+        if let Err(abort) = outcome {
+            record_abort(recorder, abort);
+        }
+        // Best effort: the VM may be the thing that broke. QEMU is killed at the latest
+        // when `vm` is dropped inside.
+        let _ = vm.shutdown(std::time::Duration::from_secs(10)).await;
+        // QEMU is gone: the device backends it used (a stuck unplug's too) end now.
+        if let Err(e) = testbed.finish().await {
+            let signal = format!("{e:#}");
+            recorder.send(move |r| {
+                r.findings.push(signal.clone());
+                r.summary.signals.push(signal);
+            });
+        }
+        interrupted
+    }
+}
+
+/// Why the run stopped before its schedule's end, into the summary: a signal, unwritable
+/// results, or the guest lost (filed as its synthetic report on the last step).
+fn record_abort(recorder: &Recorder, abort: Abort) {
+    match abort {
+        Abort::Interrupted(signal) => {
+            recorder.send(move |r| r.summary.aborted = Some(format!("interrupted by {signal}")));
+        }
+        Abort::ResultsUnwritable => {
+            recorder.send(|r| r.summary.aborted = Some("results could not be written".into()));
+        }
+        abort => {
+            let why = serde_json::to_string(&abort).unwrap_or_default();
+            let synthetic = match &abort {
+                Abort::GuestLost(detail) => report::synthetic::vm_died(detail),
+                Abort::AgentUnresponsive(detail) => report::synthetic::agent_unresponsive(detail),
+                Abort::NoOutput(detail) => report::synthetic::no_output(detail),
+                other => report::synthetic::agent_unresponsive(&format!("{other:?}")),
+            };
+            recorder.send(move |r| {
+                r.findings.push(format!("run stopped: {why}"));
+                r.summary.signals.push(format!("run stopped: {why}"));
+                r.summary.aborted = Some(why);
+                r.summary.stop_title = Some(synthetic.title.clone());
+                let last = r.summary.steps.last().map(|s| s.index);
+                r.file(&synthetic, last, 1);
+            });
+        }
+    }
 }
 
 /// Files reports into a run folder, symbolized with the kernel's vmlinux and modules when
