@@ -874,104 +874,25 @@ impl Scenario {
                 format!("expect names {kernel}, which `kernels:` leaves out (it applies to {})", self.kernel_names()),
             ));
         }
-        // A plug id must exist before it is unplugged, and stay unique while plugged; the same
-        // for holder names between hold and release.
-        let mut plugged: Vec<&str> = Vec::new();
-        // The device each plugged id is.
-        let mut device: BTreeMap<&str, &str> = BTreeMap::new();
-        let mut held: Vec<&str> = Vec::new();
-        // Plugged devices whose driver an `unbind` took away (still plugged, no nodes).
-        let mut unbound: Vec<&str> = Vec::new();
+        let mut state = StepState::default();
         let all = self.setup.iter().enumerate().map(|(i, s)| ("setup", i, s)).chain(self.steps.iter().enumerate().map(|(i, s)| ("steps", i, s)));
         for (section, index, step) in all {
             let at = format!("{section} step {}", index + 1);
-            let here = |message: String| Err((vec![Seg::Key(section), Seg::Index(index)], message));
             let step = match step {
                 Step::Only(only) => {
                     if !only.step.changes_no_state() {
-                        return here(format!("{at}: `only` can limit exec, write, mkdir, rmdir, wait_console, delay and observe steps: anything else would leave the kernels in different states"));
+                        return Err((vec![Seg::Key(section), Seg::Index(index)], format!("{at}: `only` can limit exec, write, mkdir, rmdir, wait_console, delay and observe steps: anything else would leave the kernels in different states")));
                     }
                     if let Some(kernel) = only.kernels.iter().find(|k| !self.applies_to(**k)) {
-                        return here(format!("{at}: `only` names {kernel}, which `kernels:` leaves out (it applies to {})", self.kernel_names()));
+                        return Err((vec![Seg::Key(section), Seg::Index(index)], format!("{at}: `only` names {kernel}, which `kernels:` leaves out (it applies to {})", self.kernel_names())));
                     }
                     &*only.step
                 }
                 step => step,
             };
-            match step {
-                Step::Plug(p) => {
-                    if plugged.contains(&p.id.as_str()) {
-                        return here(format!("{at}: id {:?} is already plugged", p.id));
-                    }
-                    plugged.push(&p.id);
-                    device.insert(&p.id, &p.device);
-                }
-                Step::Unplug(u) => {
-                    let Some(pos) = plugged.iter().position(|id| *id == u.id) else {
-                        return here(format!("{at}: unplug of {:?}, which no earlier step plugged", u.id));
-                    };
-                    let choices = u.how.choices();
-                    if choices.is_empty() {
-                        return here(format!("{at}: `how` lists no unplug method"));
-                    }
-                    if choices.contains(&UnplugHow::Unbind) {
-                        // An unbind leaves the device plugged: it cannot be one draw among removals.
-                        if choices.len() > 1 {
-                            return here(format!("{at}: `unbind` keeps the device plugged, so it cannot be a choice among unplug methods"));
-                        }
-                        if unbound.contains(&u.id.as_str()) {
-                            return here(format!("{at}: {:?}'s driver is already unbound", u.id));
-                        }
-                        unbound.push(&u.id);
-                    } else {
-                        plugged.remove(pos);
-                        unbound.retain(|id| *id != u.id);
-                    }
-                }
-                Step::Bind(id) => {
-                    let Some(pos) = unbound.iter().position(|u| u == id) else {
-                        return here(format!("{at}: bind of {id:?}, whose driver no earlier step unbound"));
-                    };
-                    unbound.remove(pos);
-                }
-                Step::Exec(e) if e.argv.is_empty() => return here(format!("{at}: exec with an empty argv")),
-                Step::Hold(h) => {
-                    if held.contains(&h.name.as_str()) {
-                        return here(format!("{at}: holder {:?} is already held", h.name));
-                    }
-                    if !plugged.contains(&h.on.as_str()) {
-                        return here(format!("{at}: hold on {:?}, which is not plugged at that point", h.on));
-                    }
-                    if unbound.contains(&h.on.as_str()) {
-                        return here(format!("{at}: hold on {:?}, whose driver is unbound at that point", h.on));
-                    }
-                    held.push(&h.name);
-                }
-                Step::Release(name) => {
-                    let Some(pos) = held.iter().position(|n| n == name) else {
-                        return here(format!("{at}: release of {name:?}, which no earlier step holds"));
-                    };
-                    held.remove(pos);
-                }
-                Step::Fault(f) => {
-                    if !plugged.contains(&f.id.as_str()) {
-                        return here(format!("{at}: fault for {:?}, which is not plugged at that point", f.id));
-                    }
-                    if f.unplug_after_transfers == Some(0) {
-                        return here(format!("{at}: unplug_after_transfers counts from 1 (the next transfer)"));
-                    }
-                    if matches!(f.unplug_how, Some(UnplugHow::Graceful | UnplugHow::Unbind)) {
-                        return here(format!("{at}: a fault unplug is `disconnect` or `surprise`; graceful and unbind are steps of their own"));
-                    }
-                    if device.get(f.id.as_str()) == Some(&crate::devices::testbed::VIRTIO_I2C) {
-                        if let Some(misfit) = virtio_i2c_fault_misfit(f.busy, f.stall_ep0, f.unplug_after_transfers, f.unplug_how) {
-                            return here(format!("{at}: fault for {:?}: {misfit}", f.id));
-                        }
-                    }
-                }
-                _ => {}
-            }
+            state.apply(step).map_err(|message| (vec![Seg::Key(section), Seg::Index(index)], format!("{at}: {message}")))?;
         }
+        let StepState { plugged, held, .. } = state;
         // Steps repeat, so whatever they plug they must also unplug.
         if self.iterations > 1 {
             let at = |i: usize| vec![Seg::Key("steps"), Seg::Index(i)];
@@ -989,6 +910,99 @@ impl Scenario {
             if let Some((i, name)) = held_in_steps {
                 return Err((at(i), format!("steps hold {name:?} without releasing it, so iteration 2 would hold it twice")));
             }
+        }
+        Ok(())
+    }
+}
+
+/// What the steps so far left plugged, held and unbound: a plug id must exist before it is
+/// unplugged and stay unique while plugged; the same for holder names between hold and release.
+#[derive(Default)]
+struct StepState<'a> {
+    plugged: Vec<&'a str>,
+    /// The device each plugged id is.
+    device: BTreeMap<&'a str, &'a str>,
+    held: Vec<&'a str>,
+    /// Plugged devices whose driver an `unbind` took away (still plugged, no nodes).
+    unbound: Vec<&'a str>,
+}
+
+impl<'a> StepState<'a> {
+    /// The next step, or why it cannot come now.
+    fn apply(&mut self, step: &'a Step) -> Result<(), String> {
+        let StepState { plugged, device, held, unbound } = self;
+        match step {
+            Step::Plug(p) => {
+                if plugged.contains(&p.id.as_str()) {
+                    return Err(format!("id {:?} is already plugged", p.id));
+                }
+                plugged.push(&p.id);
+                device.insert(&p.id, &p.device);
+            }
+            Step::Unplug(u) => {
+                let Some(pos) = plugged.iter().position(|id| *id == u.id) else {
+                    return Err(format!("unplug of {:?}, which no earlier step plugged", u.id));
+                };
+                let choices = u.how.choices();
+                if choices.is_empty() {
+                    return Err("`how` lists no unplug method".into());
+                }
+                if choices.contains(&UnplugHow::Unbind) {
+                    // An unbind leaves the device plugged: it cannot be one draw among removals.
+                    if choices.len() > 1 {
+                        return Err("`unbind` keeps the device plugged, so it cannot be a choice among unplug methods".into());
+                    }
+                    if unbound.contains(&u.id.as_str()) {
+                        return Err(format!("{:?}'s driver is already unbound", u.id));
+                    }
+                    unbound.push(&u.id);
+                } else {
+                    plugged.remove(pos);
+                    unbound.retain(|id| *id != u.id);
+                }
+            }
+            Step::Bind(id) => {
+                let Some(pos) = unbound.iter().position(|u| u == id) else {
+                    return Err(format!("bind of {id:?}, whose driver no earlier step unbound"));
+                };
+                unbound.remove(pos);
+            }
+            Step::Exec(e) if e.argv.is_empty() => return Err("exec with an empty argv".into()),
+            Step::Hold(h) => {
+                if held.contains(&h.name.as_str()) {
+                    return Err(format!("holder {:?} is already held", h.name));
+                }
+                if !plugged.contains(&h.on.as_str()) {
+                    return Err(format!("hold on {:?}, which is not plugged at that point", h.on));
+                }
+                if unbound.contains(&h.on.as_str()) {
+                    return Err(format!("hold on {:?}, whose driver is unbound at that point", h.on));
+                }
+                held.push(&h.name);
+            }
+            Step::Release(name) => {
+                let Some(pos) = held.iter().position(|n| n == name) else {
+                    return Err(format!("release of {name:?}, which no earlier step holds"));
+                };
+                held.remove(pos);
+            }
+            Step::Fault(f) => {
+                if !plugged.contains(&f.id.as_str()) {
+                    return Err(format!("fault for {:?}, which is not plugged at that point", f.id));
+                }
+                if f.unplug_after_transfers == Some(0) {
+                    return Err("unplug_after_transfers counts from 1 (the next transfer)".into());
+                }
+                if matches!(f.unplug_how, Some(UnplugHow::Graceful | UnplugHow::Unbind)) {
+                    return Err("a fault unplug is `disconnect` or `surprise`; graceful and unbind are steps of their own".into());
+                }
+                if device.get(f.id.as_str()) == Some(&crate::devices::testbed::VIRTIO_I2C) {
+                    if let Some(misfit) = virtio_i2c_fault_misfit(f.busy, f.stall_ep0, f.unplug_after_transfers, f.unplug_how) {
+                        return Err(format!("fault for {:?}: {misfit}", f.id));
+                    }
+                }
+            }
+            _ => {}
         }
         Ok(())
     }
