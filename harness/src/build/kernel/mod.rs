@@ -22,7 +22,7 @@ pub mod version;
 
 pub use build::BuildFailed;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{Context, Result};
@@ -187,6 +187,43 @@ pub fn key(req: &KernelRequest) -> Result<String> {
     Ok(Identity::of(req, &base_id, &version, &toolchain)?.key)
 }
 
+/// The tree a build compiles (the base, or a patched copy of it for a series) and its object
+/// directory, locked while the build runs.
+struct BuildTree {
+    source: source::Source,
+    /// The unpatched base, when `source` is a patched copy of it.
+    base_tree: Option<PathBuf>,
+    objects: PathBuf,
+    _objects_lock: nix::fcntl::Flock<std::fs::File>,
+}
+
+impl BuildTree {
+    /// Unpacks Debian's source unless `user_tree` is given, and patches a copy for `series`.
+    fn prepare(cache_dir: &Path, cache: &cache::Cache, req: &KernelRequest, user_tree: Option<source::Source>, series: Option<&source::Series>) -> Result<BuildTree> {
+        let base = match user_tree {
+            Some(tree) => tree,
+            None => source::debian(cache_dir, req.debian)?,
+        };
+        // The object tree's lock first: a patched copy is remade in place only while no make
+        // runs in it.
+        let tree = match series {
+            Some(series) => source::patched_path(cache_dir, &base, &series.name),
+            None => base.tree.clone(),
+        };
+        let (objects, _objects_lock) = cache.object_dir(&tree, series.is_some() || base.owned)?;
+        let base_tree = series.map(|_| base.tree.clone());
+        let source = match series {
+            Some(series) => {
+                // The copy takes the base's objects along: no make may run in them meanwhile.
+                let _base_objects_lock = base.owned.then(|| cache.object_dir(&base.tree, true)).transpose()?;
+                source::patched(cache_dir, &base, series)?
+            }
+            None => base,
+        };
+        Ok(BuildTree { source, base_tree, objects, _objects_lock })
+    }
+}
+
 /// Builds the kernel `req` describes, or returns the cached build (a hit neither unpacks nor
 /// runs make).
 pub fn build(req: &KernelRequest) -> Result<Kernel> {
@@ -208,26 +245,7 @@ pub fn build(req: &KernelRequest) -> Result<Kernel> {
             return Ok(kernel);
         }
     }
-    let base = match user_tree {
-        Some(tree) => tree,
-        None => source::debian(&cache_dir, req.debian)?,
-    };
-    // The object tree's lock first: a patched copy is remade in place only while no make
-    // runs in it.
-    let tree = match &series {
-        Some(series) => source::patched_path(&cache_dir, &base, &series.name),
-        None => base.tree.clone(),
-    };
-    let (objects, _objects_lock) = cache.object_dir(&tree, series.is_some() || base.owned)?;
-    let base_tree = series.as_ref().map(|_| base.tree.clone());
-    let source = match &series {
-        Some(series) => {
-            // The copy takes the base's objects along: no make may run in them meanwhile.
-            let _base_objects_lock = base.owned.then(|| cache.object_dir(&base.tree, true)).transpose()?;
-            source::patched(&cache_dir, &base, series)?
-        }
-        None => base,
-    };
+    let BuildTree { source, base_tree, objects, _objects_lock } = BuildTree::prepare(&cache_dir, &cache, req, user_tree, series.as_ref())?;
     let dir = cache.build_dir(&key);
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let meta = dir.join("meta.json");
