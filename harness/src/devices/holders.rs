@@ -84,7 +84,7 @@ impl HolderLog {
 
     /// Whether the loop ended (deadline, error or release).
     pub fn stopped(&self) -> bool {
-        self.has("stopped")
+        self.has(agent::HOLDER_STOPPED)
     }
 
     /// Whether the holder's first use returned (or it already stopped).
@@ -101,7 +101,7 @@ impl HolderLog {
     pub fn panicked(&self) -> Option<&str> {
         self.records
             .iter()
-            .filter(|r| r.op == "stopped")
+            .filter(|r| r.op == agent::HOLDER_STOPPED)
             .find_map(|r| r.detail.as_deref()?.strip_prefix(agent::HOLDER_PANICKED))
     }
 
@@ -281,7 +281,7 @@ impl Consumers {
     /// simply lacks it).
     pub async fn release(&self, handle: u64) -> Result<(), AgentError> {
         self.agent.release(handle).await?;
-        self.wait_for(handle, self.agent.pace().scale(CLOSED_WAIT), |log| log.has("closed")).await;
+        self.wait_for(handle, self.agent.pace().scale(CLOSED_WAIT), |log| log.has(agent::HOLDER_CLOSED)).await;
         Ok(())
     }
 

@@ -244,7 +244,7 @@ fn lanes(steps: &[Step], total_ms: f64) -> Vec<Lane> {
                 let flags = agent::poll_flags(r.revents.unwrap_or_default());
                 lane.marks.push(Mark { at_ms: at(r.mono_ns), class: "hup", symbol: "◆", text: format!("{} on {}", flags, r.op) });
             }
-            for r in records.iter().filter(|r| r.op == "closed") {
+            for r in records.iter().filter(|r| r.op == agent::HOLDER_CLOSED) {
                 let (class, what) = if unplugged_before { ("late", "late close") } else { ("close", "close") };
                 let answer = r.errno_name.as_deref().map(|e| format!(" → -{e}")).unwrap_or_default();
                 lane.marks.push(Mark { at_ms: at(r.mono_ns), class, symbol: "■", text: format!("{what}{answer}") });

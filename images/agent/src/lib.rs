@@ -157,6 +157,14 @@ fn default_release_wait_ms() -> u64 {
 /// returned: the host waits for it before anything may unplug the provider.
 pub const HOLDER_READY: &str = "ready";
 
+/// The [`ConsumerRecord::op`] a holder sends when its loop ended (deadline, error, release or
+/// panic; the detail says which).
+pub const HOLDER_STOPPED: &str = "stopped";
+
+/// The [`ConsumerRecord::op`] of a holder's close of its handle (the late close after an
+/// unplug), with the errno the close returned.
+pub const HOLDER_CLOSED: &str = "closed";
+
 /// The start of a `stopped` record's [`ConsumerRecord::detail`] when the holder's loop
 /// panicked (a bug in the agent, not the kernel's answer); the panic message follows.
 pub const HOLDER_PANICKED: &str = "panic: ";
