@@ -206,7 +206,7 @@ impl std::fmt::Display for FirstError {
 
 /// The holders of one guest and their logs. Subscribes to the agent's events on creation, so
 /// every record of a holder started through it is kept.
-pub struct Consumers {
+pub struct Holders {
     agent: Agent,
     logs: Arc<Mutex<BTreeMap<u64, HolderLog>>>,
     /// Woken on every record the collector files.
@@ -216,8 +216,8 @@ pub struct Consumers {
     collector: JoinHandle<()>,
 }
 
-impl Consumers {
-    pub fn new(agent: &Agent) -> Consumers {
+impl Holders {
+    pub fn new(agent: &Agent) -> Holders {
         let logs: Arc<Mutex<BTreeMap<u64, HolderLog>>> = Arc::default();
         let filed = Arc::new(Notify::new());
         let mut events = agent.subscribe();
@@ -248,11 +248,11 @@ impl Consumers {
                 }
             }
         });
-        Consumers { agent: agent.clone(), logs, filed, lost, collector }
+        Holders { agent: agent.clone(), logs, filed, lost, collector }
     }
 
     /// Starts a holder; returns its handle once the guest answered. Its first use may still
-    /// be under way: see [`Consumers::wait_ready`].
+    /// be under way: see [`Holders::wait_ready`].
     pub async fn hold(&self, req: HoldRequest) -> Result<u64, AgentError> {
         let started = Instant::now();
         let handle = self.agent.hold(req.clone()).await?;
@@ -318,7 +318,7 @@ impl Consumers {
     }
 }
 
-impl Drop for Consumers {
+impl Drop for Holders {
     fn drop(&mut self) {
         self.collector.abort();
     }

@@ -14,7 +14,7 @@ use anyhow::{bail, Context, Result};
 use serde::Serialize;
 
 use agent::{ConsumerRecord, HoldKind, HoldRequest};
-use crate::devices::holders::Consumers;
+use crate::devices::holders::Holders;
 use crate::run::console::LineCursor;
 use crate::judge::observe::{self, Observation};
 use crate::drive::scenario::UnplugHow;
@@ -175,7 +175,7 @@ pub async fn run(vm: &mut Vm, testbed: &mut Testbed, plan: &HoldPlan, boot: Line
         .with_context(|| format!("holding on {}", plan.provider))?;
 
     let agent = vm.agent().clone();
-    let consumers = Consumers::new(&agent);
+    let consumers = Holders::new(&agent);
     let mut holders = Vec::new();
     for (kind, request) in requests {
         let (handle, setup_error) = match consumers.hold(request.clone()).await {

@@ -19,7 +19,7 @@ use serde::Serialize;
 use agent::HoldKind;
 
 use crate::run::agent_link::AgentError;
-use crate::devices::holders::{Consumers, HolderState};
+use crate::devices::holders::{Holders, HolderState};
 use crate::judge::integrity::{DataMismatch, Model};
 use crate::run::console::ConsoleError;
 use crate::judge::observe::{self, Observation};
@@ -107,8 +107,8 @@ pub struct StepRecord {
 }
 
 /// The run's holders, by the names the scenario gave them.
-struct Holders {
-    consumers: Consumers,
+struct RunHolders {
+    consumers: Holders,
     /// Holders not yet released.
     by_name: BTreeMap<String, u64>,
     /// Every holder's name, released or not.
@@ -121,10 +121,10 @@ struct Holders {
 /// run lost track of.
 const HOLD_DEADLINE: Duration = Duration::from_secs(3600);
 
-impl Holders {
-    fn new(vm: &Vm) -> Holders {
-        Holders {
-            consumers: Consumers::new(vm.agent()),
+impl RunHolders {
+    fn new(vm: &Vm) -> RunHolders {
+        RunHolders {
+            consumers: Holders::new(vm.agent()),
             by_name: BTreeMap::new(),
             names: BTreeMap::new(),
             integrity: crate::judge::integrity::Checker::default(),
@@ -215,7 +215,7 @@ pub async fn run_schedule(
     // `wait_console` looks at what the previous action caused, so it searches from the
     // console position at which that action began.
     let mut previous_cursor = vm.console().cursor();
-    let mut holders = Holders::new(vm);
+    let mut holders = RunHolders::new(vm);
     for (i, planned) in schedule.actions.iter().enumerate() {
         let index = i + 1;
         let description = planned.describe();
@@ -281,7 +281,7 @@ fn step_record(
     (started_ms, elapsed_ms): (f64, f64),
     (status, output, observations): StepResult,
     taint: Option<u64>,
-    holders: &mut Holders,
+    holders: &mut RunHolders,
 ) -> StepRecord {
     StepRecord {
         index,
@@ -308,7 +308,7 @@ pub const STEP_MARKER: &str = "unplug-torture: step ";
 async fn execute(
     vm: &mut Vm,
     testbed: &mut Testbed,
-    holders: &mut Holders,
+    holders: &mut RunHolders,
     action: &Action,
     previous_cursor: crate::run::console::LineCursor,
     options: &RunOptions,
