@@ -5,9 +5,9 @@
 use std::sync::{Arc, Mutex};
 
 use devices::at24::{At24, At24Kind};
-use harness::agent::ConsumerRecord;
-use harness::consumers::HolderLog;
-use harness::integrity::{Checker, Model};
+use agent::ConsumerRecord;
+use harness::devices::holders::HolderLog;
+use harness::judge::integrity::{Checker, Model};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

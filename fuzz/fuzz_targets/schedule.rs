@@ -7,7 +7,7 @@ use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else { return };
-    match harness::schedule::Schedule::parse(text, std::path::Path::new("schedule.json")) {
+    match harness::drive::schedule::Schedule::parse(text, std::path::Path::new("schedule.json")) {
         Ok(schedule) => {
             for planned in &schedule.actions {
                 let _ = planned.action.describe();

@@ -52,7 +52,7 @@ fuzz_target!(|data: &[u8]| {
         let raw: Vec<RawDescriptor> = chain.iter().map(|&(addr, len, w)| RawDescriptor::from(Descriptor::new(addr, len, if w { VRING_DESC_F_WRITE } else { 0 }, 0))).collect();
         let queue = MockSplitQueue::new(&mem, 16);
         let Ok(head) = queue.build_desc_chain(&raw) else { continue };
-        let used = harness::vhost_i2c::process_chain(head, &mem, &mut adapter);
+        let used = harness::devices::vhost_i2c::process_chain(head, &mem, &mut adapter);
         let room: u64 = chain.iter().filter(|d| d.2).map(|d| u64::from(d.1)).sum();
         assert!(u64::from(used) <= room, "used {used} of {room} writable bytes");
         let segments: Vec<Segment> = chain.iter().map(|&(_, len, writable)| Segment { writable, len }).collect();

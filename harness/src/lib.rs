@@ -1,43 +1,26 @@
-//! unplug-torture harness: everything reusable behind `cargo xtask`.
+//! unplug-torture harness: everything reusable behind `cargo xtask`, one folder per room of
+//! ARCHITECTURE.md:
 //!
-//! Rooms (see ARCHITECTURE.md): build (`kernel`, `image`), run (`vm`, `qmp`, `console`,
-//! `agent`, `plug`), devices (re-exported from the `devices` crate), judge (`report`,
-//! `results`, `ab`, `tally`) and drive (`scenario`, `schedule`, `matrix`, `torture`, `progress`).
+//! - [`build`]: what a run boots — kernel builds (`kernel`), the initramfs (`image`), our
+//!   out-of-tree test modules (`kmod`).
+//! - [`run`]: one QEMU and its channels — the VM (`vm`), QMP (`qmp`), the serial console
+//!   (`console`), the host's link to the guest agent (`agent_link`), the host's pace (`pace`).
+//! - [`devices`]: what is plugged and what holds it — devices by name (`testbed`), usb-redir
+//!   plumbing (`plug`), in-kernel providers (`providers`), the holders' logs on the host
+//!   (`holders`), the vhost-user-i2c backend (`vhost_i2c`); the emulators are the `devices`
+//!   crate.
+//! - [`drive`]: what happens in a run — scenarios, seeded schedules, recorded runs (`torture`),
+//!   hold sessions, the run matrix, KUnit, what scenarios require of a build, progress output.
+//! - [`judge`]: what a run found — results folders, observers, data integrity, the live crash
+//!   parser, symbolization, A/B tables, tallies, HTML pages and KCIDB exports; the console
+//!   parser is the `report` crate.
+//!
+//! Shared by every room: where things live (`paths`) and what the host must have (`host`).
 
-pub mod ab;
-pub mod agent;
-pub mod console;
-pub mod consumers;
-pub mod crash_feed;
-pub mod hold_session;
+pub mod build;
+pub mod devices;
+pub mod drive;
 pub mod host;
-pub mod integrity;
-pub mod html;
-pub mod image;
-pub mod kcidb;
-pub mod kernel;
-pub mod kmod;
-pub mod kunit;
-pub mod matrix;
-pub mod observe;
-pub mod pace;
+pub mod judge;
 pub mod paths;
-pub mod plug;
-pub mod progress;
-pub mod providers;
-pub mod qmp;
-pub mod requires;
-pub mod results;
-pub mod scenario;
-pub mod schedule;
-pub mod tally;
-pub mod symbolizer;
-pub mod testbed;
-pub mod testenv;
-pub mod torture;
-pub mod vhost_i2c;
-pub mod vm;
-
-pub use devices::{at24, cp2112, i2c, usbredir};
-pub use ktap;
-pub use report;
+pub mod run;

@@ -7,8 +7,8 @@
 
 use std::time::{Duration, Instant};
 
-use harness::console::Console;
-use harness::crash_feed::ReportFeed;
+use harness::run::console::Console;
+use harness::judge::crash_feed::ReportFeed;
 use rand_chacha::rand_core::{RngCore, SeedableRng};
 use tokio::io::AsyncWriteExt;
 
@@ -27,7 +27,7 @@ fn status_bytes(field: &str) -> u64 {
 
 /// The real report that follows the flood (syzkaller's report 704, a KASAN use-after-free).
 fn real_report() -> (String, &'static str) {
-    let path = harness::paths::repo_root().join("harness/tests/data/reports/kasan-slab-uaf-704.log");
+    let path = harness::paths::repo_root().join("harness/report/tests/data/kasan-slab-uaf-704.log");
     let text = std::fs::read_to_string(path).unwrap();
     // The file's header (source, expected title) is not console output.
     let body: String = text.lines().skip_while(|l| !l.starts_with('[')).map(|l| format!("{l}\n")).collect();

@@ -3,9 +3,9 @@
 
 use std::time::Duration;
 
-use harness::agent::{AgentError, ExecRequest, Op};
-use harness::testenv;
-use harness::vm::Vm;
+use agent::{ExecRequest, Op};
+use harness::run::agent_link::AgentError;
+use harness::run::vm::Vm;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

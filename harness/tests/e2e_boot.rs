@@ -3,10 +3,9 @@
 
 use std::time::Duration;
 
-use harness::scenario::UnplugHow;
-use harness::testbed::Testbed;
-use harness::testenv;
-use harness::vm::Vm;
+use harness::drive::scenario::UnplugHow;
+use harness::devices::testbed::Testbed;
+use harness::run::vm::Vm;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn e2e_agent_runs_commands_in_our_kernel() {

@@ -6,13 +6,12 @@
 
 use std::time::Duration;
 
-use harness::agent::{HoldKind, HoldRequest};
-use harness::consumers::{Consumers, HolderLog};
-use harness::providers::{self, GpioSim, GpioVirtuser, LineLookup};
-use harness::scenario::{KernelVariant, UnplugHow};
-use harness::testbed::Testbed;
-use harness::testenv;
-use harness::vm::Vm;
+use agent::{HoldKind, HoldRequest};
+use harness::devices::holders::{Holders, HolderLog};
+use harness::devices::providers::{self, GpioSim, GpioVirtuser, LineLookup};
+use harness::drive::scenario::{KernelVariant, UnplugHow};
+use harness::devices::testbed::Testbed;
+use harness::run::vm::Vm;
 
 const ENODEV: i32 = 19;
 const POLLERR: i16 = 0x8;
@@ -41,7 +40,7 @@ async fn e2e_consumers_gpio_sim_goes_away_under_held_lines() {
     let vm =
         Vm::boot(&testenv::vm_config("e2e_consumers_gpio_sim_goes_away_under_held_lines"), Vec::new()).await.unwrap();
     let agent = vm.agent().clone();
-    let consumers = Consumers::new(&agent);
+    let consumers = Holders::new(&agent);
     let sim = GpioSim::create(&agent, "held", 4, &["held0"]).await.unwrap();
     let dev = sim.dev.clone();
 
@@ -117,7 +116,7 @@ async fn e2e_consumers_i2c_stub_and_at24_go_away_under_held_handles() {
         .await
         .unwrap();
     let agent = vm.agent().clone();
-    let consumers = Consumers::new(&agent);
+    let consumers = Holders::new(&agent);
     let t = Duration::from_secs(30);
     let bus = providers::i2c_stub(&agent, 0x50).await.unwrap();
     let adapter = format!("i2c-{bus}");
@@ -193,7 +192,7 @@ async fn e2e_consumers_i2c_stub_and_at24_go_away_under_held_handles() {
 async fn e2e_consumers_hidraw_across_usb_kbd_unplug() {
     let mut vm = Vm::boot(&testenv::vm_config("e2e_consumers_hidraw_across_usb_kbd_unplug"), Vec::new()).await.unwrap();
     let agent = vm.agent().clone();
-    let consumers = Consumers::new(&agent);
+    let consumers = Holders::new(&agent);
     let mut testbed = Testbed::new();
     testbed.plug(&mut vm, "usb-kbd", "kbd").await.unwrap();
     let nodes = agent.exec_ok(&["sh", "-c", "ls /dev/hidraw*"], Duration::from_secs(30)).await.unwrap();

@@ -8,10 +8,9 @@ use devices::at24::{At24, At24Kind};
 use devices::cp2112::{Cp2112, Faults};
 use devices::usbredir::driver::SessionEnd;
 use devices::usbredir::LinkRequest;
-use harness::plug::Redir;
-use harness::scenario::{KernelVariant, UnplugHow};
-use harness::testenv;
-use harness::vm::Vm;
+use harness::devices::plug::Redir;
+use harness::drive::scenario::{KernelVariant, UnplugHow};
+use harness::run::vm::Vm;
 
 const T: Duration = Duration::from_secs(30);
 

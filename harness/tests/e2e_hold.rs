@@ -6,13 +6,13 @@
 
 use std::time::Duration;
 
-use harness::agent::HoldKind;
-use harness::console::LineCursor;
-use harness::hold_session::{self, HoldPlan, HoldReport, HolderReport};
-use harness::scenario::{KernelVariant, UnplugHow};
-use harness::testbed::Testbed;
-use harness::testenv;
-use harness::vm::Vm;
+use agent::HoldKind;
+use harness::run::console::LineCursor;
+use harness::drive::hold_session::{self, HoldPlan, HoldReport, HolderReport};
+use harness::drive::scenario::{KernelVariant, UnplugHow};
+use harness::judge::observe::ObserverOutcome;
+use harness::devices::testbed::Testbed;
+use harness::run::vm::Vm;
 
 const ENODEV: i32 = 19;
 const ETIMEDOUT: i32 = 110;
@@ -107,7 +107,7 @@ async fn e2e_hold_gpio_sim_every_gpio_kind_across_live_0_and_unbind() {
         // The observers read the guest with the handles held and again after the late closes.
         for observations in [&report.observations, &report.observations_after_release] {
             assert!(observations.iter().any(|o| o.path == "/proc/interrupts"), "{how:?}: {observations:?}");
-            assert!(observations.iter().all(|o| o.outcome == "ok"), "{how:?}: {observations:?}");
+            assert!(observations.iter().all(|o| o.outcome == ObserverOutcome::Ok), "{how:?}: {observations:?}");
         }
         assert!(report.crashes.is_empty(), "{how:?}: {:?}", report.crashes);
         assert_eq!(report.taint, Some(0));

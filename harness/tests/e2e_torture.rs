@@ -4,12 +4,12 @@
 
 use std::time::Duration;
 
-use harness::scenario::{KernelVariant, Scenario};
-use harness::schedule::{self, Action};
-use harness::testbed::Testbed;
-use harness::testenv;
-use harness::torture::{run_schedule, RunOptions, StepRecord, StepStatus};
-use harness::vm::Vm;
+use harness::drive::scenario::{KernelVariant, Scenario};
+use harness::drive::schedule::{self, Action};
+use harness::devices::testbed::Testbed;
+use harness::drive::torture::{run_schedule, RunOptions, StepRecord, StepStatus};
+use harness::judge::observe::ObserverOutcome;
+use harness::run::vm::Vm;
 
 fn scenario(name: &str) -> Scenario {
     Scenario::load(&harness::paths::repo_root().join("scenarios").join(format!("{name}.yaml"))).unwrap()
@@ -31,9 +31,9 @@ fn release_summary(steps: &[StepRecord], name: &str) -> String {
 /// folded in, as runs file them), checked against the scenario's expectation for the kernel
 /// under test.
 fn assert_expected(vm: &Vm, name: &str) -> Vec<String> {
-    use harness::report::{bugs::Bugs, collect};
+    use report::{bugs::Bugs, collect};
     let console: String = vm.console().lines_since(Default::default()).into_iter().map(|l| l.text + "\n").collect();
-    let collected = harness::report::parse_collected(console.as_bytes(), collect::MAX_TITLES);
+    let collected = report::parse_collected(console.as_bytes(), collect::MAX_TITLES);
     let titles: Vec<String> = Bugs::of(&collected).bugs().iter().map(|b| b.first.title.clone()).collect();
     let refs: Vec<&str> = titles.iter().map(String::as_str).collect();
     let kernel = testenv::kernel();
@@ -70,7 +70,7 @@ async fn e2e_usb_kbd_cycle_runs_clean() {
     let markers = vm.console().lines_since(Default::default()).iter().filter(|l| l.text.contains("unplug-torture: step ")).count();
     assert_eq!(markers, steps.len());
     let observe = steps.iter().find(|s| matches!(s.action, Action::Observe)).unwrap();
-    assert!(observe.observations.iter().any(|o| o.path == "/proc/interrupts" && o.outcome == "ok"));
+    assert!(observe.observations.iter().any(|o| o.path == "/proc/interrupts" && o.outcome == ObserverOutcome::Ok));
     vm.shutdown(Duration::from_secs(10)).await.unwrap();
 }
 
@@ -197,7 +197,7 @@ async fn e2e_cp2112_held_across_unplug_records_what_each_holder_saw() {
     // The observers ran after every teardown step, and every read answered.
     for s in steps.iter().filter(|s| matches!(s.action, Action::Unplug { .. } | Action::Release { .. })) {
         assert!(!s.observations.is_empty(), "step {} ({}) was not observed", s.index, s.description);
-        assert!(s.observations.iter().all(|o| o.outcome == "ok"), "step {}: {:?}", s.index, s.observations);
+        assert!(s.observations.iter().all(|o| o.outcome == ObserverOutcome::Ok), "step {}: {:?}", s.index, s.observations);
     }
     // Every step after the first hold lists the holders' one-line outcomes.
     assert!(steps.iter().filter(|s| matches!(s.action, Action::Observe)).all(|s| !s.consumers.is_empty()));
@@ -303,7 +303,7 @@ async fn e2e_a_read_of_bytes_the_device_never_held_is_a_data_mismatch() {
     for s in &steps {
         assert_eq!(s.status, StepStatus::Ok, "step {} ({}): {:?}", s.index, s.description, s.output);
     }
-    let mismatches: Vec<&harness::integrity::DataMismatch> = steps.iter().flat_map(|s| &s.data_mismatches).collect();
+    let mismatches: Vec<&harness::judge::integrity::DataMismatch> = steps.iter().flat_map(|s| &s.data_mismatches).collect();
     let holders: std::collections::BTreeSet<&str> = mismatches.iter().map(|m| m.holder.as_str()).collect();
     assert_eq!(holders, ["kernel", "smbus"].into_iter().collect(), "{mismatches:#?}");
     // The model: testbed::seed_pattern, 0x3c 0x3b 0x32 ... from offset 0; every byte garbled.

@@ -4,12 +4,11 @@
 
 use std::time::Duration;
 
-use harness::qmp::QmpError;
-use harness::scenario::{KernelVariant, UnplugHow};
-use harness::schedule::PlannedFault;
-use harness::testbed::{seed_pattern, Testbed};
-use harness::testenv;
-use harness::vm::Vm;
+use harness::run::qmp::QmpError;
+use harness::drive::scenario::{KernelVariant, UnplugHow};
+use harness::drive::schedule::PlannedFault;
+use harness::devices::testbed::{seed_pattern, Testbed};
+use harness::run::vm::Vm;
 
 const T: Duration = Duration::from_secs(30);
 
@@ -129,7 +128,7 @@ async fn e2e_virtio_i2c_stuck_unplugs_shut_down_cleanly() {
     assert!(is_stuck(&err), "{err:#}");
     assert!(backend_threads() >= 1, "the backend of a device QEMU still has keeps serving it");
     vm.qmp()
-        .wait_event(before_unplug, "the late DEVICE_DELETED", vm.pace().scale(T), |e| harness::qmp::is_device_deleted(e, "late"))
+        .wait_event(before_unplug, "the late DEVICE_DELETED", vm.pace().scale(T), |e| harness::run::qmp::is_device_deleted(e, "late"))
         .await
         .unwrap();
     // QEMU keeps a vhost-user chardev, and its connection, after the device: the backend

@@ -6,8 +6,8 @@
 use std::path::Path;
 use std::time::Duration;
 
-use harness::schedule::{Action, Planned, Schedule};
-use harness::torture::{run_recorded, RunOptions, RunRequest};
+use harness::drive::schedule::{Action, Planned, Schedule};
+use harness::drive::torture::{run_recorded, RunOptions, RunRequest};
 
 struct Tmpfs<'a>(&'a Path);
 
@@ -51,8 +51,8 @@ async fn a_full_results_disk_is_reported_not_fatal() {
         actions,
     };
     let request = RunRequest {
-        variant: harness::scenario::KernelVariant::Vanilla,
-        kernel: harness::results::KernelMeta {
+        variant: harness::drive::scenario::KernelVariant::Vanilla,
+        kernel: harness::judge::results::KernelMeta {
             label: "missing".into(),
             bzimage: "/nonexistent/bzImage".into(),
             ..Default::default()
@@ -60,13 +60,13 @@ async fn a_full_results_disk_is_reported_not_fatal() {
         initrd: "/nonexistent/initramfs.cpio".into(),
         image_key: None,
         schedule,
-        accel: harness::vm::Accel::Tcg,
+        accel: harness::run::vm::Accel::Tcg,
         options: RunOptions::default(),
         results_root: dir.path().to_path_buf(),
         reproducer: "test".into(),
         repeat: None,
         stop: Default::default(),
-        progress: harness::progress::Progress::Lines,
+        progress: harness::drive::progress::Progress::Lines,
     };
     let verdict = tokio::time::timeout(Duration::from_secs(120), run_recorded(request))
         .await
@@ -102,7 +102,7 @@ fn a_step_line_cut_by_a_full_disk_is_taken_back() {
     let status = std::process::Command::new("mount").args(["-t", "tmpfs", "-o", "size=16k", "none"]).arg(dir.path()).status().unwrap();
     assert!(status.success());
     let _mount = Tmpfs(dir.path());
-    let mut run = harness::results::RunDir::create(dir.path(), "full").unwrap();
+    let mut run = harness::judge::results::RunDir::create(dir.path(), "full").unwrap();
     let error = (0..1000)
         .find_map(|i| run.append_step(&serde_json::json!({ "index": i, "output": "x".repeat(1500) })).err())
         .expect("the disk fills up");

@@ -19,12 +19,12 @@ pub struct KernelChoice {
     pub series: Option<String>,
     /// The Debian source built without `--src` (set by a variant, `--kernel`).
     #[arg(skip)]
-    pub debian: harness::kernel::DebianSource,
+    pub debian: harness::build::kernel::DebianSource,
 }
 
 impl KernelChoice {
     /// The build of a kernel variant: its series on its Debian source.
-    pub fn of_variant(variant: harness::scenario::KernelVariant) -> KernelChoice {
+    pub fn of_variant(variant: harness::drive::scenario::KernelVariant) -> KernelChoice {
         KernelChoice { series: variant.series().map(String::from), debian: variant.debian(), ..Default::default() }
     }
 }
@@ -35,8 +35,8 @@ impl KernelChoice {
 pub struct VariantChoice {
     /// Kernel variant: vanilla (Debian 6.12), resmgr (6.12 + kernels/patches/resmgr) or
     /// vanilla-6.1 (Debian's 6.1 LTS, without Rust and gpio-virtuser).
-    #[arg(long = "kernel", value_name = "VARIANT", value_parser = harness::scenario::KernelVariant::from_name, conflicts_with_all = ["bzimage", "src", "series"])]
-    pub kernel: Option<harness::scenario::KernelVariant>,
+    #[arg(long = "kernel", value_name = "VARIANT", value_parser = harness::drive::scenario::KernelVariant::from_name, conflicts_with_all = ["bzimage", "src", "series"])]
+    pub kernel: Option<harness::drive::scenario::KernelVariant>,
 }
 
 impl VariantChoice {
@@ -46,10 +46,6 @@ impl VariantChoice {
     }
 }
 
-/// Environment through which `xtask test` hands the kernel and image to end-to-end tests.
-pub const ENV_BZIMAGE: &str = harness::testenv::ENV_BZIMAGE;
-pub const ENV_INITRD: &str = harness::testenv::ENV_INITRD;
-
 /// The kernel a command boots.
 #[derive(Debug, Clone)]
 pub struct Kernel {
@@ -58,7 +54,7 @@ pub struct Kernel {
     pub modules: Option<PathBuf>,
     pub label: String,
     /// Present when we built it (not for a prebuilt `--bzimage`).
-    pub built: Option<harness::kernel::Kernel>,
+    pub built: Option<harness::build::kernel::Kernel>,
 }
 
 impl Kernel {
@@ -67,9 +63,9 @@ impl Kernel {
     }
 
     /// What a run folder records about this kernel.
-    pub fn meta(&self) -> harness::results::KernelMeta {
+    pub fn meta(&self) -> harness::judge::results::KernelMeta {
         let built = self.built.as_ref();
-        harness::results::KernelMeta {
+        harness::judge::results::KernelMeta {
             label: self.label.clone(),
             bzimage: self.bzimage.clone(),
             vmlinux: built.map(|k| k.vmlinux.clone()),
@@ -90,7 +86,7 @@ pub fn kernel_and_image(choice: &KernelChoice) -> Result<(Kernel, PathBuf)> {
 }
 
 /// [`kernel_and_image`] with the image's cache key (recorded by runs, reused by replays).
-pub fn kernel_and_image_keyed(choice: &KernelChoice) -> Result<(Kernel, harness::image::Image)> {
+pub fn kernel_and_image_keyed(choice: &KernelChoice) -> Result<(Kernel, harness::build::image::Image)> {
     let kernel = kernel(choice)?;
     let image = image_for(&kernel)?;
     Ok((kernel, image))
@@ -106,7 +102,7 @@ pub fn kernel(choice: &KernelChoice) -> Result<Kernel> {
             Kernel { bzimage: path.clone(), modules: None, label: "prebuilt kernel".into(), built: None }
         }
         None => {
-            let built = harness::kernel::build(&harness::kernel::KernelRequest {
+            let built = harness::build::kernel::build(&harness::build::kernel::KernelRequest {
                 src: choice.src.clone(),
                 series: choice.series.clone(),
                 debian: choice.debian,
@@ -118,6 +114,6 @@ pub fn kernel(choice: &KernelChoice) -> Result<Kernel> {
 }
 
 /// Builds (or reuses) the initramfs carrying `kernel`'s modules.
-pub fn image_for(kernel: &Kernel) -> Result<harness::image::Image> {
-    harness::image::build(&harness::image::ImageRequest { modules: kernel.modules.clone() })
+pub fn image_for(kernel: &Kernel) -> Result<harness::build::image::Image> {
+    harness::build::image::build(&harness::build::image::ImageRequest { modules: kernel.modules.clone() })
 }

@@ -6,9 +6,9 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
-use harness::scenario::UnplugHow;
-use harness::testbed::Testbed;
-use harness::vm::{Accel, BootPhases, Vm, VmConfig};
+use harness::drive::scenario::UnplugHow;
+use harness::devices::testbed::Testbed;
+use harness::run::vm::{Accel, BootPhases, Vm, VmConfig};
 use serde::Serialize;
 
 use crate::artifacts::{self, KernelChoice};
@@ -251,10 +251,10 @@ const ENGINE_SEED: &str = "4242";
 /// runs (TCG guests are single-vCPU, so two at once should nearly double it on two cores),
 /// and the time from `torture`'s start to its first KASAN report on disk.
 fn engine() -> Result<Vec<Figure>> {
-    let variant = harness::scenario::KernelVariant::Vanilla;
+    let variant = harness::drive::scenario::KernelVariant::Vanilla;
     artifacts::kernel_and_image(&KernelChoice::of_variant(variant))?;
     let variant = variant.to_string();
-    let root = harness::paths::results_dir().join(format!("bench-engine-{}", harness::results::stamp()));
+    let root = harness::paths::results_dir().join(format!("bench-engine-{}", harness::judge::results::stamp()));
     let mut figures = Vec::new();
     for jobs in [1, 2] {
         let results = root.join(format!("jobs{jobs}"));
@@ -369,7 +369,7 @@ fn overhead(args: &Args) -> Result<Vec<Figure>> {
     // rates[loop][kernel]
     let mut rates = [[0.0f64; 2]; LOOPS.len()];
     // What resmgr costs: the same source with and without the series.
-    let pair = [harness::scenario::KernelVariant::Vanilla, harness::scenario::KernelVariant::Resmgr];
+    let pair = [harness::drive::scenario::KernelVariant::Vanilla, harness::drive::scenario::KernelVariant::Resmgr];
     for (k, variant) in pair.into_iter().enumerate() {
         let choice = KernelChoice { src: args.kernel.src.clone(), ..KernelChoice::of_variant(variant) };
         let (kernel, image) = artifacts::kernel_and_image(&choice)?;
@@ -379,8 +379,8 @@ fn overhead(args: &Args) -> Result<Vec<Figure>> {
         let durations = rt.block_on(async {
             let vm = Vm::boot(&config, Vec::new()).await?;
             let agent = vm.agent();
-            let bus = harness::providers::i2c_stub(agent, 0x50).await?;
-            let nvmem = harness::providers::at24_new(agent, bus, "24c02", 0x50).await?;
+            let bus = harness::devices::providers::i2c_stub(agent, 0x50).await?;
+            let nvmem = harness::devices::providers::at24_new(agent, bus, "24c02", 0x50).await?;
             let mut durations = Vec::new();
             for l in &LOOPS {
                 let script = format!("BUS={bus}; NVMEM={nvmem}; {}", l.script);
@@ -432,7 +432,7 @@ fn parser_throughput() -> Result<Figure> {
 
 /// Loading vmlinux's DWARF once, then symbolizing one real KASAN report from the corpus.
 fn symbolization(vmlinux: &std::path::Path) -> Result<Figure> {
-    let log = harness::paths::repo_root().join("harness/tests/data/reports/project-gpio-virtuser-proc-interrupts-uaf.log");
+    let log = harness::paths::repo_root().join("harness/report/tests/data/project-gpio-virtuser-proc-interrupts-uaf.log");
     let text = std::fs::read_to_string(&log).unwrap_or_default();
     let reports = report::parse(text.as_bytes());
     let Some(first) = reports.first() else {

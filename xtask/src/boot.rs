@@ -3,7 +3,7 @@
 //! (Ctrl-] leaves it; the VM is shut down and `boot` exits 0).
 //!
 //! With `--hold KIND... --unplug HOW` it first runs one hold session on the first provider
-//! (`harness::hold_session`): holders on the provider's nodes, the unplug, the observers, the
+//! (`harness::drive::hold_session`): holders on the provider's nodes, the unplug, the observers, the
 //! late closes; it prints what every holder saw and any crash titles, and exits 1 if there is
 //! something to look at (a crash, a bad taint, a stuck unplug or release, a lost guest).
 
@@ -12,11 +12,11 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use harness::agent::HoldKind;
-use harness::hold_session::{HoldPlan, HoldReport};
-use harness::scenario::UnplugHow;
-use harness::testbed::Testbed;
-use harness::vm::{Accel, Vm, VmConfig};
+use agent::HoldKind;
+use harness::drive::hold_session::{HoldPlan, HoldReport};
+use harness::drive::scenario::UnplugHow;
+use harness::devices::testbed::Testbed;
+use harness::run::vm::{Accel, Vm, VmConfig};
 
 use crate::artifacts::{self, KernelChoice, VariantChoice};
 
@@ -31,7 +31,7 @@ pub struct Args {
     with: Vec<String>,
     /// EEPROMs behind a cp2112 or virtio-i2c (repeatable), e.g. 0x50:24c02 (the default when none is given).
     #[arg(long = "with-at24", value_name = "ADDR:PART")]
-    with_at24: Vec<harness::testbed::At24Spec>,
+    with_at24: Vec<harness::devices::testbed::At24Spec>,
     /// Accelerator: kvm, tcg, or auto (probe KVM with a real boot, fall back to TCG).
     #[arg(long, default_value = "auto")]
     accel: Accel,
@@ -71,7 +71,7 @@ pub struct Args {
 
 pub fn run(args: Args) -> Result<ExitCode> {
     // Refuse a typo before building or booting anything.
-    let known = harness::testbed::known_devices();
+    let known = harness::devices::testbed::known_devices();
     if let Some(bad) = args.with.iter().find(|d| !known.contains(&d.as_str())) {
         anyhow::bail!("unknown device {bad:?} for --with; known devices: {}", known.join(", "));
     }
@@ -100,7 +100,7 @@ async fn boot(args: Args, kernel: artifacts::Kernel, initrd: PathBuf) -> Result<
     let stamp = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string().replace([':', '-'], "");
     config.log_dir = Some(harness::paths::results_dir().join(format!("boot-{stamp}")));
     eprintln!("booting {} ...", kernel.describe());
-    let boot_cursor = harness::console::LineCursor::default();
+    let boot_cursor = harness::run::console::LineCursor::default();
     let mut vm = Vm::boot(&config, Vec::new()).await?;
     eprintln!(
         "guest agent ready after {:.1} s ({}, QEMU {}, pace {}: deadlines scaled by it); logs in {}",
@@ -131,7 +131,7 @@ async fn boot(args: Args, kernel: artifacts::Kernel, initrd: PathBuf) -> Result<
             unplug_timeout: Duration::from_secs(30),
         };
         eprintln!("holding {} on {} across its unplug ({}) ...", kinds_list(&plan.kinds), plan.provider, how.name());
-        let report = harness::hold_session::run(&mut vm, &mut testbed, &plan, boot_cursor).await?;
+        let report = harness::drive::hold_session::run(&mut vm, &mut testbed, &plan, boot_cursor).await?;
         if args.json {
             print_json(&report)?;
         } else {
@@ -197,12 +197,12 @@ fn print_summary(report: &HoldReport) {
         println!();
     }
     for (when, observations) in [("after unplug", &report.observations), ("after release", &report.observations_after_release)] {
-        for obs in observations.iter().filter(|o| o.outcome != "ok") {
+        for obs in observations.iter().filter(|o| o.outcome != harness::judge::observe::ObserverOutcome::Ok) {
             println!("  observer {when}: {}: {} ({})", obs.path, obs.outcome, obs.detail.lines().next().unwrap_or(""));
         }
     }
     if let Some(taint) = report.taint {
-        let t = harness::report::Taint(taint);
+        let t = report::Taint(taint);
         println!("  taint: {taint} {}", if taint == 0 { "(clean)".to_string() } else { t.letters() });
     }
     if let Some(why) = &report.agent_lost {
@@ -219,7 +219,7 @@ fn print_summary(report: &HoldReport) {
         println!(
             "  {} more crash report(s) not kept: only the first {} titles are",
             report.crashes_dropped,
-            harness::report::collect::MAX_TITLES
+            report::collect::MAX_TITLES
         );
     }
 }
@@ -280,7 +280,7 @@ fn print_json(report: &HoldReport) -> Result<()> {
 }
 
 /// The guest command's status, shell-style: its exit code, 128+N for signal N, 124 on timeout.
-fn exit_code(out: &harness::agent::ExecOutput) -> ExitCode {
+fn exit_code(out: &harness::run::agent_link::ExecOutput) -> ExitCode {
     let code = if out.timed_out {
         124
     } else if let Some(status) = out.status {

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use harness::image::{self, ImageRequest};
+use harness::build::image::{self, ImageRequest};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -13,8 +13,8 @@ pub struct Args {
     #[arg(long, value_name = "DIR", conflicts_with = "kernel")]
     modules: Option<PathBuf>,
     /// The image for this kernel variant's build (built or reused first), with its modules.
-    #[arg(long, value_name = "VARIANT", value_parser = harness::scenario::KernelVariant::from_name)]
-    kernel: Option<harness::scenario::KernelVariant>,
+    #[arg(long, value_name = "VARIANT", value_parser = harness::drive::scenario::KernelVariant::from_name)]
+    kernel: Option<harness::drive::scenario::KernelVariant>,
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Instant;
 
-use harness::kernel::{self, KernelRequest};
+use harness::build::kernel::{self, KernelRequest};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -19,8 +19,8 @@ pub struct Args {
     series: Option<String>,
     /// Kernel variant: vanilla (Debian 6.12), resmgr (6.12 + kernels/patches/resmgr) or
     /// vanilla-6.1 (Debian's 6.1 LTS, without Rust and gpio-virtuser).
-    #[arg(long, value_name = "VARIANT", value_parser = harness::scenario::KernelVariant::from_name, conflicts_with_all = ["src", "series"])]
-    kernel: Option<harness::scenario::KernelVariant>,
+    #[arg(long, value_name = "VARIANT", value_parser = harness::drive::scenario::KernelVariant::from_name, conflicts_with_all = ["src", "series"])]
+    kernel: Option<harness::drive::scenario::KernelVariant>,
     /// Run make even when the cache has this exact build (incremental in the object tree).
     #[arg(long)]
     force: bool,

@@ -1,7 +1,7 @@
 //! `cargo xtask kunit [--series NAME] [--filter GLOB]`: boot the kernel with its modules, load
 //! its KUnit test modules, collect every suite's KTAP (debugfs, cross-checked with the
 //! console) and crash reports, write `results/<run>/` and print a per-suite table
-//! (`harness::kunit`).
+//! (`harness::drive::kunit`).
 //!
 //! Exit status: 0 when every suite passed, 1 on a failed or missing result or a crash report,
 //! 2 when it could not run (the kernel has no KUnit, a build failed, no guest).
@@ -12,9 +12,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use harness::kunit::{self, Filter};
-use harness::results::{Meta, RunDir};
-use harness::vm::{Accel, Vm, VmConfig};
+use harness::drive::kunit::{self, Filter};
+use harness::judge::results::{Meta, RunDir};
+use harness::run::vm::{Accel, Vm, VmConfig};
 
 use crate::artifacts::{self, KernelChoice};
 
@@ -29,7 +29,7 @@ pub struct Args {
     #[arg(long, default_value = "auto")]
     accel: Accel,
     /// Seconds one module load (all its suites) may take on our reference machines under
-    /// TCG; scaled by the pace this host shows at boot (see `harness::pace`).
+    /// TCG; scaled by the pace this host shows at boot (see `harness::run::pace`).
     #[arg(long, default_value_t = 120, value_name = "SECONDS")]
     timeout: u64,
     /// Where the run folder goes.
@@ -85,8 +85,8 @@ pub fn run(args: Args) -> Result<ExitCode> {
         reproducer: reproducer.clone(),
         replay: reproducer,
         kernel: kernel.meta(),
-        kernel_variant: harness::scenario::KernelVariant::of_series(args.kernel.series.as_deref()),
-        image: Some(harness::results::ImageMeta { key: Some(image.key.clone()), path: image.path.clone() }),
+        kernel_variant: harness::drive::scenario::KernelVariant::of_series(args.kernel.series.as_deref()),
+        image: Some(harness::judge::results::ImageMeta { key: Some(image.key.clone()), path: image.path.clone() }),
         qemu_version: None,
         accel: None,
         pace: None,
@@ -101,10 +101,10 @@ pub fn run(args: Args) -> Result<ExitCode> {
     if let Some(glob) = filter.kunit_glob() {
         config.cmdline.push(format!("kunit.filter_glob={glob}"));
     }
-    let parser = Arc::new(Mutex::new(harness::report::Parser::new()));
+    let parser = Arc::new(Mutex::new(report::Parser::new()));
     let sink = {
         let parser = parser.clone();
-        move |line: &harness::console::ConsoleLine| {
+        move |line: &harness::run::console::ConsoleLine| {
             let mut p = parser.lock().unwrap_or_else(|e| e.into_inner());
             p.feed(line.text.as_bytes());
             p.feed(b"\n");
@@ -126,7 +126,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
     let mut collected = collected;
     // What the console printed after the last take (a report cut short by the shutdown).
     let rest =
-        std::mem::replace(&mut *parser.lock().unwrap_or_else(|e| e.into_inner()), harness::report::Parser::new())
+        std::mem::replace(&mut *parser.lock().unwrap_or_else(|e| e.into_inner()), report::Parser::new())
             .finish();
     collected.outside_loads.extend(rest.iter().cloned());
     collected.reports.extend(rest);
@@ -138,7 +138,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
     }
 
     let console_log = std::fs::read_to_string(run.path().join("console.log")).unwrap_or_default();
-    let console = harness::ktap::parse(&console_log);
+    let console = ktap::parse(&console_log);
     let verdict = kunit::combine(&console, &collected, &modules, &filter);
     run.write_file("ktap.txt", kunit::raw_ktap(&verdict, &collected, &console_log).as_bytes())?;
     run.write_file("junit.xml", kunit::junit(&verdict)?.as_bytes())?;

@@ -16,11 +16,11 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use harness::results::Meta;
-use harness::scenario::KernelVariant;
-use harness::schedule::Schedule;
-use harness::torture::{run_recorded, RunOptions, RunRequest};
-use harness::vm::Accel;
+use harness::judge::results::Meta;
+use harness::drive::scenario::KernelVariant;
+use harness::drive::schedule::Schedule;
+use harness::drive::torture::{run_recorded, RunOptions, RunRequest};
+use harness::run::vm::Accel;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -55,7 +55,7 @@ fn image_for(meta: &Meta) -> Result<(PathBuf, String)> {
     let recorded = meta.image.as_ref();
     if let Some(image) = recorded
         .and_then(|i| i.key.as_deref())
-        .and_then(harness::image::cached)
+        .and_then(harness::build::image::cached)
     {
         eprintln!(
             "replay: booting the run's image {} ({})",
@@ -80,7 +80,7 @@ fn image_for(meta: &Meta) -> Result<(PathBuf, String)> {
             m.display()
         ))
     );
-    let image = harness::image::build(&harness::image::ImageRequest { modules })?;
+    let image = harness::build::image::build(&harness::build::image::ImageRequest { modules })?;
     eprintln!(
         "replay: built image {} ({})",
         image.key,
@@ -92,7 +92,7 @@ fn image_for(meta: &Meta) -> Result<(PathBuf, String)> {
 pub fn run(args: Args) -> Result<ExitCode> {
     let skipped = std::fs::read_to_string(args.run.join("meta.json"))
         .ok()
-        .and_then(|t| serde_json::from_str::<harness::results::SkipMeta>(&t).ok());
+        .and_then(|t| serde_json::from_str::<harness::judge::results::SkipMeta>(&t).ok());
     if let Some(skip) = skipped {
         bail!(
             "{} was skipped on {} ({}): there is nothing to replay; run it with: {}",
@@ -117,10 +117,10 @@ pub fn run(args: Args) -> Result<ExitCode> {
     let Some(variant) = meta.kernel_variant.or_else(|| KernelVariant::of_series(kernel.series.as_deref())) else {
         bail!("the run's kernel series {:?} is no kernel variant this version knows", kernel.series);
     };
-    let original = harness::results::RunView::load(&args.run)?;
+    let original = harness::judge::results::RunView::load(&args.run)?;
     let results_root = args.run.parent().map(PathBuf::from).unwrap_or_else(harness::paths::results_dir);
     let runtime = crate::runtime()?;
-    let stop = runtime.block_on(async { harness::torture::stop_on_signals() })?;
+    let stop = runtime.block_on(async { harness::drive::torture::stop_on_signals() })?;
     let mut verdicts = Vec::new();
     for index in 1..=args.repeat {
         let request = RunRequest {
@@ -133,9 +133,9 @@ pub fn run(args: Args) -> Result<ExitCode> {
             options: RunOptions { unplug_timeout: Duration::from_secs(args.unplug_timeout), ..Default::default() },
             results_root: results_root.clone(),
             reproducer: format!("cargo xtask replay {}", args.run.display()),
-            repeat: (args.repeat > 1).then(|| harness::matrix::RepeatMeta::new(index, args.repeat, schedule.seed)),
+            repeat: (args.repeat > 1).then(|| harness::drive::matrix::RepeatMeta::new(index, args.repeat, schedule.seed)),
             stop: stop.clone(),
-            progress: harness::progress::Progress::auto(),
+            progress: harness::drive::progress::Progress::auto(),
         };
         let verdict = runtime.block_on(run_recorded(request))?;
         println!("replay {index}/{} of {} → {}", args.repeat, meta.run_id, verdict.dir.display());
@@ -146,11 +146,11 @@ pub fn run(args: Args) -> Result<ExitCode> {
         }
     }
     let original_titles: Vec<(String, u32)> = original.crashes.iter().map(|c| (c.title.clone(), c.count)).collect();
-    let replays: Vec<&harness::results::RunSummary> = verdicts.iter().map(|v| &v.summary).collect();
+    let replays: Vec<&harness::judge::results::RunSummary> = verdicts.iter().map(|v| &v.summary).collect();
     print!("{}", comparison_table(&original_titles, &replays));
     let met = replays.iter().filter(|s| s.expectation_met).count();
     let expected = replays.first().map_or_else(String::new, |s| s.expected.clone());
-    println!("expected on {variant}: {expected} — met in {}", harness::tally::rate(met as u32, replays.len() as u32));
+    println!("expected on {variant}: {expected} — met in {}", harness::judge::tally::rate(met as u32, replays.len() as u32));
     for why in replays.iter().flat_map(|s| &s.why_not).collect::<std::collections::BTreeSet<_>>() {
         println!("    {why}");
     }
@@ -163,7 +163,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
 /// The answer to "did it come back?": per crash title of the original run (by exact title,
 /// with its count there), in how many replays it appeared; then each title only replays
 /// showed, as new.
-fn comparison_table(original: &[(String, u32)], replays: &[&harness::results::RunSummary]) -> String {
+fn comparison_table(original: &[(String, u32)], replays: &[&harness::judge::results::RunSummary]) -> String {
     let n = replays.len() as u32;
     let hits = |title: &str| replays.iter().filter(|s| s.titles.iter().any(|t| t.title == title)).count() as u32;
     let mut out = String::from("\n| original bug | in the original | in the replay(s) |\n|---|---|---|\n");
@@ -173,7 +173,7 @@ fn comparison_table(original: &[(String, u32)], replays: &[&harness::results::Ru
     for (title, count) in original {
         let h = hits(title);
         let verdict = if h == 0 { "NOT reproduced" } else { "reproduced" };
-        out.push_str(&format!("| {title} | {count}x | {verdict} {} |\n", harness::tally::rate(h, n)));
+        out.push_str(&format!("| {title} | {count}x | {verdict} {} |\n", harness::judge::tally::rate(h, n)));
     }
     let mut new: Vec<&str> = Vec::new();
     for t in replays.iter().flat_map(|s| &s.titles) {
@@ -182,7 +182,7 @@ fn comparison_table(original: &[(String, u32)], replays: &[&harness::results::Ru
         }
     }
     for title in new {
-        out.push_str(&format!("| new: {title} | - | {} |\n", harness::tally::rate(hits(title), n)));
+        out.push_str(&format!("| new: {title} | - | {} |\n", harness::judge::tally::rate(hits(title), n)));
     }
     out
 }
@@ -190,7 +190,7 @@ fn comparison_table(original: &[(String, u32)], replays: &[&harness::results::Ru
 #[cfg(test)]
 mod tests {
     use super::*;
-    use harness::results::{RunSummary, TitleCount};
+    use harness::judge::results::{RunSummary, TitleCount};
 
     fn replay(titles: &[&str]) -> RunSummary {
         RunSummary { titles: titles.iter().map(|t| TitleCount { title: t.to_string(), count: 5, follow_ons: vec![] }).collect(), ..RunSummary::default() }

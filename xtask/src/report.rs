@@ -34,7 +34,7 @@ pub fn run(cmd: Command) -> anyhow::Result<ExitCode> {
     match cmd {
         Command::Parse { log, json, vmlinux, src } => parse(&log, json, vmlinux.as_deref(), src.as_deref()),
         Command::Show { run } => {
-            let view = harness::results::RunView::load(&run)?;
+            let view = harness::judge::results::RunView::load(&run)?;
             print!("{}", view.render());
             Ok(ExitCode::SUCCESS)
         }

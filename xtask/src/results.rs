@@ -1,6 +1,6 @@
 //! `cargo xtask results merge --out DIR SHARD_DIR...`: one summary of many results folders
 //! (the shards of a CI matrix, each `torture --shard K/N --results SHARD_DIR`), with the
-//! reproduction rates and A/B tables a single run of the whole matrix gives (`harness::tally`).
+//! reproduction rates and A/B tables a single run of the whole matrix gives (`harness::judge::tally`).
 //!
 //! A run folder without an ended `summary.json` (killed), a cell of a shard's matrix record
 //! without a run folder, and a shard missing altogether are errors, never dropped. Exit 0
@@ -39,7 +39,7 @@ pub fn run(cmd: Command) -> Result<ExitCode> {
 }
 
 fn merge(args: MergeArgs) -> Result<ExitCode> {
-    let tally = harness::tally::merge(&args.dirs);
+    let tally = harness::judge::tally::merge(&args.dirs);
     tally.write(&args.out)?;
     let md = tally.markdown();
     if let Some(file) = &args.markdown {

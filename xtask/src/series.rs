@@ -1,13 +1,13 @@
 //! `cargo xtask series check [NAME]... [--src DIR]`: does every patch of a series apply, in
 //! order, on the pristine source, and is checkpatch (`--strict`) happy with it? One table per
-//! series (`harness::kernel::check`). Exit 0 when every patch applies with no checkpatch error
+//! series (`harness::build::kernel::check`). Exit 0 when every patch applies with no checkpatch error
 //! or warning, 1 otherwise, 2 when the check itself could not run.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{bail, Result};
-use harness::kernel::check;
+use harness::build::kernel::check;
 
 #[derive(clap::Subcommand)]
 pub enum Command {

@@ -1,7 +1,7 @@
 //! `cargo xtask test`: the whole suite. Builds (or reuses) the kernels and images first, with
 //! progress, so the end-to-end tests that boot VMs find them, then runs nextest: everything
 //! against the first kernel, and the VM tests of `harness` (which assert what the kernel under
-//! test is expected to do, `harness::testenv::kernel`) again against the second.
+//! test is expected to do, `testenv::kernel`) again against the second.
 
 use std::process::ExitCode;
 
@@ -28,7 +28,7 @@ pub struct Args {
     nextest_args: Vec<String>,
 }
 
-/// The harness's VM tests: the ones that boot the kernel under test (`harness::testenv`).
+/// The harness's VM tests: the ones that boot the kernel under test (`testenv`).
 const VM_TESTS: &str = "package(harness) & binary(/^e2e_/)";
 
 pub fn run(args: Args) -> Result<ExitCode> {
@@ -50,7 +50,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
         };
         passes.push((variant, artifacts::kernel_and_image(&choice)?));
     }
-    if resmgr.is_file() && !own_kernel && !variants.contains(&harness::scenario::KernelVariant::Resmgr) {
+    if resmgr.is_file() && !own_kernel && !variants.contains(&harness::drive::scenario::KernelVariant::Resmgr) {
         artifacts::kernel_and_image(&KernelChoice { series: Some("resmgr".into()), ..args.choice.clone() })?;
     }
     // xtask/tests/e2e_results_pages.rs loads the results pages in it.
@@ -66,9 +66,9 @@ pub fn run(args: Args) -> Result<ExitCode> {
         let filter: Vec<&str> = if i == 0 { Vec::new() } else { vec!["-E", VM_TESTS] };
         eprintln!("test: kernel {variant} ({})", kernel.label);
         let status = cmd!(sh, "cargo nextest run --workspace --profile {profile} {filter...} {extra...}")
-            .env(artifacts::ENV_BZIMAGE, &kernel.bzimage)
-            .env(artifacts::ENV_INITRD, image)
-            .env(harness::testenv::ENV_KERNEL, variant.name())
+            .env(testenv::ENV_BZIMAGE, &kernel.bzimage)
+            .env(testenv::ENV_INITRD, image)
+            .env(testenv::ENV_KERNEL, variant.name())
             .quiet()
             .run();
         // nextest has already printed which tests failed; say on which kernel.

@@ -1,18 +1,18 @@
 //! `cargo xtask torture`: the main job. The run matrix — every matching scenario on every
 //! kernel variant given (`--kernel vanilla,resmgr`), `--repeat N` times with derived seeds
-//! (`harness::matrix`) — or one shard of it (`--shard K/N`); each cell a fresh VM (up to
+//! (`harness::drive::matrix`) — or one shard of it (`--shard K/N`); each cell a fresh VM (up to
 //! `--jobs` at once) running the cell's seeded schedule, filed into `results/<run-id>/` as it
 //! happens. A scenario whose `kernels:` leaves the variant out is recorded as skipped (a run
 //! folder with `meta.json` and `summary.md` saying why); a variant no cell boots is not built.
 //!
 //! Every run is judged against what its scenario expects on that kernel (`expect:`, see
-//! `harness::scenario`). Exit status: 0 when every run met its expectation, 1 when some run
+//! `harness::drive::scenario`). Exit status: 0 when every run met its expectation, 1 when some run
 //! did not (a title it does not allow, an expected title missing, a failed step), 2 when the
 //! harness itself failed (bad input, a build or results write that failed). Skips meet
 //! theirs: alone they exit 0. `--check` only reads and validates the scenarios; `--list`
 //! prints the matrix (or the shard's part of it) and runs nothing.
 //!
-//! With several kernels or repeats the end is the summary of `harness::tally` (reproduction
+//! With several kernels or repeats the end is the summary of `harness::judge::tally` (reproduction
 //! rates, the A/B tables against the first kernel), also in `results/summary-<stamp>/`.
 //!
 //! `--bisect` is for `git bisect run`: 0 the finding is absent, 1 present, 125 the revision
@@ -24,13 +24,13 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use futures::StreamExt;
-use harness::matrix::{self, Cell, MatrixRecord, Shard};
-use harness::scenario::{self, KernelVariant as Variant, Scenario, TitlePattern};
-use harness::schedule;
-use harness::vm::Accel;
+use harness::drive::matrix::{self, Cell, MatrixRecord, Shard};
+use harness::drive::scenario::{self, KernelVariant as Variant, Scenario, TitlePattern};
+use harness::drive::schedule;
+use harness::run::vm::Accel;
 
 use crate::artifacts::{self, KernelChoice};
-use harness::torture::{run_recorded, RunOptions, RunRequest, RunVerdict};
+use harness::drive::torture::{run_recorded, RunOptions, RunRequest, RunVerdict};
 
 /// `--kernel`: kernel variants in order, the first the A/B baseline (`vanilla,resmgr`; `both`
 /// is `vanilla,resmgr`).
@@ -128,7 +128,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
         Ok(done) => done.bisect,
         Err(e) => {
             eprintln!("error: {e:#}");
-            if e.downcast_ref::<harness::kernel::BuildFailed>().is_some() {
+            if e.downcast_ref::<harness::build::kernel::BuildFailed>().is_some() {
                 eprintln!("bisect: the kernel does not configure or build: cannot test this revision (125)");
                 bisect::UNTESTABLE
             } else {
@@ -179,7 +179,7 @@ fn torture(args: &Args) -> Result<Done> {
     let title = args.title.as_deref().map(TitlePattern::new).transpose().map_err(|e| anyhow::anyhow!("--title: {e}"))?;
     let seed = args.seed.unwrap_or_else(fresh_seed);
     let variants = &args.kernel.0;
-    let absent = harness::requires::absent_by_kernel(variants)?;
+    let absent = harness::drive::requires::absent_by_kernel(variants)?;
     let cells = matrix::shard_cells(matrix::plan(&scenarios, variants, &absent, args.repeat, seed, shard.count), shard);
     if args.list {
         let text = if args.json { format!("{}\n", serde_json::to_string_pretty(&cells)?) } else { matrix::list_text(&cells) };
@@ -224,7 +224,7 @@ fn torture(args: &Args) -> Result<Done> {
         let reason = cell.skip.clone().unwrap_or_default();
         let scenario = scenarios.iter().find(|s| s.name == cell.scenario);
         let reproducer = scenario.and_then(|s| s.kernels.first()).map_or_else(String::new, |&k| reproducer(args, &cell.scenario, k, cell.seed));
-        let dir = harness::results::record_skip(&results_root, &cell.scenario, cell.kernel.name(), cell.seed, &reason, &reproducer);
+        let dir = harness::judge::results::record_skip(&results_root, &cell.scenario, cell.kernel.name(), cell.seed, &reason, &reproducer);
         let dir = dir.map_err(|e| {
             eprintln!("error: recording the skip of {}: {e:#}", cell.label());
             skip_write_failed = true;
@@ -237,25 +237,25 @@ fn torture(args: &Args) -> Result<Done> {
     runs.sort_by_key(|r| order(&r.cell));
 
     print!("{}", summary_text(&runs));
-    let entries: Vec<harness::tally::Entry> = runs.iter().filter_map(Run::dir).map(harness::tally::Entry::load).collect();
+    let entries: Vec<harness::judge::tally::Entry> = runs.iter().filter_map(Run::dir).map(harness::judge::tally::Entry::load).collect();
     let kernels: Vec<String> = variants.iter().map(|k| k.name().to_string()).collect();
-    let tally = harness::tally::Tally::for_cells(&kernels, &cells, entries, Vec::new());
+    let tally = harness::judge::tally::Tally::for_cells(&kernels, &cells, entries, Vec::new());
     let mut harness_failed = skip_write_failed;
     if variants.len() > 1 || args.repeat > 1 {
         print!("\n{}", tally.rates_markdown());
         if !tally.ab.is_empty() {
-            print!("{}", harness::ab::markdown(&tally.ab));
+            print!("{}", harness::judge::ab::markdown(&tally.ab));
         }
         for c in tally.ab.iter().filter(|c| c.same_schedule == Some(false)) {
             eprintln!("error: {} (seed {}): the kernels recorded different schedules for the same seed", c.scenario, c.seed);
             harness_failed = true;
         }
-        let dir = harness::results::create_unique(&results_root, &format!("summary-{}", harness::results::stamp()));
+        let dir = harness::judge::results::create_unique(&results_root, &format!("summary-{}", harness::judge::results::stamp()));
         match dir.and_then(|d| tally.write(&d).map(|()| d)) {
             Ok(d) => {
                 println!("summary written to {}", d.display());
                 // The results root's page lists the new A/B tables.
-                if let Err(e) = harness::html::write_root_index(&results_root) {
+                if let Err(e) = harness::judge::html::write_root_index(&results_root) {
                     eprintln!("error: writing {}: {e:#}", results_root.join("index.html").display());
                     harness_failed = true;
                 }
@@ -313,7 +313,7 @@ fn names(variants: &[Variant]) -> String {
 /// the free memory holds (guest RAM plus QEMU's own), at least one.
 fn default_jobs() -> usize {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let per_vm_kib = (u64::from(harness::vm::VmConfig::new(PathBuf::new(), Vec::new()).memory_mib) + 512) * 1024;
+    let per_vm_kib = (u64::from(harness::run::vm::VmConfig::new(PathBuf::new(), Vec::new()).memory_mib) + 512) * 1024;
     let available_kib = std::fs::read_to_string("/proc/meminfo").ok().and_then(|t| mem_available_kib(&t));
     let by_memory = available_kib.map_or(cores, |kib| (kib / per_vm_kib) as usize);
     cores.min(by_memory).max(1)
@@ -331,14 +331,14 @@ async fn run_cells(
     args: &Args,
     scenarios: &[Scenario],
     cells: &[Cell],
-    built: &[(Variant, artifacts::Kernel, harness::image::Image)],
+    built: &[(Variant, artifacts::Kernel, harness::build::image::Image)],
     results_root: &Path,
     base_seed: u64,
     jobs: usize,
 ) -> Result<Vec<Run>> {
-    let stop = harness::torture::stop_on_signals().context("installing the Ctrl-C/SIGTERM handler")?;
+    let stop = harness::drive::torture::stop_on_signals().context("installing the Ctrl-C/SIGTERM handler")?;
     let no_more = tokio_util::sync::CancellationToken::new();
-    let progress = harness::progress::Progress::auto();
+    let progress = harness::drive::progress::Progress::auto();
     let booting: Vec<&Cell> = cells.iter().filter(|c| c.skip.is_none()).collect();
     let total = booting.len();
     let mut finished = 0;
@@ -425,7 +425,7 @@ fn check_text(scenarios: &[Scenario]) -> String {
     let mut out = String::new();
     for s in scenarios {
         let expects: Vec<String> = s.kernels.iter().map(|&k| format!("{k}: {}", s.expectation(k).describe())).collect();
-        let needs: Vec<&str> = harness::requires::of_scenario(s).into_iter().map(|r| r.name()).collect();
+        let needs: Vec<&str> = harness::drive::requires::of_scenario(s).into_iter().map(|r| r.name()).collect();
         let requires = if needs.is_empty() { String::new() } else { format!("requires {}; ", needs.join(", ")) };
         out.push_str(&format!("{}: ok; {requires}expects {}\n", s.name, expects.join("; ")));
     }
@@ -598,10 +598,10 @@ mod tests {
                 interrupted: false,
                 booted: true,
                 write_error: None,
-                summary: harness::results::RunSummary {
+                summary: harness::judge::results::RunSummary {
                     scenario: scenario.into(),
                     kernel: kernel.name().into(),
-                    titles: titles.iter().map(|t| harness::results::TitleCount { title: t.to_string(), count: 1, follow_ons: vec![] }).collect(),
+                    titles: titles.iter().map(|t| harness::judge::results::TitleCount { title: t.to_string(), count: 1, follow_ons: vec![] }).collect(),
                     expectation_met: why_not.is_empty(),
                     why_not: why_not.iter().map(|w| w.to_string()).collect(),
                     expected: "clean".into(),

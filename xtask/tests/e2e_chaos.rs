@@ -14,7 +14,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use chaos::{check_run_folder, titles, Sandbox};
-use harness::pace::Pace;
+use harness::run::pace::Pace;
 use nix::sys::signal::Signal;
 
 /// What a whole case may take on the slowest host the harness accepts (pace 10x): a guard,
@@ -25,7 +25,7 @@ fn guard(reference: Duration) -> Duration {
 
 /// The host's pace the run measured (meta.json).
 fn run_pace(run: &std::path::Path) -> Pace {
-    let meta: harness::results::Meta = serde_json::from_str(&std::fs::read_to_string(run.join("meta.json")).unwrap()).unwrap();
+    let meta: harness::judge::results::Meta = serde_json::from_str(&std::fs::read_to_string(run.join("meta.json")).unwrap()).unwrap();
     meta.pace.expect("the run booted and measured its pace")
 }
 
@@ -37,7 +37,7 @@ fn is_sysrq_panic(title: &str) -> bool {
 const SYSRQ_CRASH: &str = r#"exec: { argv: [sh, -c, "echo c > /proc/sysrq-trigger"], check: false, timeout: 30s }"#;
 
 /// Checks shared by every case: exit code, valid files, nothing left; returns the summary.
-fn ended(sandbox: &Sandbox, finished: &chaos::Finished, code: i32) -> (std::path::PathBuf, harness::results::RunSummary) {
+fn ended(sandbox: &Sandbox, finished: &chaos::Finished, code: i32) -> (std::path::PathBuf, harness::judge::results::RunSummary) {
     finished.assert_exit(code);
     let orphans = finished.orphans(sandbox);
     assert!(orphans.is_empty(), "left behind: {orphans:?}\n{}", finished.output);
@@ -45,7 +45,7 @@ fn ended(sandbox: &Sandbox, finished: &chaos::Finished, code: i32) -> (std::path
     check_run_folder(&sandbox.results)
 }
 
-fn print_row(case: &str, summary: &harness::results::RunSummary, finished: &chaos::Finished) {
+fn print_row(case: &str, summary: &harness::judge::results::RunSummary, finished: &chaos::Finished) {
     eprintln!(
         "chaos: {case}: exit {:?} in {:.1} s; verdict: {:?}; aborted: {:?}",
         finished.status.code(),

@@ -6,7 +6,7 @@ mod common;
 
 use std::path::Path;
 
-use harness::results::RunSummary;
+use harness::judge::results::RunSummary;
 
 /// Two quick scenarios, clean on every kernel, one iteration each.
 const QUICK: &str = "{usb-kbd-cycle,cp2112-nvmem-readers}";
@@ -29,7 +29,7 @@ fn window(dir: &Path) -> (std::time::SystemTime, std::time::SystemTime) {
 /// whose rates count two runs per scenario.
 #[test]
 fn e2e_jobs_2_repeat_2_leaves_four_runs_and_rates() {
-    let kernel = harness::testenv::kernel();
+    let kernel = testenv::kernel();
     let results = tempfile::tempdir().unwrap();
     let run = common::xtask(
         &["torture", "--scenario", QUICK, "--kernel", kernel.name(), "--seed", "11", "--iterations", "1", "--repeat", "2", "--jobs", "2"],
@@ -49,7 +49,7 @@ fn e2e_jobs_2_repeat_2_leaves_four_runs_and_rates() {
         let meta = json(&dir.join("meta.json"));
         let (index, base) = (meta["repeat"]["index"].as_u64().unwrap() as u32, meta["repeat"]["base_seed"].as_u64().unwrap());
         assert_eq!((meta["repeat"]["of"].as_u64(), base), (Some(2), 11));
-        assert_eq!(summary.seed, harness::matrix::derive_seed(base, index));
+        assert_eq!(summary.seed, harness::drive::matrix::derive_seed(base, index));
         // The recorded schedule is the one the scenario plans with that seed: replayable.
         assert_eq!(json(&dir.join("schedule.json"))["seed"].as_u64(), Some(summary.seed));
         assert!(std::fs::read_to_string(dir.join("console.log")).unwrap().lines().count() > 10);
@@ -69,7 +69,7 @@ fn e2e_jobs_2_repeat_2_leaves_four_runs_and_rates() {
         .map(|e| e.unwrap().path())
         .find(|p| p.file_name().unwrap().to_string_lossy().starts_with("summary-"))
         .unwrap_or_else(|| panic!("no summary folder: {all}"));
-    let tally: harness::tally::Tally = serde_json::from_value(json(&summary_dir.join("summary.json"))).unwrap();
+    let tally: harness::judge::tally::Tally = serde_json::from_value(json(&summary_dir.join("summary.json"))).unwrap();
     assert_eq!(tally.exit_code(), 0);
     assert_eq!(tally.rates.len(), 2);
     for r in &tally.rates {
@@ -90,7 +90,7 @@ fn e2e_shards_merged_equal_the_whole_matrix() {
     let listing = tempfile::tempdir().unwrap();
     let list = common::xtask(&[&base[..], &["--list", "--json"]].concat(), listing.path());
     assert!(list.status.success(), "{}", list.all);
-    let whole: Vec<harness::matrix::Cell> = serde_json::from_str(&list.stdout).unwrap_or_else(|e| panic!("{e}: {}", list.all));
+    let whole: Vec<harness::drive::matrix::Cell> = serde_json::from_str(&list.stdout).unwrap_or_else(|e| panic!("{e}: {}", list.all));
     assert_eq!(whole.len(), 4);
     let (a, b, out) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     for (k, dir) in [("1/2", &a), ("2/2", &b)] {
@@ -108,7 +108,7 @@ fn e2e_shards_merged_equal_the_whole_matrix() {
         .unwrap();
     let text = format!("{}\n{}", String::from_utf8_lossy(&merged.stdout), String::from_utf8_lossy(&merged.stderr));
     assert_eq!(merged.status.code(), Some(0), "{text}");
-    let tally: harness::tally::Tally = serde_json::from_value(json(&out.path().join("merged/summary.json"))).unwrap();
+    let tally: harness::judge::tally::Tally = serde_json::from_value(json(&out.path().join("merged/summary.json"))).unwrap();
     let mut got: Vec<(String, String, u64)> = tally.entries.iter().map(|e| (e.scenario.clone(), e.kernel.clone(), e.seed)).collect();
     let mut want: Vec<(String, String, u64)> = whole.iter().map(|c| (c.scenario.clone(), c.kernel.name().to_string(), c.seed)).collect();
     got.sort();

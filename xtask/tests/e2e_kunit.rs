@@ -28,7 +28,7 @@ fn e2e_kunit_resmgr_suites_pass() {
         assert!(run.join(file).is_file(), "{} has no {file}", run.display());
     }
     let ktap = std::fs::read_to_string(run.join("ktap.txt")).unwrap();
-    let parsed = harness::ktap::parse(&ktap);
+    let parsed = ktap::parse(&ktap);
     assert!(parsed.suite("resmgr").is_some_and(|s| !s.outcome().is_failure()), "{ktap}");
     assert!(!run.join("crashes").exists(), "crash reports filed in {}", run.display());
 }

@@ -11,8 +11,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use harness::results::RunView;
-use harness::scenario::Scenario;
+use harness::judge::results::RunView;
+use harness::drive::scenario::Scenario;
 
 /// A quick scenario (one VM, a few steps) whose expectation on vanilla is a KASAN report.
 const FINDING: &str = "gpio-virtuser-irq-teardown";
@@ -40,9 +40,9 @@ fn run_folders(root: &Path) -> Vec<PathBuf> {
 /// Every run folder's kcidb.json, validated with kcidb-io; the number of incidents (crash
 /// reports) it must carry is the number the folder filed.
 fn validate_kcidb(run: &Path) {
-    let path = run.join(harness::kcidb::FILE);
+    let path = run.join(harness::judge::kcidb::FILE);
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    harness::testenv::validate_kcidb(&text);
+    testenv::validate_kcidb(&text);
     let value: serde_json::Value = serde_json::from_str(&text).unwrap();
     let crashes = RunView::load(run).unwrap().crashes.len();
     let incidents = value["incidents"].as_array().map_or(0, Vec::len);
@@ -167,7 +167,7 @@ fn console_check_catches_a_script_error(scratch: &Path) {
 /// nothing on the console; screenshots in the target dir. The kcidb.json validates.
 #[test]
 fn e2e_run_pages_load_in_headless_chromium() {
-    let kernel = harness::testenv::kernel();
+    let kernel = testenv::kernel();
     let expectation = shipped(FINDING).expectation(kernel);
     let results = tempfile::tempdir().unwrap();
     let run = common::xtask(&["torture", "--scenario", FINDING, "--kernel", kernel.name(), "--seed", SEED], results.path());
@@ -182,7 +182,7 @@ fn e2e_run_pages_load_in_headless_chromium() {
     let scratch = tempfile::tempdir().unwrap();
     console_check_catches_a_script_error(scratch.path());
     let shots = screenshot_dir();
-    let page = dir.join(harness::html::PAGE);
+    let page = dir.join(harness::judge::html::PAGE);
     let loaded = chromium(&page, &shots.join(format!("run-{FINDING}-{kernel}.png")), 1400);
     let dom = &loaded.dom;
     assert!(loaded.console.is_empty(), "{}: console messages:\n{}", page.display(), loaded.console.join("\n"));
@@ -224,7 +224,7 @@ fn e2e_run_pages_load_in_headless_chromium() {
     assert!(linked.iter().any(|f| f.ends_with("console.log")), "{linked:?}");
 
     // The results root's page: the run, linked to its page.
-    let root_page = results.path().join(harness::html::PAGE);
+    let root_page = results.path().join(harness::judge::html::PAGE);
     let loaded = chromium(&root_page, &shots.join(format!("root-{FINDING}-{kernel}.png")), 500);
     assert!(loaded.console.is_empty(), "{}: console messages:\n{}", root_page.display(), loaded.console.join("\n"));
     let rows = select(&loaded.dom, "#runs tr td:first-child a");
@@ -272,7 +272,7 @@ fn merge_gate(shards: [&Path; 2]) -> (Option<i32>, String, String) {
 /// expectation pass it (exit 0). Every run's kcidb.json validates.
 #[test]
 fn e2e_merge_gate_fails_on_an_unexpected_title_and_passes_otherwise() {
-    let kernel = harness::testenv::kernel();
+    let kernel = testenv::kernel();
     let finding = shipped(FINDING);
     assert!(
         !finding.expectation(kernel).is_clean(),

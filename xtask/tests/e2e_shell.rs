@@ -12,7 +12,7 @@ mod common;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use harness::pace::{Pace, REFERENCE_BOOT};
+use harness::run::pace::{Pace, REFERENCE_BOOT};
 use rexpect::error::Error as ExpectError;
 use rexpect::process::WaitStatus;
 use rexpect::reader::Options;
@@ -91,7 +91,7 @@ impl Terminal {
 
 #[test]
 fn e2e_boot_shell_at_a_terminal_runs_what_is_typed_and_leaves_nothing_behind() {
-    let kernel = harness::testenv::kernel();
+    let kernel = testenv::kernel();
     // QEMU's private directory is made in here: it must be gone at the end too.
     let tmp = tempfile::tempdir().unwrap();
     let mut command = Command::new(env!("CARGO_BIN_EXE_xtask"));

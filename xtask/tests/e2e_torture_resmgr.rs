@@ -32,7 +32,7 @@ fn e2e_torture_resmgr_sample_unplug_is_clean_on_resmgr() {
     for s in &steps {
         assert_eq!(text(s, "status"), "ok", "step {} ({}) not ok: {s}", s["index"], text(s, "description"));
     }
-    let scenario = harness::scenario::Scenario::load(&root.join("scenarios/resmgr-sample-unplug.yaml")).unwrap();
+    let scenario = harness::drive::scenario::Scenario::load(&root.join("scenarios/resmgr-sample-unplug.yaml")).unwrap();
     assert_eq!(steps.len(), scenario.steps.len(), "{all}");
     let outputs: Vec<String> = steps.iter().map(|s| text(s, "output")).collect();
     assert!(outputs.iter().any(|o| o.trim() == "value=42 generation=1"), "no access before the removal: {outputs:#?}");
@@ -55,6 +55,6 @@ fn e2e_torture_resmgr_sample_unplug_is_clean_on_resmgr() {
         assert!(console.contains(line), "no {line:?} in {}", run.join("console.log").display());
     }
     assert!(!run.join("crashes").exists(), "crash reports filed in {}", run.display());
-    let summary: harness::results::RunSummary = serde_json::from_str(&std::fs::read_to_string(run.join("summary.json")).unwrap()).unwrap();
+    let summary: harness::judge::results::RunSummary = serde_json::from_str(&std::fs::read_to_string(run.join("summary.json")).unwrap()).unwrap();
     assert_eq!((summary.kernel.as_str(), summary.expected.as_str(), summary.expectation_met), ("resmgr", "clean", true), "{summary:?}");
 }

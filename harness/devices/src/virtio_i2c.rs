@@ -17,7 +17,7 @@
 //! Sans-IO: [`Layout::of`] checks a chain's shape (descriptor directions and lengths, all
 //! explicit, bounded), [`OutHdr::decode`] the header bytes, and [`Adapter::execute`] runs one
 //! message against the bus. The vhost-user transport (guest memory, the virtqueue) lives in
-//! `harness::vhost_i2c`. A malformed chain is a [`ChainError`], never a panic.
+//! `harness::devices::vhost_i2c`. A malformed chain is a [`ChainError`], never a panic.
 //!
 //! Faults ([`Faults`], a scenario's `fault:` step) are decided here and carried out by the
 //! transport: [`Adapter::admit`] says, before each chain, whether to answer it (after a delay)

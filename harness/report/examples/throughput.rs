@@ -12,7 +12,7 @@ fn main() {
         args.drain(i..(i + 2).min(args.len()));
     }
     let paths: Vec<std::path::PathBuf> = if args.is_empty() {
-        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/data/reports");
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data");
         std::fs::read_dir(&dir).map(|d| d.flatten().map(|e| e.path()).collect()).unwrap_or_default()
     } else {
         args.into_iter().map(Into::into).collect()

@@ -388,7 +388,7 @@ mod tests {
     use super::*;
 
     fn golden(name: &str) -> Vec<crate::Report> {
-        let path = format!("{}/../tests/data/reports/{name}", env!("CARGO_MANIFEST_DIR"));
+        let path = format!("{}/tests/data/{name}", env!("CARGO_MANIFEST_DIR"));
         let bytes = std::fs::read(&path).unwrap();
         crate::parse(crate::split_expectations(&bytes).1)
     }
@@ -412,7 +412,7 @@ mod tests {
         }
         // Four reports, one title, one object: one bug of four reports.
         let collected = crate::parse_collected(crate::split_expectations(&std::fs::read(format!(
-            "{}/../tests/data/reports/project-gpio-virtuser-proc-interrupts-uaf.log",
+            "{}/tests/data/project-gpio-virtuser-proc-interrupts-uaf.log",
             env!("CARGO_MANIFEST_DIR")
         ))
         .unwrap())

@@ -83,7 +83,7 @@ pub fn parse(log: &[u8]) -> Vec<Report> {
 
 /// Splits a report file into its expectation header and its console text.
 ///
-/// syzkaller's test corpus and our golden corpus (`harness/tests/data/reports`) share a file
+/// syzkaller's test corpus and our golden corpus (`harness/report/tests/data`) share a file
 /// format: a header of `KEY: value` lines (`TITLE:`, `ALT:`, `TYPE:`, `CORRUPTED:`, `START:`
 /// …) and `#` comments, a blank line, then the console bytes. The header quotes the expected
 /// titles and report lines (`TITLE: BUG: soft lockup in foo`), so parsed as console text it

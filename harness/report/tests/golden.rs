@@ -1,4 +1,4 @@
-//! Golden console logs: `harness/tests/data/reports/*.log`.
+//! Golden console logs: `harness/report/tests/data/*.log`.
 //!
 //! Each file is a header, a blank line, then the raw console bytes. The header lists every
 //! report the parser must find, in order: `TITLE:` starts one, followed by its `ALT:` lines,
@@ -15,7 +15,7 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 fn corpus_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/data/reports")
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data")
 }
 
 struct Golden {

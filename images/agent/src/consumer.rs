@@ -65,7 +65,7 @@ pub fn hold(req: HoldRequest, sink: Sink) -> Result<Reply, ErrorReply> {
             // clean run), and the handles are still held until the release closes them.
             if let Err(panic) = std::panic::catch_unwind(AssertUnwindSafe(|| holder.run(&req, &flag))) {
                 let why = format!("{}{}", agent::HOLDER_PANICKED, crate::panic_message(&*panic));
-                holder.report("stopped", CallResult::Ok, None, 0, Some(why));
+                holder.report(agent::HOLDER_STOPPED, CallResult::Ok, None, 0, Some(why));
             }
             // The fds stay open past the loop until released: the close may come long after
             // the unplug (a late close), which is its own path through the kernel.
@@ -291,7 +291,7 @@ impl Holder {
             "deadline"
         };
         self.flush();
-        self.report("stopped", CallResult::Ok, None, 0, Some(why.to_string()));
+        self.report(agent::HOLDER_STOPPED, CallResult::Ok, None, 0, Some(why.to_string()));
     }
 
     /// One operation (or poll + read for the event kinds).
@@ -578,7 +578,7 @@ impl Holder {
         // What the teardown of an in-kernel consumer refused, if anything.
         let failed = self.undo.run();
         let detail = (!failed.is_empty()).then(|| failed.join("; "));
-        self.report("closed", CallResult::Ok, Some(0), t0.elapsed().as_micros() as u64, detail);
+        self.report(agent::HOLDER_CLOSED, CallResult::Ok, Some(0), t0.elapsed().as_micros() as u64, detail);
     }
 }
 

@@ -1,4 +1,4 @@
-//! Wire protocol between the host (`harness::agent`) and the guest agent (`unplug-agent`).
+//! Wire protocol between the host (`harness::run::agent_link`) and the guest agent (`unplug-agent`).
 //!
 //! Transport: JSON lines over the virtio-serial port named [`PORT_NAME`]. Each line is one
 //! JSON object. The host sends [`Request`]s; the guest sends [`GuestMessage`]s:
@@ -156,6 +156,14 @@ fn default_release_wait_ms() -> u64 {
 /// The [`ConsumerRecord::op`] a holder sends once its first use (a call, or a poll window)
 /// returned: the host waits for it before anything may unplug the provider.
 pub const HOLDER_READY: &str = "ready";
+
+/// The [`ConsumerRecord::op`] a holder sends when its loop ended (deadline, error, release or
+/// panic; the detail says which).
+pub const HOLDER_STOPPED: &str = "stopped";
+
+/// The [`ConsumerRecord::op`] of a holder's close of its handle (the late close after an
+/// unplug), with the errno the close returned.
+pub const HOLDER_CLOSED: &str = "closed";
 
 /// The start of a `stopped` record's [`ConsumerRecord::detail`] when the holder's loop
 /// panicked (a bug in the agent, not the kernel's answer); the panic message follows.

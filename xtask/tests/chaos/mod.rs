@@ -52,7 +52,7 @@ impl Sandbox {
 
     /// Starts `xtask torture` on scenario `name` against the kernel under test.
     pub fn torture(&self, name: &str, extra: &[&str]) -> Harness {
-        let kernel = harness::testenv::kernel().name();
+        let kernel = testenv::kernel().name();
         let scenarios = self.scenarios.to_str().unwrap();
         let results = self.results.to_str().unwrap();
         let mut args = vec!["torture", "--scenario-dir", scenarios, "--scenario", name, "--kernel", kernel, "--seed", "1", "--results", results];
@@ -193,7 +193,7 @@ impl Finished {
 /// JSONL file parses, `meta.json`, `schedule.json` and `summary.json` are there and load as
 /// what they are, every crash folder has its title, type, count and report. Returns the
 /// folder and its summary; panics with what is wrong.
-pub fn check_run_folder(results: &Path) -> (PathBuf, harness::results::RunSummary) {
+pub fn check_run_folder(results: &Path) -> (PathBuf, harness::judge::results::RunSummary) {
     let (runs, others): (Vec<PathBuf>, Vec<PathBuf>) = std::fs::read_dir(results).unwrap().map(|e| e.unwrap().path()).partition(|p| p.is_dir());
     assert_eq!(runs.len(), 1, "one run folder: {runs:?}");
     // Beside it only the matrix record and the results root's page, both whole.
@@ -209,9 +209,9 @@ pub fn check_run_folder(results: &Path) -> (PathBuf, harness::results::RunSummar
     }
     let run = runs[0].clone();
     check_files(&run);
-    harness::schedule::Schedule::load(&run.join("schedule.json")).unwrap();
-    let meta: harness::results::Meta = serde_json::from_str(&std::fs::read_to_string(run.join("meta.json")).unwrap()).unwrap();
-    let summary: harness::results::RunSummary = serde_json::from_str(&std::fs::read_to_string(run.join("summary.json")).unwrap()).unwrap();
+    harness::drive::schedule::Schedule::load(&run.join("schedule.json")).unwrap();
+    let meta: harness::judge::results::Meta = serde_json::from_str(&std::fs::read_to_string(run.join("meta.json")).unwrap()).unwrap();
+    let summary: harness::judge::results::RunSummary = serde_json::from_str(&std::fs::read_to_string(run.join("summary.json")).unwrap()).unwrap();
     assert_eq!(summary.run_id, meta.run_id);
     assert!(run.join("summary.md").is_file());
     if let Ok(crashes) = std::fs::read_dir(run.join("crashes")) {
@@ -256,6 +256,6 @@ fn check_files(dir: &Path) {
 }
 
 /// The titles of a summary.
-pub fn titles(summary: &harness::results::RunSummary) -> Vec<String> {
+pub fn titles(summary: &harness::judge::results::RunSummary) -> Vec<String> {
     summary.titles.iter().map(|t| t.title.clone()).collect()
 }
