@@ -164,7 +164,7 @@ fn torture(args: &Args) -> Result<Done> {
     // Parse everything before building or booting anything: a typo should cost seconds.
     let mut scenarios: Vec<Scenario> = paths.iter().map(|p| Scenario::load(p)).collect::<Result<_, _>>()?;
     if args.check {
-        print!("{}", check_text(&scenarios));
+        print!("{}", check_text(&scenarios, &harness::drive::requires::absent_by_kernel(&Variant::ALL)?));
         return Ok(Done::both(0));
     }
     if let Some(n) = args.iterations {
@@ -419,12 +419,29 @@ impl Run {
     }
 }
 
-/// `--check`: one line per scenario with what it needs of a kernel build, the kernels it
-/// applies to and what it expects on each.
-fn check_text(scenarios: &[Scenario]) -> String {
+/// `--check`: one line per scenario: what it requires and what it expects on each kernel it applies to;
+/// where that kernel's build is without a requirement (`absent`), `skipped` and why, so a
+/// run that cannot happen never reads as an expected `clean`.
+fn check_text(scenarios: &[Scenario], absent: &harness::drive::requires::Absences) -> String {
     let mut out = String::new();
     for s in scenarios {
-        let expects: Vec<String> = s.kernels.iter().map(|&k| format!("{k}: {}", s.expectation(k).describe())).collect();
+        let expects: Vec<String> = s
+            .kernels
+            .iter()
+            .map(|&k| {
+                let without = absent.get(&k).map_or(&[][..], Vec::as_slice);
+                let unmet: Vec<&str> = harness::drive::requires::of_scenario(s)
+                    .into_iter()
+                    .filter(|&need| harness::drive::requires::unmet(&[need].into(), without).is_some())
+                    .map(|need| need.name())
+                    .collect();
+                if unmet.is_empty() {
+                    format!("{k}: {}", s.expectation(k).describe())
+                } else {
+                    format!("{k}: skipped (requires {}, absent from its build)", unmet.join(", "))
+                }
+            })
+            .collect();
         let needs: Vec<&str> = harness::drive::requires::of_scenario(s).into_iter().map(|r| r.name()).collect();
         let requires = if needs.is_empty() { String::new() } else { format!("requires {}; ", needs.join(", ")) };
         out.push_str(&format!("{}: ok; {requires}expects {}\n", s.name, expects.join("; ")));
@@ -679,8 +696,9 @@ mod tests {
     fn check_lists_the_shipped_expectations() {
         let dir = harness::paths::repo_root().join("scenarios");
         let scenarios: Vec<Scenario> = scenario::find(&dir, "*").unwrap().iter().map(|p| Scenario::load(p).unwrap()).collect();
-        let text = check_text(&scenarios);
-        assert!(text.contains("\ncp2112-i2c-dev-held: ok; expects vanilla: INFO: task hung in cp2112_remove; resmgr: clean\n"), "{text}");
+        let text = check_text(&scenarios, &harness::drive::requires::absent_by_kernel(&Variant::ALL).unwrap());
+        assert!(text.contains("\ncp2112-i2c-dev-held: ok; expects vanilla: INFO: task hung in cp2112_remove; resmgr: clean; vanilla-6.1: "), "{text}");
+        assert!(text.contains("\ngpio-virtuser-irq-teardown: ok; requires gpio-virtuser; expects vanilla: KASAN: slab-use-after-free Read in seq_vprintf; resmgr: clean; vanilla-6.1: skipped (requires gpio-virtuser, absent from its build)\n"), "{text}");
         assert!(text.contains("\nresmgr-sample-unplug: ok; requires rust; expects resmgr: clean\n"), "{text}");
         assert!(text.contains("\ngpio-virtuser-irq-teardown: ok; requires gpio-virtuser; expects vanilla: "), "{text}");
         assert!(text.ends_with(&format!("{} scenario(s) valid\n", scenarios.len())), "{text}");

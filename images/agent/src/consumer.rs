@@ -713,6 +713,7 @@ impl KernelConsumer {
         if req.lines.is_empty() {
             return Err(ErrorReply::msg("gpio-aggregator needs at least one line"));
         }
+        driver_present(root, AGGREGATOR_DRIVER, "gpio-aggregator", "CONFIG_GPIO_AGGREGATOR")?;
         let label = chip_key(&req.path)?;
         let offsets: Vec<String> = req.lines.iter().map(u32::to_string).collect();
         let devices = root.path(PLATFORM_DEVICES);
@@ -780,6 +781,7 @@ impl Virtuser {
     /// the groups, innermost first.
     fn build(root: &Root, handle: u64, req: &HoldRequest, undo: &mut Undo) -> Result<Virtuser, ErrorReply> {
         let step = |what: &str, r: io::Result<()>| r.map_err(|e| ErrorReply::io(what.to_string(), &e));
+        driver_present(root, VIRTUSER_CONFIGFS, "gpio-virtuser", "CONFIG_GPIO_VIRTUSER, upstream since 6.11")?;
         let label = chip_key(&req.path)?;
         let mut mkdir = |what: &str, dir: PathBuf| {
             step(&format!("mkdir {what}"), std::fs::create_dir(&dir))?;
@@ -817,6 +819,16 @@ impl Virtuser {
     fn line_files(&self, attr: &str) -> Vec<PathBuf> {
         (0..self.entries).map(|i| self.debugfs.join(format!("gpiod:{VIRTUSER_CON_ID}:{i}")).join(attr)).collect()
     }
+}
+
+/// ENODEV naming the driver when the kernel has no `dir` of it: a kernel built without it
+/// (6.1 has no gpio-virtuser) would otherwise answer the first configfs or sysfs write with
+/// a bare ENOENT on a path.
+fn driver_present(root: &Root, dir: &str, driver: &str, option: &str) -> Result<(), ErrorReply> {
+    if root.path(dir).is_dir() {
+        return Ok(());
+    }
+    Err(ErrorReply::errno(libc::ENODEV, format!("this kernel has no {driver} driver: {dir} is missing ({option})")))
 }
 
 /// How gpio-virtuser and gpio-aggregator name a chip: its label (looked up from a `/dev`
@@ -1271,6 +1283,21 @@ mod tests {
         assert_eq!(err.errno, Some(libc::ENOTTY), "{err}");
         let deleted = std::fs::read_to_string(driver.join("delete_device"));
         assert_eq!(deleted.ok().as_deref(), Some("gpio-aggregator.7"), "the aggregator outlived its holder");
+    }
+
+    /// A kernel without the driver (6.1 has no gpio-virtuser) gets ENODEV naming it, before
+    /// any configfs write, and nothing to undo.
+    #[test]
+    fn a_kernel_without_the_driver_gets_enodev_naming_it() {
+        let dir = Scratch::new("no-driver");
+        let root = Root(dir.0.clone());
+        for (kind, driver) in [(HoldKind::GpioVirtuser, "gpio-virtuser"), (HoldKind::GpioVirtuserIrq, "gpio-virtuser"), (HoldKind::GpioAggregator, "gpio-aggregator")] {
+            let (sink, _) = collecting();
+            let err = Holder::open(&root, 1, &request(kind, "gpio-sim.0-node0", vec![0]), sink).err().expect("no driver, no holder");
+            assert_eq!(err.errno, Some(libc::ENODEV), "{err}");
+            assert!(err.message.starts_with(&format!("this kernel has no {driver} driver: ")), "{err}");
+        }
+        assert_eq!(std::fs::read_dir(&dir.0).unwrap().count(), 0, "nothing written under the root");
     }
 
     #[test]
