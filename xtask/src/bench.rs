@@ -199,7 +199,16 @@ fn cycles(args: &Args, kernel: &artifacts::Kernel, image: &std::path::Path) -> R
         name: "cp2112 plug to nvmem ready",
         value: mean(&ready),
         unit: "s",
-        note: format!("hid-cp2112 bound, at24 instantiated, nvmem present ({} plugs: {})", ready.len(), list(&ready)),
+        // Every plug after the first waits for the previous unplug's teardown in the hub
+        // worker: cp2112_remove -> i2c_del_adapter waits for the adapter's release, which
+        // CONFIG_DEBUG_KOBJECT_RELEASE (a lifetime-bug detector we keep) delays by 1-4 s at
+        // random, before the worker enumerates the new device (console: `USB disconnect`,
+        // then nothing until `kobject_release ... (delayed N)`).
+        note: format!(
+            "hid-cp2112 bound, at24 instantiated, nvmem present ({} plugs: {}); re-plugs wait out the last unplug's delayed kobject release (1-4 s)",
+            ready.len(),
+            list(&ready)
+        ),
     });
     figures.push(Figure {
         name: "cp2112 unplug to gone",
