@@ -738,11 +738,12 @@ fn wait_in_shell(condition: &str) -> String {
 /// From the adapter's `name` file `$f`: prints `bus=N`, `hid=` (the adapter's parent device)
 /// and `driver=` (that device's driver directory); leaves `$bus` (`i2c-N`) and `$hid` (the
 /// parent's sysfs path) set. `cd -P` resolves the symlinks as `readlink -f` would, without a
-/// process.
+/// process. Ends with a newline: what follows is spliced in after it.
 const ADAPTER_NODES: &str = r#"bus=${f%/name}; bus=${bus##*/}; echo "bus=${bus#i2c-}"
 cd -P "/sys/bus/i2c/devices/$bus/.."; hid=$PWD; echo "hid=${hid##*/}"
 cd -P "$hid/driver"; echo "driver=$PWD"
-cd /"#;
+cd /
+"#;
 
 /// The shell lines that instantiate one at24 client on adapter `$bus` and print its nvmem.
 fn at24_instantiate(spec: &At24Spec) -> String {
