@@ -5,7 +5,7 @@
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use harness::drive::scenario::UnplugHow;
 use harness::devices::testbed::Testbed;
 use harness::run::vm::{Accel, BootPhases, Vm, VmConfig};
@@ -293,7 +293,9 @@ fn engine() -> Result<Vec<Figure>> {
     for jobs in [1, 2] {
         let results = root.join(format!("jobs{jobs}"));
         let start = Instant::now();
-        let status = torture_child(&variant, ENGINE_SCENARIOS, jobs, &results)?.status()?;
+        let status = torture_child(&variant, ENGINE_SCENARIOS, jobs, &results)?
+            .status()
+            .with_context(|| format!("running torture --jobs {jobs}"))?;
         let elapsed = start.elapsed().as_secs_f64();
         let runs = run_folders(&results).len();
         anyhow::ensure!(runs > 0 && status.code().is_some_and(|c| c <= 1), "torture --jobs {jobs} failed ({status}); its runs: {}", results.display());
@@ -306,13 +308,15 @@ fn engine() -> Result<Vec<Figure>> {
     }
     let results = root.join("first-kasan");
     let start = Instant::now();
-    let mut child = torture_child(&variant, FIRST_KASAN_SCENARIO, 1, &results)?.spawn()?;
+    let mut child = torture_child(&variant, FIRST_KASAN_SCENARIO, 1, &results)?
+        .spawn()
+        .with_context(|| format!("starting torture on {FIRST_KASAN_SCENARIO}"))?;
     let mut first = None;
     let status = loop {
         if first.is_none() && first_kasan_filed(&results) {
             first = Some(start.elapsed().as_secs_f64());
         }
-        if let Some(status) = child.try_wait()? {
+        if let Some(status) = child.try_wait().context("waiting for torture")? {
             break status;
         }
         std::thread::sleep(Duration::from_millis(100));
@@ -330,7 +334,8 @@ fn engine() -> Result<Vec<Figure>> {
 
 /// `xtask torture` on `scenarios` with `jobs` VMs at once, its runs under `results`.
 fn torture_child(variant: &str, scenarios: &str, jobs: usize, results: &std::path::Path) -> Result<std::process::Command> {
-    let mut cmd = std::process::Command::new(std::env::current_exe()?);
+    let exe = std::env::current_exe().context("finding this xtask binary to run its torture")?;
+    let mut cmd = std::process::Command::new(exe);
     cmd.args(["torture", "--kernel", variant, "--seed", ENGINE_SEED, "--scenario", scenarios, "--jobs", &jobs.to_string(), "--results"])
         .arg(results)
         .stdout(std::process::Stdio::null());
