@@ -53,8 +53,9 @@ pub struct Args {
     /// Read scenarios from DIR instead of this checkout's scenarios/.
     #[arg(long, value_name = "DIR")]
     scenario_dir: Option<PathBuf>,
-    /// Kernel variants to run against, comma-separated (vanilla, resmgr; `both` = vanilla,resmgr);
-    /// the first is the baseline of the A/B tables.
+    /// Kernel variants to run against, comma-separated (vanilla = Debian's 6.12, resmgr = 6.12
+    /// with our series, vanilla-6.1 = Debian's 6.1 LTS; `both` = vanilla,resmgr); the first is
+    /// the baseline of the A/B tables.
     #[arg(long, default_value = "vanilla")]
     kernel: KernelList,
     /// Base seed for the schedules (delays, unplug methods); printed so a run can be repeated.
