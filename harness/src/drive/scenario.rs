@@ -46,7 +46,9 @@
 //! `[`, `{`, `*` or `?` is written `[[]`, `[{]`, `[*]`, `[?]`). Each of `titles` must match
 //! some title of the run (counts do not matter); every title of the run must match an entry of
 //! `titles` or `maybe`. `clean` is no title; a variant `expect` does not name expects `clean`.
-//! A failed step misses any expectation (see `results::Summary`).
+//! A failed step misses any expectation (see `results::Summary`). `refused: [holder, ...]`
+//! names holders that must have been refused by the run's end, so that a clean run shows the
+//! consumer did reach the removed provider.
 //!
 //! A step can be limited to some variants without changing the schedule:
 //! `- only: { kernels: [vanilla], step: { wait_console: "blocked for more than" } }`. Its
@@ -225,14 +227,20 @@ fn expect_map<'de, D: serde::Deserializer<'de>>(d: D) -> Result<BTreeMap<KernelV
 
 /// The crash titles a run on one kernel variant must show (`titles`, each matched by at least
 /// one title) and may show (`maybe`); any other title misses it. Empty: clean.
+///
+/// `refused` names holders that must have been refused (an error or a hang-up) by the run's
+/// end. A clean run only says something about a removed provider if a consumer reached it
+/// afterwards: a holder whose uses all came before the removal leaves a clean that proves
+/// nothing, and with `refused` that run misses.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Expectation {
     pub titles: Vec<TitlePattern>,
     pub maybe: Vec<TitlePattern>,
+    pub refused: Vec<String>,
 }
 
-/// What a scenario file writes for a variant: `clean`, a list (= `titles`), or both lists.
-const EXPECTATION_FORMS: &str = "`clean`, a list of title patterns, or { titles: [...], maybe: [...] }";
+/// What a scenario file writes for a variant: `clean`, a list (= `titles`), or a map.
+const EXPECTATION_FORMS: &str = "`clean`, a list of title patterns, or { titles: [...], maybe: [...], refused: [holder, ...] }";
 
 impl Expectation {
     pub fn is_clean(&self) -> bool {
@@ -261,16 +269,29 @@ impl Expectation {
         missing.chain(unexpected).collect()
     }
 
-    /// One line: `clean`, or the patterns.
+    /// Why the holders of a run (name, refused or not) miss `refused`: each one named there
+    /// that was never refused, or is not among them.
+    pub fn unrefused<'h>(&self, holders: impl Iterator<Item = (&'h str, bool)> + Clone) -> Vec<String> {
+        self.refused
+            .iter()
+            .filter(|name| !holders.clone().any(|(n, refused)| n == name.as_str() && refused))
+            .map(|name| format!("holder {name} was never refused: no use of it reached the removed provider"))
+            .collect()
+    }
+
+    /// One line: `clean`, or the patterns; then the holders that must be refused.
     pub fn describe(&self) -> String {
-        if self.is_clean() {
-            return "clean".into();
-        }
         let list = |ps: &[TitlePattern]| ps.iter().map(TitlePattern::text).collect::<Vec<_>>().join(" | ");
-        match (self.titles.is_empty(), self.maybe.is_empty()) {
+        let titles = match (self.titles.is_empty(), self.maybe.is_empty()) {
+            (true, true) => "clean".into(),
             (false, true) => list(&self.titles),
             (true, false) => format!("clean, maybe {}", list(&self.maybe)),
             _ => format!("{}, maybe {}", list(&self.titles), list(&self.maybe)),
+        };
+        if self.refused.is_empty() {
+            titles
+        } else {
+            format!("{titles}; refused: {}", self.refused.join(", "))
         }
     }
 }
@@ -278,15 +299,23 @@ impl Expectation {
 impl Serialize for Expectation {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         use serde::ser::SerializeMap;
-        if self.is_clean() {
-            return s.serialize_str("clean");
+        if self.refused.is_empty() {
+            if self.is_clean() {
+                return s.serialize_str("clean");
+            }
+            if self.maybe.is_empty() {
+                return self.titles.serialize(s);
+            }
         }
-        if self.maybe.is_empty() {
-            return self.titles.serialize(s);
+        let mut map = s.serialize_map(None)?;
+        for (key, list) in [("titles", &self.titles), ("maybe", &self.maybe)] {
+            if !list.is_empty() {
+                map.serialize_entry(key, list)?;
+            }
         }
-        let mut map = s.serialize_map(Some(2))?;
-        map.serialize_entry("titles", &self.titles)?;
-        map.serialize_entry("maybe", &self.maybe)?;
+        if !self.refused.is_empty() {
+            map.serialize_entry("refused", &self.refused)?;
+        }
         map.end()
     }
 }
@@ -311,7 +340,7 @@ impl<'de> Deserialize<'de> for Expectation {
                 if titles.is_empty() {
                     return Err(serde::de::Error::custom("lists no title; write `clean` for none"));
                 }
-                Ok(Expectation { titles, maybe: Vec::new() })
+                Ok(Expectation { titles, ..Expectation::default() })
             }
             fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Expectation, A::Error> {
                 #[derive(Deserialize)]
@@ -319,6 +348,7 @@ impl<'de> Deserialize<'de> for Expectation {
                 enum Key {
                     Titles,
                     Maybe,
+                    Refused,
                 }
                 /// One `titles:` or `maybe:` list, read with `pattern_list`.
                 struct Patterns(Vec<TitlePattern>);
@@ -337,18 +367,37 @@ impl<'de> Deserialize<'de> for Expectation {
                         d.deserialize_seq(Seq)
                     }
                 }
-                let (mut titles, mut maybe) = (None, None);
+                let (mut titles, mut maybe, mut refused) = (None, None, None);
+                let twice = |name: &str| serde::de::Error::custom(format!("`{name}` given twice"));
                 while let Some(key) = map.next_key::<Key>()? {
                     let (slot, name) = match key {
                         Key::Titles => (&mut titles, "titles"),
                         Key::Maybe => (&mut maybe, "maybe"),
+                        Key::Refused => {
+                            if refused.is_some() {
+                                return Err(twice("refused"));
+                            }
+                            let names: Vec<String> = map.next_value()?;
+                            if names.is_empty() {
+                                return Err(serde::de::Error::custom("`refused` lists no holder; leave it out for none"));
+                            }
+                            if let Some(name) = names.iter().enumerate().find_map(|(i, n)| names[..i].contains(n).then_some(n)) {
+                                return Err(serde::de::Error::custom(format!("`refused` lists {name:?} twice")));
+                            }
+                            refused = Some(names);
+                            continue;
+                        }
                     };
                     if slot.is_some() {
-                        return Err(serde::de::Error::custom(format!("`{name}` given twice")));
+                        return Err(twice(name));
                     }
                     *slot = Some(map.next_value::<Patterns>()?.0);
                 }
-                Ok(Expectation { titles: titles.unwrap_or_default(), maybe: maybe.unwrap_or_default() })
+                Ok(Expectation {
+                    titles: titles.unwrap_or_default(),
+                    maybe: maybe.unwrap_or_default(),
+                    refused: refused.unwrap_or_default(),
+                })
             }
         }
         d.deserialize_any(Form)
@@ -893,6 +942,23 @@ impl Scenario {
             state.apply(step).map_err(|message| (vec![Seg::Key(section), Seg::Index(index)], format!("{at}: {message}")))?;
         }
         let StepState { plugged, held, .. } = state;
+        let holds: Vec<&str> = self
+            .setup
+            .iter()
+            .chain(&self.steps)
+            .filter_map(|s| match s {
+                Step::Hold(h) => Some(h.name.as_str()),
+                _ => None,
+            })
+            .collect();
+        for (kernel, expect) in &self.expect {
+            if let Some(name) = expect.refused.iter().find(|n| !holds.contains(&n.as_str())) {
+                return Err((
+                    vec![Seg::Key("expect"), Seg::Key(kernel.name()), Seg::Key("refused")],
+                    format!("expect.{kernel}.refused names {name:?}, which no hold step holds (holders: {})", holds.join(", ")),
+                ));
+            }
+        }
         // Steps repeat, so whatever they plug they must also unplug.
         if self.iterations > 1 {
             let at = |i: usize| vec![Seg::Key("steps"), Seg::Index(i)];
@@ -1156,6 +1222,31 @@ steps:
         assert_eq!(serde_json::to_string(&Expectation::default()).unwrap(), "\"clean\"");
     }
 
+    /// `refused` names holders the scenario's hold steps hold, each once; it is no title, so
+    /// the run can still be clean, and it reads back as itself.
+    #[test]
+    fn refused_names_holders_the_steps_hold() {
+        let text = |refused: &str| {
+            format!("name: x\nexpect:\n  vanilla: {{ refused: {refused} }}\nsteps:\n  - plug: {{ device: gpio-sim, id: g }}\n  - hold: {{ name: h, kind: gpio-cdev, on: g }}\n  - unplug: {{ id: g, how: graceful }}\n")
+        };
+        let e = Scenario::parse(&text("[h]"), Path::new("r.yaml")).unwrap().expectation(KernelVariant::Vanilla);
+        assert!(e.is_clean());
+        assert_eq!(e.describe(), "clean; refused: h");
+        let json = serde_json::to_string(&e).unwrap();
+        assert_eq!(json, r#"{"refused":["h"]}"#);
+        assert_eq!(serde_json::from_str::<Expectation>(&json).unwrap(), e);
+        for (refused, needle) in [
+            ("[g]", "r.yaml:3:"),
+            ("[g]", "expect.vanilla.refused names \"g\", which no hold step holds (holders: h)"),
+            ("[]", "`refused` lists no holder; leave it out for none"),
+            ("[h, h]", "`refused` lists \"h\" twice"),
+            ("h", "r.yaml:3:23: expect.vanilla.refused: invalid type: string \"h\", expected a sequence"),
+        ] {
+            let err = Scenario::parse(&text(refused), Path::new("r.yaml")).unwrap_err().to_string();
+            assert!(err.contains(needle), "{refused}: {err}");
+        }
+    }
+
     /// Each `titles` pattern must match some title; every title must be allowed by `titles`
     /// or `maybe`; exact text and globs alike, counts never matter.
     #[test]
@@ -1198,13 +1289,13 @@ steps:
             (at("  vanilla: [\"KASAN: {Read in at24_read\"]"), "e.yaml:3:12: expect.vanilla: bad title pattern \"KASAN: {Read in at24_read\": unclosed alternate group; missing '}' (maybe escape '{' with '[{]'?)"),
             (at("  vanilla: [\"[unclosed\"]"), "e.yaml:3:12: expect.vanilla: bad title pattern \"[unclosed\": unclosed character class"),
             (at("  vanilla: [\"\"]"), "e.yaml:3:12: expect.vanilla: an empty title pattern matches no title"),
-            (at("  vanilla: dirty"), "e.yaml:3:12: expect.vanilla: \"dirty\" is not `clean`, a list of title patterns, or { titles: [...], maybe: [...] }"),
+            (at("  vanilla: dirty"), "e.yaml:3:12: expect.vanilla: \"dirty\" is not `clean`, a list of title patterns, or { titles: [...], maybe: [...], refused: [holder, ...] }"),
             (at("  vanilla: KASAN: x"), "e.yaml:3:"),
             (at("  vanilla: 3"), "e.yaml:3:12: expect.vanilla: invalid type: integer `3`, expected `clean`, a list of title patterns"),
             (at("  vanilla: []"), "e.yaml:3:12: expect.vanilla: lists no title; write `clean` for none"),
             (at("  vanilla: [a, a]"), "e.yaml:3:12: expect.vanilla: lists \"a\" twice"),
             (at("  vanilla: [[a]]"), "e.yaml:3:13: expect.vanilla[0]: invalid type: sequence, expected a string"),
-            (at("  vanilla: { titles: [a], must: [b] }"), "e.yaml:3:27: expect.vanilla: unknown variant `must`, expected `titles` or `maybe`"),
+            (at("  vanilla: { titles: [a], must: [b] }"), "e.yaml:3:27: expect.vanilla: unknown variant `must`, expected one of `titles`, `maybe`, `refused`"),
             (at("  vanilla: { titles: a }"), "e.yaml:3:22: expect.vanilla.titles: invalid type: string \"a\", expected a list of title patterns"),
             (at("  vanilla: { maybe: [a], maybe: [b] }"), "e.yaml:3:"),
             (at("  [vanilla]"), "e.yaml:3:3: expect: invalid type: sequence, expected a map from kernel variant (vanilla, resmgr, vanilla-6.1) to its expectation"),

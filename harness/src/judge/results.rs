@@ -234,7 +234,8 @@ impl Summary {
     /// the step is judged by its title alone, so the expectation can be met. A stop the guest
     /// caused is judged the same way: where the expectation allows its title (a bug known to
     /// wedge the guest: `guest agent unresponsive`), neither the stop nor the failed step that
-    /// set it off (the last one) counts; the expected titles must still be there.
+    /// set it off (the last one) counts; the expected titles must still be there. A holder the
+    /// expectation names in `refused` that never saw an error misses it too.
     pub fn why_not(&self, titles: &[&str], follow_ons: &[&str]) -> Vec<String> {
         let mut why = self.expect.mismatches(titles, follow_ons);
         let expected_stop = self.stop_title.as_deref().is_some_and(|t| self.expect.allows(t));
@@ -248,6 +249,7 @@ impl Summary {
         if let Some(aborted) = self.aborted.as_ref().filter(|_| !expected_stop) {
             why.push(format!("stopped early: {aborted}"));
         }
+        why.extend(self.expect.unrefused(self.holders.iter().map(|h| (h.name.as_str(), h.first_error.is_some()))));
         if self.in_progress {
             why.push(format!("{IN_PROGRESS} (after {} steps)", self.steps.len()));
         }
@@ -1074,6 +1076,27 @@ mod tests {
             interrupted.why_not(&[bug], &[]),
             ["step 2 failed: step 2 — timed out", "stopped early: interrupted by SIGINT"]
         );
+    }
+
+    /// A holder the expectation names in `refused` must have seen an error by the run's end:
+    /// a clean run whose holder never reached the removed provider misses, as does one that
+    /// has no such holder at all.
+    #[test]
+    fn a_clean_run_whose_holder_was_never_refused_misses() {
+        use crate::devices::holders::{FirstError, HolderState};
+        let holder = |first_error| HolderState { name: "aggregated".into(), kind: "gpio-aggregator".into(), first_error, hung: false };
+        let enodev = FirstError { op: "GPIO_V2_LINE_GET_VALUES_IOCTL".into(), errno: Some("ENODEV".into()), revents: None };
+        let refused = Summary {
+            expect: Expectation { refused: vec!["aggregated".into()], ..Expectation::default() },
+            holders: vec![holder(Some(enodev))],
+            ..Summary::default()
+        };
+        assert_eq!(refused.why_not(&[], &[]), Vec::<String>::new());
+        let never = "holder aggregated was never refused: no use of it reached the removed provider";
+        let unrefused = Summary { holders: vec![holder(None)], ..refused.clone() };
+        assert_eq!(unrefused.why_not(&[], &[]), [never]);
+        let absent = Summary { holders: Vec::new(), ..refused };
+        assert_eq!(absent.why_not(&[], &[]), [never]);
     }
 
     /// The same through a run folder: the synthetic report filed, summary.json says the
