@@ -22,6 +22,17 @@ use crate::run::console::{ConsoleLine, LineSink};
 /// Console lines queued for the parser thread at most (16 KiB each at most).
 const QUEUE_LINES: usize = 256;
 
+/// Lines the parser thread feeds at once at most, when that many are queued.
+const BATCH_LINES: usize = 1025;
+
+/// Finished reports are moved out of the parser at least every this many lines. A line
+/// finishes at most nine reports (its own start pushes out the oldest of the eight open ones;
+/// an idle limit can end the other seven), so the parser's own pending limit
+/// (`report::Limits::max_pending`, 256) is never reached inside a batch: past it the parser
+/// drops the newest report, and a flood of cut reports would push out the whole one after
+/// it. [`Collected`] chooses instead, and it keeps a whole report over a corrupted one.
+const TAKE_EVERY_LINES: usize = 16;
+
 struct State {
     parser: Parser,
     pending: Collected,
@@ -30,6 +41,19 @@ struct State {
 }
 
 impl State {
+    /// Feeds `lines` in order (each a console line without its end), taking finished
+    /// reports as it goes.
+    fn feed(&mut self, lines: impl IntoIterator<Item = String>) {
+        for (i, line) in lines.into_iter().enumerate() {
+            self.parser.feed(line.as_bytes());
+            self.parser.feed(b"\n");
+            if (i + 1) % TAKE_EVERY_LINES == 0 {
+                self.take_finished();
+            }
+        }
+        self.take_finished();
+    }
+
     fn take_finished(&mut self) {
         for r in self.parser.take_settled() {
             self.pending.add(r);
@@ -75,20 +99,9 @@ impl ReportFeed {
             .name("report-parser".into())
             .spawn(move || {
                 while let Ok(first) = rx.recv() {
-                    let mut s = lock(&thread_state);
-                    let mut feed = |line: String| {
-                        s.parser.feed(line.as_bytes());
-                        s.parser.feed(b"\n");
-                    };
-                    feed(first);
                     // Whatever else is queued, under the same lock.
-                    for _ in 0..1024 {
-                        match rx.try_recv() {
-                            Ok(line) => feed(line),
-                            Err(_) => break,
-                        }
-                    }
-                    s.take_finished();
+                    let queued = std::iter::from_fn(|| rx.try_recv().ok());
+                    lock(&thread_state).feed(std::iter::once(first).chain(queued).take(BATCH_LINES));
                 }
                 let _ = done_tx.send(());
             })?;
@@ -183,6 +196,26 @@ mod tests {
             "{:?}",
             r.corrupted
         );
+    }
+
+    /// A batch of cut reports longer than the parser's pending limit, then a whole report in
+    /// the same batch (a slow parser thread behind a flooding guest): the whole one is kept.
+    /// Taken only at the batch's end, the parser dropped it as the 257th pending report.
+    #[test]
+    fn a_whole_report_after_a_batch_of_cut_ones_is_kept() {
+        let mut state = State { parser: Parser::new(), pending: Collected::default(), dropped_seen: 0 };
+        // Reports that never end: each start cuts the oldest of the open ones.
+        let flood = (0..600).map(|n| format!("[{n:5}.000000][ T{}] BUG: KASAN: slab-use-after-free in fn_{n}+0x1/0x2", 100 + n % 64));
+        let path = crate::paths::repo_root().join("harness/report/tests/data/kasan-slab-uaf-704.log");
+        let text = std::fs::read_to_string(path).unwrap();
+        let real = text.lines().skip_while(|l| !l.starts_with('[')).map(str::to_string).collect::<Vec<_>>();
+        state.feed(flood.chain(real).take(BATCH_LINES));
+        let mut collected = std::mem::take(&mut state.pending);
+        for r in state.parser.finish_cut("end") {
+            collected.add(r);
+        }
+        let titles: Vec<&str> = collected.reports.iter().map(|c| c.report.title.as_str()).collect();
+        assert!(titles.contains(&"KASAN: slab-use-after-free Read in btrfs_evict_inode"), "{} kept, {} dropped: {titles:?}", titles.len(), collected.dropped);
     }
 
     #[tokio::test]
