@@ -164,8 +164,10 @@ async fn e2e_consumers_i2c_stub_and_at24_go_away_under_held_handles() {
     }
     println!("rmmod stuck while held: {stuck}; then {rmmod:?}");
 
+    // Each use is a read and a write back: the removal can come between them (seen on a
+    // slowed host), so the first refusal is either.
     let (op, errno, _) = failure(&consumers.log(held_nvmem).unwrap());
-    assert_eq!((op.as_str(), errno), ("pread", Some(ENODEV)));
+    assert!(["pread", "pwrite"].contains(&op.as_str()) && errno == Some(ENODEV), "{op} {errno:?}");
     let i2c_log = consumers.log(held_i2c).unwrap();
     match testenv::kernel() {
         KernelVariant::Vanilla => {
