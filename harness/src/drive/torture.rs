@@ -538,6 +538,9 @@ struct Recording {
     filer: CrashFiler,
     taint_before: u64,
     unplug_timeout: Duration,
+    /// Each step's index with the console lines the report parser had read when it ended:
+    /// the step a report began in, when it settles in a later one.
+    step_ends: Vec<(usize, u64)>,
     /// First failed write and the number of failures.
     write_error: Option<anyhow::Error>,
     write_failures: usize,
@@ -582,22 +585,30 @@ impl Recording {
         self.record(res);
     }
 
-    /// Files reports collected from the console (deduplicated by title, with counts); one
-    /// finding per bug they were filed under, follow-ons counted in it.
+    /// Files reports collected from the console (deduplicated by title, with counts), each in
+    /// the step it began in (`step`: the one that just ended, or `None` after the last) and
+    /// among that step's filed titles; one finding per step and bug they were filed under,
+    /// follow-ons counted in it.
     fn file_collected(&mut self, reports: &report::Collected, step: Option<usize>) {
-        // (bug title, reports, titles that were follow-ons)
-        let mut bugs: Vec<(String, u64, usize)> = Vec::new();
+        // (step, bug title, reports, titles that were follow-ons)
+        let mut bugs: Vec<(Option<usize>, String, u64, usize)> = Vec::new();
         for c in &reports.reports {
+            let step = step_begun_in(&self.step_ends, c.report.start_line).or(step);
             self.file(&c.report, step, c.count);
             let title = &c.report.title;
+            if let Some(line) = self.summary.steps.iter_mut().find(|st| Some(st.index) == step) {
+                if !line.filed_titles.contains(title) {
+                    line.filed_titles.push(title.clone());
+                }
+            }
             let bug = self.run.bug_of(title).unwrap_or(title).to_string();
             let follow_on = usize::from(self.run.is_follow_on(title));
-            match bugs.iter_mut().find(|(b, ..)| *b == bug) {
-                Some((_, n, f)) => (*n, *f) = (*n + c.count, *f + follow_on),
-                None => bugs.push((bug, c.count, follow_on)),
+            match bugs.iter_mut().find(|(s, b, ..)| *s == step && *b == bug) {
+                Some((_, _, n, f)) => (*n, *f) = (*n + c.count, *f + follow_on),
+                None => bugs.push((step, bug, c.count, follow_on)),
             }
         }
-        for (bug, n, follow_ons) in bugs {
+        for (step, bug, n, follow_ons) in bugs {
             let times = if n > 1 { format!(" (x{n})") } else { String::new() };
             let follow_ons = match follow_ons {
                 0 => String::new(),
@@ -618,7 +629,7 @@ impl Recording {
         }
     }
 
-    fn step(&mut self, step: &StepRecord, reports: &report::Collected) {
+    fn step(&mut self, step: &StepRecord, taken: &crate::judge::crash_feed::Taken) {
         use crate::judge::results::StepLine;
         let r = self.run.append_step(step);
         self.record(r);
@@ -641,9 +652,12 @@ impl Recording {
                 StepStatus::NotOnThisKernel(why) => Some(why.clone()),
                 _ => None,
             },
-            stuck_title: stuck.as_ref().map(|r| r.title.clone()),
+            // The console's reports join in `file_collected`, in the step they began in.
+            filed_titles: stuck.iter().map(|r| r.title.clone()).chain(step.data_mismatches.iter().map(|m| m.report().title)).collect(),
         });
         self.summary.holders = step.holders.clone();
+        self.step_ends.push((step.index, taken.lines_seen));
+        let reports = &taken.reports;
         self.file_collected(reports, Some(step.index));
         // A read of the guest's state that hangs or fails, and a late close that does
         // not return, are findings of their own.
@@ -862,6 +876,12 @@ fn run_meta(request: &RunRequest, run: &RunDir) -> Meta {
 
 /// The results thread for `run`, its first files (`meta.json`, `schedule.json`, the summary
 /// in progress) already queued.
+/// The step a report starting at console line `start_line` began in, given each step's index
+/// with the lines the parser had read when it ended (in step order); `None`: after the last.
+fn step_begun_in(step_ends: &[(usize, u64)], start_line: u64) -> Option<usize> {
+    step_ends.iter().find(|(_, end)| start_line <= *end).map(|(index, _)| *index)
+}
+
 fn start_recording(request: &RunRequest, run: RunDir, meta: &Meta, write_failed: std::sync::Arc<tokio::sync::Notify>) -> anyhow::Result<Recorder> {
     let schedule = &request.schedule;
     let recorder = Recorder::start(Recording {
@@ -878,6 +898,7 @@ fn start_recording(request: &RunRequest, run: RunDir, meta: &Meta, write_failed:
         filer: CrashFiler::new(&request.kernel),
         taint_before: 0,
         unplug_timeout: request.options.unplug_timeout,
+        step_ends: Vec::new(),
         write_error: None,
         write_failures: 0,
         write_failed,
@@ -932,9 +953,9 @@ impl BootedRun<'_> {
                     StepStatus::NotOnThisKernel(_) => "not on this kernel",
                 };
                 self.progress.step(step.index, &step.description, status);
-                let reports = self.feed.take();
+                let taken = self.feed.take();
                 let step = step.clone();
-                recorder.send(move |r| r.step(&step, &reports));
+                recorder.send(move |r| r.step(&step, &taken));
             });
             tokio::select! {
                 r = steps => r,
@@ -1020,5 +1041,35 @@ impl CrashFiler {
             count,
         )?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A report that ends as its step ends is kept back (a `Kernel panic` could still fold into
+    /// it) and settles in a later take, or only when the console ends: it is filed in the step
+    /// it began in, not the one that took it (the release step an oops killed, 6.1's
+    /// `gpio-chip-watch-late-close`).
+    #[test]
+    fn a_report_kept_back_is_filed_in_the_step_it_began_in() {
+        let mut parser = report::Parser::new();
+        let mut step_ends = Vec::new();
+        parser.feed(b"[   1.0][  T9] unplug-torture: step 1/3: observe\n");
+        step_ends.push((1, parser.lines_seen()));
+        let oops = "[   2.0][  T9] WARNING: CPU: 0 PID: 9 at drivers/x.c:1 f+0x1/0x2\n[   2.0][  T9] Call Trace:\n[   2.0][  T9]  f+0x1/0x2\n[   2.0][  T9] ---[ end trace 0000000000000000 ]---\n";
+        parser.feed(oops.as_bytes());
+        assert!(parser.take_settled().is_empty(), "the latest report is kept back");
+        step_ends.push((2, parser.lines_seen()));
+        parser.feed(b"[  40.0][  T9] unplug-torture: step 3/3: observe\n");
+        step_ends.push((3, parser.lines_seen()));
+        let after_last = parser.lines_seen() + 1;
+        let reports = parser.finish();
+        assert_eq!(reports.len(), 1, "{reports:#?}");
+        assert_eq!(reports[0].title, "WARNING in f");
+        assert_eq!(step_begun_in(&step_ends, reports[0].start_line), Some(2));
+        // After the last step's end: none.
+        assert_eq!(step_begun_in(&step_ends, after_last), None);
     }
 }

@@ -71,6 +71,16 @@ pub struct ReportFeed {
     done: tokio::sync::oneshot::Receiver<()>,
 }
 
+/// What [`ReportFeed::take`] hands over.
+#[derive(Debug)]
+pub struct Taken {
+    pub reports: Collected,
+    /// Console lines the parser had read by then. A report can settle in a later take than
+    /// the one its lines arrived by (the latest is kept back while a `Kernel panic` could
+    /// still fold into it): its `start_line` against this says where it began.
+    pub lines_seen: u64,
+}
+
 /// How the feed ended.
 #[derive(Debug)]
 pub struct FeedEnd {
@@ -118,11 +128,12 @@ impl ReportFeed {
         Ok((ReportFeed { state, done }, Box::new(sink)))
     }
 
-    /// Reports finished since the last call, deduplicated by title with counts.
-    pub fn take(&self) -> Collected {
+    /// Reports finished since the last call, deduplicated by title with counts, and how far
+    /// the parser had read.
+    pub fn take(&self) -> Taken {
         let mut s = lock(&self.state);
         s.take_finished();
-        std::mem::take(&mut s.pending)
+        Taken { reports: std::mem::take(&mut s.pending), lines_seen: s.parser.lines_seen() }
     }
 
     /// Waits up to `deadline` for the console's EOF (shut QEMU down first), then finishes the
@@ -233,7 +244,7 @@ mod tests {
         // while a trailing `Kernel panic` could still be folded into it.
         let mut taken = 0;
         for _ in 0..100 {
-            taken += feed.take().reports.iter().map(|c| c.count).sum::<u64>();
+            taken += feed.take().reports.reports.iter().map(|c| c.count).sum::<u64>();
             if taken == 1 {
                 break;
             }

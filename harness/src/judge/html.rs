@@ -785,7 +785,7 @@ pub(crate) mod sample {
                 kernel: Some(KernelVariant::Vanilla),
                 seed: 348300539442052,
                 expect: serde_yaml_ng::from_str("[\"KASAN: slab-use-after-free Read in at24_read*\"]").unwrap(),
-                steps: steps.iter().map(|s| StepLine { index: s.index, description: s.description.clone(), ok: true, detail: None, elapsed_ms: s.elapsed_ms, not_run: None, stuck_title: None }).collect(),
+                steps: steps.iter().map(|s| StepLine { index: s.index, description: s.description.clone(), ok: true, detail: None, elapsed_ms: s.elapsed_ms, not_run: None, filed_titles: vec![] }).collect(),
                 ..Summary::default()
             };
             run.write_summary(&summary).unwrap();

@@ -229,9 +229,11 @@ impl Summary {
     /// the titles (see [`Expectation::mismatches`]): a failed step, a run stopped early, and a
     /// signal (taint, a failed observer or late close) when no crash title explains it.
     ///
-    /// A stuck unplug is a failed step that also files a title (`unplug stuck: ...`): where the
-    /// expectation allows that title (a PCIe removal the kernel is expected never to finish),
-    /// the step is judged by its title alone, so the expectation can be met. A stop the guest
+    /// A failed step that filed a title the expectation allows is judged by that title alone,
+    /// so the expectation can be met: a stuck unplug (`unplug stuck: ...`, a PCIe removal the
+    /// kernel is expected never to finish), or an expected oops that killed the agent's thread
+    /// inside the step (a late close that never returns). A failed step that filed no title, or
+    /// only titles the expectation does not allow, still counts. A stop the guest
     /// caused is judged the same way: where the expectation allows its title (a bug known to
     /// wedge the guest: `guest agent unresponsive`), neither the stop nor the failed step that
     /// set it off (the last one) counts; the expected titles must still be there. A holder the
@@ -241,7 +243,7 @@ impl Summary {
         let expected_stop = self.stop_title.as_deref().is_some_and(|t| self.expect.allows(t));
         let last = self.steps.last().map(|st| st.index);
         let excused = |st: &StepLine| {
-            st.stuck_title.as_deref().is_some_and(|t| self.expect.allows(t)) || (expected_stop && Some(st.index) == last)
+            st.filed_titles.iter().any(|t| self.expect.allows(t)) || (expected_stop && Some(st.index) == last)
         };
         for st in self.steps.iter().filter(|st| !st.ok && !excused(st)) {
             why.push(format!("step {} failed: {} — {}", st.index, st.description, st.detail.as_deref().unwrap_or("")));
@@ -275,9 +277,10 @@ pub struct StepLine {
     /// Why the step did not run on this kernel (`only`), if it did not.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub not_run: Option<String>,
-    /// The title the step filed for an unplug QEMU never completed (no `DEVICE_DELETED`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub stuck_title: Option<String>,
+    /// The titles of the reports filed while the step ran: the kernel's, and the one for an
+    /// unplug QEMU never completed (no `DEVICE_DELETED`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub filed_titles: Vec<String>,
 }
 
 /// `summary.json`: a run's end as scripts read it (never summary.md). Skipped runs have one
@@ -856,8 +859,8 @@ mod tests {
         let summary = Summary {
             scenario: "demo".into(),
             steps: vec![
-                StepLine { index: 1, description: "plug cp2112".into(), ok: true, detail: None, elapsed_ms: 5.0, not_run: None, stuck_title: None },
-                StepLine { index: 2, description: "unplug # x".into(), ok: false, detail: Some("unplug stuck".into()), elapsed_ms: 1.0, not_run: None, stuck_title: None },
+                StepLine { index: 1, description: "plug cp2112".into(), ok: true, detail: None, elapsed_ms: 5.0, not_run: None, filed_titles: vec![] },
+                StepLine { index: 2, description: "unplug # x".into(), ok: false, detail: Some("unplug stuck".into()), elapsed_ms: 1.0, not_run: None, filed_titles: vec![] },
             ],
             aborted: None,
             signals: vec!["step 2: kernel taint gained B".into()],
@@ -897,7 +900,7 @@ mod tests {
             detail: detail.map(str::to_string),
             elapsed_ms: 1.0,
             not_run: not_run.map(str::to_string),
-            stuck_title: None,
+            filed_titles: vec![],
         };
         let summary = Summary {
             scenario: "golden".into(),
@@ -1002,14 +1005,14 @@ mod tests {
     fn an_expected_stuck_unplug_is_judged_by_its_title() {
         let stuck = report::synthetic::unplug_stuck("vi2c", std::time::Duration::from_secs(10)).title;
         let hung = "INFO: task hung in virtio_i2c_remove";
-        let line = |index: usize, ok: bool, detail: &str, stuck_title: Option<&str>| StepLine {
+        let line = |index: usize, ok: bool, detail: &str, filed: Option<&str>| StepLine {
             index,
             description: format!("step {index}"),
             ok,
             detail: Some(detail.to_string()).filter(|d| !d.is_empty()),
             elapsed_ms: 1.0,
             not_run: None,
-            stuck_title: stuck_title.map(str::to_string),
+            filed_titles: filed.map(str::to_string).into_iter().collect(),
         };
         let steps = vec![line(1, true, "", None), line(2, false, "unplug stuck: no DEVICE_DELETED for \"vi2c\" within 10s", Some(&stuck))];
         let vanilla = Summary { expect: expectation(&format!("[\"{stuck}\", \"INFO: task hung in *\"]")), steps: steps.clone(), ..Summary::default() };
@@ -1027,9 +1030,41 @@ mod tests {
             [format!("unexpected title: {stuck}"), "step 2 failed: step 2 — unplug stuck: no DEVICE_DELETED for \"vi2c\" within 10s".to_string()]
         );
         // Another failed step still fails the run, and so does a stuck unplug of another device.
-        let other = StepLine { stuck_title: Some(report::synthetic::unplug_stuck("bridge", std::time::Duration::ZERO).title), ..line(3, false, "stuck too", None) };
+        let other = StepLine { filed_titles: vec![report::synthetic::unplug_stuck("bridge", std::time::Duration::ZERO).title], ..line(3, false, "stuck too", None) };
         let more = Summary { steps: vec![steps[0].clone(), steps[1].clone(), line(4, false, "exit status 1", None), other], ..vanilla };
         assert_eq!(more.why_not(&[&stuck, hung], &[]), ["step 4 failed: step 4 — exit status 1", "step 3 failed: step 3 — stuck too"]);
+    }
+
+    /// An oops that kills the agent's thread inside a late close leaves the release step
+    /// without an answer: it fails, and filed the oops' title while it ran. Where the
+    /// expectation allows that title (6.1's NULL `gdev->chip` in `gpio_desc_to_lineinfo`) the
+    /// step is judged by it; a failed step that filed nothing, or only a title the expectation
+    /// does not allow, still counts, and so does the oops where the kernel should stay clean.
+    #[test]
+    fn a_step_killed_by_an_expected_oops_is_judged_by_its_title() {
+        let oops = "general protection fault in gpio_desc_to_lineinfo";
+        let step = |index: usize, ok: bool, filed: &[&str]| StepLine {
+            index,
+            description: format!("step {index}"),
+            ok,
+            detail: Some("timed out".to_string()).filter(|_| !ok),
+            elapsed_ms: 1.0,
+            not_run: None,
+            filed_titles: filed.iter().map(|t| t.to_string()).collect(),
+        };
+        let killed = vec![step(1, true, &[]), step(2, true, &[]), step(3, false, &[oops])];
+        let on_6_1 = Summary { expect: expectation(&format!("[\"{oops}\"]")), steps: killed.clone(), ..Summary::default() };
+        assert_eq!(on_6_1.why_not(&[oops], &[]), Vec::<String>::new());
+        // The expected title, but from another step: the failed step filed nothing.
+        let elsewhere = Summary { steps: vec![step(1, true, &[]), step(2, true, &[oops]), step(3, false, &[])], ..on_6_1.clone() };
+        assert_eq!(elsewhere.why_not(&[oops], &[]), ["step 3 failed: step 3 — timed out"]);
+        // A title the expectation does not allow excuses nothing.
+        let warning = "WARNING in gpiod_free_commit";
+        let other = Summary { steps: vec![step(1, true, &[]), step(2, true, &[]), step(3, false, &[warning])], ..on_6_1.clone() };
+        assert_eq!(other.why_not(&[oops, warning], &[]), [format!("unexpected title: {warning}"), "step 3 failed: step 3 — timed out".to_string()]);
+        // Expected clean (6.12): the title and the step.
+        let on_6_12 = Summary { steps: killed, ..Summary::default() };
+        assert_eq!(on_6_12.why_not(&[oops], &[]), [format!("unexpected title: {oops}"), "step 3 failed: step 3 — timed out".to_string()]);
     }
 
     /// A guest stop (here an agent that stopped answering after a step timed out) files its
@@ -1048,7 +1083,7 @@ mod tests {
             detail: (!ok).then(|| "timed out".to_string()),
             elapsed_ms: 1.0,
             not_run: None,
-            stuck_title: None,
+            filed_titles: vec![],
         };
         let stopped = Summary {
             expect: expectation(&format!("{{ titles: [\"{bug}\"], maybe: [\"{wedge}\"] }}")),
@@ -1118,7 +1153,7 @@ mod tests {
                 detail: Some("unplug stuck".into()),
                 elapsed_ms: 10_000.0,
                 not_run: None,
-                stuck_title: Some(stuck.title.clone()),
+                filed_titles: vec![stuck.title.clone()],
             }],
             ..Summary::default()
         };

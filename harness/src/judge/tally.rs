@@ -541,7 +541,7 @@ mod tests {
             kernel: Some(cell.kernel),
             seed: cell.seed,
             expect: schedule.expect.get(&cell.kernel).cloned().unwrap_or_default(),
-            steps: vec![StepLine { index: 1, description: "observe".into(), ok: true, detail: None, elapsed_ms: 1.0, not_run: None, stuck_title: None }],
+            steps: vec![StepLine { index: 1, description: "observe".into(), ok: true, detail: None, elapsed_ms: 1.0, not_run: None, filed_titles: vec![] }],
             in_progress: !ended,
             ..Summary::default()
         };
