@@ -1391,6 +1391,8 @@ steps:
             ("cp2112-vanishes-mid-read", &[]),
             // Seed 4242.
             ("gpio-aggregator-provider-removed", &[]),
+            // Seeds 4242 and 348300539442052.
+            ("gpio-chip-watch-late-close", &[]),
             ("gpio-virtuser-irq-teardown", &["KASAN: slab-use-after-free Read in seq_vprintf"]),
             ("nvmem-holder-cp2112-unplug", &["KASAN: slab-use-after-free Read in regmap_raw_read", "KASAN: slab-use-after-free Read in i2c_transfer", "KASAN: slab-use-after-free Write in regmap_format_8", "KASAN: slab-use-after-free Read in regmap_volatile_range", "KASAN: slab-use-after-free Read in i2c_adapter_lock_bus", "KASAN: slab-use-after-free Read in regmap_bulk_read", "KASAN: slab-use-after-free Read in __i2c_transfer", "KASAN: slab-use-after-free Read in try_to_take_rt_mutex", "KASAN: slab-use-after-free Read in cp2112_i2c_xfer", "KASAN: slab-use-after-free Read in at24_read", "KASAN: slab-use-after-free Read in _regmap_raw_read", "KASAN: use-after-free Read in usbhid_output_report", "KASAN: slab-use-after-free Read in regmap_get_device", "KASAN: slab-use-after-free Read in regmap_volatile", "KASAN: slab-use-after-free Read in __rt_mutex_slowtrylock", "KASAN: slab-use-after-free Read in regmap_readable", "KASAN: slab-use-after-free Read in hid_hw_output_report"]),
             ("usb-kbd-cycle", &[]),
@@ -1434,6 +1436,8 @@ steps:
             ("cp2112-unbind-bind", &[]),
             ("cp2112-vanishes-mid-read", &[]),
             ("gpio-aggregator-provider-removed", &["general protection fault in gpiod_get_array_value_complex", "general protection fault in gpiod_get_direction"]),
+            // Seeds 4242 and 348300539442052, a build with CONFIG_PINCTRL (kernels/configs/6.1/).
+            ("gpio-chip-watch-late-close", &["general protection fault in gpio_desc_to_lineinfo"]),
             ("nvmem-holder-cp2112-unplug", &["KASAN: use-after-free Read in at24_read", "KASAN: use-after-free Write in regmap_format_8", "KASAN: use-after-free Read in i2c_transfer", "KASAN: use-after-free Read in usbhid_output_report"]),
             ("nvmem-holder-cp2112-unplug", &["KASAN: use-after-free Read in at24_read", "KASAN: use-after-free Write in regmap_format_8", "KASAN: use-after-free Read in i2c_transfer", "KASAN: slab-out-of-bounds Read in usbhid_output_report", "KASAN: use-after-free Read in usbhid_output_report"]),
             ("usb-kbd-cycle", &[]),
@@ -1462,9 +1466,11 @@ steps:
             ran.push(s.name);
         }
         assert_eq!(skipped, ["cp2112-gpio-irq-release", "cp2112-held-across-unplug", "gpio-virtuser-irq-teardown", "resmgr-sample-unplug", "rust-nvmem-holder-unplug", "virtio-i2c-rust-nvmem-holder-unplug"]);
-        assert_eq!(ran.len(), 12);
-        let ground_truth = Scenario::load(&dir.join("gpio-aggregator-provider-removed.yaml")).unwrap();
-        assert!(!ground_truth.expectation(KernelVariant::Vanilla61).titles.is_empty() && ground_truth.expectation(KernelVariant::Vanilla).is_clean());
+        assert_eq!(ran.len(), 13);
+        for name in ["gpio-aggregator-provider-removed", "gpio-chip-watch-late-close"] {
+            let ground_truth = Scenario::load(&dir.join(format!("{name}.yaml"))).unwrap();
+            assert!(!ground_truth.expectation(KernelVariant::Vanilla61).titles.is_empty() && ground_truth.expectation(KernelVariant::Vanilla).is_clean(), "{name}");
+        }
     }
 
     #[test]
