@@ -153,7 +153,7 @@ impl Identity {
             cache::hash(&[&crate::build::kmod::sources_fingerprint(&test_modules)?])
         );
         if !absent.is_empty() {
-            fragment_and_modules.push_str(&format!("\nabsent {}", serde_json::to_string(&absent)?));
+            fragment_and_modules.push_str(&format!("\nabsent {}", version::key_part(&absent)));
         }
         let key = cache::key(&source_id, &fragment_and_modules, &toolchain.versions);
         Ok(Identity { series, fragment, test_modules, absent, rust, key })

@@ -76,6 +76,13 @@ pub fn load(configs: &Path, version: &str) -> Result<VersionConfig> {
     Ok(VersionConfig { fragments, absent })
 }
 
+/// What of `absent` goes into a kernel's cache key: each option and its reason, not where it
+/// is written (`written_at` holds the checkout's path: with it, every clone built its own 6.1
+/// kernel).
+pub fn key_part(absent: &[Absent]) -> String {
+    absent.iter().map(|a| format!("{}: {}\n", a.option, a.reason)).collect()
+}
+
 /// `CONFIG_NAME: reason` lines; blank lines and `#` comments skipped. Errors name file:line:column.
 fn parse_absent(text: &str, file: &Path) -> Result<Vec<Absent>> {
     let mut out: Vec<Absent> = Vec::new();
@@ -126,6 +133,11 @@ mod tests {
         assert_eq!(list.len(), 2);
         assert_eq!((list[0].option.as_str(), list[0].reason.as_str(), list[0].written_at.as_str()), ("CONFIG_RUST", "rustc 1.62 only", "6.1/absent:3"));
         assert_eq!(list[1].symbol(), "HID_SUPPORT");
+        // The same list in another checkout keys the same kernel.
+        let elsewhere = parse_absent("# why\n\nCONFIG_RUST: rustc 1.62 only\n  CONFIG_HID_SUPPORT : added in 6.2\n", Path::new("/tmp/clone/kernels/configs/6.1/absent")).unwrap();
+        assert_ne!(elsewhere[0].written_at, list[0].written_at);
+        assert_eq!(key_part(&elsewhere), key_part(&list));
+        assert_ne!(key_part(&list[..1]), key_part(&list));
         let err = |text: &str| parse_absent(text, f).unwrap_err().to_string();
         assert_eq!(err("\n  CONFIG_RUST\n"), "6.1/absent:2:3: expected `CONFIG_NAME: why this version cannot have it`");
         assert_eq!(err("RUST: no\n"), "6.1/absent:1:1: \"RUST\" is not a CONFIG_ symbol");
