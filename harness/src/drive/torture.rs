@@ -874,14 +874,14 @@ fn run_meta(request: &RunRequest, run: &RunDir) -> Meta {
     }
 }
 
-/// The results thread for `run`, its first files (`meta.json`, `schedule.json`, the summary
-/// in progress) already queued.
 /// The step a report starting at console line `start_line` began in, given each step's index
 /// with the lines the parser had read when it ended (in step order); `None`: after the last.
 fn step_begun_in(step_ends: &[(usize, u64)], start_line: u64) -> Option<usize> {
     step_ends.iter().find(|(_, end)| start_line <= *end).map(|(index, _)| *index)
 }
 
+/// The results thread for `run`, its first files (`meta.json`, `schedule.json`, the summary
+/// in progress) already queued.
 fn start_recording(request: &RunRequest, run: RunDir, meta: &Meta, write_failed: std::sync::Arc<tokio::sync::Notify>) -> anyhow::Result<Recorder> {
     let schedule = &request.schedule;
     let recorder = Recorder::start(Recording {
