@@ -69,9 +69,12 @@ pub async fn observe_all(agent: &Agent) -> Vec<Observation> {
 async fn observe(agent: &Agent, path: &str) -> Observation {
     let start = Instant::now();
     // `ls -R` for directories and `cat` for files in one guest command keeps this to one
-    // round trip per observer; `timeout` makes a hung read visible as exit status 143.
+    // round trip per observer; `timeout` makes a hung read visible as exit status 143. A
+    // device that goes away while `ls -R` walks the tree (a surprise unplug a moment before)
+    // fails the walk with ENOENT on its entry: that is the unplug, not a finding, so a failed
+    // walk is walked once more and only a second failure counts.
     let script = format!(
-        "if [ -d '{path}' ]; then ls -R '{path}'; elif [ -e '{path}' ]; then cat '{path}'; else echo '(absent)'; fi"
+        "if [ -d '{path}' ]; then ls -R '{path}' 2>/dev/null || ls -R '{path}'; elif [ -e '{path}' ]; then cat '{path}'; else echo '(absent)'; fi"
     );
     let result = agent.exec(&["sh", "-c", &script], agent.pace().scale(READ_DEADLINE)).await;
     let elapsed_ms = start.elapsed().as_secs_f64() * 1e3;
