@@ -55,7 +55,10 @@ impl Redir {
         };
         let link = driver::serve(stream, device).context("starting the usbredir link")?;
         let redir = Redir { id: id.to_string(), chardev, link };
-        let props = [("chardev", serde_json::Value::from(redir.chardev.clone()))];
+        let mut props = vec![("chardev", serde_json::Value::from(redir.chardev.clone()))];
+        if let Some(port) = vm.next_usb_port() {
+            props.push(("port", port.into()));
+        }
         if let Err(e) = vm.qmp().device_add("usb-redir", id, Some(USB_BUS), &props).await {
             // Nothing references the chardev yet: remove it and stop serving.
             redir.link.control().close();

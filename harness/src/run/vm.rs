@@ -100,6 +100,21 @@ impl VmConfig {
 /// `-no-reboot`) at once on panic, every KASAN report printed, init from the initramfs.
 pub const BASE_CMDLINE: &[&str] = &["console=ttyS0", "panic=-1", "kasan_multi_shot", "rdinit=/init", "no_hash_pointers"];
 
+/// Ports taken in turn; none when empty (QEMU then picks a free root-hub port).
+#[derive(Debug, Default)]
+struct PortRotation {
+    ports: Vec<String>,
+    taken: usize,
+}
+
+impl PortRotation {
+    fn next(&mut self) -> Option<String> {
+        let port = self.ports.get(self.taken % self.ports.len().max(1))?.clone();
+        self.taken += 1;
+        Some(port)
+    }
+}
+
 /// A running VM. Dropping it kills QEMU.
 pub struct Vm {
     child: Child,
@@ -111,6 +126,8 @@ pub struct Vm {
     accel: Accel,
     qemu_version: String,
     usb_controller: bool,
+    /// USB ports that usb-redir plugs take in turn (see [`Vm::add_usb_hubs`]).
+    usb_rotation: PortRotation,
     /// Root ports (other than the xHCI's) holding a hot-plugged PCI device.
     ports_in_use: std::collections::BTreeSet<String>,
     booted_in: Duration,
@@ -225,6 +242,7 @@ impl Vm {
             accel,
             qemu_version,
             usb_controller: false,
+            usb_rotation: PortRotation::default(),
             ports_in_use: Default::default(),
             booted_in: start.elapsed(),
             agent_ready,
@@ -327,6 +345,38 @@ impl Vm {
             .context("xHCI controller did not come up in the guest")?;
         self.usb_controller = true;
         Ok(())
+    }
+
+    /// Hot-adds `count` USB hubs on root-hub ports 1..=count and makes later usb-redir plugs
+    /// take the hubs' first ports in turn.
+    ///
+    /// Why: the kernel handles a hub's port changes in one work item per hub, so a device's
+    /// teardown blocks the next plug on the same hub. hid-cp2112's teardown waits in
+    /// `i2c_del_adapter()` for the adapter's release, which `CONFIG_DEBUG_KOBJECT_RELEASE`
+    /// delays by 1-4 s; on another hub the next device is enumerated meanwhile.
+    pub async fn add_usb_hubs(&mut self, count: usize) -> Result<()> {
+        self.ensure_usb_controller().await?;
+        for port in 1..=count {
+            let cursor = self.console.cursor();
+            let id = format!("hub{port}");
+            self.qmp
+                .device_add("usb-hub", &id, Some(USB_BUS), &[("port", port.to_string().into())])
+                .await
+                .with_context(|| format!("hot-adding USB hub {id} on port {port}"))?;
+            // `hub B-P:1.0: USB hub found`, on whichever bus number the guest gave the root hub.
+            let found = format!("-{port}:1.0: USB hub found");
+            self.console
+                .wait_until(cursor, "the hub's enumeration", self.pace.scale(Duration::from_secs(30)), |l| l.contains(&found))
+                .await
+                .with_context(|| format!("USB hub {id} did not come up in the guest"))?;
+            self.usb_rotation.ports.push(format!("{port}.1"));
+        }
+        Ok(())
+    }
+
+    /// The USB port the next usb-redir plug takes, when [`Vm::add_usb_hubs`] set a rotation.
+    pub fn next_usb_port(&mut self) -> Option<String> {
+        self.usb_rotation.next()
     }
 
     /// Claims a free root port for a hot-plugged PCI device (`vhost-user-i2c-pci`), or `None`
@@ -586,6 +636,16 @@ async fn kvm_boots(bzimage: &Path) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn usb_ports_are_taken_in_turn_and_none_without_hubs() {
+        let mut none = PortRotation::default();
+        assert_eq!(none.next(), None);
+        assert_eq!(none.next(), None);
+        let mut hubs = PortRotation { ports: vec!["1.1".into(), "2.1".into(), "3.1".into()], taken: 0 };
+        let taken: Vec<_> = (0..5).map(|_| hubs.next().unwrap()).collect();
+        assert_eq!(taken, ["1.1", "2.1", "3.1", "1.1", "2.1"]);
+    }
 
     /// The phases come from the console's host times and the kernel's own timestamp; lines
     /// with garbage where the timestamp goes give no kernel time, never a panic.
