@@ -332,7 +332,7 @@ fn engine() -> Result<Vec<Figure>> {
     for jobs in [1, 2] {
         let results = root.join(format!("jobs{jobs}"));
         let start = Instant::now();
-        let status = torture_child(&variant, ENGINE_SCENARIOS, jobs, &results)?
+        let status = torture_child(&variant, ENGINE_SCENARIOS, jobs, &results)
             .status()
             .with_context(|| format!("running torture --jobs {jobs}"))?;
         let elapsed = start.elapsed().as_secs_f64();
@@ -347,7 +347,7 @@ fn engine() -> Result<Vec<Figure>> {
     }
     let results = root.join("first-kasan");
     let start = Instant::now();
-    let mut child = torture_child(&variant, FIRST_KASAN_SCENARIO, 1, &results)?
+    let mut child = torture_child(&variant, FIRST_KASAN_SCENARIO, 1, &results)
         .spawn()
         .with_context(|| format!("starting torture on {FIRST_KASAN_SCENARIO}"))?;
     let mut first = None;
@@ -372,13 +372,16 @@ fn engine() -> Result<Vec<Figure>> {
 }
 
 /// `xtask torture` on `scenarios` with `jobs` VMs at once, its runs under `results`.
-fn torture_child(variant: &str, scenarios: &str, jobs: usize, results: &std::path::Path) -> Result<std::process::Command> {
-    let exe = std::env::current_exe().context("finding this xtask binary to run its torture")?;
-    let mut cmd = std::process::Command::new(exe);
+fn torture_child(variant: &str, scenarios: &str, jobs: usize, results: &std::path::Path) -> std::process::Command {
+    // Not current_exe(): a cargo build in the same target dir during the bench (minutes long)
+    // replaces target/debug/xtask, and the path of the running binary then reads
+    // "xtask (deleted)", which fails to spawn with a bare ENOENT. /proc/self/exe execs the
+    // running binary's own file, replaced or not.
+    let mut cmd = std::process::Command::new("/proc/self/exe");
     cmd.args(["torture", "--kernel", variant, "--seed", ENGINE_SEED, "--scenario", scenarios, "--jobs", &jobs.to_string(), "--results"])
         .arg(results)
         .stdout(std::process::Stdio::null());
-    Ok(cmd)
+    cmd
 }
 
 /// The run folders under `results` (each has a `meta.json`).
