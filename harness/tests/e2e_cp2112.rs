@@ -223,6 +223,34 @@ async fn e2e_cp2112_plug_unplug_cycles() {
     vm.shutdown(Duration::from_secs(10)).await.unwrap();
 }
 
+/// `Vm::add_usb_hubs`: usb-redir plugs take the hubs' first ports in turn, wrapping around
+/// (QEMU's `port` property reaches the guest as the device's path), and each CP2112 binds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn e2e_cp2112_plugs_take_the_usb_hubs_in_turn() {
+    let mut vm = Vm::boot(&testenv::vm_config("e2e_cp2112_plugs_take_the_usb_hubs_in_turn"), Vec::new()).await.unwrap();
+    vm.add_usb_hubs(2).await.unwrap();
+    let device = Cp2112::new();
+    let t = vm.pace().scale(T);
+    for (cycle, hub) in [1, 2, 1].into_iter().enumerate() {
+        let cursor = vm.console().cursor();
+        let redir = Redir::plug(&mut vm, "cp2112", Box::new(device.clone())).await.unwrap();
+        let enumerated = format!("-{hub}.1: new full-speed USB device");
+        vm.console()
+            .wait_until(cursor, "the plug on its hub's first port", t, |l| l.contains(&enumerated))
+            .await
+            .unwrap_or_else(|e| panic!("cycle {cycle}: {e}"));
+        vm.console().wait_until(cursor, "hid-cp2112 bind", t, bound).await.unwrap_or_else(|e| panic!("cycle {cycle}: {e}"));
+        let cursor = vm.console().cursor();
+        redir.unplug(&vm, UnplugHow::Graceful, Duration::from_secs(10)).await.unwrap();
+        let disconnected = format!("-{hub}.1: USB disconnect");
+        vm.console()
+            .wait_until(cursor, "the disconnect on its hub", t, |l| l.contains(&disconnected))
+            .await
+            .unwrap_or_else(|e| panic!("cycle {cycle}: {e}"));
+    }
+    vm.shutdown(Duration::from_secs(10)).await.unwrap();
+}
+
 /// The fault hooks end to end: the device vanishes (usbredir `device_disconnect`, then the
 /// socket closed) just as the guest starts an nvmem transfer, and comes back on the live link.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
