@@ -348,7 +348,8 @@ impl Vm {
     }
 
     /// Hot-adds `count` USB hubs on root-hub ports 1..=count and makes later usb-redir plugs
-    /// take the hubs' first ports in turn.
+    /// take the hubs' first ports in turn. Call it once, before any USB plug: a device QEMU
+    /// put on one of those ports first makes the hub's `device_add` fail.
     ///
     /// Why: the kernel handles a hub's port changes in one work item per hub, so a device's
     /// teardown blocks the next plug on the same hub. hid-cp2112's teardown waits in
