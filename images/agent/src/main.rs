@@ -1,5 +1,7 @@
 //! `unplug-agent`: the guest side of the control channel.
 //!
+//! `unplug-agent --mount` mounts the pseudo filesystems for `/init` and exits (see `mounts`).
+//!
 //! Started (and restarted if it dies) by `/init`, which stays PID 1 and reaps orphans. The
 //! agent finds the virtio-serial port named [`agent::PORT_NAME`], announces itself with a
 //! `ready` line and then serves JSON-line requests, each on a worker thread with a deadline
@@ -27,6 +29,7 @@ use std::time::{Duration, Instant};
 
 mod consumer;
 mod dispatch;
+mod mounts;
 
 use dispatch::{bad_request, Dispatcher, Writer};
 
@@ -46,6 +49,13 @@ fn main() {
     // Panics (caught and answered, or a holder's, reported as its `stopped` record) are bugs
     // of the agent: their location and message go to the kernel log, not the console.
     std::panic::set_hook(Box::new(|info| kmsg(&format!("panic: {info}"))));
+    if std::env::args().nth(1).as_deref() == Some("--mount") {
+        let failures = mounts::mount_pseudo_filesystems();
+        for failure in &failures {
+            kmsg(failure);
+        }
+        std::process::exit(i32::from(!failures.is_empty()));
+    }
     let port = find_port();
     kmsg(&format!("serving on {}", port.display()));
     let file = match OpenOptions::new().read(true).write(true).open(&port) {
