@@ -456,8 +456,9 @@ fn qemu_command(config: &VmConfig, accel: Accel, dir: &Path, initrd: &Path) -> C
     }
     cmdline.extend(config.cmdline.iter().cloned());
     let sock = |name: &str| dir.join(name).to_string_lossy().into_owned();
-    // Guest RAM is a shared memfd so vhost-user backends can map it.
-    cmd.args(["-machine", "q35,memory-backend=mem", "-object"])
+    // Guest RAM is a shared memfd so vhost-user backends can map it. No i8042, AHCI or ICH9
+    // SMBus: nothing of ours uses them, and each was a probe (and ACPI objects) at every boot.
+    cmd.args(["-machine", "q35,memory-backend=mem,i8042=off,sata=off,smbus=off", "-object"])
         .arg(format!("memory-backend-memfd,id=mem,size={mem}M,share=on"))
         .args(["-m", &format!("{mem}M"), "-smp", &config.cpus.unwrap_or_else(|| default_cpus(accel)).to_string()])
         .args(["-accel", &accel.to_string()])
