@@ -389,6 +389,10 @@ impl Parser {
             .map(|r| r.text.clone())
             .collect();
         prefix.reverse();
+        // What came before is this report's now: a later report of the same caller starts
+        // after it. (Else each of a task's back-to-back KASAN reports carried the opening
+        // `=====` lines of all those before it, 50 of them from the 51st on.)
+        self.ring.retain(|r| r.caller != caller);
         let is_kasan = text.contains("BUG: KASAN:");
         self.active.push(Active {
             caller,
@@ -556,6 +560,17 @@ mod tests {
         assert_eq!(r.caller.as_deref(), Some("T120"));
         assert_eq!((r.start_line, r.end_line), (2, 11));
         assert!(r.text.starts_with("====="));
+    }
+
+    #[test]
+    fn back_to_back_reports_of_one_task_each_keep_only_what_came_after_the_last() {
+        let log = format!("[   29.000000][  T120] cat: reading /sys/bus/nvmem/devices/1-00500/nvmem\n{}", KASAN.repeat(3));
+        let reports = crate::parse(log.as_bytes());
+        assert_eq!(reports.len(), 3, "{reports:#?}");
+        assert!(reports[0].text.starts_with("cat: reading"), "{}", reports[0].text);
+        for r in &reports[1..] {
+            assert!(r.text.starts_with("=====") && r.text.lines().nth(1).unwrap().starts_with("BUG: KASAN"), "{}", r.text);
+        }
     }
 
     #[test]
