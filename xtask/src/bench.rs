@@ -139,6 +139,9 @@ fn boot(args: &Args, kernel: &artifacts::Kernel, image: &std::path::Path) -> Res
         note: format!("{} ({} boots: {})", args.accel, boots.len(), list(&boots)),
     }];
     figures.extend(boot_breakdown(&phases));
+    if args.accel != Accel::Kvm {
+        figures.push(boot_instructions(kernel, image)?);
+    }
     figures.push(Figure {
         name: "boot to agent ready + xHCI up",
         value: mean(&usb_ready),
@@ -540,6 +543,30 @@ fn symbolization(vmlinux: &std::path::Path) -> Result<Figure> {
 
 /// Where the boots' time went, averaged: QEMU start to the first console line, the kernel
 /// to `/init` (host clock, and the kernel's own timestamp), `/init` to the agent's answer.
+/// The kernel's work to `/init` in guest instructions: one boot under TCG with `-icount`,
+/// where the kernel's clock counts instructions. Unlike the times above it does not move
+/// with the host's speed or load, so a boot change can be judged by one figure.
+fn boot_instructions(kernel: &artifacts::Kernel, image: &std::path::Path) -> Result<Figure> {
+    let mut config = VmConfig::new(kernel.bzimage.clone(), vec![image.to_path_buf()]);
+    config.accel = Accel::Tcg;
+    config.icount = true;
+    let phases = crate::runtime()?.block_on(async {
+        let vm = Vm::boot(&config, Vec::new()).await?;
+        let phases = vm.boot_phases();
+        vm.shutdown(Duration::from_secs(10)).await?;
+        anyhow::Ok(phases)
+    })?;
+    let to_init = phases
+        .and_then(|p| p.init_kernel_time)
+        .context("the -icount boot's console has no \"Run /init as init process\" with a kernel timestamp")?;
+    Ok(Figure {
+        name: "boot: kernel start to /init, guest instructions",
+        value: to_init.as_secs_f64(),
+        unit: "G insn",
+        note: "TCG -icount shift=0 (one instruction per guest ns): host-independent".into(),
+    })
+}
+
 fn boot_breakdown(phases: &[BootPhases]) -> Vec<Figure> {
     let secs = |f: &dyn Fn(&BootPhases) -> Option<Duration>| -> Vec<f64> { phases.iter().filter_map(f).map(|d| d.as_secs_f64()).collect() };
     let first = secs(&|p| Some(p.first_line));

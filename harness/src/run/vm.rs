@@ -78,6 +78,10 @@ pub struct VmConfig {
     /// private directory when `None`).
     pub log_dir: Option<PathBuf>,
     pub boot_timeout: Duration,
+    /// Under TCG, `-icount shift=0`: the guest's clock advances one nanosecond per
+    /// instruction, so the kernel's own timestamps count guest work whatever the host's
+    /// speed or load. Slower; for measuring boot work (`bench`), not for tests.
+    pub icount: bool,
 }
 
 impl VmConfig {
@@ -92,6 +96,7 @@ impl VmConfig {
             shell: false,
             log_dir: None,
             boot_timeout: Duration::from_secs(120),
+            icount: false,
         }
     }
 }
@@ -462,6 +467,7 @@ fn qemu_command(config: &VmConfig, accel: Accel, dir: &Path, initrd: &Path) -> C
         .arg(format!("memory-backend-memfd,id=mem,size={mem}M,share=on"))
         .args(["-m", &format!("{mem}M"), "-smp", &config.cpus.unwrap_or_else(|| default_cpus(accel)).to_string()])
         .args(["-accel", &accel.to_string()])
+        .args(if config.icount && accel == Accel::Tcg { &["-icount", "shift=0"][..] } else { &[] })
         .args(["-bios", "/usr/share/qemu/qboot.rom"])
         .args(["-nodefaults", "-no-reboot", "-display", "none", "-vga", "none"])
         .arg("-kernel")
@@ -695,6 +701,19 @@ mod tests {
         assert!(append.starts_with("console=ttyS0 panic=-1 kasan_multi_shot"), "{append}");
         assert!(append.ends_with("unplug.hung_task=5"), "{append}");
         assert!(!joined.contains("qemu-xhci"), "the USB controller is hot-added, never present at boot");
+        assert!(!joined.contains("-icount"), "instruction counting only when asked");
+    }
+
+    #[test]
+    fn icount_is_asked_of_tcg_only() {
+        let mut config = VmConfig::new("/k/bzImage".into(), vec!["/i/a.cpio".into()]);
+        config.icount = true;
+        let joined = |accel| {
+            let cmd = qemu_command(&config, accel, Path::new("/run/vm"), Path::new("/i/a.cpio"));
+            cmd.as_std().get_args().map(|a| a.to_string_lossy().into_owned()).collect::<Vec<_>>().join(" ")
+        };
+        assert!(joined(Accel::Tcg).contains("-accel tcg -icount shift=0"));
+        assert!(!joined(Accel::Kvm).contains("-icount"), "QEMU refuses -icount with KVM");
     }
 
     #[test]
