@@ -20,8 +20,8 @@ use serde::{Deserialize, Serialize};
 /// the ratio measured back to back on one host, so the same host keeps the same pace and
 /// every deadline stays where it was: the boot-speed config (LZ4, no BSD ptys, no PS/2) took
 /// a third off (32.4 s → 21.8 s, three boots each, interleaved: 4.5 s → 3.0 s); the lean
-/// config, the VM without i8042/AHCI/SMBus and `/init`'s single mount exec took 13% more
-/// (4.83 s → 4.19 s, eight boots each, interleaved: 3.0 s → 2.6 s).
+/// config, the VM without i8042/AHCI/SMBus and `/init`'s single mount exec took 15% more
+/// (4.81 s → 4.11 s, seven boots each, interleaved: 3.0 s → 2.6 s).
 pub const REFERENCE_BOOT: Duration = Duration::from_millis(2600);
 
 /// A factor past this is not a slow host but a broken one; deadlines stop growing.
