@@ -541,10 +541,8 @@ fn symbolization(vmlinux: &std::path::Path) -> Result<Figure> {
     })
 }
 
-/// Where the boots' time went, averaged: QEMU start to the first console line, the kernel
-/// to `/init` (host clock, and the kernel's own timestamp), `/init` to the agent's answer.
 /// The kernel's work to `/init` in guest instructions: one boot under TCG with `-icount`,
-/// where the kernel's clock counts instructions. Unlike the times above it does not move
+/// where the kernel's clock counts instructions. Unlike the boot times it does not move
 /// with the host's speed or load, so a boot change can be judged by one figure.
 fn boot_instructions(kernel: &artifacts::Kernel, image: &std::path::Path) -> Result<Figure> {
     let mut config = VmConfig::new(kernel.bzimage.clone(), vec![image.to_path_buf()]);
@@ -567,6 +565,8 @@ fn boot_instructions(kernel: &artifacts::Kernel, image: &std::path::Path) -> Res
     })
 }
 
+/// Where the boots' time went, averaged: QEMU start to the first console line, the kernel
+/// to `/init` (host clock, and the kernel's own timestamp), `/init` to the agent's answer.
 fn boot_breakdown(phases: &[BootPhases]) -> Vec<Figure> {
     let secs = |f: &dyn Fn(&BootPhases) -> Option<Duration>| -> Vec<f64> { phases.iter().filter_map(f).map(|d| d.as_secs_f64()).collect() };
     let first = secs(&|p| Some(p.first_line));
