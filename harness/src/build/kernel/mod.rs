@@ -21,6 +21,7 @@ mod toolchain;
 pub mod version;
 
 pub use build::BuildFailed;
+pub use toolchain::KCFLAGS;
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -155,7 +156,8 @@ impl Identity {
         if !absent.is_empty() {
             fragment_and_modules.push_str(&format!("\nabsent {}", version::key_part(&absent)));
         }
-        let key = cache::key(&source_id, &fragment_and_modules, &toolchain.versions);
+        let toolchain_part = format!("{}\nKCFLAGS={}", toolchain.versions, KCFLAGS);
+        let key = cache::key(&source_id, &fragment_and_modules, &toolchain_part);
         Ok(Identity { series, fragment, test_modules, absent, rust, key })
     }
 }

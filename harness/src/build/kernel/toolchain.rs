@@ -20,6 +20,13 @@ const LIBCLANG_PATH: &str = "/usr/lib/llvm-14/lib";
 /// bindgen-cli 0.69.5 suits libclang 14 (newer libclang needs newer bindgen, docs/kernel-facts.md §1).
 const BINDGEN_VERSION: &str = "^0.69";
 
+/// Added to every C compile (`KCFLAGS`, after the kernel's own flags; part of the cache key).
+/// `CONFIG_FRAME_POINTER` adds `-fno-optimize-sibling-calls`, so a tail call would stay a
+/// frame; with them optimized as in an ORC build, traces (and report titles) have the frames
+/// an ORC kernel prints, while the frame-pointer unwinder keeps KASAN's stack saving cheap
+/// (`kernels/configs/60-debug.config`). Files that need the flag for themselves still set it.
+pub const KCFLAGS: &str = "-foptimize-sibling-calls";
+
 /// A checked toolchain.
 #[derive(Debug, Clone)]
 pub struct Toolchain {
@@ -42,6 +49,7 @@ impl Toolchain {
     pub fn make_vars(&self) -> Vec<String> {
         vec![
             "LLVM=1".into(),
+            format!("KCFLAGS={KCFLAGS}"),
             format!("RUSTC={RUSTC}"),
             // Host Rust programs (none in 6.12's x86 build today) must not use rustup's either.
             format!("HOSTRUSTC={RUSTC}"),
