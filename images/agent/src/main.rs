@@ -1,8 +1,7 @@
 //! `unplug-agent`: the guest side of the control channel.
 //!
-//! `unplug-agent --mount` mounts the pseudo filesystems for `/init` and exits (see `mounts`).
-//!
-//! Started (and restarted if it dies) by `/init`, which stays PID 1 and reaps orphans. The
+//! Run as PID 1 (the image's `/init` links here), it sets the guest up and supervises a
+//! forked copy of itself that serves, restarting it if it dies (see `init`). The serving
 //! agent finds the virtio-serial port named [`agent::PORT_NAME`], announces itself with a
 //! `ready` line and then serves JSON-line requests, each on a worker thread with a deadline
 //! and a bound on how many run at once (see `dispatch`), so that a request stuck in the kernel
@@ -29,6 +28,7 @@ use std::time::{Duration, Instant};
 
 mod consumer;
 mod dispatch;
+mod init;
 mod mounts;
 
 use dispatch::{bad_request, Dispatcher, Writer};
@@ -49,13 +49,14 @@ fn main() {
     // Panics (caught and answered, or a holder's, reported as its `stopped` record) are bugs
     // of the agent: their location and message go to the kernel log, not the console.
     std::panic::set_hook(Box::new(|info| kmsg(&format!("panic: {info}"))));
-    if std::env::args().nth(1).as_deref() == Some("--mount") {
-        let failures = mounts::mount_pseudo_filesystems();
-        for failure in &failures {
-            kmsg(failure);
-        }
-        std::process::exit(i32::from(!failures.is_empty()));
+    if std::process::id() == 1 {
+        init::run(serve_agent);
     }
+    serve_agent()
+}
+
+/// Finds the port, says `ready` and serves until the guest goes down.
+fn serve_agent() -> ! {
     let port = find_port();
     kmsg(&format!("serving on {}", port.display()));
     let file = match OpenOptions::new().read(true).write(true).open(&port) {
@@ -121,9 +122,14 @@ fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
     }
 }
 
-/// Writes one record to the kernel log (a single `write(2)` is a single record).
+/// Writes one record, prefixed `unplug-agent:`, to the kernel log.
 fn kmsg(msg: &str) {
-    let line = format!("unplug-agent: {msg}\n");
+    kmsg_record(&format!("unplug-agent: {msg}"));
+}
+
+/// Writes `line` to the kernel log as one record (a single `write(2)` is a single record).
+fn kmsg_record(line: &str) {
+    let line = format!("{line}\n");
     let written = OpenOptions::new().write(true).open("/dev/kmsg").and_then(|mut f| f.write(line.as_bytes()));
     if written.is_err() {
         // Outside a guest (or before devtmpfs): stderr is all we have.

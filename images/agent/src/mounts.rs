@@ -1,8 +1,8 @@
-//! The guest's pseudo filesystems, mounted by `unplug-agent --mount` for `/init`.
+//! The guest's pseudo filesystems, mounted by init (`init`) before anything else runs.
 //!
-//! Why not busybox `mount` in `/init`: each one is a fork and exec, about 70 ms under TCG
-//! with KASAN, and eight of them were most of the second between `Run /init` and the
-//! agent's start. One exec of the agent mounts them all with `mount(2)`.
+//! Why not busybox `mount`: each one is a fork and exec, about 70 ms under TCG with KASAN,
+//! and eight of them were most of the second between `Run /init` and the agent's start.
+//! `mount(2)` from init costs no exec at all.
 
 use std::ffi::CString;
 use std::fs::DirBuilder;

@@ -1,11 +1,11 @@
-//! The initramfs: busybox-static, the static guest agent (`images/agent`) and `/init`
-//! (`images/init`), plus optionally a kernel modules tree, packed as a reproducible cpio.
+//! The initramfs: busybox-static and the static guest agent (`images/agent`), which is also
+//! `/init`, plus optionally a kernel modules tree, packed as a reproducible cpio.
 //!
 //! [`build`] compiles the agent for the guest (glibc, `+crt-static`, its own target dir
 //! `target/guest` so host builds are not invalidated by the different rustflags), assembles
 //! the archive in memory and stores it content-addressed under
 //! `cache/images/<key>/initramfs.cpio`: the key hashes the recipe version and the archive
-//! itself, so it covers the agent binary, busybox, the init script and the modules tree, and
+//! itself, so it covers the agent binary, busybox and the modules tree, and
 //! an unchanged rebuild is a no-op `cargo build` plus hashing.
 
 pub mod cpio;
@@ -141,9 +141,8 @@ fn assemble(agent: &Path, req: &ImageRequest) -> Result<cpio::Archive> {
         a.symlink(&link, "/bin/busybox")?;
     }
 
-    let init_path = paths::repo_root().join("images/init");
-    let init = std::fs::read(&init_path).with_context(|| format!("reading {}", init_path.display()))?;
-    a.file("init", 0o755, init)?;
+    // The agent is init (PID 1): one exec from `Run /init` to serving (images/agent/src/init.rs).
+    a.symlink("init", "/bin/unplug-agent")?;
 
     let agent_bytes = std::fs::read(agent).with_context(|| format!("reading {}", agent.display()))?;
     if !is_static_elf(&agent_bytes) {
@@ -169,7 +168,7 @@ fn applet_links() -> Result<Vec<String>> {
     links.sort();
     links.dedup();
     if !links.iter().any(|l| l == "bin/sh") {
-        bail!("{BUSYBOX} --list-full has no bin/sh: /init needs it");
+        bail!("{BUSYBOX} --list-full has no bin/sh: the agent runs commands with it");
     }
     Ok(links)
 }
