@@ -314,7 +314,7 @@ fn names(variants: &[Variant]) -> String {
 /// the free memory holds (guest RAM plus QEMU's own), at least one.
 fn default_jobs() -> usize {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let per_vm_kib = (u64::from(harness::run::vm::VmConfig::new(PathBuf::new(), Vec::new()).memory_mib) + 512) * 1024;
+    let per_vm_kib = (u64::from(harness::run::vm::DEFAULT_MEMORY_MIB) + 512) * 1024;
     let available_kib = std::fs::read_to_string("/proc/meminfo").ok().and_then(|t| mem_available_kib(&t));
     let by_memory = available_kib.map_or(cores, |kib| (kib / per_vm_kib) as usize);
     cores.min(by_memory).max(1)
