@@ -75,7 +75,7 @@ pub fn build_into(objects: &Path, source: &Path, work: &Path, tree: &Path, relea
     let _ = std::fs::remove_dir_all(&copy);
     std::fs::create_dir_all(work).with_context(|| format!("creating {}", work.display()))?;
     run(Command::new("cp").arg("-a").arg(source).arg(&copy))?;
-    run(Command::new("make").arg("-C").arg(objects).arg(format!("M={}", copy.display())).arg("LLVM=1").arg(format!("KCFLAGS={}", crate::build::kernel::KCFLAGS)).arg("modules"))
+    run(Command::new("make").arg("-C").arg(objects).arg(format!("M={}", copy.display())).args(crate::build::kernel::compiler_vars()).arg("modules"))
         .with_context(|| format!("building kernels/modules/{name}"))?;
     let extra = tree.join("lib/modules").join(release).join("extra");
     std::fs::create_dir_all(&extra)?;

@@ -21,7 +21,7 @@ mod toolchain;
 pub mod version;
 
 pub use build::BuildFailed;
-pub use toolchain::KCFLAGS;
+pub use toolchain::{compiler_vars, KCFLAGS};
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;

@@ -27,6 +27,12 @@ const BINDGEN_VERSION: &str = "^0.69";
 /// (`kernels/configs/60-debug.config`). Files that need the flag for themselves still set it.
 pub const KCFLAGS: &str = "-foptimize-sibling-calls";
 
+/// The compiler `make` variables of every build in a kernel object tree, the kernel's and the
+/// out-of-tree test modules' alike: clang (Rust needs it) and [`KCFLAGS`].
+pub fn compiler_vars() -> [String; 2] {
+    ["LLVM=1".into(), format!("KCFLAGS={KCFLAGS}")]
+}
+
 /// A checked toolchain.
 #[derive(Debug, Clone)]
 pub struct Toolchain {
@@ -47,15 +53,15 @@ impl Toolchain {
 
     /// The `make` variables for an LLVM + Debian-Rust build.
     pub fn make_vars(&self) -> Vec<String> {
-        vec![
-            "LLVM=1".into(),
-            format!("KCFLAGS={KCFLAGS}"),
+        let mut vars = Vec::from(compiler_vars());
+        vars.extend([
             format!("RUSTC={RUSTC}"),
             // Host Rust programs (none in 6.12's x86 build today) must not use rustup's either.
             format!("HOSTRUSTC={RUSTC}"),
             format!("RUSTDOC={RUSTDOC}"),
             format!("BINDGEN={}", self.bindgen.display()),
-        ]
+        ]);
+        vars
     }
 
     /// Environment for make.
