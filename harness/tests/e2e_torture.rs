@@ -184,16 +184,20 @@ async fn e2e_cp2112_held_across_unplug_records_what_each_holder_saw() {
     // Which "device gone" error a call gets depends on where in the teardown it lands (the
     // HID transport answers ESHUTDOWN or times out while the USB device goes; gpiolib and
     // i2c-dev answer ENODEV after): any of them, but an error, and on the right call.
-    let gone = |name: &str, op: &str| {
+    //
+    // A GPIO request in flight when the CP2112 goes may wait out USB's 5 s control timeout,
+    // and hid-cp2112's gpio set() returns void in 6.12: a line holder caught in a write
+    // then sees it "succeed" 5 s later, after its release came. Its summary says which call
+    // took that long; that, too, is what the kernel answered (seen on resmgr, seed 1).
+    let gone = |name: &str, op: &str, or_held: bool| {
         let line = summary(name);
-        assert!(
-            ["ENODEV", "ESHUTDOWN", "ETIMEDOUT"].iter().any(|e| line.contains(&format!("got -{e} on {op}"))),
-            "{name}: {line}"
-        );
+        let told = ["ENODEV", "ESHUTDOWN", "ETIMEDOUT"].iter().any(|e| line.contains(&format!("got -{e} on {op}")));
+        let held = or_held && line.contains(&format!("; {op}")) && line.contains(" took ");
+        assert!(told || held, "{name}: {line}");
     };
-    gone("lines", "GPIO_V2_LINE_");
-    gone("i2c", "I2C_RDWR");
-    gone("virtuser", "gpiod_get_value");
+    gone("lines", "GPIO_V2_LINE_", true);
+    gone("i2c", "I2C_RDWR", false);
+    gone("virtuser", "gpiod_get_value", false);
     // The observers ran after every teardown step, and every read answered.
     for s in steps.iter().filter(|s| matches!(s.action, Action::Unplug { .. } | Action::Release { .. })) {
         assert!(!s.observations.is_empty(), "step {} ({}) was not observed", s.index, s.description);
@@ -226,9 +230,11 @@ async fn e2e_at24_unbind_under_nvmem_holders() {
                 "{titles:?}"
             );
             // Whether its release returned or (a pwrite still printing KASAN reports on a slow
-            // console) took longer than the agent waits.
-            assert_eq!(summary("sysfs"), "holder 1 (nvmem-sysfs): no error");
-            assert_eq!(summary("kernel"), "holder 2 (nvmem-kernel): no error");
+            // console) took longer than the agent waits; such a call may be named as slow.
+            for (name, head) in [("sysfs", "holder 1 (nvmem-sysfs): no error"), ("kernel", "holder 2 (nvmem-kernel): no error")] {
+                let line = summary(name);
+                assert!(line == head || line.starts_with(&format!("{head}; ")) && line.contains(" took "), "{line}");
+            }
         }
         KernelVariant::Vanilla61 => testenv::not_measured(),
         KernelVariant::Resmgr => {

@@ -29,9 +29,6 @@ use crate::run::agent_link::{Agent, AgentError};
 /// Event kind the agent uses for holder records.
 const EVENT_KIND: &str = "consumer";
 
-/// `detail` of a record that only reports repeats of the op's last outcome.
-const REPEATED: &str = "repeated";
-
 /// A holder that has not stopped this long after its deadline is called hung (reference
 /// machines; scaled by the pace).
 const HUNG_SLACK: Duration = Duration::from_secs(5);
@@ -139,7 +136,7 @@ impl HolderLog {
                     .take_while(|r| !std::ptr::eq(*r, fail))
                     .chain(std::iter::once(fail))
                     .filter(|r| r.op == fail.op)
-                    .map(|r| r.repeats + u64::from(r.errno.is_none() && r.detail.as_deref() != Some(REPEATED)))
+                    .map(|r| r.repeats + u64::from(r.errno.is_none() && r.detail.as_deref() != Some(agent::HOLDER_REPEATED)))
                     .sum();
                 match self.first_error() {
                     Some(FirstError { errno: Some(name), .. }) => {
@@ -152,6 +149,11 @@ impl HolderLog {
                 }
             }
             None => out.push_str("no error"),
+        }
+        // A call the kernel kept waiting, even one that then "succeeded": what the holder
+        // was doing while the provider went.
+        if let Some(slow) = self.records.iter().filter(|r| r.detail.as_deref() == Some(agent::HOLDER_SLOW)).max_by_key(|r| r.latency_us) {
+            let _ = write!(out, "; {} took {:.1} s", slow.op, slow.latency_us as f64 / 1e6);
         }
         if let Some(trouble) = self.trouble() {
             let _ = write!(out, "; {trouble}");
@@ -386,6 +388,20 @@ mod tests {
         let log = HolderLog { handle: 1, records, ..HolderLog::default() };
         assert_eq!(log.missing(), 2);
         assert_eq!(log.summary(), "holder 1 (?): no error; 2 of its records lost on the way (gaps in their numbering)");
+    }
+
+    /// A write the unplug left waiting for USB's 5 s timeout, which the driver then
+    /// reported as done: no error, but the summary says what held the holder up.
+    #[test]
+    fn summary_names_the_slowest_call_even_without_an_error() {
+        let op = "GPIO_V2_LINE_SET_VALUES_IOCTL";
+        let slow = |ms: u64| ConsumerRecord { latency_us: ms * 1000, detail: Some(agent::HOLDER_SLOW.into()), ..record(op, None, None, 0) };
+        let log = HolderLog {
+            handle: 2,
+            records: numbered(vec![record("open", None, None, 0), record(op, None, None, 0), slow(1300), slow(5190), record("stopped", None, None, 0)]),
+            ..HolderLog::default()
+        };
+        assert_eq!(log.summary(), format!("holder 2 (?): no error; {op} took 5.2 s"));
     }
 
     #[test]

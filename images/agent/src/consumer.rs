@@ -496,7 +496,8 @@ impl Holder {
         self.outcome(op, CallResult::Errno(errno), None, latency, None, None);
     }
 
-    /// Reports `outcome` if it differs from the op's last one; otherwise counts a repeat.
+    /// Reports `outcome` if it differs from the op's last one, or if the call was slow
+    /// ([`agent::SLOW_CALL`]); otherwise counts a repeat.
     fn outcome(
         &mut self,
         op: &'static str,
@@ -506,10 +507,12 @@ impl Holder {
         detail: Option<String>,
         data: Option<ReadData>,
     ) {
+        let slow = latency >= agent::SLOW_CALL;
         match self.last.get_mut(op) {
-            Some((last, repeats)) if *last == outcome => *repeats += 1,
+            Some((last, repeats)) if *last == outcome && !slow => *repeats += 1,
             _ => {
                 let repeats = self.last.insert(op, (outcome, 0)).map_or(0, |(_, r)| r);
+                let detail = detail.or_else(|| slow.then(|| agent::HOLDER_SLOW.to_string()));
                 self.send(op, outcome, (ret, latency.as_micros() as u64), detail, repeats, data);
             }
         }
@@ -520,7 +523,7 @@ impl Holder {
         if let Some((outcome, repeats)) = self.last.get_mut(op) {
             if *repeats > 0 {
                 let (outcome, n) = (*outcome, std::mem::take(repeats));
-                self.send(op, outcome, (None, 0), Some("repeated".into()), n, None);
+                self.send(op, outcome, (None, 0), Some(agent::HOLDER_REPEATED.into()), n, None);
             }
         }
     }
@@ -1202,6 +1205,29 @@ mod tests {
         assert_eq!(data, [Some((2, Some("3c3b"), 0)), Some((2, Some("6b6b"), 1)), None], "{records:?}");
         assert_eq!(records[0].data.as_ref().unwrap().digest, agent::data_digest(&[0x3c, 0x3b]));
         assert_eq!(records[2].errno, Some(libc::ENODEV));
+    }
+
+    /// A call the kernel kept waiting is reported even when it then answered as the calls
+    /// before it: the one that hid a 5 s USB timeout behind a "successful" GPIO write.
+    #[test]
+    fn a_slow_call_is_reported_even_when_its_outcome_repeats() {
+        let (sink, records) = collecting();
+        let mut holder = nvmem_kernel_holder(sink, PathBuf::from("/nonexistent"));
+        let op = "GPIO_V2_LINE_SET_VALUES_IOCTL";
+        let fast = Duration::from_millis(7);
+        for latency in [fast, fast, fast, agent::SLOW_CALL + Duration::from_millis(4200), fast] {
+            holder.outcome(op, CallResult::Ok, Some(0), latency, None, None);
+        }
+        holder.flush();
+        let records = records.lock().unwrap();
+        let seen: Vec<(Option<&str>, u64, u64)> =
+            records.iter().map(|r| (r.detail.as_deref(), r.repeats, r.latency_us / 1000)).collect();
+        // The first call, the slow one (after two unreported repeats), then one repeat flushed.
+        assert_eq!(
+            seen,
+            [(None, 0, 7), (Some(agent::HOLDER_SLOW), 2, 5200), (Some(agent::HOLDER_REPEATED), 1, 0)],
+            "{records:?}"
+        );
     }
 
     /// nvmem-holder's -EPERM is "-1", which a caller reading `errno` after the fact took for
