@@ -151,8 +151,9 @@ impl HolderLog {
             None => out.push_str("no error"),
         }
         // A call the kernel kept waiting, even one that then "succeeded": what the holder
-        // was doing while the provider went.
-        if let Some(slow) = self.records.iter().filter(|r| r.detail.as_deref() == Some(agent::HOLDER_SLOW)).max_by_key(|r| r.latency_us) {
+        // was doing while the provider went. The agent sends every such call.
+        let slow_us = u64::try_from(agent::SLOW_CALL.as_micros()).unwrap_or(u64::MAX);
+        if let Some(slow) = self.records.iter().filter(|r| r.latency_us >= slow_us).max_by_key(|r| r.latency_us) {
             let _ = write!(out, "; {} took {:.1} s", slow.op, slow.latency_us as f64 / 1e6);
         }
         if let Some(trouble) = self.trouble() {
@@ -395,7 +396,7 @@ mod tests {
     #[test]
     fn summary_names_the_slowest_call_even_without_an_error() {
         let op = "GPIO_V2_LINE_SET_VALUES_IOCTL";
-        let slow = |ms: u64| ConsumerRecord { latency_us: ms * 1000, detail: Some(agent::HOLDER_SLOW.into()), ..record(op, None, None, 0) };
+        let slow = |ms: u64| ConsumerRecord { latency_us: ms * 1000, ..record(op, None, None, 0) };
         let log = HolderLog {
             handle: 2,
             records: numbered(vec![record("open", None, None, 0), record(op, None, None, 0), slow(1300), slow(5190), record("stopped", None, None, 0)]),

@@ -512,7 +512,6 @@ impl Holder {
             Some((last, repeats)) if *last == outcome && !slow => *repeats += 1,
             _ => {
                 let repeats = self.last.insert(op, (outcome, 0)).map_or(0, |(_, r)| r);
-                let detail = detail.or_else(|| slow.then(|| agent::HOLDER_SLOW.to_string()));
                 self.send(op, outcome, (ret, latency.as_micros() as u64), detail, repeats, data);
             }
         }
@@ -1225,7 +1224,7 @@ mod tests {
         // The first call, the slow one (after two unreported repeats), then one repeat flushed.
         assert_eq!(
             seen,
-            [(None, 0, 7), (Some(agent::HOLDER_SLOW), 2, 5200), (Some(agent::HOLDER_REPEATED), 1, 0)],
+            [(None, 0, 7), (None, 2, 5200), (Some(agent::HOLDER_REPEATED), 1, 0)],
             "{records:?}"
         );
     }

@@ -169,13 +169,11 @@ pub const HOLDER_CLOSED: &str = "closed";
 /// repeated (its `repeats`): it stands for no call of its own.
 pub const HOLDER_REPEATED: &str = "repeated";
 
-/// The [`ConsumerRecord::detail`] of a call that took at least [`SLOW_CALL`], reported even
-/// when its outcome repeats the last one: a call the kernel kept waiting (a transfer the
-/// unplug left unanswered until its timeout) is news even if it then "succeeded".
-pub const HOLDER_SLOW: &str = "slow";
-
-/// How long a holder's call may take before it is reported as [`HOLDER_SLOW`]. Far above a
-/// normal call under TCG (milliseconds), below USB's 5 s control-transfer timeout.
+/// A holder's call that took at least this long is sent as a record of its own even when its
+/// outcome repeats the last one (its `latency_us` says how long): a call the kernel kept
+/// waiting (a transfer the unplug left unanswered until its timeout) is news even if it then
+/// "succeeded". Far above a normal call under TCG (milliseconds), below USB's 5 s
+/// control-transfer timeout.
 pub const SLOW_CALL: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// The start of a `stopped` record's [`ConsumerRecord::detail`] when the holder's loop
