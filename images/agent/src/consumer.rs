@@ -685,7 +685,7 @@ impl KernelConsumer {
                 let (module, dir) = if req.kind == HoldKind::NvmemKernel { NVMEM_HOLDER } else { NVMEM_HOLDER_RS };
                 let dir = root.path(dir);
                 if !dir.exists() {
-                    let status = std::process::Command::new("modprobe").arg(module).status();
+                    let status = crate::programs::command("modprobe").arg(module).status();
                     if !status.as_ref().is_ok_and(|s| s.success()) {
                         return Err(ErrorReply::msg(format!(
                             "modprobe {module} failed ({status:?}): is the module in the image (nvmem-kernel-rs needs the resmgr kernel)?"

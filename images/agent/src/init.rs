@@ -26,8 +26,10 @@ const HUNG_TASK_DEFAULT: u32 = 10;
 
 /// A new session with hvc0 as its controlling tty (`setsid -c`: stdin), so job control and
 /// Ctrl-C work; respawned when the user exits. (cttyhack would pick the active console,
-/// ttyS0, which must stay kernel-log only.)
-const SHELL_LOOP: &str = r#"while [ -c /dev/hvc0 ]; do
+/// ttyS0, which must stay kernel-log only.) The person at it gets every applet link
+/// (`--install -s`), made now, not packed into every boot's image (`agent::BUSYBOX_LINKS`).
+const SHELL_LOOP: &str = r#"/bin/busybox --install -s 2>/dev/null
+while [ -c /dev/hvc0 ]; do
     setsid -c sh -l <>/dev/hvc0 >&0 2>&1
     sleep 1
 done
@@ -131,7 +133,7 @@ fn index_modules() {
     if release.trim().is_empty() || !dir.is_dir() || dir.join("modules.dep").exists() {
         return;
     }
-    match Command::new("depmod").arg(release.trim()).status() {
+    match crate::programs::command("depmod").arg(release.trim()).status() {
         Ok(status) if status.success() => {}
         Ok(status) => crate::kmsg(&format!("depmod {} failed: {status}", release.trim())),
         Err(e) => crate::kmsg(&format!("cannot run depmod: {e}")),

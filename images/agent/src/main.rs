@@ -30,6 +30,7 @@ mod consumer;
 mod dispatch;
 mod init;
 mod mounts;
+mod programs;
 
 use dispatch::{bad_request, Dispatcher, Writer};
 
@@ -283,8 +284,9 @@ fn exec(req: ExecRequest) -> Result<ExecResult, ErrorReply> {
         return Err(ErrorReply::msg("exec: empty argv"));
     };
     let env_path = req.env.iter().rev().find(|(k, _)| k == "PATH").map(|(_, v)| v.clone());
-    let program = resolve(program, env_path).map_err(|e| ErrorReply::io(format!("exec {program}"), &e))?;
-    let mut cmd = Command::new(&program);
+    let resolved = programs::resolve(program, env_path).map_err(|e| ErrorReply::io(format!("exec {program}"), &e))?;
+    let mut cmd = resolved.command();
+    let program = resolved.path;
     cmd.args(args)
         .envs(req.env.iter().map(|(k, v)| (k, v)))
         .stdin(if req.stdin.is_some() { Stdio::piped() } else { Stdio::null() })
@@ -357,9 +359,10 @@ fn exec(req: ExecRequest) -> Result<ExecResult, ErrorReply> {
 /// working directory in a static binary or a `PATH` lookup with a changed `PATH`; it then
 /// falls back to fork+exec, which reports exec errors over an `AF_UNIX` socketpair and so
 /// fails with ENOSYS on kernels without `CONFIG_NET`, like ours. So we resolve the program
-/// ourselves and apply `cwd` by changing the agent's own directory around the spawn (the child
-/// inherits it). Every spawn takes this lock so none starts in another request's directory;
-/// file operations take absolute paths only, so they do not depend on it either.
+/// ourselves ([`programs::resolve`]) and apply `cwd` by changing the agent's own directory
+/// around the spawn (the child inherits it). Every spawn takes this lock so none starts in
+/// another request's directory; file operations take absolute paths only, so they do not
+/// depend on it either.
 static SPAWN: Mutex<()> = Mutex::new(());
 
 fn spawn_in(cmd: &mut Command, cwd: Option<&str>) -> Result<Child, ErrorReply> {
@@ -375,22 +378,6 @@ fn spawn_in(cmd: &mut Command, cwd: Option<&str>) -> Result<Child, ErrorReply> {
         kmsg(&format!("cannot return to {}: {e}", home.display()));
     }
     spawned
-}
-
-/// Finds `program` on `PATH` (the request's, else ours) like execvp would, so std can use
-/// `posix_spawn` with a full path (see [`SPAWN`]).
-fn resolve(program: &str, path: Option<String>) -> io::Result<PathBuf> {
-    if program.contains('/') {
-        return Ok(PathBuf::from(program));
-    }
-    let path = path.or_else(|| std::env::var("PATH").ok()).unwrap_or_else(|| "/bin:/sbin:/usr/bin:/usr/sbin".into());
-    std::env::split_paths(&path)
-        .map(|dir| dir.join(program))
-        .find(|candidate| {
-            use std::os::unix::fs::PermissionsExt;
-            candidate.metadata().is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-        })
-        .ok_or_else(|| io::Error::from_raw_os_error(libc::ENOENT))
 }
 
 /// File operations take absolute paths: the agent's working directory is not the caller's

@@ -27,6 +27,7 @@ const PRUNE_AFTER: Duration = Duration::from_secs(24 * 3600);
 /// (none today; kept so the key can be invalidated deliberately).
 const RECIPE_VERSION: u32 = 1;
 const GUEST_TARGET: &str = "x86_64-unknown-linux-gnu";
+/// The host's busybox-static, packed as the image's `agent::BUSYBOX`.
 const BUSYBOX: &str = "/bin/busybox";
 
 /// What goes into an image beyond the fixed contents.
@@ -134,12 +135,20 @@ fn assemble(agent: &Path, req: &ImageRequest) -> Result<cpio::Archive> {
     if !is_static_elf(&busybox) {
         bail!("{BUSYBOX} is not a static executable; install the busybox-static package (not busybox)");
     }
-    a.file("bin/busybox", 0o755, busybox)?;
-    // The applet links, where `busybox --install -s` would put them (same binary, so the
-    // same list): made here, not by `/init`, where that took ~0.35 s of every TCG boot.
-    for link in applet_links()? {
-        a.symlink(&link, "/bin/busybox")?;
+    a.file(agent::BUSYBOX.trim_start_matches('/'), 0o755, busybox)?;
+    // Links only for the applets called by path; the agent runs the others through busybox
+    // by name (`agent::BUSYBOX_LINKS` says why), from the list packed here.
+    let applets = applet_paths()?;
+    for link in agent::BUSYBOX_LINKS {
+        if !applets.iter().any(|a| a == link) {
+            bail!("{BUSYBOX} --list-full has no {link}: the image needs it");
+        }
+        a.symlink(link, agent::BUSYBOX)?;
     }
+    let mut names: Vec<&str> = applets.iter().filter_map(|a| a.rsplit('/').next()).collect();
+    names.sort_unstable();
+    names.dedup();
+    a.file(agent::BUSYBOX_APPLETS.trim_start_matches('/'), 0o644, format!("{}\n", names.join("\n")).into_bytes())?;
 
     // The agent is init (PID 1): one exec from `Run /init` to serving (images/agent/src/init.rs).
     a.symlink("init", "/bin/unplug-agent")?;
@@ -158,19 +167,16 @@ fn assemble(agent: &Path, req: &ImageRequest) -> Result<cpio::Archive> {
 
 /// The paths of busybox's applets (`usr/bin/[`, `sbin/acpid`, ..., `bin/sh`) as the packed
 /// binary itself lists them (`--list-full`), each once, `bin/busybox` left out.
-fn applet_links() -> Result<Vec<String>> {
+fn applet_paths() -> Result<Vec<String>> {
     let out = std::process::Command::new(BUSYBOX).arg("--list-full").output().with_context(|| format!("running {BUSYBOX} --list-full"))?;
     if !out.status.success() {
         bail!("{BUSYBOX} --list-full failed: {}", out.status);
     }
     let text = String::from_utf8(out.stdout).with_context(|| format!("{BUSYBOX} --list-full printed non-UTF-8"))?;
-    let mut links: Vec<String> = text.lines().map(str::trim).filter(|l| !l.is_empty() && *l != "bin/busybox").map(String::from).collect();
-    links.sort();
-    links.dedup();
-    if !links.iter().any(|l| l == "bin/sh") {
-        bail!("{BUSYBOX} --list-full has no bin/sh: the agent runs commands with it");
-    }
-    Ok(links)
+    let mut paths: Vec<String> = text.lines().map(str::trim).filter(|l| !l.is_empty() && *l != "bin/busybox").map(String::from).collect();
+    paths.sort();
+    paths.dedup();
+    Ok(paths)
 }
 
 /// True for an ELF executable without a `PT_INTERP` program header (no dynamic loader).
@@ -316,9 +322,11 @@ mod tests {
         }
         let out = Command::new("cpio").args(["-it", "--quiet", "-F"]).arg(&first.path).output().unwrap();
         let listing = String::from_utf8_lossy(&out.stdout);
-        for name in ["init", "bin/busybox", "bin/sh", "bin/mount", "usr/bin/[", "bin/unplug-agent", "dev/console", "dev/null", "tmp"] {
+        for name in ["init", "bin/busybox", "bin/sh", "sbin/modprobe", "etc/busybox-applets", "bin/unplug-agent", "dev/console", "dev/null", "tmp"] {
             assert!(listing.lines().any(|l| l == name), "{name} missing:\n{listing}");
         }
+        // The other applets are listed, not linked.
+        assert!(!listing.lines().any(|l| l == "bin/mount"), "applet links beyond agent::BUSYBOX_LINKS:\n{listing}");
     }
 
     #[test]
