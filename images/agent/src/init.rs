@@ -70,7 +70,7 @@ impl Knobs {
 pub fn run(serve: fn() -> !) -> ! {
     // The kernel gives init HOME and TERM but no PATH; commands run by the agent need it.
     // (Single-threaded here: nothing reads the environment while it changes.)
-    std::env::set_var("PATH", "/bin:/sbin:/usr/bin:/usr/sbin");
+    std::env::set_var("PATH", crate::programs::DEFAULT_PATH);
     let failures = mounts::mount_pseudo_filesystems();
     // Needs devtmpfs; before it, anything said goes to the console and says what broke.
     redirect_stdio();

@@ -14,6 +14,9 @@ use std::sync::OnceLock;
 
 use agent::{BUSYBOX, BUSYBOX_APPLETS};
 
+/// The `PATH` init gives the agent (the kernel gives init none), and the one used without any.
+pub const DEFAULT_PATH: &str = "/bin:/sbin:/usr/bin:/usr/sbin";
+
 /// A program to spawn: its file, and the `argv[0]` to give it when that is not the file's
 /// own name (an applet run through busybox).
 #[derive(Debug, PartialEq)]
@@ -36,7 +39,7 @@ impl Program {
 /// Finds `program` on `path` (the agent's `PATH` when `None`), else among busybox's applets.
 /// A name with a `/` is taken as it is. ENOENT when it is nowhere.
 pub fn resolve(program: &str, path: Option<String>) -> io::Result<Program> {
-    let path = path.or_else(|| std::env::var("PATH").ok()).unwrap_or_else(|| "/bin:/sbin:/usr/bin:/usr/sbin".into());
+    let path = path.or_else(|| std::env::var("PATH").ok()).unwrap_or_else(|| DEFAULT_PATH.into());
     resolve_in(program, &path, applets(), Path::new(BUSYBOX))
 }
 
